@@ -1,0 +1,44 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+/// Hot loops are compiled with -Ounchecked and the Haswell feature set (AVX2, FMA, F16C)
+/// in release builds; debug builds keep bounds checks.
+let kernelFlags: [SwiftSetting] = [
+    .unsafeFlags(["-Ounchecked", "-target-cpu", "haswell"], .when(configuration: .release))
+]
+
+let package = Package(
+    name: "Facet",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "facet", targets: ["FacetCLI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        .target(name: "Tensors", swiftSettings: kernelFlags),
+        .target(name: "Kernels", dependencies: ["Tensors"], swiftSettings: kernelFlags),
+        .target(name: "Formats", dependencies: ["Tensors"], swiftSettings: kernelFlags),
+        .target(name: "Tokenization", dependencies: ["Tensors"]),
+        .target(name: "PagedKV"),
+        .target(name: "Llama", dependencies: ["Tensors", "Kernels", "PagedKV"], swiftSettings: kernelFlags),
+        .target(name: "Sampling", dependencies: ["Tensors"], swiftSettings: kernelFlags),
+        .target(name: "Loading", dependencies: ["Tensors", "Formats", "Tokenization", "Llama"]),
+        .target(name: "Engine", dependencies: ["Tensors", "Llama", "PagedKV", "Sampling", "Tokenization", "Loading"]),
+        .executableTarget(
+            name: "FacetCLI",
+            dependencies: [
+                "Engine", "Loading", "Formats", "Tokenization", "Sampling", "Llama",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .target(name: "TestSupport", dependencies: ["Tensors", "Formats", "Llama", "Loading"], path: "Tests/TestSupport"),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Tensors", "TestSupport"]),
+        .testTarget(name: "FormatsTests", dependencies: ["Formats", "Tensors", "TestSupport"]),
+        .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "Loading", "TestSupport"]),
+        .testTarget(name: "LlamaTests", dependencies: ["Llama", "Loading", "Engine", "Sampling", "PagedKV", "TestSupport"]),
+        .testTarget(name: "SamplingTests", dependencies: ["Sampling"]),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport", "Formats"]),
+    ]
+)

@@ -1,0 +1,59 @@
+import Dispatch
+
+/// Runs `body(chunk)` for chunks `0..<chunks` on all cores and waits.
+///
+/// Work is split by *outputs* only, so every output element is produced by exactly one
+/// thread with the same instruction sequence whatever the split: results never depend on
+/// the thread count or the batch size.
+public enum Parallel {
+    /// Number of worker threads; `FACET_THREADS` overrides the core count.
+    public static let threadCount: Int = {
+        if let text = getenvString("FACET_THREADS"), let n = Int(text), n > 0 { return n }
+        return max(1, ProcessInfoLite.activeProcessorCount)
+    }()
+
+    public static func forEach(_ chunks: Int, _ body: (Int) -> Void) {
+        if chunks <= 1 || threadCount == 1 {
+            for c in 0..<chunks { body(c) }
+            return
+        }
+        // The callers hand in closures that write disjoint outputs; Dispatch only needs the
+        // closure for the duration of this call.
+        withoutActuallyEscaping(body) { escaping in
+            let shared = unsafeBitCast(escaping, to: (@Sendable (Int) -> Void).self)
+            DispatchQueue.concurrentPerform(iterations: chunks, execute: shared)
+        }
+    }
+
+    /// Splits `0..<count` into about `threadCount * 2` ranges aligned to `granule` and runs
+    /// them in parallel when `work` (an estimate of multiply-adds) is large enough to pay.
+    public static func ranges(_ count: Int, granule: Int = 1, work: Int, _ body: (Range<Int>) -> Void) {
+        if count == 0 { return }
+        let parts = work < 32_768 ? 1 : min(threadCount * 2, (count + granule - 1) / granule)
+        if parts <= 1 {
+            body(0..<count)
+            return
+        }
+        let per = ((count + parts - 1) / parts + granule - 1) / granule * granule
+        let n = (count + per - 1) / per
+        forEach(n) { i in
+            let lo = i * per
+            body(lo..<min(count, lo + per))
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+func getenvString(_ name: String) -> String? {
+    guard let p = getenv(name) else { return nil }
+    return String(cString: p)
+}
+
+enum ProcessInfoLite {
+    static var activeProcessorCount: Int { Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
+}

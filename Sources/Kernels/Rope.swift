@@ -1,0 +1,44 @@
+import Foundation
+
+/// Rotary position embedding tables, Hugging Face "rotate_half" convention.
+public struct RopeTable: Sendable {
+    /// `invFreq[i]` for `i in 0..<headDim/2`, already adjusted for any rope scaling.
+    public let invFreq: [Float]
+    public let headDim: Int
+    /// Multiplier applied to cos/sin (1 except for scaling schemes that change attention
+    /// temperature, none of which we support yet).
+    public let attentionFactor: Float
+
+    public init(invFreq: [Float], headDim: Int, attentionFactor: Float = 1) {
+        self.invFreq = invFreq
+        self.headDim = headDim
+        self.attentionFactor = attentionFactor
+    }
+
+    /// Semantics: for every token t and head h of `x: [T, heads * headDim]`, with
+    /// `f_i = positions[t] * invFreq[i]`, `half = headDim / 2`, `i in 0..<half`:
+    /// `x1 = x[t,h,i]`, `x2 = x[t,h,i+half]`;
+    /// `x[t,h,i] = x1 cos f_i - x2 sin f_i`, `x[t,h,i+half] = x2 cos f_i + x1 sin f_i`.
+    public func apply(_ x: UnsafeMutablePointer<Float>, tokens T: Int, heads: Int, positions: UnsafePointer<Int32>) {
+        let half = headDim / 2
+        let rowStride = heads * headDim
+        var cosTable = [Float](repeating: 0, count: half)
+        var sinTable = [Float](repeating: 0, count: half)
+        for t in 0..<T {
+            let p = Float(positions[t])
+            for i in 0..<half {
+                let f = p * invFreq[i]
+                cosTable[i] = cosf(f) * attentionFactor
+                sinTable[i] = sinf(f) * attentionFactor
+            }
+            for h in 0..<heads {
+                let v = x + t * rowStride + h * headDim
+                for i in 0..<half {
+                    let x1 = v[i], x2 = v[i + half]
+                    v[i] = x1 * cosTable[i] - x2 * sinTable[i]
+                    v[i + half] = x2 * cosTable[i] + x1 * sinTable[i]
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,52 @@
+import Kernels
+import PagedKV
+
+/// The floats of a paged KV cache: per layer, keys and values laid out as
+/// `[blocks, blockSize, kvHeads, headDim]`. Which block belongs to which sequence is
+/// `PagedKV`'s business; this type only stores.
+public final class KVStorage: @unchecked Sendable {
+    public let blocks: Int
+    public let blockSize: Int
+    public let kvHeads: Int
+    public let headDim: Int
+    public let layers: Int
+    let keys: [UnsafeMutablePointer<Float>]
+    let values: [UnsafeMutablePointer<Float>]
+
+    public init(layers: Int, blocks: Int, blockSize: Int, kvHeads: Int, headDim: Int) {
+        self.layers = layers
+        self.blocks = blocks
+        self.blockSize = blockSize
+        self.kvHeads = kvHeads
+        self.headDim = headDim
+        let n = blocks * blockSize * kvHeads * headDim
+        keys = (0..<layers).map { _ in
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: n)
+            p.initialize(repeating: 0, count: n)
+            return p
+        }
+        values = (0..<layers).map { _ in
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: n)
+            p.initialize(repeating: 0, count: n)
+            return p
+        }
+    }
+
+    /// Bytes one token occupies across all layers.
+    public static func bytesPerToken(layers: Int, kvHeads: Int, headDim: Int) -> Int { 2 * layers * kvHeads * headDim * 4 }
+
+    deinit {
+        for p in keys { p.deallocate() }
+        for p in values { p.deallocate() }
+    }
+
+    /// Where position `position` of a sequence with `table` lives in layer `layer`.
+    @inline(__always)
+    func slot(_ position: Int, _ table: UnsafePointer<Int32>) -> Int {
+        (Int(table[position / blockSize]) * blockSize + position % blockSize) * kvHeads * headDim
+    }
+
+    func pagedLayer(_ layer: Int) -> Attention.PagedLayer {
+        Attention.PagedLayer(keys: keys[layer], values: values[layer], blockSize: blockSize, kvHeads: kvHeads, headDim: headDim)
+    }
+}

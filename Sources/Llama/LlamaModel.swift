@@ -1,0 +1,250 @@
+import Foundation
+import Kernels
+import Tensors
+
+/// Per-token additions to the linear layers and embeddings, e.g. LoRA adapters.
+///
+/// The model calls these hooks with the whole flat batch and the per-token adapter slots;
+/// an implementation adds its deltas to the rows whose slot it owns and leaves slot -1 rows
+/// alone. Implementations must compute each row from that row alone so that batching never
+/// changes a result.
+public protocol LinearDeltas: Sendable {
+    /// `y[t] += delta_role(x[t])` for each token t with `slots[t] >= 0`.
+    /// `x: [T, inDim]`, `y: [T, outDim]`.
+    func add(layer: Int, role: LinearRole, x: UnsafePointer<Float>, inDim: Int, y: UnsafeMutablePointer<Float>, outDim: Int,
+             slots: UnsafePointer<Int32>, tokens: Int)
+
+    /// Overrides or adds to the embedding of token t (`out: [D]`) for an adapter slot;
+    /// returns false when the base embedding should be used unchanged.
+    func embed(token: Int32, slot: Int32, base: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, dim: Int) -> Bool
+
+    /// The logits for a final hidden state `h: [D]` under an adapter slot, or nil to use
+    /// the base `lm_head`.
+    func logits(hidden: UnsafePointer<Float>, dim: Int, slot: Int32) -> [Float]?
+}
+
+/// The linear layers adapters can target, named as in Hugging Face checkpoints.
+public enum LinearRole: String, CaseIterable, Sendable, Codable {
+    case q = "q_proj", k = "k_proj", v = "v_proj", o = "o_proj", gate = "gate_proj", up = "up_proj", down = "down_proj"
+}
+
+/// A Llama-family decoder: embeddings, L blocks of (RMSNorm, GQA attention with RoPE,
+/// RMSNorm, SwiGLU MLP) with residuals, final RMSNorm and `lm_head`.
+/// Port of the math in transformers' `modeling_llama.py` (eager attention, fp32).
+public final class LlamaModel: @unchecked Sendable {
+    public let config: LlamaConfiguration
+    public let weights: LlamaWeights
+    let rope: RopeTable
+
+    public init(config: LlamaConfiguration, weights: LlamaWeights) throws {
+        try config.validate()
+        try weights.validate(against: config)
+        self.config = config
+        self.weights = weights
+        self.rope = RopeTable(invFreq: config.ropeInverseFrequencies(), headDim: config.headDim)
+    }
+
+    /// Allocates cache storage for `blocks` blocks of `blockSize` positions.
+    public func makeKVStorage(blocks: Int, blockSize: Int) -> KVStorage {
+        KVStorage(layers: config.numLayers, blocks: blocks, blockSize: blockSize, kvHeads: config.numKVHeads, headDim: config.headDim)
+    }
+
+    /// Runs one step over `batch`, writing its keys and values into `kv` and returning the
+    /// next-token logits of `batch.logitRows` (each `[vocab]`, the adapter's vocabulary when
+    /// it brings its own `lm_head`).
+    public func forward(_ batch: ForwardBatch, kv: KVStorage, deltas: (any LinearDeltas)? = nil) throws -> [[Float]] {
+        let T = batch.count
+        guard T > 0 else { return [] }
+        try check(batch, kv: kv)
+        let c = config
+        let D = c.hiddenSize, hd = c.headDim, Hq = c.numHeads, Hkv = c.numKVHeads
+        let QD = Hq * hd, KVD = Hkv * hd, I = c.intermediateSize
+
+        // Activations, row-major per token.
+        let x = Buffer(T * D)         // residual stream [T, D]
+        let h = Buffer(T * D)         // normed input    [T, D]
+        let q = Buffer(T * QD)        // queries         [T, Hq*hd]
+        let k = Buffer(T * KVD)       // keys            [T, Hkv*hd]
+        let v = Buffer(T * KVD)       // values          [T, Hkv*hd]
+        let attn = Buffer(T * QD)     // attention out   [T, Hq*hd]
+        let proj = Buffer(T * D)      // o/down output   [T, D]
+        let gate = Buffer(T * I)      // gate branch     [T, I]
+        let up = Buffer(T * I)        // up branch       [T, I]
+        defer { for b in [x, h, q, k, v, attn, proj, gate, up] { b.free() } }
+
+        let slots = batch.adapterSlots
+        try slots.withUnsafeBufferPointer { slotPtr in
+            try batch.positions.withUnsafeBufferPointer { posPtr in
+                // Embedding: x[t] = E[token_t] (or the adapter's embedding).
+                try weights.embedding.data.withUnsafeBufferPointer { emb in
+                    for t in 0..<T {
+                        let id = Int(batch.tokens[t])
+                        let row = x.p + t * D
+                        if let deltas, slotPtr[t] >= 0,
+                           deltas.embed(token: batch.tokens[t], slot: slotPtr[t], base: emb.baseAddress! + min(id, c.vocabSize - 1) * D, out: row, dim: D) {
+                            continue
+                        }
+                        guard id >= 0, id < c.vocabSize else {
+                            throw FacetError(.invalidArgument, "token id \(id) is outside the vocabulary of \(c.vocabSize)", field: "tokens",
+                                             remedy: "use ids from this model's tokenizer")
+                        }
+                        row.update(from: emb.baseAddress! + id * D, count: D)
+                    }
+                }
+
+                for (l, w) in weights.layers.enumerated() {
+                    // --- attention block ---
+                    rms(x.p, w.attnNorm, h.p, T, D)
+                    linear(h.p, w.wq, w.bq, q.p, T, deltas, l, .q, slotPtr.baseAddress!)
+                    linear(h.p, w.wk, w.bk, k.p, T, deltas, l, .k, slotPtr.baseAddress!)
+                    linear(h.p, w.wv, w.bv, v.p, T, deltas, l, .v, slotPtr.baseAddress!)
+                    rope.apply(q.p, tokens: T, heads: Hq, positions: posPtr.baseAddress!)
+                    rope.apply(k.p, tokens: T, heads: Hkv, positions: posPtr.baseAddress!)
+                    writeCache(batch, kv: kv, layer: l, k: k.p, v: v.p)
+                    attend(batch, kv: kv, layer: l, q: q.p, out: attn.p)
+                    linear(attn.p, w.wo, w.bo, proj.p, T, deltas, l, .o, slotPtr.baseAddress!)
+                    add(x.p, proj.p, T * D)
+
+                    // --- MLP block: down(silu(gate(h)) * up(h)) ---
+                    rms(x.p, w.ffnNorm, h.p, T, D)
+                    linear(h.p, w.wGate, w.bGate, gate.p, T, deltas, l, .gate, slotPtr.baseAddress!)
+                    linear(h.p, w.wUp, w.bUp, up.p, T, deltas, l, .up, slotPtr.baseAddress!)
+                    Activation.siluMul(gate: gate.p, up: up.p, count: T * I)
+                    linear(gate.p, w.wDown, w.bDown, proj.p, T, deltas, l, .down, slotPtr.baseAddress!)
+                    add(x.p, proj.p, T * D)
+                }
+            }
+        }
+
+        // Final norm and lm_head for the requested rows only.
+        let R = batch.logitRows.count
+        let finalHidden = Buffer(max(R, 1) * D)
+        defer { finalHidden.free() }
+        for (r, t) in batch.logitRows.enumerated() {
+            (finalHidden.p + r * D).update(from: x.p + t * D, count: D)
+        }
+        rms(finalHidden.p, weights.finalNorm, finalHidden.p, R, D)
+        var result = [[Float]](repeating: [], count: R)
+        var baseRows: [Int] = []
+        for (r, t) in batch.logitRows.enumerated() {
+            if let deltas, slots[t] >= 0, let custom = deltas.logits(hidden: finalHidden.p + r * D, dim: D, slot: slots[t]) {
+                result[r] = custom
+            } else {
+                baseRows.append(r)
+            }
+        }
+        if !baseRows.isEmpty {
+            let V = c.vocabSize
+            let packed = Buffer(baseRows.count * D)
+            let out = Buffer(baseRows.count * V)
+            defer { packed.free(); out.free() }
+            for (i, r) in baseRows.enumerated() { (packed.p + i * D).update(from: finalHidden.p + r * D, count: D) }
+            weights.lmHead.data.withUnsafeBufferPointer { head in
+                MatMul.nt(x: packed.p, w: head.baseAddress!, y: out.p, t: baseRows.count, k: D, o: V)
+            }
+            for (i, r) in baseRows.enumerated() { result[r] = Array(UnsafeBufferPointer(start: out.p + i * V, count: V)) }
+        }
+        return result
+    }
+
+    // MARK: - Steps
+
+    private func check(_ batch: ForwardBatch, kv: KVStorage) throws {
+        let T = batch.count
+        guard batch.positions.count == T, batch.sequences.count == T, batch.adapterSlots.count == T else {
+            throw FacetError(.invalidArgument, "tokens, positions, sequences and adapterSlots must have equal lengths", field: "batch")
+        }
+        for t in 0..<T {
+            let s = Int(batch.sequences[t]), p = Int(batch.positions[t])
+            guard s >= 0, s < batch.blockTables.count else {
+                throw FacetError(.invalidArgument, "token \(t) names sequence \(s) with no block table", field: "batch.sequences")
+            }
+            guard p >= 0, p / kv.blockSize < batch.blockTables[s].count else {
+                throw FacetError(.capacity, "position \(p) of sequence \(s) has no cache block", field: "batch.positions",
+                                 remedy: "reserve KV blocks for every position before the step")
+            }
+            guard p < config.maxPositionEmbeddings || config.ropeScaling != .none || true else { continue }
+        }
+        for table in batch.blockTables {
+            for b in table where b < 0 || Int(b) >= kv.blocks {
+                throw FacetError(.invalidArgument, "block \(b) is outside the cache of \(kv.blocks) blocks", field: "batch.blockTables")
+            }
+        }
+        for r in batch.logitRows where r < 0 || r >= T {
+            throw FacetError(.invalidArgument, "logit row \(r) is not a token of the batch", field: "batch.logitRows")
+        }
+    }
+
+    private func rms(_ x: UnsafePointer<Float>, _ weight: [Float], _ y: UnsafeMutablePointer<Float>, _ rows: Int, _ dim: Int) {
+        weight.withUnsafeBufferPointer { w in
+            Norm.rms(x: x, weight: w.baseAddress!, y: y, rows: rows, dim: dim, eps: config.rmsNormEps)
+        }
+    }
+
+    /// `y = x W^T + b`, then the adapters' deltas for this role.
+    private func linear(
+        _ x: UnsafePointer<Float>, _ w: Matrix, _ bias: [Float]?, _ y: UnsafeMutablePointer<Float>, _ T: Int,
+        _ deltas: (any LinearDeltas)?, _ layer: Int, _ role: LinearRole, _ slots: UnsafePointer<Int32>
+    ) {
+        w.data.withUnsafeBufferPointer { wp in
+            if let bias {
+                bias.withUnsafeBufferPointer { bp in
+                    MatMul.nt(x: x, w: wp.baseAddress!, bias: bp.baseAddress!, y: y, t: T, k: w.cols, o: w.rows)
+                }
+            } else {
+                MatMul.nt(x: x, w: wp.baseAddress!, y: y, t: T, k: w.cols, o: w.rows)
+            }
+        }
+        deltas?.add(layer: layer, role: role, x: x, inDim: w.cols, y: y, outDim: w.rows, slots: slots, tokens: T)
+    }
+
+    private func add(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, _ n: Int) {
+        for i in 0..<n { x[i] += y[i] }
+    }
+
+    private func writeCache(_ batch: ForwardBatch, kv: KVStorage, layer: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>) {
+        let width = kv.kvHeads * kv.headDim
+        for t in 0..<batch.count {
+            let table = batch.blockTables[Int(batch.sequences[t])]
+            table.withUnsafeBufferPointer { tp in
+                let s = kv.slot(Int(batch.positions[t]), tp.baseAddress!)
+                (kv.keys[layer] + s).update(from: k + t * width, count: width)
+                (kv.values[layer] + s).update(from: v + t * width, count: width)
+            }
+        }
+    }
+
+    private func attend(_ batch: ForwardBatch, kv: KVStorage, layer: Int, q: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>) {
+        let paged = kv.pagedLayer(layer)
+        let QD = config.numHeads * config.headDim
+        let heads = config.numHeads
+        let scale = 1 / Float(config.headDim).squareRoot()
+        let window = config.slidingWindow
+        let qs = SendablePointer(q), os = SendableMutablePointer(out)
+        let maxPos = Int(batch.positions.max() ?? 0)
+        let work = batch.count * (maxPos + 1) * QD * 2
+        nonisolated(unsafe) let pagedLayer = paged
+        Parallel.ranges(batch.count, work: work) { range in
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: maxPos + 1)
+            defer { scores.deallocate() }
+            for t in range {
+                let p = Int(batch.positions[t])
+                let first = window.map { max(0, p - $0 + 1) } ?? 0
+                batch.blockTables[Int(batch.sequences[t])].withUnsafeBufferPointer { tp in
+                    Attention.attend(query: qs.p + t * QD, heads: heads, layer: pagedLayer, blockTable: tp.baseAddress!,
+                                     first: first, last: p, scale: scale, scores: scores, out: os.p + t * QD)
+                }
+            }
+        }
+    }
+}
+
+/// A scratch activation buffer, freed explicitly at the end of a step.
+final class Buffer {
+    let p: UnsafeMutablePointer<Float>
+    init(_ n: Int) {
+        p = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
+        p.initialize(repeating: 0, count: max(n, 1))
+    }
+    func free() { p.deallocate() }
+}

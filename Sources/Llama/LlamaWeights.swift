@@ -1,0 +1,105 @@
+import Tensors
+
+/// Role of a weight inside a decoder layer; the one place checkpoint names map to.
+public enum LayerWeightRole: String, CaseIterable, Sendable {
+    case attnNorm, q, k, v, o, qBias, kBias, vBias, oBias, ffnNorm, gate, up, down, gateBias, upBias, downBias
+}
+
+/// The weights of one decoder layer. Linear weights are `[out, in]` (checkpoint order).
+public struct LlamaLayerWeights: Sendable {
+    public var attnNorm: [Float]     // [D]
+    public var wq: Matrix            // [Hq*hd, D]
+    public var wk: Matrix            // [Hkv*hd, D]
+    public var wv: Matrix            // [Hkv*hd, D]
+    public var wo: Matrix            // [D, Hq*hd]
+    public var bq: [Float]?          // [Hq*hd]   (Qwen2)
+    public var bk: [Float]?          // [Hkv*hd]
+    public var bv: [Float]?          // [Hkv*hd]
+    public var bo: [Float]?          // [D]
+    public var ffnNorm: [Float]      // [D]
+    public var wGate: Matrix         // [I, D]
+    public var wUp: Matrix           // [I, D]
+    public var wDown: Matrix         // [D, I]
+    public var bGate: [Float]?       // [I]
+    public var bUp: [Float]?         // [I]
+    public var bDown: [Float]?       // [D]
+
+    public init(attnNorm: [Float], wq: Matrix, wk: Matrix, wv: Matrix, wo: Matrix, bq: [Float]? = nil, bk: [Float]? = nil,
+                bv: [Float]? = nil, bo: [Float]? = nil, ffnNorm: [Float], wGate: Matrix, wUp: Matrix, wDown: Matrix,
+                bGate: [Float]? = nil, bUp: [Float]? = nil, bDown: [Float]? = nil) {
+        self.attnNorm = attnNorm
+        self.wq = wq
+        self.wk = wk
+        self.wv = wv
+        self.wo = wo
+        self.bq = bq
+        self.bk = bk
+        self.bv = bv
+        self.bo = bo
+        self.ffnNorm = ffnNorm
+        self.wGate = wGate
+        self.wUp = wUp
+        self.wDown = wDown
+        self.bGate = bGate
+        self.bUp = bUp
+        self.bDown = bDown
+    }
+}
+
+/// All weights of a Llama-family model.
+public struct LlamaWeights: Sendable {
+    public var embedding: Matrix             // [V, D]
+    public var layers: [LlamaLayerWeights]   // [L]
+    public var finalNorm: [Float]            // [D]
+    public var lmHead: Matrix                // [V, D] (the embedding itself when tied)
+
+    public init(embedding: Matrix, layers: [LlamaLayerWeights], finalNorm: [Float], lmHead: Matrix) {
+        self.embedding = embedding
+        self.layers = layers
+        self.finalNorm = finalNorm
+        self.lmHead = lmHead
+    }
+
+    /// Checks every shape against the configuration; errors name the tensor.
+    public func validate(against c: LlamaConfiguration, file: String? = nil) throws {
+        func check(_ name: String, _ m: Matrix, _ rows: Int, _ cols: Int) throws {
+            guard m.rows == rows, m.cols == cols else {
+                throw FacetError(.shapeMismatch, "shape [\(m.rows), \(m.cols)] but the config implies [\(rows), \(cols)]",
+                                 file: file, field: name, remedy: "config.json and the weights come from different models")
+            }
+        }
+        func check(_ name: String, _ v: [Float]?, _ n: Int) throws {
+            guard let v else { return }
+            guard v.count == n else {
+                throw FacetError(.shapeMismatch, "has \(v.count) values but the config implies \(n)", file: file, field: name,
+                                 remedy: "config.json and the weights come from different models")
+            }
+        }
+        let d = c.hiddenSize, q = c.numHeads * c.headDim, kv = c.numKVHeads * c.headDim, i = c.intermediateSize
+        try check("embed_tokens", embedding, c.vocabSize, d)
+        try check("lm_head", lmHead, c.vocabSize, d)
+        try check("norm", finalNorm, d)
+        guard layers.count == c.numLayers else {
+            throw FacetError(.shapeMismatch, "found \(layers.count) layers but num_hidden_layers is \(c.numLayers)", file: file, field: "layers")
+        }
+        for (n, l) in layers.enumerated() {
+            let p = "layers.\(n)."
+            try check(p + "input_layernorm", l.attnNorm, d)
+            try check(p + "q_proj", l.wq, q, d)
+            try check(p + "k_proj", l.wk, kv, d)
+            try check(p + "v_proj", l.wv, kv, d)
+            try check(p + "o_proj", l.wo, d, q)
+            try check(p + "q_proj.bias", l.bq, q)
+            try check(p + "k_proj.bias", l.bk, kv)
+            try check(p + "v_proj.bias", l.bv, kv)
+            try check(p + "o_proj.bias", l.bo, d)
+            try check(p + "post_attention_layernorm", l.ffnNorm, d)
+            try check(p + "gate_proj", l.wGate, i, d)
+            try check(p + "up_proj", l.wUp, i, d)
+            try check(p + "down_proj", l.wDown, d, i)
+            try check(p + "gate_proj.bias", l.bGate, i)
+            try check(p + "up_proj.bias", l.bUp, i)
+            try check(p + "down_proj.bias", l.bDown, d)
+        }
+    }
+}
