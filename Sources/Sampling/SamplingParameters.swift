@@ -1,0 +1,41 @@
+import Tensors
+
+/// How one request picks its next tokens. Validated once, where it enters (CLI or API).
+public struct SamplingParameters: Sendable, Equatable, Codable {
+    /// 0 means greedy (argmax).
+    public var temperature: Float = 1
+    /// Keep only the k most likely tokens; 0 disables. 1 is greedy.
+    public var topK: Int = 0
+    /// Keep the smallest set whose probability reaches p; 1 (or 0, as in TensorRT-LLM) disables.
+    public var topP: Float = 1
+    /// Drop tokens whose probability is below `minP` times the top probability; 0 disables.
+    public var minP: Float = 0
+    /// Divides positive (multiplies negative) logits of tokens already seen; 1 disables.
+    public var repetitionPenalty: Float = 1
+    /// Seed of this request's own random stream; nil takes one from the system.
+    public var seed: UInt64?
+    public var maxTokens: Int = 16
+    /// Generation stops after a token whose text completes one of these strings, which are
+    /// removed from the output.
+    public var stop: [String] = []
+    /// Token ids that end generation (the model's EOS unless `ignoreEOS`).
+    public var stopTokenIDs: [Int] = []
+    public var ignoreEOS: Bool = false
+
+    public init() {}
+
+    public var isGreedy: Bool { temperature == 0 || topK == 1 }
+
+    public func validate() throws {
+        func bad(_ field: String, _ message: String) -> FacetError {
+            FacetError(.invalidArgument, message, field: field)
+        }
+        guard temperature >= 0, temperature.isFinite else { throw bad("temperature", "must be >= 0, got \(temperature)") }
+        guard topK >= 0 else { throw bad("top_k", "must be >= 0, got \(topK)") }
+        guard topP >= 0, topP <= 1 else { throw bad("top_p", "must be in [0, 1], got \(topP)") }
+        guard minP >= 0, minP <= 1 else { throw bad("min_p", "must be in [0, 1], got \(minP)") }
+        guard repetitionPenalty > 0, repetitionPenalty.isFinite else { throw bad("repetition_penalty", "must be > 0, got \(repetitionPenalty)") }
+        guard maxTokens >= 0 else { throw bad("max_tokens", "must be >= 0, got \(maxTokens)") }
+        guard !stop.contains(where: \.isEmpty) else { throw bad("stop", "stop strings must not be empty") }
+    }
+}
