@@ -1,0 +1,69 @@
+import ArgumentParser
+import Foundation
+import Formats
+import Llama
+import Loading
+import Tensors
+import Tokenization
+
+/// Options naming the model and its tokenizer, shared by every command.
+struct ModelOptions: ParsableArguments {
+    @Option(name: [.customLong("model"), .customLong("engine_dir"), .customLong("model_dir")],
+            help: "A Hugging Face model directory or a .gguf file (default: the embedded SmolLM2-135M-Instruct).")
+    var model: String?
+
+    @Option(name: [.customLong("tokenizer_dir"), .customLong("tokenizer-dir")],
+            help: "Directory with tokenizer.json (default: the model's own tokenizer).")
+    var tokenizerDir: String?
+
+    /// Where `scripts/setup` puts the default model, searched from the working directory,
+    /// the executable's folders and FACET_HOME.
+    static func defaultModelPath() -> String? {
+        let name = ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        var roots: [String] = []
+        if let home = ProcessInfo.processInfo.environment["FACET_HOME"] { roots.append(home) }
+        roots.append(FileManager.default.currentDirectoryPath)
+        var url = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        for _ in 0..<6 {
+            url.deleteLastPathComponent()
+            roots.append(url.path)
+        }
+        return roots.map { ($0 as NSString).appendingPathComponent(name) }.first { FileManager.default.fileExists(atPath: $0) }
+    }
+
+    func resolvedModelPath() throws -> String {
+        if let model { return model }
+        guard let path = Self.defaultModelPath() else {
+            throw FacetError(.notFound, "the default model has not been fetched", file: ".cache/models",
+                             remedy: "run scripts/setup, or pass --model PATH")
+        }
+        return path
+    }
+
+    /// Loads the model and its tokenizer (nil only when none exists and `tokenizerRequired`
+    /// is false). Status lines go to standard error.
+    func load(tokenizerRequired: Bool) throws -> (LlamaModel, Tokenizer?) {
+        let path = try resolvedModelPath()
+        let progress: (String) -> Void = { FileHandle.standardError.write(Data("[facet] \($0)\n".utf8)) }
+        let start = Date()
+        let (model, source) = try ModelLoader.load(path: path, progress: progress)
+        var tokenizer: Tokenizer?
+        if let dir = tokenizerDir {
+            guard let t = try TokenizerLoader.loadHuggingFace(directory: dir) else {
+                throw FacetError(.notFound, "no tokenizer.json in the tokenizer directory", file: dir, remedy: "point --tokenizer_dir at a directory with tokenizer.json")
+            }
+            tokenizer = t
+        } else {
+            switch source {
+            case .huggingFace(let dir): tokenizer = try TokenizerLoader.loadHuggingFace(directory: dir)
+            case .gguf(let file): tokenizer = try TokenizerLoader.loadGGUF(try GGUFFile(path: file))
+            }
+        }
+        if tokenizerRequired && tokenizer == nil {
+            throw FacetError(.notFound, "the model has no tokenizer", file: path,
+                             remedy: "pass --tokenizer_dir, or give token ids with --input_file")
+        }
+        progress(String(format: "Model ready in %.1f s", Date().timeIntervalSince(start)))
+        return (model, tokenizer)
+    }
+}

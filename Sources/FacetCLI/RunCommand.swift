@@ -1,0 +1,163 @@
+import ArgumentParser
+import Engine
+import Foundation
+import Formats
+import Llama
+import Sampling
+import Tensors
+import Tokenization
+
+/// `facet run`: TensorRT-LLM's run.py, on the CPU.
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Generate text for one or more inputs in a single batch (flags as TensorRT-LLM's run.py)."
+    )
+
+    @OptionGroup var modelOptions: ModelOptions
+
+    @Option(name: [.customLong("input_text"), .customLong("input-text")], parsing: .upToNextOption,
+            help: "Input prompts; each one is a sequence of the batch.")
+    var inputText: [String] = []
+
+    @Option(name: [.customLong("input_file"), .customLong("input-file")],
+            help: "Token ids instead of text: a CSV file (one sequence per line) or a NumPy .npy integer array.")
+    var inputFile: String?
+
+    @Option(name: [.customLong("max_output_len"), .customLong("max-output-len")], help: "Tokens to generate per input.")
+    var maxOutputLen: Int = 64
+
+    @Option(name: [.customLong("top_k"), .customLong("top-k")], help: "Sample from the k most likely tokens (1 = greedy).")
+    var topK: Int = 1
+
+    @Option(name: [.customLong("top_p"), .customLong("top-p")], help: "Nucleus sampling threshold (0 or 1 = off).")
+    var topP: Float = 0
+
+    @Option(help: "Sampling temperature (0 = greedy).")
+    var temperature: Float = 1
+
+    @Option(name: [.customLong("min_p"), .customLong("min-p")], help: "Drop tokens below this fraction of the top probability.")
+    var minP: Float = 0
+
+    @Option(name: [.customLong("repetition_penalty"), .customLong("repetition-penalty")], help: "Penalty for tokens already present.")
+    var repetitionPenalty: Float = 1
+
+    @Option(name: .customLong("random_seed"), help: "Seed of the random sampler (same seed, same tokens).")
+    var randomSeed: UInt64?
+
+    @Option(help: "Alias of --random_seed.")
+    var seed: UInt64?
+
+    @Option(parsing: .upToNextOption, help: "Stop when the output contains one of these strings.")
+    var stop: [String] = []
+
+    @Flag(name: [.customLong("no_add_special_tokens"), .customLong("no-add-special-tokens")],
+          help: "Do not add the tokenizer's special tokens (e.g. BOS) to the input.")
+    var noAddSpecialTokens = false
+
+    @Flag(help: "Wrap each input in the model's chat template as a user message.")
+    var chat = false
+
+    @Option(name: .customLong("system_prompt"), help: "System message for --chat.")
+    var systemPrompt: String?
+
+    @Flag(name: [.customLong("ignore_eos"), .customLong("ignore-eos")], help: "Keep generating past the end-of-sequence token.")
+    var ignoreEOS = false
+
+    @Option(name: .customLong("end_id"), help: "Token id that ends generation (default: the model's EOS).")
+    var endID: Int?
+
+    @Option(name: [.customLong("output_csv")], help: "Write the generated ids as CSV, one sequence per line.")
+    var outputCSV: String?
+
+    @Option(name: [.customLong("output_npy")], help: "Write the generated ids as an int32 .npy [batch, 1, steps], padded with end_id.")
+    var outputNpy: String?
+
+    @Option(name: [.customLong("output_logits_npy")], help: "Write float32 logits of every step as .npy [batch, 1, steps, vocab].")
+    var outputLogitsNpy: String?
+
+    @Option(name: .customLong("prefill_chunk"), help: "Largest number of prompt tokens per forward step (default: all).")
+    var prefillChunk: Int?
+
+    @Flag(name: .customLong("streaming"), help: "Print tokens as they are generated (single input only).")
+    var streaming = false
+
+    mutating func validate() throws {
+        guard !inputText.isEmpty || inputFile != nil else {
+            throw ValidationError("give --input_text or --input_file")
+        }
+        guard inputText.isEmpty || inputFile == nil else { throw ValidationError("give --input_text or --input_file, not both") }
+        guard maxOutputLen >= 0 else { throw ValidationError("--max_output_len must be >= 0") }
+        if let c = prefillChunk, c <= 0 { throw ValidationError("--prefill_chunk must be positive") }
+        if randomSeed != nil && seed != nil && randomSeed != seed { throw ValidationError("--seed and --random_seed disagree") }
+        if chat && inputFile != nil { throw ValidationError("--chat applies to --input_text, not token ids") }
+        if streaming && inputText.count + (inputFile == nil ? 0 : 1) > 1 { throw ValidationError("--streaming needs a single input") }
+    }
+
+    func run() throws {
+        try failing { try execute() }
+    }
+
+    func execute() throws {
+        let (model, tokenizer) = try modelOptions.load(tokenizerRequired: inputFile == nil)
+        var params = SamplingParameters()
+        params.temperature = temperature
+        params.topK = topK
+        params.topP = topP
+        params.minP = minP
+        params.repetitionPenalty = repetitionPenalty
+        params.seed = randomSeed ?? seed ?? 0
+        params.maxTokens = maxOutputLen
+        params.stop = stop
+        params.ignoreEOS = ignoreEOS
+        if let endID {
+            params.stopTokenIDs = [endID]
+        } else {
+            params.stopTokenIDs = Array(Set(model.config.eosTokenIDs + (tokenizer?.eosIDs.map(Int.init) ?? []))).sorted()
+        }
+        try params.validate()
+
+        // Inputs as token ids.
+        var prompts: [[Int32]] = []
+        var shown: [String] = []
+        if let inputFile {
+            prompts = try InputFile.read(inputFile)
+            shown = prompts.map { ids in "[" + ids.map(String.init).joined(separator: ", ") + "]" }
+        } else if let tokenizer {
+            for text in inputText {
+                if chat {
+                    let rendered = try ChatPrompt.render(tokenizer: tokenizer, user: text, system: systemPrompt)
+                    prompts.append(tokenizer.encode(rendered, addSpecialTokens: false))
+                } else {
+                    prompts.append(tokenizer.encode(text, addSpecialTokens: !noAddSpecialTokens))
+                }
+                shown.append(text)
+            }
+        }
+
+        var generator = BatchGenerator(model: model, tokenizer: tokenizer)
+        generator.prefillChunk = prefillChunk
+        let requests = prompts.map { GenerationRequest(promptIDs: $0, parameters: params, adapterSlot: -1) }
+        let start = Date()
+        let results = try generator.generate(requests, collectLogits: outputLogitsNpy != nil) { _, piece in
+            if streaming { FileHandle.standardOutput.write(Data(piece.utf8)) }
+        }
+        let seconds = Date().timeIntervalSince(start)
+        if streaming { print("") }
+        for (i, r) in results.enumerated() {
+            print("Input [Text \(i)]: \"\(shown[i])\"")
+            if let text = r.text {
+                print("Output [Text \(i) Beam 0]: \"\(text)\"")
+            } else {
+                print("Output [Text \(i) Beam 0]: [" + r.outputIDs.map(String.init).joined(separator: ", ") + "]")
+            }
+        }
+        let generated = results.reduce(0) { $0 + $1.outputIDs.count }
+        FileHandle.standardError.write(Data(String(format: "[facet] %d sequences, %d tokens generated in %.2f s (%.1f tokens/s)\n",
+                                                   results.count, generated, seconds, Double(generated) / max(seconds, 1e-9)).utf8))
+        let pad = Int32(params.stopTokenIDs.first ?? 0)
+        if let outputCSV { try OutputFiles.writeCSV(results.map(\.outputIDs), to: outputCSV) }
+        if let outputNpy { try OutputFiles.writeIDs(results.map(\.outputIDs), pad: pad, to: outputNpy) }
+        if let outputLogitsNpy { try OutputFiles.writeLogits(results.map(\.stepLogits), to: outputLogitsNpy) }
+    }
+}
