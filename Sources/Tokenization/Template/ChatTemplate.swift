@@ -18,7 +18,10 @@ public struct ChatTemplate: Sendable {
     public let source: String
 
     public init(_ source: String) throws {
-        var parser = try TemplateParser(source)
+        // Jinja drops one trailing newline of the template (keep_trailing_newline=False).
+        var text = source
+        if text.hasSuffix("\n") { text.removeLast() }
+        var parser = try TemplateParser(text)
         nodes = try parser.parse()
         self.source = source
     }

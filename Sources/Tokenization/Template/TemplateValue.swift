@@ -63,7 +63,7 @@ public indirect enum TemplateValue: Sendable, Equatable {
         return rendered
     }
 
-    /// JSON text, as Jinja's `tojson` writes it (`, ` and `: ` separators).
+    /// JSON text as Hugging Face's `tojson` writes it: `json.dumps(ensure_ascii=False)`.
     public func json(indent: Int? = nil, level: Int = 0) -> String {
         switch self {
         case .undefined, .none: return "null"
@@ -79,10 +79,6 @@ public indirect enum TemplateValue: Sendable, Equatable {
                 case "\n": out += "\\n"
                 case "\r": out += "\\r"
                 case "\t": out += "\\t"
-                case "<": out += "\\u003c"
-                case ">": out += "\\u003e"
-                case "&": out += "\\u0026"
-                case "'": out += "\\u0027"
                 default:
                     if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
                 }
