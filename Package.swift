@@ -23,17 +23,19 @@ let package = Package(
         .target(name: "Tokenization", dependencies: ["Tensors"]),
         .target(name: "PagedKV"),
         .target(name: "Llama", dependencies: ["Tensors", "Kernels", "PagedKV"], swiftSettings: kernelFlags),
+        .target(name: "Adapters", dependencies: ["Tensors", "Kernels", "Llama"], swiftSettings: kernelFlags),
         .target(name: "Sampling", dependencies: ["Tensors"], swiftSettings: kernelFlags),
-        .target(name: "Loading", dependencies: ["Tensors", "Formats", "Tokenization", "Llama"]),
-        .target(name: "Engine", dependencies: ["Tensors", "Llama", "PagedKV", "Sampling", "Tokenization", "Loading"]),
+        .target(name: "Loading", dependencies: ["Tensors", "Formats", "Tokenization", "Llama", "Adapters"]),
+        .target(name: "Engine", dependencies: ["Tensors", "Llama", "Adapters", "PagedKV", "Sampling", "Tokenization", "Loading"]),
         .executableTarget(
             name: "FacetCLI",
             dependencies: [
-                "Engine", "Loading", "Formats", "Tokenization", "Sampling", "Llama",
+                "Engine", "Loading", "Formats", "Tokenization", "Sampling", "Llama", "Adapters",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .target(name: "TestSupport", dependencies: ["Tensors", "Formats", "Llama", "Loading"], path: "Tests/TestSupport"),
+        .testTarget(name: "AdaptersTests", dependencies: ["Adapters", "Tensors", "Loading", "Engine", "Llama", "Sampling", "Formats", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Tensors", "TestSupport"]),
         .testTarget(name: "FormatsTests", dependencies: ["Formats", "Tensors", "TestSupport"]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "Loading", "TestSupport"]),

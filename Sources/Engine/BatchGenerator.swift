@@ -76,9 +76,14 @@ public struct BatchGenerator {
                 throw FacetError(.invalidArgument, "input \(i) needs \(r.promptIDs.count + r.parameters.maxTokens) positions but the model has \(c.maxPositionEmbeddings)",
                                  field: "max_output_len", remedy: "shorten the prompt or lower max_output_len")
             }
-            for id in r.promptIDs where id < 0 || Int(id) >= c.vocabSize && r.adapterSlot < 0 {
-                throw FacetError(.invalidArgument, "input \(i) has token id \(id) outside the vocabulary of \(c.vocabSize)", field: "input",
-                                 remedy: "use ids from this model's tokenizer")
+            let vocabulary = r.adapterSlot >= 0 ? deltas?.vocabularySize(slot: r.adapterSlot) ?? c.vocabSize : c.vocabSize
+            if r.adapterSlot >= Int32(deltas?.slotCount ?? 0) || r.adapterSlot < -1 {
+                throw FacetError(.invalidArgument, "input \(i) asks for adapter \(r.adapterSlot) but \(deltas?.slotCount ?? 0) adapters are loaded",
+                                 field: "lora_task_uids", remedy: "use an index of --lora_dir (0-based), or -1 for the base model")
+            }
+            for id in r.promptIDs where id < 0 || Int(id) >= vocabulary {
+                throw FacetError(.invalidArgument, "input \(i) has token id \(id) outside the vocabulary of \(vocabulary)", field: "input",
+                                 remedy: "use ids from the tokenizer of this model (or of its adapter)")
             }
         }
         let totalBlocks = requests.reduce(0) { $0 + ($1.promptIDs.count + $1.parameters.maxTokens + blockSize) / blockSize }

@@ -21,6 +21,13 @@ public protocol LinearDeltas: Sendable {
     /// The logits for a final hidden state `h: [D]` under an adapter slot, or nil to use
     /// the base `lm_head`.
     func logits(hidden: UnsafePointer<Float>, dim: Int, slot: Int32) -> [Float]?
+
+    /// Token ids valid for sequences under `slot` (more than the base's when the adapter
+    /// extends the vocabulary).
+    func vocabularySize(slot: Int32) -> Int
+
+    /// Number of slots; valid slots are `0..<slotCount`.
+    var slotCount: Int { get }
 }
 
 /// The linear layers adapters can target, named as in Hugging Face checkpoints.

@@ -1,0 +1,113 @@
+import Llama
+import Tensors
+
+/// One low-rank pair for one linear layer: `delta(x) = scale * (x A^T) B^T`.
+public struct LoRAPair: Sendable {
+    public var a: Matrix      // [r, in]
+    public var b: Matrix      // [out, r]
+    public var scale: Float
+    public var rank: Int { a.rows }
+
+    public init(a: Matrix, b: Matrix, scale: Float) {
+        precondition(a.rows == b.cols, "LoRA A rows must equal B columns")
+        self.a = a
+        self.b = b
+        self.scale = scale
+    }
+}
+
+/// A LoRA adapter in memory, independent of its file format. Weights are fp32, in the base
+/// model's Hugging Face orientation, never merged into the base.
+public struct LoRAAdapter: Sendable {
+    /// A display name (directory name or the name given at registration).
+    public var name: String
+    /// SHA-256 of the adapter's weight and config bytes: its identity in caches.
+    public var digest: String
+    /// `pairs[layer][role]`.
+    public var pairs: [[LinearRole: LoRAPair]]
+    /// Embedding LoRA: `embed(id) += scale * B A[:, id]`; stored as `A^T: [vocab, r]`, `B: [D, r]`.
+    public var embeddingLoRA: EmbeddingLoRA?
+    /// Full replacement tables (PEFT `modules_to_save`), possibly with more rows than the base.
+    public var embedTokens: Matrix?    // [V', D]
+    public var lmHead: Matrix?         // [V', D]
+
+    public struct EmbeddingLoRA: Sendable {
+        public var aT: Matrix          // [vocab, r]
+        public var b: Matrix           // [D, r]
+        public var scale: Float
+        public init(aT: Matrix, b: Matrix, scale: Float) {
+            self.aT = aT
+            self.b = b
+            self.scale = scale
+        }
+    }
+
+    public init(name: String, digest: String, layers: Int) {
+        self.name = name
+        self.digest = digest
+        self.pairs = Array(repeating: [:], count: layers)
+    }
+
+    /// Vocabulary of sequences using this adapter (larger than the base's when it extends it).
+    public func vocabularySize(base: Int) -> Int { max(embedTokens?.rows ?? base, lmHead?.rows ?? base) }
+
+    public var maxRank: Int { pairs.flatMap { $0.values.map(\.rank) }.max() ?? embeddingLoRA?.aT.cols ?? 0 }
+
+    /// Bytes of weights held.
+    public var byteSize: Int {
+        var n = pairs.reduce(0) { $0 + $1.values.reduce(0) { $0 + ($1.a.data.count + $1.b.data.count) * 4 } }
+        if let e = embeddingLoRA { n += (e.aT.data.count + e.b.data.count) * 4 }
+        n += (embedTokens?.data.count ?? 0) * 4 + (lmHead?.data.count ?? 0) * 4
+        return n
+    }
+
+    public var targetRoles: [String] {
+        var roles = Set<String>()
+        for layer in pairs { for r in layer.keys { roles.insert(r.rawValue) } }
+        if embeddingLoRA != nil { roles.insert("embed_tokens") }
+        return roles.sorted()
+    }
+
+    /// Checks every tensor against the base model's shapes.
+    public func validate(against c: LlamaConfiguration) throws {
+        func mismatch(_ what: String, _ got: [Int], _ want: [Int]) -> FacetError {
+            FacetError(.shapeMismatch, "\(what) has shape \(got) but the base model needs \(want)", field: what,
+                       remedy: "adapter made for another base model? It must match \(c.architecture) with hidden size \(c.hiddenSize)")
+        }
+        guard pairs.count == c.numLayers else {
+            throw FacetError(.shapeMismatch, "adapter has \(pairs.count) layers, the base model \(c.numLayers)", field: "layers",
+                             remedy: "adapter made for another base model?")
+        }
+        let q = c.numHeads * c.headDim, kv = c.numKVHeads * c.headDim
+        for (l, layer) in pairs.enumerated() {
+            for (role, p) in layer {
+                let (inDim, outDim): (Int, Int) = switch role {
+                case .q: (c.hiddenSize, q)
+                case .k, .v: (c.hiddenSize, kv)
+                case .o: (q, c.hiddenSize)
+                case .gate, .up: (c.hiddenSize, c.intermediateSize)
+                case .down: (c.intermediateSize, c.hiddenSize)
+                }
+                let name = "layers.\(l).\(role.rawValue)"
+                if p.a.cols != inDim { throw mismatch(name + ".lora_A", [p.a.rows, p.a.cols], [p.rank, inDim]) }
+                if p.b.rows != outDim || p.b.cols != p.rank { throw mismatch(name + ".lora_B", [p.b.rows, p.b.cols], [outDim, p.rank]) }
+            }
+        }
+        if let e = embeddingLoRA {
+            if e.aT.rows != vocabularySize(base: c.vocabSize) { throw mismatch("embed_tokens.lora_embedding_A", [e.aT.cols, e.aT.rows], [e.aT.cols, c.vocabSize]) }
+            if e.b.rows != c.hiddenSize || e.b.cols != e.aT.cols { throw mismatch("embed_tokens.lora_embedding_B", [e.b.rows, e.b.cols], [c.hiddenSize, e.aT.cols]) }
+        }
+        for (name, table) in [("embed_tokens", embedTokens), ("lm_head", lmHead)] {
+            guard let table else { continue }
+            if table.cols != c.hiddenSize { throw mismatch(name, [table.rows, table.cols], [c.vocabSize, c.hiddenSize]) }
+            if table.rows < c.vocabSize {
+                throw FacetError(.shapeMismatch, "\(name) has \(table.rows) rows, fewer than the base vocabulary of \(c.vocabSize)", field: name,
+                                 remedy: "adapter made for another base model?")
+            }
+        }
+        if let e = embedTokens?.rows, let h = lmHead?.rows, e != h {
+            throw FacetError(.shapeMismatch, "embed_tokens has \(e) rows but lm_head \(h)", field: "modules_to_save",
+                             remedy: "an extended vocabulary needs both tables with the same number of rows")
+        }
+    }
+}

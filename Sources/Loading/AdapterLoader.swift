@@ -1,0 +1,207 @@
+import Adapters
+import Foundation
+import Formats
+import Llama
+import Tensors
+
+/// Reads LoRA adapters (Hugging Face PEFT directories and TensorRT-LLM's converted .npy
+/// pairs) and checks each one against the base model it will run with.
+public enum AdapterLoader {
+    public enum Format: String, Sendable {
+        case peft, tensorrtLLM = "tensorrt-llm"
+    }
+
+    /// Which format the directory holds, or an error saying what is missing.
+    public static func detect(directory: String) throws -> Format {
+        let fm = FileManager.default
+        func has(_ name: String) -> Bool { fm.fileExists(atPath: (directory as NSString).appendingPathComponent(name)) }
+        var isDirectory: ObjCBool = false
+        guard fm.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw FacetError(.notFound, "adapter directory does not exist", file: directory,
+                             remedy: "pass a PEFT directory (adapter_config.json) or a TensorRT-LLM one (model.lora_weights.npy)")
+        }
+        if has("adapter_config.json") { return .peft }
+        if has("model.lora_weights.npy") && has("model.lora_config.npy") { return .tensorrtLLM }
+        throw FacetError(.notFound, "no adapter_config.json nor model.lora_weights.npy + model.lora_config.npy", file: directory,
+                         remedy: "point at a directory written by PEFT save_pretrained or TensorRT-LLM's hf_lora_convert.py")
+    }
+
+    /// Loads the adapter in `directory` for `base` (checked against its shapes).
+    public static func load(directory: String, name: String? = nil, base: LlamaConfiguration,
+                            baseEmbedding: Matrix? = nil) throws -> LoRAAdapter {
+        let adapterName = name ?? (directory as NSString).lastPathComponent
+        do {
+            var adapter: LoRAAdapter
+            switch try detect(directory: directory) {
+            case .peft: adapter = try loadPEFT(directory: directory, name: adapterName, base: base, baseEmbedding: baseEmbedding)
+            case .tensorrtLLM: adapter = try TensorRTLoRA.load(directory: directory, name: adapterName, base: base)
+            }
+            try adapter.validate(against: base)
+            if adapter.pairs.allSatisfy(\.isEmpty) && adapter.embeddingLoRA == nil && adapter.embedTokens == nil && adapter.lmHead == nil {
+                throw FacetError(.invalidFile, "the adapter holds no LoRA weights", remedy: "check that the adapter was saved after training")
+            }
+            adapter.name = adapterName
+            return adapter
+        } catch let e as FacetError {
+            throw e.inFile(directory)
+        }
+    }
+
+    // MARK: - PEFT
+
+    public static func readPEFTConfig(directory: String) throws -> PEFTConfig {
+        let path = (directory as NSString).appendingPathComponent("adapter_config.json")
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw FacetError(.notFound, "adapter_config.json is missing", file: path, remedy: "save the adapter with PEFT's save_pretrained")
+        }
+        let config = try decodeJSON(PEFTConfig.self, from: data, file: path)
+        try config.validate(file: path)
+        return config
+    }
+
+    /// The adapter's tensors by name (safetensors, or a PyTorch .bin read without pickle code).
+    static func readPEFTTensors(directory: String) throws -> (tensors: [String: (shape: [Int], values: [Float])], digestBytes: [UInt8]) {
+        let fm = FileManager.default
+        let st = (directory as NSString).appendingPathComponent("adapter_model.safetensors")
+        let bin = (directory as NSString).appendingPathComponent("adapter_model.bin")
+        var out: [String: (shape: [Int], values: [Float])] = [:]
+        var digest = SHA256()
+        if fm.fileExists(atPath: st) {
+            let file = try SafetensorsFile(path: st)
+            digest.update(file.file.bytes)
+            for name in file.names { out[name] = (try file.entry(name).shape, try file.floats(name)) }
+        } else if fm.fileExists(atPath: bin) {
+            let file = try MappedFile(path: bin)
+            digest.update(file.bytes)
+            for (name, tensor) in try TorchCheckpoint.read(file) { out[name] = (tensor.shape, tensor.values) }
+        } else {
+            throw FacetError(.notFound, "no adapter_model.safetensors or adapter_model.bin", file: directory,
+                             remedy: "copy the adapter's weights file next to adapter_config.json")
+        }
+        if let config = fm.contents(atPath: (directory as NSString).appendingPathComponent("adapter_config.json")) {
+            digest.update(Array(config))
+        }
+        return (out, digest.finalize())
+    }
+
+    static func loadPEFT(directory: String, name: String, base: LlamaConfiguration, baseEmbedding: Matrix?) throws -> LoRAAdapter {
+        let config = try readPEFTConfig(directory: directory)
+        let (tensors, digest) = try readPEFTTensors(directory: directory)
+        var adapter = LoRAAdapter(name: name, digest: digest.map { String(format: "%02x", $0) }.joined(), layers: base.numLayers)
+        let roles: [String: LinearRole] = [
+            "self_attn.q_proj": .q, "self_attn.k_proj": .k, "self_attn.v_proj": .v, "self_attn.o_proj": .o,
+            "mlp.gate_proj": .gate, "mlp.up_proj": .up, "mlp.down_proj": .down,
+        ]
+        var halves: [String: (a: (shape: [Int], values: [Float])?, b: (shape: [Int], values: [Float])?)] = [:]
+        var embA: (shape: [Int], values: [Float])?, embB: (shape: [Int], values: [Float])?
+        for (key, tensor) in tensors.sorted(by: { $0.key < $1.key }) {
+            // Keys look like base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight
+            // (older files may carry the adapter name: ...lora_A.default.weight).
+            var k = key
+            for prefix in ["base_model.model.", "base_model."] where k.hasPrefix(prefix) {
+                k.removeFirst(prefix.count)
+                break
+            }
+            k = k.replacingOccurrences(of: ".default.", with: ".").replacingOccurrences(of: ".default", with: "")
+            if k.contains("lora_magnitude_vector") {
+                throw FacetError(.unsupported, "DoRA magnitude vectors are not supported", field: key, remedy: "use a plain LoRA adapter")
+            }
+            if k.hasSuffix(".lora_A.weight") || k.hasSuffix(".lora_B.weight") {
+                let isA = k.hasSuffix(".lora_A.weight")
+                let module = String(k.dropLast(".lora_A.weight".count))
+                if isA { halves[module, default: (nil, nil)].a = tensor } else { halves[module, default: (nil, nil)].b = tensor }
+                continue
+            }
+            switch k {
+            case "model.embed_tokens.lora_embedding_A": embA = tensor
+            case "model.embed_tokens.lora_embedding_B": embB = tensor
+            case "model.embed_tokens.weight", "model.embed_tokens.modules_to_save.weight":
+                adapter.embedTokens = try matrix(tensor, key)
+            case "lm_head.weight", "lm_head.modules_to_save.weight":
+                adapter.lmHead = try matrix(tensor, key)
+            case "model.embed_tokens.base_layer.weight":
+                // PEFT saves the embedding it was trained with when it targets embed_tokens;
+                // it is the adapter's table if it differs from the base's.
+                let table = try matrix(tensor, key)
+                if let baseEmbedding, table.rows == baseEmbedding.rows, table.data == baseEmbedding.data { continue }
+                if baseEmbedding == nil && table.rows == base.vocabSize { continue }
+                adapter.embedTokens = table
+            default:
+                throw FacetError(.unsupported, "tensor is not a LoRA weight Facet applies", field: key,
+                                 remedy: "Facet applies LoRA to q/k/v/o/gate/up/down and embed_tokens, plus modules_to_save embed_tokens/lm_head")
+            }
+        }
+        let layersAllowed = config.layersToTransform.map { Set($0.values) }
+        for (module, pair) in halves.sorted(by: { $0.key < $1.key }) {
+            guard let a = pair.a, let b = pair.b else {
+                throw FacetError(.invalidFile, "LoRA pair is incomplete (\(pair.a == nil ? "lora_A" : "lora_B") missing)", field: module,
+                                 remedy: "the adapter file is truncated or corrupt")
+            }
+            // module: model.layers.{i}.{self_attn|mlp}.{x}_proj
+            let parts = module.split(separator: ".")
+            guard parts.count == 5, parts[0] == "model", parts[1] == "layers", let layer = Int(parts[2]),
+                  let role = roles[parts[3] + "." + parts[4]]
+            else {
+                throw FacetError(.unsupported, "LoRA on this module is not supported", field: module,
+                                 remedy: "Facet applies LoRA to q/k/v/o/gate/up/down projections and embed_tokens")
+            }
+            guard layer >= 0 && layer < base.numLayers else {
+                throw FacetError(.shapeMismatch, "layer \(layer) does not exist in the base model (\(base.numLayers) layers)", field: module,
+                                 remedy: "adapter made for another base model?")
+            }
+            if let allowed = layersAllowed, !allowed.contains(layer) { continue }
+            let am = try matrix(a, module + ".lora_A"), bm = try matrix(b, module + ".lora_B")
+            guard am.rows == bm.cols else {
+                throw FacetError(.shapeMismatch, "lora_A rank \(am.rows) != lora_B rank \(bm.cols)", field: module, remedy: "the adapter file is corrupt")
+            }
+            let scale = try Self.scale(config: config, module: module, rank: am.rows)
+            adapter.pairs[layer][role] = LoRAPair(a: am, b: bm, scale: scale)
+        }
+        if embA != nil || embB != nil {
+            guard let ea = embA, let eb = embB else {
+                throw FacetError(.invalidFile, "embedding LoRA is incomplete", field: "embed_tokens", remedy: "the adapter file is corrupt")
+            }
+            let a = try matrix(ea, "embed_tokens.lora_embedding_A"), b = try matrix(eb, "embed_tokens.lora_embedding_B")
+            guard a.rows == b.cols else {
+                throw FacetError(.shapeMismatch, "lora_embedding_A rank \(a.rows) != lora_embedding_B rank \(b.cols)", field: "embed_tokens")
+            }
+            adapter.embeddingLoRA = .init(aT: transpose(a), b: b, scale: try scale(config: config, module: "model.embed_tokens", rank: a.rows))
+        }
+        return adapter
+    }
+
+    /// `alpha / r` (or `alpha / sqrt(r)` with rsLoRA), alpha taken from `alpha_pattern`
+    /// when a pattern matches the module name as PEFT matches it (`(.*\.)?pattern$`).
+    static func scale(config: PEFTConfig, module: String, rank: Int) throws -> Float {
+        var alpha = config.loraAlpha
+        if let patterns = config.alphaPattern {
+            for key in patterns.keys.sorted() {
+                let regex: NSRegularExpression
+                do {
+                    regex = try NSRegularExpression(pattern: "^(.*\\.)?(" + key + ")$")
+                } catch {
+                    throw FacetError(.invalidConfig, "alpha_pattern key \(key) is not a valid regular expression", field: "alpha_pattern")
+                }
+                if regex.firstMatch(in: module, range: NSRange(module.startIndex..., in: module)) != nil {
+                    alpha = patterns[key]!
+                    break
+                }
+            }
+        }
+        let r = Double(rank)
+        return Float(config.useRSLoRA == true ? alpha / r.squareRoot() : alpha / r)
+    }
+
+    static func matrix(_ t: (shape: [Int], values: [Float]), _ name: String) throws -> Matrix {
+        guard t.shape.count == 2 else {
+            throw FacetError(.shapeMismatch, "expected a 2-D tensor, found shape \(t.shape)", field: name, remedy: "the adapter file is corrupt")
+        }
+        return Matrix(rows: t.shape[0], cols: t.shape[1], data: t.values)
+    }
+
+    static func transpose(_ m: Matrix) -> Matrix {
+        var out = Matrix(zeros: m.cols, m.rows)
+        for r in 0..<m.rows { for c in 0..<m.cols { out.data[c * m.rows + r] = m.data[r * m.cols + c] } }
+        return out
+    }
+}

@@ -1,0 +1,119 @@
+import Adapters
+import Engine
+import Foundation
+import Llama
+import Loading
+import Sampling
+import Tensors
+import Testing
+import TestSupport
+
+/// Adapters against Hugging Face PEFT outputs on the tiny model.
+@Suite struct PEFTGoldenTests {
+    static let (model, _) = try! ModelLoader.load(path: Fixtures.tinyModel)
+    nonisolated(unsafe) static let golden = try! Fixtures.json("tiny_llama_untied/golden.json")
+
+    static func adapter(_ name: String) throws -> LoRAAdapter {
+        try AdapterLoader.load(directory: Fixtures.path("tiny_llama_untied/adapters/\(name)"), base: model.config,
+                               baseEmbedding: model.weights.embedding)
+    }
+
+    static func greedy(_ n: Int) -> SamplingParameters {
+        var p = SamplingParameters()
+        p.temperature = 0
+        p.maxTokens = n
+        return p
+    }
+
+    @Test(arguments: ["plain_qv", "all_linear_r8", "attn_r16_alpha8", "embed_lora"])
+    func singleAdapterMatchesPEFT(name: String) throws {
+        let set = AdapterSet(adapters: [try Self.adapter(name)], baseVocabulary: Self.model.config.vocabSize)
+        let c = (Self.golden["cases"] as! [String: Any])[name] as! [String: Any]
+        let r = try BatchGenerator(model: Self.model, tokenizer: nil)
+            .generate([GenerationRequest(promptIDs: ints(Self.golden["prompt_ids"]), parameters: Self.greedy(16), adapterSlot: 0)],
+                      deltas: set, collectLogits: true)[0]
+        #expect(r.outputIDs == ints(c["greedy"]))
+        #expect(maxRelativeError(r.stepLogits[0], floats(c["last_logits"])) < 1e-4)
+    }
+
+    /// PEFT's mixed-adapter batch, reproduced in one batch (any order), bitwise equal to
+    /// each sequence run alone.
+    @Test func mixedBatchMatchesPEFT() throws {
+        let fixture = try Fixtures.json("tiny_llama_untied/mixed_batch.json")
+        let names = ["plain_qv", "all_linear_r8", "embed_lora"]
+        let set = AdapterSet(adapters: try names.map(Self.adapter), baseVocabulary: Self.model.config.vocabSize)
+        let sequences = fixture["sequences"] as! [[String: Any]]
+        let requests = sequences.map { s in
+            let name = s["adapter_name"] as! String
+            return GenerationRequest(promptIDs: ints(s["prompt_ids"]), parameters: Self.greedy(16),
+                                     adapterSlot: Int32(names.firstIndex(of: name) ?? -1))
+        }
+        let gen = BatchGenerator(model: Self.model, tokenizer: nil)
+        let results = try gen.generate(requests, deltas: set, collectLogits: true)
+        for (s, r) in zip(sequences, results) {
+            #expect(r.outputIDs == ints(s["greedy"]), "\(s["adapter_name"]!)")
+            #expect(maxRelativeError(r.stepLogits[0], floats(s["last_logits"])) < 1e-4, "\(s["adapter_name"]!)")
+        }
+        let alone = try requests.map { try gen.generate([$0], deltas: set, collectLogits: true)[0].stepLogits }
+        #expect(results.map(\.stepLogits) == alone)
+        let shuffled = try gen.generate([requests[2], requests[0], requests[3], requests[1]], deltas: set, collectLogits: true)
+        #expect([shuffled[1], shuffled[3], shuffled[0], shuffled[2]].map(\.stepLogits) == alone)
+        for chunk in [1, 4, 7] {
+            let chunked = try BatchGenerator(model: Self.model, tokenizer: nil, prefillChunk: chunk).generate(requests, deltas: set, collectLogits: true)
+            #expect(chunked.map(\.stepLogits) == alone, "prefill chunk \(chunk)")
+        }
+    }
+
+    /// The article's chinese-llama-2-lora case: an adapter with its own, larger vocabulary
+    /// (modules_to_save embed_tokens and lm_head) next to base sequences in one batch.
+    @Test func extendedVocabularyMatchesPEFT() throws {
+        let set = AdapterSet(adapters: [try Self.adapter("extended_vocab"), try Self.adapter("plain_qv")],
+                             baseVocabulary: Self.model.config.vocabSize)
+        let single = try Fixtures.json("tiny_llama_untied/golden_extended_vocab.json")["cases"] as! [String: Any]
+        let gen = BatchGenerator(model: Self.model, tokenizer: nil)
+        for (name, slot) in [("extended_vocab", Int32(0)), ("extended_vocab__old_ids_prompt", 0), ("__base__", -1)] {
+            let c = single[name] as! [String: Any]
+            let r = try gen.generate([GenerationRequest(promptIDs: ints(c["prompt_ids"]), parameters: Self.greedy(16), adapterSlot: slot)],
+                                     deltas: set, collectLogits: true)[0]
+            #expect(r.outputIDs == ints(c["greedy"]), "\(name)")
+            #expect(r.stepLogits[0].count == (c["vocab_size"] as! Int))
+            #expect(maxRelativeError(r.stepLogits[0], floats(c["last_logits"])) < 1e-4, "\(name)")
+        }
+        let mixed = try Fixtures.json("tiny_llama_untied/mixed_batch_extended_vocab.json")["sequences"] as! [[String: Any]]
+        let slots: [String: Int32] = ["extended_vocab": 0, "plain_qv": 1, "__base__": -1]
+        let requests = mixed.map { GenerationRequest(promptIDs: ints($0["prompt_ids"]), parameters: Self.greedy(16), adapterSlot: slots[$0["adapter_name"] as! String]!) }
+        let results = try gen.generate(requests, deltas: set, collectLogits: true)
+        for (s, r) in zip(mixed, results) {
+            #expect(r.outputIDs == ints(s["greedy"]), "\(s["adapter_name"]!)")
+            #expect(maxRelativeError(r.stepLogits[0], floats(s["last_logits"])) < 1e-4)
+        }
+        // A base sequence may not use the adapter's new ids.
+        #expect(throws: (any Error).self) {
+            try gen.generate([GenerationRequest(promptIDs: [1, 330], parameters: Self.greedy(2), adapterSlot: -1)], deltas: set)
+        }
+    }
+
+    @Test func zeroAdapterEqualsBaseBitwise() throws {
+        var zero = try Self.adapter("all_linear_r8")
+        for l in zero.pairs.indices {
+            for (role, p) in zero.pairs[l] {
+                zero.pairs[l][role] = LoRAPair(a: p.a, b: Matrix(zeros: p.b.rows, p.b.cols), scale: p.scale)
+            }
+        }
+        let set = AdapterSet(adapters: [zero], baseVocabulary: Self.model.config.vocabSize)
+        let prompt = ints(Self.golden["prompt_ids"])
+        let gen = BatchGenerator(model: Self.model, tokenizer: nil)
+        let results = try gen.generate([GenerationRequest(promptIDs: prompt, parameters: Self.greedy(8), adapterSlot: 0),
+                                        GenerationRequest(promptIDs: prompt, parameters: Self.greedy(8), adapterSlot: -1)],
+                                       deltas: set, collectLogits: true)
+        #expect(results[0].stepLogits == results[1].stepLogits)
+    }
+
+    @Test func outOfRangeSlotIsRejected() throws {
+        let set = AdapterSet(adapters: [try Self.adapter("plain_qv")], baseVocabulary: Self.model.config.vocabSize)
+        #expect(throws: (any Error).self) {
+            try BatchGenerator(model: Self.model, tokenizer: nil)
+                .generate([GenerationRequest(promptIDs: [1, 2], parameters: Self.greedy(2), adapterSlot: 3)], deltas: set)
+        }
+    }
+}
