@@ -1,0 +1,166 @@
+import Adapters
+import Foundation
+import Formats
+import Llama
+import Tensors
+
+/// Baking an adapter into base weights (`W + scale * B A`), and writing models and adapters
+/// in Hugging Face layouts.
+public enum AdapterMerge {
+    /// A copy of `weights` with `adapter` merged in. Extended vocabularies replace the tables.
+    public static func merge(_ adapter: LoRAAdapter, into weights: LlamaWeights, config: LlamaConfiguration) throws -> (LlamaWeights, LlamaConfiguration) {
+        try adapter.validate(against: config)
+        var w = weights
+        var c = config
+        func merged(_ m: Matrix, _ p: LoRAPair) -> Matrix {
+            // delta[o, i] = scale * sum_j B[o, j] A[j, i]
+            var out = m
+            let r = p.rank
+            for o in 0..<m.rows {
+                for j in 0..<r {
+                    let bj = p.b.data[o * r + j] * p.scale
+                    if bj == 0 { continue }
+                    for i in 0..<m.cols { out.data[o * m.cols + i] += bj * p.a.data[j * m.cols + i] }
+                }
+            }
+            return out
+        }
+        for l in 0..<config.numLayers {
+            for (role, p) in adapter.pairs[l] {
+                switch role {
+                case .q: w.layers[l].wq = merged(w.layers[l].wq, p)
+                case .k: w.layers[l].wk = merged(w.layers[l].wk, p)
+                case .v: w.layers[l].wv = merged(w.layers[l].wv, p)
+                case .o: w.layers[l].wo = merged(w.layers[l].wo, p)
+                case .gate: w.layers[l].wGate = merged(w.layers[l].wGate, p)
+                case .up: w.layers[l].wUp = merged(w.layers[l].wUp, p)
+                case .down: w.layers[l].wDown = merged(w.layers[l].wDown, p)
+                }
+            }
+        }
+        if let table = adapter.embedTokens { w.embedding = table }
+        if let head = adapter.lmHead {
+            w.lmHead = head
+        } else if adapter.embedTokens != nil && config.tieWordEmbeddings {
+            w.lmHead = w.embedding
+        }
+        if let e = adapter.embeddingLoRA {
+            // E[id] += scale * B A[:, id], with A^T stored as [vocab, r].
+            if config.tieWordEmbeddings && adapter.lmHead == nil { w.lmHead = w.embedding }  // keep the head as it was
+            let r = e.aT.cols, d = w.embedding.cols
+            for id in 0..<min(w.embedding.rows, e.aT.rows) {
+                for k in 0..<d {
+                    var s: Float = 0
+                    for j in 0..<r { s += e.b.data[k * r + j] * e.aT.data[id * r + j] }
+                    w.embedding.data[id * d + k] += e.scale * s
+                }
+            }
+        }
+        c.vocabSize = w.embedding.rows
+        if w.lmHead.rows != w.embedding.rows || (config.tieWordEmbeddings && adapter.embeddingLoRA != nil) || adapter.lmHead != nil {
+            c.tieWordEmbeddings = false
+        }
+        try w.validate(against: c)
+        return (w, c)
+    }
+
+    /// Writes `config.json` and `model.safetensors` (names as transformers saves them).
+    public static func writeHuggingFace(weights w: LlamaWeights, config c: LlamaConfiguration, to directory: String,
+                                        dtype: SafetensorsFile.DType = .f32) throws {
+        try createDirectory(directory)
+        var tensors: [SafetensorsWriter.Tensor] = [
+            .init(name: "model.embed_tokens.weight", shape: [w.embedding.rows, w.embedding.cols], values: w.embedding.data),
+            .init(name: "model.norm.weight", shape: [w.finalNorm.count], values: w.finalNorm),
+        ]
+        if !c.tieWordEmbeddings { tensors.append(.init(name: "lm_head.weight", shape: [w.lmHead.rows, w.lmHead.cols], values: w.lmHead.data)) }
+        for (l, layer) in w.layers.enumerated() {
+            let p = "model.layers.\(l)."
+            func m(_ n: String, _ x: Matrix) { tensors.append(.init(name: p + n, shape: [x.rows, x.cols], values: x.data)) }
+            func v(_ n: String, _ x: [Float]?) { if let x { tensors.append(.init(name: p + n, shape: [x.count], values: x)) } }
+            v("input_layernorm.weight", layer.attnNorm)
+            v("post_attention_layernorm.weight", layer.ffnNorm)
+            m("self_attn.q_proj.weight", layer.wq); m("self_attn.k_proj.weight", layer.wk)
+            m("self_attn.v_proj.weight", layer.wv); m("self_attn.o_proj.weight", layer.wo)
+            v("self_attn.q_proj.bias", layer.bq); v("self_attn.k_proj.bias", layer.bk)
+            v("self_attn.v_proj.bias", layer.bv); v("self_attn.o_proj.bias", layer.bo)
+            m("mlp.gate_proj.weight", layer.wGate); m("mlp.up_proj.weight", layer.wUp); m("mlp.down_proj.weight", layer.wDown)
+            v("mlp.gate_proj.bias", layer.bGate); v("mlp.up_proj.bias", layer.bUp); v("mlp.down_proj.bias", layer.bDown)
+        }
+        try write(try SafetensorsWriter.encode(tensors, dtype: dtype, metadata: ["format": "pt"]), to: directory + "/model.safetensors")
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try write(try encoder.encode(c), to: directory + "/config.json")
+    }
+
+    /// Writes a PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
+    /// Each pair keeps its own rank (rank_pattern) and scale (alpha_pattern).
+    public static func writePEFT(_ adapter: LoRAAdapter, to directory: String, baseModel: String?) throws {
+        try createDirectory(directory)
+        let roleModule: [LinearRole: String] = [.q: "self_attn.q_proj", .k: "self_attn.k_proj", .v: "self_attn.v_proj", .o: "self_attn.o_proj",
+                                                .gate: "mlp.gate_proj", .up: "mlp.up_proj", .down: "mlp.down_proj"]
+        var tensors: [SafetensorsWriter.Tensor] = []
+        var ranks: [Int] = []
+        var rankPattern: [String: Int] = [:], alphaPattern: [String: Double] = [:]
+        let r = adapter.maxRank
+        for (l, pairs) in adapter.pairs.enumerated() {
+            for (role, p) in pairs {
+                let module = "model.layers.\(l).\(roleModule[role]!)"
+                tensors.append(.init(name: "base_model.model.\(module).lora_A.weight", shape: [p.a.rows, p.a.cols], values: p.a.data))
+                tensors.append(.init(name: "base_model.model.\(module).lora_B.weight", shape: [p.b.rows, p.b.cols], values: p.b.data))
+                ranks.append(p.rank)
+                if p.rank != r { rankPattern[module] = p.rank }
+                let alpha = Double(p.scale) * Double(p.rank)
+                alphaPattern[module] = alpha
+            }
+        }
+        if let e = adapter.embeddingLoRA {
+            let a = transposed(e.aT)
+            tensors.append(.init(name: "base_model.model.model.embed_tokens.lora_embedding_A", shape: [a.rows, a.cols], values: a.data))
+            tensors.append(.init(name: "base_model.model.model.embed_tokens.lora_embedding_B", shape: [e.b.rows, e.b.cols], values: e.b.data))
+            if a.rows != r { rankPattern["model.embed_tokens"] = a.rows }
+            alphaPattern["model.embed_tokens"] = Double(e.scale) * Double(a.rows)
+        }
+        var modulesToSave: [String] = []
+        if let t = adapter.embedTokens {
+            tensors.append(.init(name: "base_model.model.model.embed_tokens.weight", shape: [t.rows, t.cols], values: t.data))
+            modulesToSave.append("embed_tokens")
+        }
+        if let t = adapter.lmHead {
+            tensors.append(.init(name: "base_model.model.lm_head.weight", shape: [t.rows, t.cols], values: t.data))
+            modulesToSave.append("lm_head")
+        }
+        // One alpha for all when every scale agrees, else per-module patterns.
+        let alphas = Set(alphaPattern.values)
+        let targets = Set(adapter.pairs.flatMap { $0.keys.map(\.rawValue) } + (adapter.embeddingLoRA != nil ? ["embed_tokens"] : [])).sorted()
+        var config = PEFTConfig(r: r, loraAlpha: alphas.count == 1 ? alphas.first! : Double(r), targetModules: targets, baseModel: baseModel)
+        config.rankPattern = rankPattern
+        config.alphaPattern = alphas.count == 1 ? [:] : alphaPattern
+        config.modulesToSave = modulesToSave.isEmpty ? nil : modulesToSave
+        try write(try SafetensorsWriter.encode(tensors, metadata: ["format": "pt"]), to: directory + "/adapter_model.safetensors")
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try write(try encoder.encode(config), to: directory + "/adapter_config.json")
+    }
+
+    static func transposed(_ m: Matrix) -> Matrix {
+        var out = Matrix(zeros: m.cols, m.rows)
+        for r in 0..<m.rows { for c in 0..<m.cols { out.data[c * m.rows + r] = m.data[r * m.cols + c] } }
+        return out
+    }
+
+    static func createDirectory(_ path: String) throws {
+        do {
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        } catch {
+            throw FacetError(.io, "cannot create the output directory (\(error.localizedDescription))", file: path)
+        }
+    }
+
+    static func write(_ data: Data, to path: String) throws {
+        do {
+            try data.write(to: URL(fileURLWithPath: path))
+        } catch {
+            throw FacetError(.io, "cannot write (\(error.localizedDescription))", file: path, remedy: "check the directory is writable")
+        }
+    }
+}
