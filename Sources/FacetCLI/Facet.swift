@@ -7,7 +7,7 @@ struct Facet: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "facet",
         abstract: "Run and serve a Llama-family model with many LoRA adapters in one batch.",
-        subcommands: [RunCommand.self]
+        subcommands: [RunCommand.self, LoraCommand.self, ConvertCommand.self]
     )
 
     /// Parses with run.py-style negative numbers (`--lora_task_uids -1 0`) accepted as values.

@@ -3,6 +3,8 @@ import Engine
 import Foundation
 import Formats
 import Llama
+import Adapters
+import Loading
 import Sampling
 import Tensors
 import Tokenization
@@ -76,6 +78,14 @@ struct RunCommand: ParsableCommand {
     @Option(name: [.customLong("output_logits_npy")], help: "Write float32 logits of every step as .npy [batch, 1, steps, vocab].")
     var outputLogitsNpy: String?
 
+    @Option(name: [.customLong("lora_dir"), .customLong("lora-dir")], parsing: .upToNextOption,
+            help: "LoRA adapter directories (PEFT or TensorRT-LLM .npy); the n-th is task uid n.")
+    var loraDir: [String] = []
+
+    @Option(name: [.customLong("lora_task_uids"), .customLong("lora-task-uids")], parsing: .upToNextOption,
+            help: "Adapter per input (index into --lora_dir; -1 = base model). One value applies to all inputs.")
+    var loraTaskUIDs: [String] = []
+
     @Option(name: .customLong("prefill_chunk"), help: "Largest number of prompt tokens per forward step (default: all).")
     var prefillChunk: Int?
 
@@ -92,6 +102,18 @@ struct RunCommand: ParsableCommand {
         if randomSeed != nil && seed != nil && randomSeed != seed { throw ValidationError("--seed and --random_seed disagree") }
         if chat && inputFile != nil { throw ValidationError("--chat applies to --input_text, not token ids") }
         if streaming && inputText.count + (inputFile == nil ? 0 : 1) > 1 { throw ValidationError("--streaming needs a single input") }
+        if !loraTaskUIDs.isEmpty && loraDir.isEmpty { throw ValidationError("--lora_task_uids needs --lora_dir") }
+        for uid in loraTaskUIDs {
+            guard let v = Int(NegativeNumber.restore(uid)), v >= -1 else {
+                throw ValidationError("--lora_task_uids takes integers >= -1, got \(NegativeNumber.restore(uid))")
+            }
+            guard v < loraDir.count else {
+                throw ValidationError("--lora_task_uids \(v) has no adapter: \(loraDir.count) --lora_dir given (uids are 0-based)")
+            }
+        }
+        if !inputText.isEmpty && loraTaskUIDs.count > 1 && loraTaskUIDs.count != inputText.count {
+            throw ValidationError("\(loraTaskUIDs.count) --lora_task_uids for \(inputText.count) inputs: give one per input, or one for all")
+        }
     }
 
     func run() throws {
@@ -135,11 +157,29 @@ struct RunCommand: ParsableCommand {
             }
         }
 
+        // Adapters: slot n is --lora_dir n; each input picks one with --lora_task_uids.
+        let uids = loraTaskUIDs.compactMap { Int32(NegativeNumber.restore($0)) }
+        guard uids.count <= 1 || uids.count == prompts.count else {
+            throw FacetError(.invalidArgument, "\(uids.count) --lora_task_uids for \(prompts.count) inputs", field: "lora_task_uids",
+                             remedy: "give one uid per input, or a single uid for all")
+        }
+        var deltas: AdapterSet?
+        if !loraDir.isEmpty {
+            let adapters = try loraDir.map { dir in
+                let a = try AdapterLoader.load(directory: dir, base: model.config, baseEmbedding: model.weights.embedding)
+                FileHandle.standardError.write(Data("[facet] adapter \(loraDir.firstIndex(of: dir)!): \(a.name) (rank \(a.maxRank), \(a.targetRoles.joined(separator: ",")))\n".utf8))
+                return a
+            }
+            deltas = AdapterSet(adapters: adapters, baseVocabulary: model.config.vocabSize)
+        }
         var generator = BatchGenerator(model: model, tokenizer: tokenizer)
         generator.prefillChunk = prefillChunk
-        let requests = prompts.map { GenerationRequest(promptIDs: $0, parameters: params, adapterSlot: -1) }
+        let requests = prompts.enumerated().map { i, ids in
+            let slot: Int32 = uids.isEmpty ? (loraDir.isEmpty ? -1 : 0) : uids.count == 1 ? uids[0] : uids[i]
+            return GenerationRequest(promptIDs: ids, parameters: params, adapterSlot: slot)
+        }
         let start = Date()
-        let results = try generator.generate(requests, collectLogits: outputLogitsNpy != nil) { _, piece in
+        let results = try generator.generate(requests, deltas: deltas, collectLogits: outputLogitsNpy != nil) { _, piece in
             if streaming { FileHandle.standardOutput.write(Data(piece.utf8)) }
         }
         let seconds = Date().timeIntervalSince(start)

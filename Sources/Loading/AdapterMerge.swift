@@ -148,7 +148,7 @@ public enum AdapterMerge {
         return out
     }
 
-    static func createDirectory(_ path: String) throws {
+    public static func createDirectory(_ path: String) throws {
         do {
             try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         } catch {
@@ -156,7 +156,7 @@ public enum AdapterMerge {
         }
     }
 
-    static func write(_ data: Data, to path: String) throws {
+    public static func write(_ data: Data, to path: String) throws {
         do {
             try data.write(to: URL(fileURLWithPath: path))
         } catch {

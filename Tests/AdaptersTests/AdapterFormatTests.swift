@@ -169,6 +169,24 @@ import TestSupport
         }
     }
 
+    /// Scale: alpha / r, alpha / sqrt(r) with rsLoRA, alpha from alpha_pattern as PEFT
+    /// matches module names.
+    @Test func scalesFollowPEFTRules() throws {
+        let src = Fixtures.path("tiny_llama_untied/adapters/plain_qv")   // r 4, alpha 8
+        func edited(_ replace: String, _ with: String) throws -> LoRAAdapter {
+            let dir = try Fixtures.temporaryDirectory() + "/a"
+            try FileManager.default.copyItem(atPath: src, toPath: dir)
+            let path = dir + "/adapter_config.json"
+            try (try String(contentsOfFile: path, encoding: .utf8)).replacingOccurrences(of: replace, with: with).write(toFile: path, atomically: true, encoding: .utf8)
+            return try Self.load(dir)
+        }
+        #expect(try Self.load(src).pairs[0][.q]?.scale == 2)
+        #expect(try edited("\"use_rslora\": false", "\"use_rslora\": true").pairs[0][.q]?.scale == 4)
+        let patterned = try edited("\"alpha_pattern\": {}", "\"alpha_pattern\": {\"layers.1.self_attn.v_proj\": 2}")
+        #expect(patterned.pairs[1][.v]?.scale == 0.5)
+        #expect(patterned.pairs[0][.v]?.scale == 2 && patterned.pairs[1][.q]?.scale == 2)
+    }
+
     @Test func badTensorRTArraysAreRefused() throws {
         let c = Self.config
         func arrays(_ rows: [[Double]], width: Int = 8) -> (NpyArray, NpyArray) {
