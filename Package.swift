@@ -22,11 +22,12 @@ let package = Package(
         .target(name: "Formats", dependencies: ["Tensors"], swiftSettings: kernelFlags),
         .target(name: "Tokenization", dependencies: ["Tensors"]),
         .target(name: "PagedKV"),
+        .target(name: "Scheduling", dependencies: ["PagedKV"]),
         .target(name: "Llama", dependencies: ["Tensors", "Kernels", "PagedKV"], swiftSettings: kernelFlags),
         .target(name: "Adapters", dependencies: ["Tensors", "Kernels", "Llama"], swiftSettings: kernelFlags),
         .target(name: "Sampling", dependencies: ["Tensors"], swiftSettings: kernelFlags),
         .target(name: "Loading", dependencies: ["Tensors", "Formats", "Tokenization", "Llama", "Adapters"]),
-        .target(name: "Engine", dependencies: ["Tensors", "Llama", "Adapters", "PagedKV", "Sampling", "Tokenization", "Loading"]),
+        .target(name: "Engine", dependencies: ["Tensors", "Llama", "Adapters", "PagedKV", "Scheduling", "Sampling", "Tokenization", "Loading"]),
         .executableTarget(
             name: "FacetCLI",
             dependencies: [
@@ -41,6 +42,8 @@ let package = Package(
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "Loading", "TestSupport"]),
         .testTarget(name: "LlamaTests", dependencies: ["Llama", "Loading", "Engine", "Sampling", "PagedKV", "TestSupport"]),
         .testTarget(name: "SamplingTests", dependencies: ["Sampling"]),
+        .testTarget(name: "SchedulingTests", dependencies: ["Scheduling", "PagedKV"]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "Adapters", "Llama", "Loading", "Sampling", "Scheduling", "Tensors", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "Formats"]),
     ]
 )

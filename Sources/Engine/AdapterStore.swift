@@ -1,0 +1,163 @@
+import Adapters
+import Foundation
+import Llama
+import Loading
+import Tensors
+
+/// The adapters a server knows, by name, with a resident cache bounded in bytes.
+///
+/// Thousands of adapters may be registered; only those in use or recently used stay loaded.
+/// An adapter in use by a request is pinned and never evicted; the least recently used
+/// unpinned ones are evicted when the budget would be exceeded, and reloaded from their
+/// directory when asked for again.
+public final class AdapterStore: @unchecked Sendable {
+    public struct Entry: Sendable {
+        public let name: String
+        public let path: String
+        public var adapter: LoRAAdapter?
+        public var pins = 0
+        public var lastUsed: UInt64 = 0
+        public var loads = 0
+    }
+
+    /// A pinned adapter; give it back with `release`.
+    public struct Lease: Sendable {
+        public let name: String
+        public let adapter: LoRAAdapter
+    }
+
+    public let base: LlamaConfiguration
+    let baseEmbedding: Matrix
+    public let budgetBytes: Int
+    public let maxRank: Int?
+    /// Runtime loads by path must stay under this directory (nil = runtime loads by path refused).
+    public let root: String?
+    private let lock = NSLock()
+    private var entries: [String: Entry] = [:]
+    private var clock: UInt64 = 0
+
+    public init(base: LlamaConfiguration, baseEmbedding: Matrix, budgetBytes: Int, maxRank: Int?, root: String?) {
+        self.base = base
+        self.baseEmbedding = baseEmbedding
+        self.budgetBytes = budgetBytes
+        self.maxRank = maxRank
+        self.root = root.map { URL(fileURLWithPath: $0).standardizedFileURL.resolvingSymlinksInPath().path }
+    }
+
+    public var names: [String] { lock.withLock { entries.keys.sorted() } }
+
+    public var residentCount: Int { lock.withLock { entries.values.filter { $0.adapter != nil }.count } }
+    public var residentBytes: Int { lock.withLock { entries.values.reduce(0) { $0 + ($1.adapter?.byteSize ?? 0) } } }
+
+    public func entry(_ name: String) -> Entry? { lock.withLock { entries[name] } }
+
+    /// Checks that a runtime-given path lies inside the adapter root (no traversal, no
+    /// symlinks out of it) and returns its resolved form.
+    public func resolveUnderRoot(_ path: String) throws -> String {
+        guard let root else {
+            throw FacetError(.invalidArgument, "loading adapters by path at runtime is disabled", field: "lora_path",
+                             remedy: "start the server with --adapter-root DIR")
+        }
+        let candidate = path.hasPrefix("/") ? path : (root as NSString).appendingPathComponent(path)
+        let resolved = URL(fileURLWithPath: candidate).standardizedFileURL.resolvingSymlinksInPath().path
+        guard resolved == root || resolved.hasPrefix(root + "/") else {
+            throw FacetError(.invalidArgument, "adapter path is outside the adapter root", field: "lora_path",
+                             remedy: "place the adapter under \(root)")
+        }
+        return resolved
+    }
+
+    /// Registers `name` -> `path`, loading it once to check it fits the base model.
+    public func register(name: String, path: String) throws {
+        guard !name.isEmpty, name.count <= 256 else {
+            throw FacetError(.invalidArgument, "adapter name must be 1-256 characters", field: "lora_name")
+        }
+        if lock.withLock({ entries[name] != nil }) {
+            throw FacetError(.invalidArgument, "an adapter named \(name) is already loaded", field: "lora_name",
+                             remedy: "unload it first, or pick another name")
+        }
+        let adapter = try loadChecked(name: name, path: path)
+        try lock.withLock {
+            guard entries[name] == nil else {
+                throw FacetError(.invalidArgument, "an adapter named \(name) is already loaded", field: "lora_name")
+            }
+            clock += 1
+            entries[name] = Entry(name: name, path: path, adapter: adapter, lastUsed: clock, loads: 1)
+            try evict(keeping: name, incoming: 0)
+        }
+    }
+
+    public func unregister(name: String) throws {
+        try lock.withLock {
+            guard entries.removeValue(forKey: name) != nil else {
+                throw FacetError(.notFound, "no adapter named \(name)", field: "lora_name")
+            }
+        }
+    }
+
+    /// Pins the adapter (loading it again if it was evicted).
+    public func acquire(_ name: String) throws -> Lease {
+        let cached: (LoRAAdapter?, String)? = lock.withLock {
+            guard var e = entries[name] else { return nil }
+            clock += 1
+            e.lastUsed = clock
+            if e.adapter != nil { e.pins += 1 }
+            entries[name] = e
+            return (e.adapter, e.path)
+        }
+        guard let (resident, path) = cached else {
+            throw FacetError(.notFound, "the model \(name) does not exist", field: "model", remedy: "GET /v1/models lists the base model and the adapters")
+        }
+        if let resident { return Lease(name: name, adapter: resident) }
+        let adapter = try loadChecked(name: name, path: path)
+        return try lock.withLock {
+            guard var e = entries[name] else {
+                throw FacetError(.notFound, "the model \(name) was unloaded", field: "model")
+            }
+            try evict(keeping: name, incoming: e.adapter == nil ? adapter.byteSize : 0)
+            if e.adapter == nil {
+                e.adapter = adapter
+                e.loads += 1
+            }
+            e.pins += 1
+            entries[name] = e
+            return Lease(name: name, adapter: e.adapter!)
+        }
+    }
+
+    public func release(_ lease: Lease) {
+        lock.withLock {
+            if var e = entries[lease.name], e.pins > 0 {
+                e.pins -= 1
+                entries[lease.name] = e
+            }
+        }
+    }
+
+    private func loadChecked(name: String, path: String) throws -> LoRAAdapter {
+        let adapter = try AdapterLoader.load(directory: path, name: name, base: base, baseEmbedding: baseEmbedding)
+        if let maxRank, adapter.maxRank > maxRank {
+            throw FacetError(.capacity, "adapter rank \(adapter.maxRank) exceeds --max-lora-rank \(maxRank)", file: path, field: "r",
+                             remedy: "raise --max-lora-rank")
+        }
+        if adapter.byteSize > budgetBytes {
+            throw FacetError(.capacity, "adapter needs \(adapter.byteSize) bytes, more than the whole --max-lora-memory of \(budgetBytes)",
+                             file: path, remedy: "raise --max-lora-memory")
+        }
+        return adapter
+    }
+
+    /// Evicts least recently used, unpinned adapters until `incoming` more bytes fit.
+    /// Called with the lock held.
+    private func evict(keeping: String, incoming: Int) throws {
+        func total() -> Int { entries.values.reduce(0) { $0 + ($1.adapter?.byteSize ?? 0) } }
+        while total() + incoming > budgetBytes {
+            let candidates = entries.values.filter { $0.adapter != nil && $0.pins == 0 && $0.name != keeping }
+            guard let victim = candidates.min(by: { $0.lastUsed < $1.lastUsed }) else {
+                throw FacetError(.capacity, "adapter memory is full of adapters in use", field: "model",
+                                 remedy: "retry shortly, or raise --max-lora-memory")
+            }
+            entries[victim.name]?.adapter = nil
+        }
+    }
+}

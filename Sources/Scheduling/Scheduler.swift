@@ -1,0 +1,182 @@
+import PagedKV
+
+/// Limits the scheduler enforces on every step.
+public struct SchedulerLimits: Sendable, Equatable {
+    /// Sequences running at once.
+    public var maxBatchSize: Int
+    /// Tokens (prompt chunks + decode tokens) in one forward step.
+    public var maxNumTokens: Int
+    /// Distinct adapters in one step (the base model does not count).
+    public var maxLoras: Int
+    /// Longest sequence (prompt + output).
+    public var maxModelLength: Int
+
+    public init(maxBatchSize: Int = 64, maxNumTokens: Int = 512, maxLoras: Int = 16, maxModelLength: Int = 2048) {
+        self.maxBatchSize = maxBatchSize
+        self.maxNumTokens = maxNumTokens
+        self.maxLoras = maxLoras
+        self.maxModelLength = maxModelLength
+    }
+}
+
+/// What one forward step computes: for each entry, tokens `start..<start+count` of the
+/// request's known tokens (prompt, then outputs); when `samples` is true the step's last
+/// token yields the request's next token.
+public struct StepPlan: Sendable, Equatable {
+    public struct Entry: Sendable, Equatable {
+        public var request: Int
+        public var start: Int
+        public var count: Int
+        public var samples: Bool
+        public init(request: Int, start: Int, count: Int, samples: Bool) {
+            self.request = request
+            self.start = start
+            self.count = count
+            self.samples = samples
+        }
+    }
+    public var entries: [Entry] = []
+    /// Requests that lost their KV blocks this step and will be recomputed later.
+    public var preempted: [Int] = []
+    public var isEmpty: Bool { entries.isEmpty }
+}
+
+/// Continuous batching over a paged KV cache.
+///
+/// The one rule (as in vLLM's v1 scheduler): there are no prefill and decode phases; each
+/// request has `computed` tokens in the cache and `known` tokens (prompt + outputs so far),
+/// and every step lets requests catch up, oldest first, within the token budget. A long
+/// prompt therefore arrives in chunks, and decode tokens of running requests go first. When
+/// the cache runs out, the newest running request is preempted: its blocks are freed and it
+/// is recomputed from its prompt and outputs later (its results do not change: every step is
+/// batch-invariant). The scheduler only does bookkeeping; it never touches the model.
+public struct Scheduler: Sendable {
+    public struct Request: Sendable {
+        public let id: Int
+        /// Adapter identity (nil = base); used to count distinct adapters per step.
+        public let adapter: String?
+        public var tokens: [Int32]
+        public let promptCount: Int
+        public var computed = 0
+        public var table = BlockTable()
+        public let arrival: Int
+        public var preemptions = 0
+        public var outputCount: Int { tokens.count - promptCount }
+    }
+
+    public let limits: SchedulerLimits
+    public private(set) var allocator: BlockAllocator
+    public private(set) var waiting: [Request] = []
+    public private(set) var running: [Request] = []
+    private var arrivals = 0
+
+    public init(limits: SchedulerLimits, blocks: Int, blockSize: Int) {
+        self.limits = limits
+        self.allocator = BlockAllocator(capacity: blocks, blockSize: blockSize)
+    }
+
+    public var hasWork: Bool { !waiting.isEmpty || !running.isEmpty }
+
+    public enum AdmissionError: Error, Equatable {
+        case tooLong(tokens: Int, limit: Int)
+        case exceedsCache(tokens: Int, capacity: Int)
+        case duplicateID
+    }
+
+    /// Queues a request whose prompt is `prompt` and that may grow to `maxTotal` tokens.
+    public mutating func add(id: Int, prompt: [Int32], adapter: String?, maxTotal: Int) throws(AdmissionError) {
+        guard maxTotal <= limits.maxModelLength else { throw .tooLong(tokens: maxTotal, limit: limits.maxModelLength) }
+        let capacity = allocator.capacity * allocator.blockSize
+        guard maxTotal <= capacity else { throw .exceedsCache(tokens: maxTotal, capacity: capacity) }
+        guard request(id) == nil else { throw .duplicateID }
+        waiting.append(Request(id: id, adapter: adapter, tokens: prompt, promptCount: prompt.count, arrival: arrivals))
+        arrivals += 1
+    }
+
+    public func request(_ id: Int) -> Request? {
+        running.first { $0.id == id } ?? waiting.first { $0.id == id }
+    }
+
+    /// Removes a request (finished, cancelled or disconnected) and frees its blocks at once.
+    public mutating func remove(_ id: Int) {
+        if let i = running.firstIndex(where: { $0.id == id }) {
+            running[i].table.release(to: &allocator)
+            running.remove(at: i)
+        } else if let i = waiting.firstIndex(where: { $0.id == id }) {
+            waiting[i].table.release(to: &allocator)
+            waiting.remove(at: i)
+        }
+    }
+
+    /// Records the token sampled for `id` at the end of a step.
+    public mutating func append(_ token: Int32, to id: Int) {
+        if let i = running.firstIndex(where: { $0.id == id }) { running[i].tokens.append(token) }
+    }
+
+    public mutating func schedule() -> StepPlan {
+        var plan = StepPlan()
+        var budget = limits.maxNumTokens
+        var adapters = Set<String>()
+        func adapterFits(_ a: String?) -> Bool { a == nil || adapters.contains(a!) || adapters.count < limits.maxLoras }
+
+        // Running requests, oldest first.
+        var i = 0
+        while i < running.count && budget > 0 {
+            let r = running[i]
+            let need = r.tokens.count - r.computed
+            guard need > 0, adapterFits(r.adapter) else {
+                i += 1
+                continue
+            }
+            let n = min(need, budget)
+            var reserved = running[i].table.reserve(tokens: r.computed + n, from: &allocator)
+            while !reserved {
+                // Preempt the newest running request (possibly this one).
+                let victim = running.indices.max { running[$0].arrival < running[$1].arrival }!
+                preempt(at: victim, into: &plan)
+                if victim == i { break }
+                if victim < i { i -= 1 }
+                reserved = running[i].table.reserve(tokens: running[i].computed + n, from: &allocator)
+            }
+            guard reserved else { continue }  // request i was preempted itself; index i now holds the next one
+            if let a = r.adapter { adapters.insert(a) }
+            plan.entries.append(.init(request: r.id, start: r.computed, count: n, samples: r.computed + n == r.tokens.count))
+            running[i].computed += n
+            budget -= n
+            i += 1
+        }
+
+        // Admit waiting requests (preempted ones first: they were put at the front).
+        var w = 0
+        while w < waiting.count && budget > 0 && running.count < limits.maxBatchSize {
+            let r = waiting[w]
+            guard adapterFits(r.adapter) else {
+                w += 1
+                continue
+            }
+            let n = min(r.tokens.count - r.computed, budget)
+            var table = r.table
+            guard table.reserve(tokens: r.computed + n, from: &allocator) else { break }
+            var admitted = waiting.remove(at: w)
+            admitted.table = table
+            if let a = r.adapter { adapters.insert(a) }
+            plan.entries.append(.init(request: r.id, start: r.computed, count: n, samples: r.computed + n == r.tokens.count))
+            admitted.computed += n
+            budget -= n
+            running.append(admitted)
+        }
+        return plan
+    }
+
+    private mutating func preempt(at index: Int, into plan: inout StepPlan) {
+        var victim = running.remove(at: index)
+        victim.table.release(to: &allocator)
+        victim.computed = 0
+        victim.preemptions += 1
+        plan.preempted.append(victim.id)
+        plan.entries.removeAll { $0.request == victim.id }
+        waiting.insert(victim, at: 0)
+    }
+
+    public func blockTable(_ id: Int) -> [Int32] { running.first { $0.id == id }?.table.blocks ?? [] }
+}
