@@ -15,6 +15,11 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         .target(name: "Tensors", swiftSettings: kernelFlags),
@@ -28,10 +33,22 @@ let package = Package(
         .target(name: "Sampling", dependencies: ["Tensors"], swiftSettings: kernelFlags),
         .target(name: "Loading", dependencies: ["Tensors", "Formats", "Tokenization", "Llama", "Adapters"]),
         .target(name: "Engine", dependencies: ["Tensors", "Llama", "Adapters", "PagedKV", "Scheduling", "Sampling", "Tokenization", "Loading"]),
+        .target(
+            name: "Server",
+            dependencies: [
+                "Engine", "Llama", "Sampling", "Tokenization", "Tensors",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .executableTarget(
             name: "FacetCLI",
             dependencies: [
-                "Engine", "Loading", "Formats", "Tokenization", "Sampling", "Llama", "Adapters",
+                "Engine", "Loading", "Formats", "Tokenization", "Sampling", "Llama", "Adapters", "Server", "Scheduling",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

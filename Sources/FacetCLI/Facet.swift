@@ -3,18 +3,18 @@ import Foundation
 import Tensors
 
 @main
-struct Facet: ParsableCommand {
+struct Facet: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "facet",
         abstract: "Run and serve a Llama-family model with many LoRA adapters in one batch.",
-        subcommands: [RunCommand.self, LoraCommand.self, ConvertCommand.self]
+        subcommands: [RunCommand.self, ServeCommand.self, LoraCommand.self, ConvertCommand.self]
     )
 
     /// Parses with run.py-style negative numbers (`--lora_task_uids -1 0`) accepted as values.
-    static func main() {
+    static func main() async {
         var args = Array(CommandLine.arguments.dropFirst())
         args = args.map { $0.range(of: #"^-[0-9]+(\.[0-9]+)?$"#, options: .regularExpression) != nil ? NegativeNumber.marker + $0.dropFirst() : $0 }
-        main(args)
+        await main(args)
     }
 }
 

@@ -1,0 +1,104 @@
+import ArgumentParser
+import Engine
+import Foundation
+import Hummingbird
+import Logging
+import Scheduling
+import Server
+import Tensors
+
+/// `facet serve`: the OpenAI-compatible server with continuous batching over many adapters.
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serve the model and its LoRA adapters over an OpenAI-compatible HTTP API."
+    )
+
+    @OptionGroup var modelOptions: ModelOptions
+
+    @Option(help: "Address to listen on.") var host = "127.0.0.1"
+    @Option(help: "Port to listen on.") var port = 8000
+    @Option(name: .customLong("served-model-name"), help: "The base model's name in the API (default: the model file's name).")
+    var servedModelName: String?
+    @Option(name: .customLong("lora"), help: "An adapter served from the start, as NAME=PATH (repeatable).")
+    var loras: [String] = []
+    @Option(name: .customLong("adapter-root"), help: "Directory under which /v1/load_lora_adapter may load adapters by path.")
+    var adapterRoot: String?
+    @Option(name: .customLong("max-lora-memory"), help: "Bytes of adapter weights kept resident (e.g. 512MB, 2GB).")
+    var maxLoraMemory = "1GB"
+    @Option(name: .customLong("max-lora-rank"), help: "Refuse adapters of a higher rank (default: no limit).")
+    var maxLoraRank: Int?
+    @Option(name: .customLong("max-loras"), help: "Distinct adapters in one step.") var maxLoras = 16
+    @Option(name: .customLong("max-batch-size"), help: "Sequences running at once.") var maxBatchSize = 64
+    @Option(name: .customLong("max-num-tokens"), help: "Tokens per forward step (prompt chunks + decodes).") var maxNumTokens = 512
+    @Option(name: .customLong("max-model-len"), help: "Longest prompt + completion (default: the model's context).")
+    var maxModelLen: Int?
+    @Option(name: .customLong("kv-cache-memory"), help: "Bytes of KV cache (e.g. 512MB).") var kvCacheMemory = "512MB"
+    @Option(name: .customLong("block-size"), help: "Positions per KV block.") var blockSize = 16
+    @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer KEY' on /v1 routes.") var apiKey: String?
+    @Option(name: .customLong("max-pending"), help: "Requests in flight before new ones get 429.") var maxPending = 256
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error.") var logLevel = "info"
+
+    func run() async throws {
+        do {
+            try await serve()
+        } catch let e as FacetError {
+            FileHandle.standardError.write(Data("error: \(e.description)\n".utf8))
+            throw ExitCode(2)
+        }
+    }
+
+    func serve() async throws {
+        guard let level = Logger.Level(rawValue: logLevel) else {
+            throw FacetError(.invalidArgument, "unknown log level \(logLevel)", field: "log-level", remedy: "use info, debug, warning, ...")
+        }
+        var logger = Logger(label: "facet")
+        logger.logLevel = level
+        let kvBytes = try ByteSize.parse(kvCacheMemory, field: "kv-cache-memory")
+        let loraBytes = try ByteSize.parse(maxLoraMemory, field: "max-lora-memory")
+        for (name, value) in [("max-loras", maxLoras), ("max-batch-size", maxBatchSize), ("max-num-tokens", maxNumTokens), ("block-size", blockSize), ("max-pending", maxPending)] where value <= 0 {
+            throw FacetError(.invalidArgument, "must be positive, got \(value)", field: name)
+        }
+        let (model, tokenizer) = try modelOptions.load(tokenizerRequired: true)
+        let path = try modelOptions.resolvedModelPath()
+        let contextLength = min(maxModelLen ?? model.config.maxPositionEmbeddings, model.config.maxPositionEmbeddings)
+        let limits = SchedulerLimits(maxBatchSize: maxBatchSize, maxNumTokens: maxNumTokens, maxLoras: maxLoras, maxModelLength: contextLength)
+        let store = AdapterStore(base: model.config, baseEmbedding: model.weights.embedding, budgetBytes: loraBytes, maxRank: maxLoraRank,
+                                 root: adapterRoot)
+        for spec in loras {
+            guard let eq = spec.firstIndex(of: "="), eq != spec.startIndex else {
+                throw FacetError(.invalidArgument, "expected NAME=PATH, got \(spec)", field: "lora")
+            }
+            let name = String(spec[..<eq]), dir = String(spec[spec.index(after: eq)...])
+            try store.register(name: name, path: dir)
+            logger.info("adapter \(name) loaded from \(dir)")
+        }
+        let metrics = ServerMetrics()
+        let engine = try InferenceEngine(model: model, tokenizer: tokenizer,
+                                         configuration: EngineConfiguration(limits: limits, blockSize: blockSize, kvCacheBytes: kvBytes),
+                                         adapterStore: store, observer: metrics)
+        var config = ServerConfiguration()
+        config.host = host
+        config.port = port
+        config.apiKey = apiKey
+        config.maxPendingRequests = maxPending
+        config.servedModelName = servedModelName ?? ((path as NSString).lastPathComponent as NSString).deletingPathExtension
+        let context = ServingContext(engine: engine, store: store, metrics: metrics, configuration: config)
+        logger.info("serving \(config.servedModelName) with \(store.names.count) adapters on http://\(host):\(port) (KV cache: \(engine.totalBlocks) blocks of \(blockSize))")
+        let app = FacetServer.makeApplication(context: context, logger: logger)
+        try await app.runService()
+    }
+}
+
+enum ByteSize {
+    /// "512MB", "2GB", "1.5G", "1048576".
+    static func parse(_ text: String, field: String) throws -> Int {
+        let t = text.trimmingCharacters(in: .whitespaces).uppercased()
+        let units: [(String, Double)] = [("GIB", 1_073_741_824), ("MIB", 1_048_576), ("KIB", 1024), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("G", 1_073_741_824), ("M", 1_048_576), ("K", 1024), ("B", 1)]
+        for (suffix, scale) in units where t.hasSuffix(suffix) {
+            if let v = Double(t.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), v > 0 { return Int(v * scale) }
+        }
+        if let v = Int(t), v > 0 { return v }
+        throw FacetError(.invalidArgument, "\"\(text)\" is not a size", field: field, remedy: "write e.g. 512MB or 2GB")
+    }
+}

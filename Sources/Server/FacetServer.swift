@@ -1,0 +1,110 @@
+import Engine
+import Foundation
+import Hummingbird
+import Llama
+import Logging
+import NIOCore
+import ServiceLifecycle
+import Tensors
+import Tokenization
+
+public struct ServerConfiguration: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 8000
+    /// Name of the base model in the API (`model` field, `/v1/models`).
+    public var servedModelName = "facet"
+    public var apiKey: String?
+    public var maxRequestBytes = 4 << 20
+    /// Requests in flight (running + waiting) beyond which new ones get 429.
+    public var maxPendingRequests = 256
+    public init() {}
+}
+
+/// Shared state of the HTTP handlers.
+public final class ServingContext: Sendable {
+    public let engine: InferenceEngine
+    public let store: AdapterStore
+    public let metrics: ServerMetrics
+    public let configuration: ServerConfiguration
+    public let created = Int(Date().timeIntervalSince1970)
+    let pending = Atomic()
+
+    public init(engine: InferenceEngine, store: AdapterStore, metrics: ServerMetrics, configuration: ServerConfiguration) {
+        self.engine = engine
+        self.store = store
+        self.metrics = metrics
+        self.configuration = configuration
+    }
+
+    var tokenizer: Tokenizer? { engine.tokenizer }
+    var model: LlamaModel { engine.model }
+}
+
+final class Atomic: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    func add(_ n: Int) -> Int { lock.withLock { value += n; return value } }
+    var current: Int { lock.withLock { value } }
+}
+
+/// Runs the engine loop for the lifetime of the service group; on graceful shutdown (after
+/// the HTTP server has drained), stops it.
+struct EngineService: Service {
+    let engine: InferenceEngine
+    func run() async throws {
+        engine.start()
+        try? await gracefulShutdown()
+        engine.shutdown()
+    }
+}
+
+public enum FacetServer {
+    /// Builds the application: OpenAI-compatible routes, health, metrics.
+    public static func makeApplication(context: ServingContext, logger: Logger) -> some ApplicationProtocol {
+        let router = Router()
+        router.add(middleware: ErrorCountingMiddleware(metrics: context.metrics))
+        router.get("/health") { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"ok"}"#)))
+        }
+        router.get("/metrics") { _, _ in
+            context.metrics.adapters(resident: context.store.residentCount, registered: context.store.names.count)
+            let text = context.metrics.registry.emitToString()
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: text)))
+        }
+        let v1 = router.group("v1").add(middleware: APIKeyMiddleware(key: context.configuration.apiKey))
+        OpenAIRoutes(context: context).register(on: v1)
+        return Application(
+            router: router,
+            configuration: .init(address: .hostname(context.configuration.host, port: context.configuration.port), serverName: "facet"),
+            services: [EngineService(engine: context.engine)],
+            logger: logger)
+    }
+}
+
+struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
+    let key: String?
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard let key else { return try await next(request, context) }
+        guard request.headers[.authorization] == "Bearer \(key)" else {
+            throw APIError(status: .unauthorized, message: "invalid or missing API key (send Authorization: Bearer KEY)",
+                           type: "invalid_request_error", param: nil, code: "invalid_api_key")
+        }
+        return try await next(request, context)
+    }
+}
+
+struct ErrorCountingMiddleware<Context: RequestContext>: RouterMiddleware {
+    let metrics: ServerMetrics
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            let response = try await next(request, context)
+            if response.status.code >= 400 { metrics.failure(status: response.status.code) }
+            return response
+        } catch {
+            let api = APIError.from(error)
+            metrics.failure(status: (error as? any HTTPResponseError)?.status.code ?? api.status.code)
+            if error is any HTTPResponseError { throw error }
+            throw api
+        }
+    }
+}

@@ -1,0 +1,96 @@
+import CoreMetrics
+import Engine
+import Foundation
+import Prometheus
+
+/// Prometheus metrics of one server (its own registry, so several servers can live in one
+/// process), fed by the engine loop and the request handlers.
+public final class ServerMetrics: EngineObserver, @unchecked Sendable {
+    public let registry = PrometheusCollectorRegistry()
+    let factory: PrometheusMetricsFactory
+    let running: CoreMetrics.Gauge
+    let waiting: CoreMetrics.Gauge
+    let kvUsed: CoreMetrics.Gauge
+    let kvTotal: CoreMetrics.Gauge
+    let kvUsage: CoreMetrics.Gauge
+    let tokensPerSecond: CoreMetrics.Gauge
+    let adaptersResident: CoreMetrics.Gauge
+    let adaptersRegistered: CoreMetrics.Gauge
+    let promptTokens: CoreMetrics.Counter
+    let generationTokens: CoreMetrics.Counter
+    let preemptions: CoreMetrics.Counter
+    let ttft: CoreMetrics.Timer
+    let tpot: CoreMetrics.Timer
+    let stepTime: CoreMetrics.Timer
+    private let lock = NSLock()
+    private var perModel: [String: CoreMetrics.Counter] = [:]
+    private var failures: [String: CoreMetrics.Counter] = [:]
+
+    public init() {
+        var f = PrometheusMetricsFactory(registry: registry)
+        let latency: [Duration] = [.milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+                                   .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10), .seconds(30)]
+        f.defaultDurationHistogramBuckets = latency
+        factory = f
+        running = CoreMetrics.Gauge(label: "facet_requests_running", factory: f)
+        waiting = CoreMetrics.Gauge(label: "facet_requests_waiting", factory: f)
+        kvUsed = CoreMetrics.Gauge(label: "facet_kv_cache_blocks_used", factory: f)
+        kvTotal = CoreMetrics.Gauge(label: "facet_kv_cache_blocks_total", factory: f)
+        kvUsage = CoreMetrics.Gauge(label: "facet_kv_cache_usage_ratio", factory: f)
+        tokensPerSecond = CoreMetrics.Gauge(label: "facet_step_tokens_per_second", factory: f)
+        adaptersResident = CoreMetrics.Gauge(label: "facet_lora_adapters_resident", factory: f)
+        adaptersRegistered = CoreMetrics.Gauge(label: "facet_lora_adapters_registered", factory: f)
+        promptTokens = CoreMetrics.Counter(label: "facet_prompt_tokens_total", factory: f)
+        generationTokens = CoreMetrics.Counter(label: "facet_generation_tokens_total", factory: f)
+        preemptions = CoreMetrics.Counter(label: "facet_preemptions_total", factory: f)
+        ttft = CoreMetrics.Timer(label: "facet_time_to_first_token_seconds", factory: f)
+        tpot = CoreMetrics.Timer(label: "facet_time_per_output_token_seconds", factory: f)
+        stepTime = CoreMetrics.Timer(label: "facet_step_duration_seconds", factory: f)
+    }
+
+    public func stepFinished(running r: Int, waiting w: Int, tokens: Int, kvBlocksUsed: Int, kvBlocksTotal: Int, seconds: Double) {
+        running.record(r)
+        waiting.record(w)
+        kvUsed.record(kvBlocksUsed)
+        kvTotal.record(kvBlocksTotal)
+        kvUsage.record(Double(kvBlocksUsed) / Double(max(kvBlocksTotal, 1)))
+        if seconds > 0 { tokensPerSecond.record(Double(tokens) / seconds) }
+        stepTime.recordSeconds(seconds)
+    }
+
+    public func requestFinished(adapter: String?, promptTokens p: Int, completionTokens c: Int, timeToFirstToken: Double?, timePerOutputToken: Double?) {
+        promptTokens.increment(by: p)
+        generationTokens.increment(by: c)
+        if let t = timeToFirstToken { ttft.recordSeconds(t) }
+        if let t = timePerOutputToken { tpot.recordSeconds(t) }
+    }
+
+    public func preempted(count: Int) { preemptions.increment(by: count) }
+
+    /// Counts a request for `model` (the base model's name or an adapter's).
+    func request(model: String) {
+        let counter = lock.withLock {
+            if let c = perModel[model] { return c }
+            let c = CoreMetrics.Counter(label: "facet_requests_total", dimensions: [("model", model)], factory: factory)
+            perModel[model] = c
+            return c
+        }
+        counter.increment()
+    }
+
+    func failure(status: Int) {
+        let counter = lock.withLock {
+            let key = String(status)
+            if let c = failures[key] { return c }
+            let c = CoreMetrics.Counter(label: "facet_request_errors_total", dimensions: [("status", key)], factory: factory)
+            failures[key] = c
+            return c
+        }
+        counter.increment()
+    }
+
+    func adapters(resident: Int, registered: Int) {
+        adaptersResident.record(resident)
+        adaptersRegistered.record(registered)
+    }
+}
