@@ -56,7 +56,7 @@ let package = Package(
         .testTarget(name: "AdaptersTests", dependencies: ["Adapters", "Tensors", "Loading", "Engine", "Llama", "Sampling", "Formats", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Tensors", "TestSupport"]),
         .testTarget(name: "FormatsTests", dependencies: ["Formats", "Tensors", "TestSupport"]),
-        .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "Loading", "TestSupport"]),
+        .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "Tensors", "Loading", "TestSupport"]),
         .testTarget(name: "LlamaTests", dependencies: ["Llama", "Loading", "Engine", "Sampling", "PagedKV", "TestSupport"]),
         .testTarget(name: "SamplingTests", dependencies: ["Sampling"]),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling", "PagedKV"]),

@@ -15,12 +15,8 @@ public struct StreamingDetokenizer: Sendable {
     /// Adds one token; returns the newly completed text (possibly empty).
     public mutating func append(_ id: Int32) -> String {
         if skipSpecialTokens && tokenizer.isSpecial(id) { return "" }
-        var b = tokenizer.bytes(of: id)
-        if first {
-            b = tokenizer.stripLeading(b)
-            first = false
-        }
-        pending.append(contentsOf: b)
+        pending.append(contentsOf: tokenizer.bytes(of: id, first: first))
+        first = false
         let cut = Self.completePrefixLength(pending)
         guard cut > 0 else { return "" }
         let piece = String(decoding: pending[..<cut], as: UTF8.self)

@@ -321,10 +321,16 @@ public final class Tokenizer: @unchecked Sendable {
 
     // MARK: - Decoding
 
-    /// The bytes a token contributes to decoded text (before whole-text steps such as strip).
-    public func bytes(of id: Int32) -> [UInt8] {
+    /// The bytes a token contributes to decoded text. `first` marks the first token of a
+    /// decode, where SentencePiece-style decoders drop the prefix space (HF's Metaspace
+    /// decoder drops every replacement character of that token).
+    public func bytes(of id: Int32, first: Bool = false) -> [UInt8] {
         guard id >= 0, Int(id) < tokens.count else { return [] }
         let token = tokens[Int(id)]
+        if decoderSteps.contains(.byteFallback), token.utf8.count == 6, token.hasPrefix("<0x"), token.hasSuffix(">"),
+           let b = UInt8(token.dropFirst(3).prefix(2), radix: 16) {
+            return [b]
+        }
         if specialIDs.contains(id) || addedTokens.contains(where: { $0.id == id }) { return Array(token.utf8) }
         if isByteLevel {
             var out: [UInt8] = []
@@ -336,12 +342,15 @@ public final class Tokenizer: @unchecked Sendable {
         var text = token
         for step in decoderSteps {
             switch step {
-            case .byteFallback:
-                if text.count == 6, text.hasPrefix("<0x"), text.hasSuffix(">"), let b = UInt8(text.dropFirst(3).prefix(2), radix: 16) {
-                    return [b]
-                }
             case .replace(let a, let b): text = text.replacingOccurrences(of: a, with: b)
-            case .metaspace(let r, _): text = text.replacingOccurrences(of: r, with: " ")
+            case .metaspace(let r, let prependFirst):
+                text = text.replacingOccurrences(of: r, with: first && prependFirst ? "" : " ")
+            case .strip(let c, let start, _) where first && start > 0:
+                var n = 0
+                while n < start, text.first == c {
+                    text.removeFirst()
+                    n += 1
+                }
             default: break
             }
         }
@@ -354,24 +363,10 @@ public final class Tokenizer: @unchecked Sendable {
         var first = true
         for id in ids {
             if skipSpecialTokens && specialIDs.contains(id) { continue }
-            var b = bytes(of: id)
-            if first { b = stripLeading(b); first = false }
-            out.append(contentsOf: b)
+            out.append(contentsOf: bytes(of: id, first: first))
+            first = false
         }
         return String(decoding: out, as: UTF8.self)
     }
 
-    /// Removes the one leading space SentencePiece-style decoders strip from the first token.
-    func stripLeading(_ b: [UInt8]) -> [UInt8] {
-        for step in decoderSteps {
-            switch step {
-            case .strip(let c, let start, _) where start > 0 && c == " ":
-                return b.first == 0x20 ? Array(b.dropFirst()) : b
-            case .metaspace(_, let prependFirst) where prependFirst:
-                return b.first == 0x20 ? Array(b.dropFirst()) : b
-            default: continue
-            }
-        }
-        return b
-    }
 }
