@@ -90,23 +90,28 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
     }
 
     /// Rotary inverse frequencies, `1 / theta^(2i / headDim)`, with the scaling applied.
+    /// Computed in Float, step by step as transformers computes them in float32, so that
+    /// the phases match the reference to the last bit where the math allows.
     public func ropeInverseFrequencies() -> [Float] {
         let half = headDim / 2
-        var inv = (0..<half).map { i in Float(1.0 / pow(ropeTheta, Double(2 * i) / Double(headDim))) }
+        let base = Float(ropeTheta)
+        var inv = (0..<half).map { i in 1 / powf(base, Float(2 * i) / Float(headDim)) }
         switch ropeScaling {
         case .none:
             break
         case .linear(let factor):
             inv = inv.map { $0 / Float(factor) }
         case .llama3(let factor, let low, let high, let original):
-            let lowWavelen = Double(original) / low
-            let highWavelen = Double(original) / high
-            inv = inv.map { f in
-                let wavelen = 2 * Double.pi / Double(f)
-                if wavelen < highWavelen { return f }
-                if wavelen > lowWavelen { return Float(Double(f) / factor) }
-                let smooth = (Double(original) / wavelen - low) / (high - low)
-                return Float((1 - smooth) * Double(f) / factor + smooth * Double(f))
+            let f = Float(factor), lo = Float(low), hi = Float(high), old = Float(original)
+            let lowWavelen = old / lo
+            let highWavelen = old / hi
+            inv = inv.map { freq in
+                let wavelen = 2 * Float.pi / freq
+                let scaled = wavelen > lowWavelen ? freq / f : freq
+                let smooth = (old / wavelen - lo) / (hi - lo)
+                let smoothed = (1 - smooth) * scaled / f + smooth * scaled
+                let medium = !(wavelen < highWavelen) && !(wavelen > lowWavelen)
+                return medium ? smoothed : scaled
             }
         case .frequencyFactors(let factors):
             inv = zip(inv, factors).map { $0 / $1 }
