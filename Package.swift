@@ -23,7 +23,8 @@ let package = Package(
     ],
     targets: [
         .target(name: "Tensors", swiftSettings: kernelFlags),
-        .target(name: "Kernels", dependencies: ["Tensors"], swiftSettings: kernelFlags),
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]),
+        .target(name: "Kernels", dependencies: ["Tensors", "CKernels"], swiftSettings: kernelFlags),
         .target(name: "Formats", dependencies: ["Tensors"], swiftSettings: kernelFlags),
         .target(name: "Tokenization", dependencies: ["Tensors"]),
         .target(name: "PagedKV"),
@@ -31,8 +32,8 @@ let package = Package(
         .target(name: "Llama", dependencies: ["Tensors", "Kernels", "PagedKV"], swiftSettings: kernelFlags),
         .target(name: "Adapters", dependencies: ["Tensors", "Kernels", "Llama"], swiftSettings: kernelFlags),
         .target(name: "Sampling", dependencies: ["Tensors"], swiftSettings: kernelFlags),
-        .target(name: "Loading", dependencies: ["Tensors", "Formats", "Tokenization", "Llama", "Adapters"]),
-        .target(name: "Engine", dependencies: ["Tensors", "Llama", "Adapters", "PagedKV", "Scheduling", "Sampling", "Tokenization", "Loading"]),
+        .target(name: "Loading", dependencies: ["Tensors", "Kernels", "Formats", "Tokenization", "Llama", "Adapters"]),
+        .target(name: "Engine", dependencies: ["Tensors", "Kernels", "Llama", "Adapters", "PagedKV", "Scheduling", "Sampling", "Tokenization", "Loading"]),
         .target(
             name: "Server",
             dependencies: [
@@ -54,7 +55,7 @@ let package = Package(
         ),
         .target(name: "TestSupport", dependencies: ["Tensors", "Formats", "Llama", "Loading"], path: "Tests/TestSupport"),
         .testTarget(name: "AdaptersTests", dependencies: ["Adapters", "Tensors", "Loading", "Engine", "Llama", "Sampling", "Formats", "TestSupport"]),
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Tensors", "TestSupport"]),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Tensors", "Formats", "TestSupport"]),
         .testTarget(name: "FormatsTests", dependencies: ["Formats", "Tensors", "TestSupport"]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "Tensors", "Loading", "TestSupport"]),
         .testTarget(name: "LlamaTests", dependencies: ["Llama", "Loading", "Engine", "Sampling", "PagedKV", "TestSupport"]),

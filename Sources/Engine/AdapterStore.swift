@@ -1,5 +1,6 @@
 import Adapters
 import Foundation
+import Kernels
 import Llama
 import Loading
 import Tensors
@@ -27,7 +28,7 @@ public final class AdapterStore: @unchecked Sendable {
     }
 
     public let base: LlamaConfiguration
-    let baseEmbedding: Matrix
+    let baseEmbedding: LinearWeight
     public let budgetBytes: Int
     public let maxRank: Int?
     /// Runtime loads by path must stay under this directory (nil = runtime loads by path refused).
@@ -36,7 +37,7 @@ public final class AdapterStore: @unchecked Sendable {
     private var entries: [String: Entry] = [:]
     private var clock: UInt64 = 0
 
-    public init(base: LlamaConfiguration, baseEmbedding: Matrix, budgetBytes: Int, maxRank: Int?, root: String?) {
+    public init(base: LlamaConfiguration, baseEmbedding: LinearWeight, budgetBytes: Int, maxRank: Int?, root: String?) {
         self.base = base
         self.baseEmbedding = baseEmbedding
         self.budgetBytes = budgetBytes

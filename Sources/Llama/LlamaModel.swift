@@ -83,20 +83,21 @@ public final class LlamaModel: @unchecked Sendable {
         try slots.withUnsafeBufferPointer { slotPtr in
             try batch.positions.withUnsafeBufferPointer { posPtr in
                 // Embedding: x[t] = E[token_t] (or the adapter's embedding).
-                try weights.embedding.data.withUnsafeBufferPointer { emb in
-                    for t in 0..<T {
-                        let id = Int(batch.tokens[t])
-                        let row = x.p + t * D
-                        if let deltas, slotPtr[t] >= 0,
-                           deltas.embed(token: batch.tokens[t], slot: slotPtr[t], base: emb.baseAddress! + min(id, c.vocabSize - 1) * D, out: row, dim: D) {
-                            continue
-                        }
-                        guard id >= 0, id < c.vocabSize else {
-                            throw FacetError(.invalidArgument, "token id \(id) is outside the vocabulary of \(c.vocabSize)", field: "tokens",
-                                             remedy: "use ids from this model's tokenizer")
-                        }
-                        row.update(from: emb.baseAddress! + id * D, count: D)
+                let baseRow = Buffer(D)
+                defer { baseRow.free() }
+                for t in 0..<T {
+                    let id = Int(batch.tokens[t])
+                    let row = x.p + t * D
+                    if id >= 0 && id < c.vocabSize { weights.embedding.row(id, into: baseRow.p) }
+                    if let deltas, slotPtr[t] >= 0,
+                       deltas.embed(token: batch.tokens[t], slot: slotPtr[t], base: baseRow.p, out: row, dim: D) {
+                        continue
                     }
+                    guard id >= 0, id < c.vocabSize else {
+                        throw FacetError(.invalidArgument, "token id \(id) is outside the vocabulary of \(c.vocabSize)", field: "tokens",
+                                         remedy: "use ids from this model's tokenizer")
+                    }
+                    row.update(from: baseRow.p, count: D)
                 }
 
                 for (l, w) in weights.layers.enumerated() {
@@ -146,9 +147,7 @@ public final class LlamaModel: @unchecked Sendable {
             let out = Buffer(baseRows.count * V)
             defer { packed.free(); out.free() }
             for (i, r) in baseRows.enumerated() { (packed.p + i * D).update(from: finalHidden.p + r * D, count: D) }
-            weights.lmHead.data.withUnsafeBufferPointer { head in
-                MatMul.nt(x: packed.p, w: head.baseAddress!, y: out.p, t: baseRows.count, k: D, o: V)
-            }
+            weights.lmHead.matmul(x: packed.p, t: baseRows.count, y: out.p)
             for (i, r) in baseRows.enumerated() { result[r] = Array(UnsafeBufferPointer(start: out.p + i * V, count: V)) }
         }
         return result
@@ -190,17 +189,13 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// `y = x W^T + b`, then the adapters' deltas for this role.
     private func linear(
-        _ x: UnsafePointer<Float>, _ w: Matrix, _ bias: [Float]?, _ y: UnsafeMutablePointer<Float>, _ T: Int,
+        _ x: UnsafePointer<Float>, _ w: LinearWeight, _ bias: [Float]?, _ y: UnsafeMutablePointer<Float>, _ T: Int,
         _ deltas: (any LinearDeltas)?, _ layer: Int, _ role: LinearRole, _ slots: UnsafePointer<Int32>
     ) {
-        w.data.withUnsafeBufferPointer { wp in
-            if let bias {
-                bias.withUnsafeBufferPointer { bp in
-                    MatMul.nt(x: x, w: wp.baseAddress!, bias: bp.baseAddress!, y: y, t: T, k: w.cols, o: w.rows)
-                }
-            } else {
-                MatMul.nt(x: x, w: wp.baseAddress!, y: y, t: T, k: w.cols, o: w.rows)
-            }
+        if let bias {
+            bias.withUnsafeBufferPointer { w.matmul(x: x, t: T, y: y, bias: $0.baseAddress!) }
+        } else {
+            w.matmul(x: x, t: T, y: y)
         }
         deltas?.add(layer: layer, role: role, x: x, inDim: w.cols, y: y, outDim: w.rows, slots: slots, tokens: T)
     }

@@ -1,3 +1,4 @@
+import Kernels
 import Tensors
 
 /// Role of a weight inside a decoder layer; the one place checkpoint names map to.
@@ -8,24 +9,24 @@ public enum LayerWeightRole: String, CaseIterable, Sendable {
 /// The weights of one decoder layer. Linear weights are `[out, in]` (checkpoint order).
 public struct LlamaLayerWeights: Sendable {
     public var attnNorm: [Float]     // [D]
-    public var wq: Matrix            // [Hq*hd, D]
-    public var wk: Matrix            // [Hkv*hd, D]
-    public var wv: Matrix            // [Hkv*hd, D]
-    public var wo: Matrix            // [D, Hq*hd]
+    public var wq: LinearWeight          // [Hq*hd, D]
+    public var wk: LinearWeight          // [Hkv*hd, D]
+    public var wv: LinearWeight          // [Hkv*hd, D]
+    public var wo: LinearWeight          // [D, Hq*hd]
     public var bq: [Float]?          // [Hq*hd]   (Qwen2)
     public var bk: [Float]?          // [Hkv*hd]
     public var bv: [Float]?          // [Hkv*hd]
     public var bo: [Float]?          // [D]
     public var ffnNorm: [Float]      // [D]
-    public var wGate: Matrix         // [I, D]
-    public var wUp: Matrix           // [I, D]
-    public var wDown: Matrix         // [D, I]
+    public var wGate: LinearWeight       // [I, D]
+    public var wUp: LinearWeight         // [I, D]
+    public var wDown: LinearWeight       // [D, I]
     public var bGate: [Float]?       // [I]
     public var bUp: [Float]?         // [I]
     public var bDown: [Float]?       // [D]
 
-    public init(attnNorm: [Float], wq: Matrix, wk: Matrix, wv: Matrix, wo: Matrix, bq: [Float]? = nil, bk: [Float]? = nil,
-                bv: [Float]? = nil, bo: [Float]? = nil, ffnNorm: [Float], wGate: Matrix, wUp: Matrix, wDown: Matrix,
+    public init(attnNorm: [Float], wq: LinearWeight, wk: LinearWeight, wv: LinearWeight, wo: LinearWeight, bq: [Float]? = nil, bk: [Float]? = nil,
+                bv: [Float]? = nil, bo: [Float]? = nil, ffnNorm: [Float], wGate: LinearWeight, wUp: LinearWeight, wDown: LinearWeight,
                 bGate: [Float]? = nil, bUp: [Float]? = nil, bDown: [Float]? = nil) {
         self.attnNorm = attnNorm
         self.wq = wq
@@ -48,12 +49,12 @@ public struct LlamaLayerWeights: Sendable {
 
 /// All weights of a Llama-family model.
 public struct LlamaWeights: Sendable {
-    public var embedding: Matrix             // [V, D]
+    public var embedding: LinearWeight           // [V, D]
     public var layers: [LlamaLayerWeights]   // [L]
     public var finalNorm: [Float]            // [D]
-    public var lmHead: Matrix                // [V, D] (the embedding itself when tied)
+    public var lmHead: LinearWeight              // [V, D] (the embedding itself when tied)
 
-    public init(embedding: Matrix, layers: [LlamaLayerWeights], finalNorm: [Float], lmHead: Matrix) {
+    public init(embedding: LinearWeight, layers: [LlamaLayerWeights], finalNorm: [Float], lmHead: LinearWeight) {
         self.embedding = embedding
         self.layers = layers
         self.finalNorm = finalNorm
@@ -62,7 +63,7 @@ public struct LlamaWeights: Sendable {
 
     /// Checks every shape against the configuration; errors name the tensor.
     public func validate(against c: LlamaConfiguration, file: String? = nil) throws {
-        func check(_ name: String, _ m: Matrix, _ rows: Int, _ cols: Int) throws {
+        func check(_ name: String, _ m: LinearWeight, _ rows: Int, _ cols: Int) throws {
             guard m.rows == rows, m.cols == cols else {
                 throw FacetError(.shapeMismatch, "shape [\(m.rows), \(m.cols)] but the config implies [\(rows), \(cols)]",
                                  file: file, field: name, remedy: "config.json and the weights come from different models")

@@ -1,6 +1,7 @@
 import Adapters
 import Foundation
 import Formats
+import Kernels
 import Llama
 import Tensors
 
@@ -28,7 +29,7 @@ public enum AdapterLoader {
 
     /// Loads the adapter in `directory` for `base` (checked against its shapes).
     public static func load(directory: String, name: String? = nil, base: LlamaConfiguration,
-                            baseEmbedding: Matrix? = nil) throws -> LoRAAdapter {
+                            baseEmbedding: LinearWeight? = nil) throws -> LoRAAdapter {
         let adapterName = name ?? (directory as NSString).lastPathComponent
         do {
             var adapter: LoRAAdapter
@@ -84,7 +85,7 @@ public enum AdapterLoader {
         return (out, digest.finalize())
     }
 
-    static func loadPEFT(directory: String, name: String, base: LlamaConfiguration, baseEmbedding: Matrix?) throws -> LoRAAdapter {
+    static func loadPEFT(directory: String, name: String, base: LlamaConfiguration, baseEmbedding: LinearWeight?) throws -> LoRAAdapter {
         let config = try readPEFTConfig(directory: directory)
         let (tensors, digest) = try readPEFTTensors(directory: directory)
         var adapter = LoRAAdapter(name: name, digest: digest.map { String(format: "%02x", $0) }.joined(), layers: base.numLayers)
@@ -123,7 +124,7 @@ public enum AdapterLoader {
                 // PEFT saves the embedding it was trained with when it targets embed_tokens;
                 // it is the adapter's table if it differs from the base's.
                 let table = try matrix(tensor, key)
-                if let baseEmbedding, table.rows == baseEmbedding.rows, table.data == baseEmbedding.data { continue }
+                if let baseEmbedding, table.rows == baseEmbedding.rows, table.data == baseEmbedding.dequantized().data { continue }
                 if baseEmbedding == nil && table.rows == base.vocabSize { continue }
                 adapter.embedTokens = table
             default:

@@ -1,6 +1,7 @@
 import Adapters
 import Foundation
 import Formats
+import Kernels
 import Llama
 import Tensors
 
@@ -12,8 +13,9 @@ public enum AdapterMerge {
         try adapter.validate(against: config)
         var w = weights
         var c = config
-        func merged(_ m: Matrix, _ p: LoRAPair) -> Matrix {
+        func merged(_ w: LinearWeight, _ p: LoRAPair) -> LinearWeight {
             // delta[o, i] = scale * sum_j B[o, j] A[j, i]
+            let m = w.dequantized()
             var out = m
             let r = p.rank
             for o in 0..<m.rows {
@@ -23,7 +25,7 @@ public enum AdapterMerge {
                     for i in 0..<m.cols { out.data[o * m.cols + i] += bj * p.a.data[j * m.cols + i] }
                 }
             }
-            return out
+            return LinearWeight(out)
         }
         for l in 0..<config.numLayers {
             for (role, p) in adapter.pairs[l] {
@@ -38,9 +40,9 @@ public enum AdapterMerge {
                 }
             }
         }
-        if let table = adapter.embedTokens { w.embedding = table }
+        if let table = adapter.embedTokens { w.embedding = LinearWeight(table) }
         if let head = adapter.lmHead {
-            w.lmHead = head
+            w.lmHead = LinearWeight(head)
         } else if adapter.embedTokens != nil && config.tieWordEmbeddings {
             w.lmHead = w.embedding
         }
@@ -48,13 +50,15 @@ public enum AdapterMerge {
             // E[id] += scale * B A[:, id], with A^T stored as [vocab, r].
             if config.tieWordEmbeddings && adapter.lmHead == nil { w.lmHead = w.embedding }  // keep the head as it was
             let r = e.aT.cols, d = w.embedding.cols
-            for id in 0..<min(w.embedding.rows, e.aT.rows) {
+            var table = w.embedding.dequantized()
+            for id in 0..<min(table.rows, e.aT.rows) {
                 for k in 0..<d {
                     var s: Float = 0
                     for j in 0..<r { s += e.b.data[k * r + j] * e.aT.data[id * r + j] }
-                    w.embedding.data[id * d + k] += e.scale * s
+                    table.data[id * d + k] += e.scale * s
                 }
             }
+            w.embedding = LinearWeight(table)
         }
         c.vocabSize = w.embedding.rows
         if w.lmHead.rows != w.embedding.rows || (config.tieWordEmbeddings && adapter.embeddingLoRA != nil) || adapter.lmHead != nil {
@@ -69,13 +73,13 @@ public enum AdapterMerge {
                                         dtype: SafetensorsFile.DType = .f32) throws {
         try createDirectory(directory)
         var tensors: [SafetensorsWriter.Tensor] = [
-            .init(name: "model.embed_tokens.weight", shape: [w.embedding.rows, w.embedding.cols], values: w.embedding.data),
+            .init(name: "model.embed_tokens.weight", shape: [w.embedding.rows, w.embedding.cols], values: w.embedding.dequantized().data),
             .init(name: "model.norm.weight", shape: [w.finalNorm.count], values: w.finalNorm),
         ]
-        if !c.tieWordEmbeddings { tensors.append(.init(name: "lm_head.weight", shape: [w.lmHead.rows, w.lmHead.cols], values: w.lmHead.data)) }
+        if !c.tieWordEmbeddings { tensors.append(.init(name: "lm_head.weight", shape: [w.lmHead.rows, w.lmHead.cols], values: w.lmHead.dequantized().data)) }
         for (l, layer) in w.layers.enumerated() {
             let p = "model.layers.\(l)."
-            func m(_ n: String, _ x: Matrix) { tensors.append(.init(name: p + n, shape: [x.rows, x.cols], values: x.data)) }
+            func m(_ n: String, _ x: LinearWeight) { tensors.append(.init(name: p + n, shape: [x.rows, x.cols], values: x.dequantized().data)) }
             func v(_ n: String, _ x: [Float]?) { if let x { tensors.append(.init(name: p + n, shape: [x.count], values: x)) } }
             v("input_layernorm.weight", layer.attnNorm)
             v("post_attention_layernorm.weight", layer.ffnNorm)

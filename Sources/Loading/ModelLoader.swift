@@ -1,5 +1,6 @@
 import Foundation
 import Formats
+import Kernels
 import Llama
 import Tensors
 
@@ -157,39 +158,36 @@ public enum ModelLoader {
         config c: LlamaConfiguration, source: any TensorSource, progress: (String) -> Void,
         name: (Int, LayerWeightRole) -> String, embedding: String, finalNorm: String, lmHead: String, permuteQK: Bool
     ) throws -> LlamaWeights {
-        let embed = try source.matrix(embedding)
+        let compact = keepCompactWeights
+        let embed = try source.linear(embedding, permuteHeads: nil, keepCompact: compact)
         var layers: [LlamaLayerWeights] = []
         layers.reserveCapacity(c.numLayers)
         for l in 0..<c.numLayers {
-            func m(_ r: LayerWeightRole) throws -> Matrix { try source.matrix(name(l, r)) }
+            func m(_ r: LayerWeightRole, heads: Int? = nil) throws -> LinearWeight {
+                try source.linear(name(l, r), permuteHeads: permuteQK ? heads : nil, keepCompact: compact)
+            }
             func opt(_ r: LayerWeightRole) throws -> [Float]? { try source.optionalVector(name(l, r)) }
-            var wq = try m(.q), wk = try m(.k)
             var bq = try opt(.qBias), bk = try opt(.kBias)
             if permuteQK {
-                wq = unpermuteRows(wq, heads: c.numHeads)
-                wk = unpermuteRows(wk, heads: c.numKVHeads)
                 bq = bq.map { unpermute($0, heads: c.numHeads) }
                 bk = bk.map { unpermute($0, heads: c.numKVHeads) }
             }
             layers.append(LlamaLayerWeights(
-                attnNorm: try source.vector(name(l, .attnNorm)), wq: wq, wk: wk, wv: try m(.v), wo: try m(.o),
-                bq: bq, bk: bk, bv: try opt(.vBias), bo: try opt(.oBias),
+                attnNorm: try source.vector(name(l, .attnNorm)), wq: try m(.q, heads: c.numHeads), wk: try m(.k, heads: c.numKVHeads),
+                wv: try m(.v), wo: try m(.o), bq: bq, bk: bk, bv: try opt(.vBias), bo: try opt(.oBias),
                 ffnNorm: try source.vector(name(l, .ffnNorm)), wGate: try m(.gate), wUp: try m(.up), wDown: try m(.down),
                 bGate: try opt(.gateBias), bUp: try opt(.upBias), bDown: try opt(.downBias)))
             if (l + 1) % 10 == 0 || l + 1 == c.numLayers { progress("  layers \(l + 1)/\(c.numLayers)") }
         }
-        let head: Matrix
-        if source.has(lmHead) && !c.tieWordEmbeddings {
-            head = try source.matrix(lmHead)
-        } else if source.has(lmHead) {
-            head = try source.matrix(lmHead)
-        } else {
-            head = embed
-        }
+        let head = source.has(lmHead) ? try source.linear(lmHead, permuteHeads: nil, keepCompact: compact) : embed
         let weights = LlamaWeights(embedding: embed, layers: layers, finalNorm: try source.vector(finalNorm), lmHead: head)
         try weights.validate(against: c, file: source.description)
         return weights
     }
+
+    /// Weights stay in their file's compact format (F16, BF16, Q4_0, Q4_1, Q8_0) unless
+    /// FACET_WEIGHTS=f32 asks for everything dequantized at load.
+    static var keepCompactWeights: Bool { ProcessInfo.processInfo.environment["FACET_WEIGHTS"] != "f32" }
 }
 
 /// Decodes JSON into a typed configuration, turning decoding errors into `FacetError`s

@@ -47,23 +47,27 @@ import TestSupport
         EngineConfiguration(limits: .init(maxBatchSize: 16, maxNumTokens: 256, maxLoras: 8, maxModelLength: 256), blockSize: 16, kvCacheBytes: 64 << 20),
         // Small budgets: chunked prefill, an adapter cap of 1, and a cache so small that requests get preempted.
         EngineConfiguration(limits: .init(maxBatchSize: 3, maxNumTokens: 5, maxLoras: 1, maxModelLength: 256), blockSize: 4,
-                            kvCacheBytes: 12 * 4 * 2 * 2 * 2 * 16 * 4),
+                            kvCacheBytes: 9 * 4 * 2 * 2 * 2 * 16 * 4),
     ])
     func concurrentRequestsMatchTheOneShotGenerator(configuration: EngineConfiguration) async throws {
         let store = try Self.store()
         let counter = Counter()
         let engine = try InferenceEngine(model: Self.model, tokenizer: nil, configuration: configuration, adapterStore: store, observer: counter)
-        engine.start()
         defer { engine.shutdown() }
         let prompt = ints(Self.golden["prompt_ids"])
         let jobs: [(String?, [Int32], UInt64?)] = [
             (nil, prompt, nil), ("plain_qv", prompt, nil), ("all_linear_r8", Array(prompt.prefix(5)), 3), ("embed_lora", prompt, nil),
             ("extended_vocab", [1, 320, 5, 333, 7], nil), (nil, [1, 2, 3], 11), ("plain_qv", Array(prompt.reversed()), 5),
         ]
+        // Everything is queued before the loop starts, so the small configuration must
+        // chunk, cap adapters and preempt.
+        let streams = try jobs.map { job in
+            let lease = try job.0.map { try store.acquire($0) }
+            return try engine.submit(EngineRequest(promptIDs: job.1, parameters: Self.params(10, seed: job.2), adapter: lease))
+        }
+        engine.start()
         let results = try await withThrowingTaskGroup(of: (Int, [Int32]).self) { group in
-            for (i, job) in jobs.enumerated() {
-                let lease = try job.0.map { try store.acquire($0) }
-                let stream = try engine.submit(EngineRequest(promptIDs: job.1, parameters: Self.params(10, seed: job.2), adapter: lease))
+            for (i, stream) in streams.enumerated() {
                 group.addTask { (i, try await Self.collect(stream).0) }
             }
             var out = [[Int32]](repeating: [], count: jobs.count)

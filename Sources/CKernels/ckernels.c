@@ -1,0 +1,258 @@
+// Facet's compact-weight kernels. See include/ckernels.h for the exact semantics.
+#include "ckernels.h"
+#include <math.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+enum { QK = 32 };
+
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t e = (h >> 10) & 0x1F, m = h & 0x3FF;
+    uint32_t bits;
+    if (e == 0) {
+        if (m == 0) { bits = sign; }
+        else { float v = (float)m * (1.0f / 16777216.0f); return sign ? -v : v; }
+    } else if (e == 31) { bits = sign | 0x7F800000u | (m << 13); }
+    else { bits = sign | ((e + 112) << 23) | (m << 13); }
+    float f; memcpy(&f, &bits, 4); return f;
+}
+static inline float bf16_to_f32(uint16_t b) { uint32_t bits = (uint32_t)b << 16; float f; memcpy(&f, &bits, 4); return f; }
+static inline float rd_f16(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return f16_to_f32(h); }
+
+// Fixed lane fold: ((0+4)+(2+6))+((1+5)+(3+7)).
+static inline float fold8(const float v[8]) {
+    float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
+    return (a0 + a2) + (a1 + a3);
+}
+
+void fk_block_sums(const float *x, int T, int K, float *xsum) {
+    int nb = K / QK;
+    for (int t = 0; t < T; t++) {
+        for (int b = 0; b < nb; b++) {
+            const float *p = x + (size_t)t * K + b * QK;
+            float lanes[8] = {0};
+            for (int j = 0; j < 4; j++) for (int l = 0; l < 8; l++) lanes[l] += p[8 * j + l];
+            xsum[(size_t)t * nb + b] = fold8(lanes);
+        }
+    }
+}
+
+// ---- Scalar reference paths (same operation order as the AVX2 ones) ----
+
+// One block's 32 weights as floats (unscaled quant values for Q4_x/Q8_0, real values for f16/bf16).
+static inline void block_values(int type, const uint8_t *blk, float q[32], float *d, float *m) {
+    switch (type) {
+    case 3: { // Q4_1: d, m, 16 bytes
+        *d = rd_f16(blk); *m = rd_f16(blk + 2);
+        const uint8_t *qs = blk + 4;
+        for (int j = 0; j < 16; j++) { q[j] = (float)(qs[j] & 0x0F); q[j + 16] = (float)(qs[j] >> 4); }
+        break; }
+    case 2: { // Q4_0: d, 16 bytes; x = d*(q-8) = d*q + (-8d)
+        *d = rd_f16(blk); *m = -8.0f * *d;
+        const uint8_t *qs = blk + 2;
+        for (int j = 0; j < 16; j++) { q[j] = (float)(qs[j] & 0x0F); q[j + 16] = (float)(qs[j] >> 4); }
+        break; }
+    case 8: { // Q8_0: d, 32 int8
+        *d = rd_f16(blk); *m = 0;
+        for (int j = 0; j < 32; j++) q[j] = (float)(int8_t)blk[2 + j];
+        break; }
+    }
+}
+
+static int block_bytes(int type) { return type == 3 ? 20 : type == 2 ? 18 : 34; }
+
+static void matmul_quant_scalar(int type, const float *x, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
+    int nb = K / QK, bb = block_bytes(type);
+    for (int o = o0; o < o1; o++) {
+        const uint8_t *row = w + (size_t)o * nb * bb;
+        for (int t = 0; t < T; t++) {
+            const float *xt = x + (size_t)t * K;
+            float acc[8] = {0};
+            float macc = 0;
+            for (int b = 0; b < nb; b++) {
+                float q[32], d, m;
+                block_values(type, row + (size_t)b * bb, q, &d, &m);
+                const float *xb = xt + b * QK;
+                for (int l = 0; l < 8; l++) {
+                    float v = q[l] * xb[l];
+                    v = fmaf(q[8 + l], xb[8 + l], v);
+                    v = fmaf(q[16 + l], xb[16 + l], v);
+                    v = fmaf(q[24 + l], xb[24 + l], v);
+                    acc[l] = fmaf(d, v, acc[l]);
+                }
+                if (type != 8) macc = fmaf(m, xsum[(size_t)t * nb + b], macc);
+            }
+            y[(size_t)t * ldy + o] = fold8(acc) + macc;
+        }
+    }
+}
+
+static void matmul_half_scalar(int bf, const float *x, const uint16_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
+    int nb = K / QK;
+    for (int o = o0; o < o1; o++) {
+        const uint16_t *row = w + (size_t)o * K;
+        for (int t = 0; t < T; t++) {
+            const float *xt = x + (size_t)t * K;
+            float acc[8] = {0};
+            for (int b = 0; b < nb; b++) {
+                for (int l = 0; l < 8; l++) {
+                    float q[4];
+                    for (int j = 0; j < 4; j++) { uint16_t h = row[b * QK + 8 * j + l]; q[j] = bf ? bf16_to_f32(h) : f16_to_f32(h); }
+                    const float *xb = xt + b * QK;
+                    float v = q[0] * xb[l];
+                    v = fmaf(q[1], xb[8 + l], v);
+                    v = fmaf(q[2], xb[16 + l], v);
+                    v = fmaf(q[3], xb[24 + l], v);
+                    acc[l] = acc[l] + v;
+                }
+            }
+            y[(size_t)t * ldy + o] = fold8(acc);
+        }
+    }
+}
+
+// ---- AVX2 paths ----
+#if defined(__x86_64__)
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+
+AVX2 static inline float hfold(__m256 v) {
+    float lanes[8];
+    _mm256_storeu_ps(lanes, v);
+    return fold8(lanes);
+}
+
+// The 32 weights of a Q4 block as 4 float vectors: lanes j*8..j*8+7.
+AVX2 static inline void q4_unpack(const uint8_t *qs, __m256 q[4]) {
+    __m128i raw = _mm_loadu_si128((const __m128i *)qs);
+    __m128i lo = _mm_and_si128(raw, _mm_set1_epi8(0x0F));
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0F));
+    q[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+    q[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+    q[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+    q[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+}
+
+AVX2 static inline void q8_unpack(const uint8_t *qs, __m256 q[4]) {
+    for (int j = 0; j < 4; j++) q[j] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8 * j))));
+}
+
+AVX2 static inline __m256 block_dot(const __m256 q[4], const float *xb) {
+    __m256 v = _mm256_mul_ps(q[0], _mm256_loadu_ps(xb));
+    v = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(xb + 8), v);
+    v = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(xb + 16), v);
+    v = _mm256_fmadd_ps(q[3], _mm256_loadu_ps(xb + 24), v);
+    return v;
+}
+
+enum { TT = 8 };  // tokens sharing one unpacked weight block
+
+AVX2 static void matmul_quant_avx2(int type, const float *x, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
+    int nb = K / QK, bb = block_bytes(type);
+    int off = type == 3 ? 4 : 2;
+    for (int o = o0; o < o1; o++) {
+        const uint8_t *row = w + (size_t)o * nb * bb;
+        for (int t0 = 0; t0 < T; t0 += TT) {
+            int tn = T - t0 < TT ? T - t0 : TT;
+            __m256 acc[TT];
+            float macc[TT];
+            for (int i = 0; i < tn; i++) { acc[i] = _mm256_setzero_ps(); macc[i] = 0; }
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = row + (size_t)b * bb;
+                __m256 q[4];
+                float d = rd_f16(blk), m = 0;
+                if (type == 8) q8_unpack(blk + off, q); else q4_unpack(blk + off, q);
+                if (type == 3) m = rd_f16(blk + 2); else if (type == 2) m = -8.0f * d;
+                __m256 dv = _mm256_set1_ps(d);
+                for (int i = 0; i < tn; i++) {
+                    const float *xb = x + (size_t)(t0 + i) * K + b * QK;
+                    acc[i] = _mm256_fmadd_ps(dv, block_dot(q, xb), acc[i]);
+                    if (type != 8) macc[i] = fmaf(m, xsum[(size_t)(t0 + i) * nb + b], macc[i]);
+                }
+            }
+            for (int i = 0; i < tn; i++) y[(size_t)(t0 + i) * ldy + o] = hfold(acc[i]) + macc[i];
+        }
+    }
+}
+
+AVX2 static inline __m256 half8(int bf, const uint16_t *p) {
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    if (bf) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    return _mm256_cvtph_ps(h);
+}
+
+AVX2 static void matmul_half_avx2(int bf, const float *x, const uint16_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
+    int nb = K / QK;
+    for (int o = o0; o < o1; o++) {
+        const uint16_t *row = w + (size_t)o * K;
+        for (int t0 = 0; t0 < T; t0 += TT) {
+            int tn = T - t0 < TT ? T - t0 : TT;
+            __m256 acc[TT];
+            for (int i = 0; i < tn; i++) acc[i] = _mm256_setzero_ps();
+            for (int b = 0; b < nb; b++) {
+                __m256 q[4];
+                for (int j = 0; j < 4; j++) q[j] = half8(bf, row + b * QK + 8 * j);
+                for (int i = 0; i < tn; i++) acc[i] = _mm256_add_ps(acc[i], block_dot(q, x + (size_t)(t0 + i) * K + b * QK));
+            }
+            for (int i = 0; i < tn; i++) y[(size_t)(t0 + i) * ldy + o] = hfold(acc[i]);
+        }
+    }
+}
+#endif
+
+static int avx2_state = -1;
+void fk_set_vector_path(int enabled) { avx2_state = enabled ? -1 : 0; }
+int fk_has_avx2(void) {
+#if defined(__x86_64__)
+    if (avx2_state < 0) {
+        __builtin_cpu_init();
+        avx2_state = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    }
+    return avx2_state;
+#else
+    return 0;
+#endif
+}
+
+void fk_matmul_q4_1(const float *x, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
+#if defined(__x86_64__)
+    if (fk_has_avx2()) { matmul_quant_avx2(3, x, xsum, w, K, T, o0, o1, y, ldy); return; }
+#endif
+    matmul_quant_scalar(3, x, xsum, w, K, T, o0, o1, y, ldy);
+}
+void fk_matmul_q4_0(const float *x, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
+#if defined(__x86_64__)
+    if (fk_has_avx2()) { matmul_quant_avx2(2, x, xsum, w, K, T, o0, o1, y, ldy); return; }
+#endif
+    matmul_quant_scalar(2, x, xsum, w, K, T, o0, o1, y, ldy);
+}
+void fk_matmul_q8_0(const float *x, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
+#if defined(__x86_64__)
+    if (fk_has_avx2()) { matmul_quant_avx2(8, x, 0, w, K, T, o0, o1, y, ldy); return; }
+#endif
+    matmul_quant_scalar(8, x, 0, w, K, T, o0, o1, y, ldy);
+}
+void fk_matmul_f16(const float *x, const uint16_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
+#if defined(__x86_64__)
+    if (fk_has_avx2()) { matmul_half_avx2(0, x, w, K, T, o0, o1, y, ldy); return; }
+#endif
+    matmul_half_scalar(0, x, w, K, T, o0, o1, y, ldy);
+}
+void fk_matmul_bf16(const float *x, const uint16_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
+#if defined(__x86_64__)
+    if (fk_has_avx2()) { matmul_half_avx2(1, x, w, K, T, o0, o1, y, ldy); return; }
+#endif
+    matmul_half_scalar(1, x, w, K, T, o0, o1, y, ldy);
+}
+
+void fk_dequantize_row(int type, const uint8_t *w, int K, int row, float *out) {
+    int nb = K / QK, bb = block_bytes(type);
+    const uint8_t *r = w + (size_t)row * nb * bb;
+    for (int b = 0; b < nb; b++) {
+        float q[32], d, m;
+        block_values(type, r + (size_t)b * bb, q, &d, &m);
+        for (int j = 0; j < 32; j++) out[b * QK + j] = type == 8 ? d * q[j] : (type == 2 ? d * (q[j] - 8.0f) : d * q[j] + m);
+    }
+}

@@ -1,0 +1,35 @@
+#ifndef FACET_CKERNELS_H
+#define FACET_CKERNELS_H
+
+#include <stdint.h>
+
+/// Quantized and half-precision matrix products with fp32 activations.
+///
+/// Semantics of every `fk_matmul_*`: for t in [0, T) and o in [o0, o1),
+///   y[t * ldy + o] = sum_k x[t * K + k] * W[o, k]
+/// where W is stored row-major in its compact form (ggml block layouts for Q4_0, Q4_1,
+/// Q8_0; raw 16-bit values for F16/BF16). Each output is reduced in one fixed order that
+/// does not depend on T, o0/o1 or the CPU path taken: 8 fp32 lanes, blocks of 32 in
+/// increasing k (within a block: lane l takes k = 8j + l, j = 0..3, as mul then three
+/// fused multiply-adds; the block joins the accumulator with one fused multiply-add by its
+/// scale), lanes folded as ((0+4)+(2+6))+((1+5)+(3+7)), then the per-block offsets added
+/// in increasing block order. The scalar fallback performs the same operations with
+/// `fmaf`, so results are bitwise identical on every machine.
+///
+/// `xsum` holds, for Q4_0/Q4_1, the sums of x over each block of 32 ([T, K/32], computed
+/// by fk_block_sums); other types ignore it.
+
+int fk_has_avx2(void);
+/// Tests only: 0 forces the portable scalar path, 1 restores CPU detection.
+void fk_set_vector_path(int enabled);
+void fk_block_sums(const float *x, int T, int K, float *xsum);
+void fk_matmul_q4_1(const float *x, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy);
+void fk_matmul_q4_0(const float *x, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy);
+void fk_matmul_q8_0(const float *x, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy);
+void fk_matmul_f16(const float *x, const uint16_t *w, int K, int T, int o0, int o1, float *y, int ldy);
+void fk_matmul_bf16(const float *x, const uint16_t *w, int K, int T, int o0, int o1, float *y, int ldy);
+
+/// Dequantizes row `row` of a Q4_0/Q4_1/Q8_0 matrix with K columns into `out` (K floats).
+void fk_dequantize_row(int type, const uint8_t *w, int K, int row, float *out);
+
+#endif

@@ -1,0 +1,213 @@
+internal import CKernels
+import Tensors
+
+/// Storage formats a linear weight can stay in at run time.
+public enum WeightFormat: String, Sendable, CaseIterable {
+    case f32, f16, bf16, q4_0, q4_1, q8_0
+
+    /// Bytes of one row of `cols` values.
+    public func rowBytes(_ cols: Int) -> Int {
+        switch self {
+        case .f32: cols * 4
+        case .f16, .bf16: cols * 2
+        case .q4_0: cols / 32 * 18
+        case .q4_1: cols / 32 * 20
+        case .q8_0: cols / 32 * 34
+        }
+    }
+
+    var cType: Int32 {
+        switch self {
+        case .q4_0: 2
+        case .q4_1: 3
+        case .q8_0: 8
+        default: 0
+        }
+    }
+}
+
+/// Raw bytes kept alive by whatever owns them (a memory-mapped file, or a copy).
+public final class ByteStore: @unchecked Sendable {
+    public let bytes: UnsafeRawBufferPointer
+    private let owner: AnyObject?
+    private let owned: UnsafeMutableRawBufferPointer?
+
+    /// Bytes inside memory owned by `owner` (e.g. a `MappedFile`).
+    public init(bytes: UnsafeRawBufferPointer, owner: AnyObject) {
+        self.bytes = bytes
+        self.owner = owner
+        self.owned = nil
+    }
+
+    /// A private, 64-byte aligned copy.
+    public init(copying source: UnsafeRawBufferPointer) {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(source.count, 1), alignment: 64)
+        if source.count > 0 { buffer.baseAddress!.copyMemory(from: source.baseAddress!, byteCount: source.count) }
+        owned = buffer
+        owner = nil
+        bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<source.count])
+    }
+
+    deinit { owned?.deallocate() }
+}
+
+/// A linear layer's weight `W: [rows = out, cols = in]` in its storage format.
+///
+/// Semantics of `matmul`: `y[t, o] = sum_k x[t, k] * W[o, k] (+ bias[o])`. The reduction
+/// order of each output is fixed per format (see `Dot.swift` for f32 and `ckernels.h` for
+/// the compact formats), so a row of `y` never depends on the batch around it.
+public struct LinearWeight: Sendable {
+    public let rows: Int
+    public let cols: Int
+    public let format: WeightFormat
+    let dense: [Float]?
+    let store: ByteStore?
+
+    public init(_ m: Matrix) {
+        rows = m.rows
+        cols = m.cols
+        format = .f32
+        dense = m.data
+        store = nil
+    }
+
+    public init(format: WeightFormat, rows: Int, cols: Int, store: ByteStore) throws {
+        guard format != .f32 else {
+            throw FacetError(.invalidArgument, "f32 weights are built from a Matrix", field: "format")
+        }
+        guard format == .f16 || format == .bf16 ? cols % 32 == 0 : cols % 32 == 0 else {
+            throw FacetError(.shapeMismatch, "\(format.rawValue) rows of \(cols) values are not whole blocks of 32", field: "cols")
+        }
+        guard store.bytes.count == rows * format.rowBytes(cols) else {
+            throw FacetError(.shapeMismatch, "\(store.bytes.count) bytes for a \(rows)x\(cols) \(format.rawValue) matrix (need \(rows * format.rowBytes(cols)))")
+        }
+        self.rows = rows
+        self.cols = cols
+        self.format = format
+        self.dense = nil
+        self.store = store
+    }
+
+    /// Bytes the weight occupies.
+    public var byteSize: Int { format == .f32 ? rows * cols * 4 : store!.bytes.count }
+
+    public func matmul(x: UnsafePointer<Float>, t T: Int, y: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>? = nil) {
+        if let dense {
+            dense.withUnsafeBufferPointer { w in
+                MatMul.nt(x: x, w: w.baseAddress!, bias: bias, y: y, t: T, k: cols, o: rows)
+            }
+            return
+        }
+        let K = cols, O = rows
+        var sums: [Float] = []
+        if format == .q4_0 || format == .q4_1 {
+            sums = [Float](repeating: 0, count: T * K / 32)
+            sums.withUnsafeMutableBufferPointer { fk_block_sums(x, Int32(T), Int32(K), $0.baseAddress!) }
+        }
+        let xs = SendablePointer(x), ys = SendableMutablePointer(y)
+        let raw = store!.bytes.baseAddress!
+        let format = format
+        sums.withUnsafeBufferPointer { sp in
+            let sumsPtr = sp.baseAddress.map(SendablePointer.init)
+            nonisolated(unsafe) let w = raw
+            Parallel.ranges(O, granule: 8, work: T * K * O) { range in
+                let o0 = Int32(range.lowerBound), o1 = Int32(range.upperBound)
+                let u8 = w.assumingMemoryBound(to: UInt8.self), u16 = w.assumingMemoryBound(to: UInt16.self)
+                switch format {
+                case .q4_1: fk_matmul_q4_1(xs.p, sumsPtr!.p, u8, Int32(K), Int32(T), o0, o1, ys.p, Int32(O))
+                case .q4_0: fk_matmul_q4_0(xs.p, sumsPtr!.p, u8, Int32(K), Int32(T), o0, o1, ys.p, Int32(O))
+                case .q8_0: fk_matmul_q8_0(xs.p, u8, Int32(K), Int32(T), o0, o1, ys.p, Int32(O))
+                case .f16: fk_matmul_f16(xs.p, u16, Int32(K), Int32(T), o0, o1, ys.p, Int32(O))
+                case .bf16: fk_matmul_bf16(xs.p, u16, Int32(K), Int32(T), o0, o1, ys.p, Int32(O))
+                case .f32: break
+                }
+            }
+        }
+        if let bias {
+            for t in 0..<T { for o in 0..<O { y[t * O + o] = y[t * O + o] + bias[o] } }
+        }
+    }
+
+    /// Row `r` as floats (embedding lookups).
+    public func row(_ r: Int, into out: UnsafeMutablePointer<Float>) {
+        if let dense {
+            dense.withUnsafeBufferPointer { out.update(from: $0.baseAddress! + r * cols, count: cols) }
+            return
+        }
+        let raw = store!.bytes.baseAddress!
+        switch format {
+        case .f16, .bf16:
+            let p = raw.assumingMemoryBound(to: UInt16.self) + r * cols
+            for i in 0..<cols { out[i] = format == .f16 ? HalfFloat.fromF16(p[i]) : HalfFloat.fromBF16(p[i]) }
+        default:
+            fk_dequantize_row(format.cType, raw.assumingMemoryBound(to: UInt8.self), Int32(cols), Int32(r), out)
+        }
+    }
+
+    /// The whole weight as fp32 (for merging, conversion and references).
+    public func dequantized() -> Matrix {
+        if let dense { return Matrix(rows: rows, cols: cols, data: dense) }
+        var m = Matrix(zeros: rows, cols)
+        m.data.withUnsafeMutableBufferPointer { p in
+            for r in 0..<rows { row(r, into: p.baseAddress! + r * cols) }
+        }
+        return m
+    }
+
+    public var isCompact: Bool { dense == nil }
+
+    /// Tests only: run the compact kernels' portable scalar path instead of AVX2.
+    public static func useVectorKernels(_ enabled: Bool) { fk_set_vector_path(enabled ? 1 : 0) }
+
+    /// Quantizes an fp32 matrix into a compact format (tests and conversions; the encoding
+    /// follows ggml's reference quantizers for Q4_0, Q4_1 and Q8_0).
+    public static func quantize(_ m: Matrix, to format: WeightFormat) throws -> LinearWeight {
+        guard format != .f32 else { return LinearWeight(m) }
+        guard m.cols % 32 == 0 else { throw FacetError(.shapeMismatch, "columns must be a multiple of 32", field: "cols") }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(m.rows * format.rowBytes(m.cols))
+        func half(_ v: Float) { let h = HalfFloat.toF16(v); bytes.append(UInt8(h & 0xFF)); bytes.append(UInt8(h >> 8)) }
+        for r in 0..<m.rows {
+            for b in 0..<(m.cols / 32) {
+                let x = Array(m.data[(r * m.cols + b * 32)..<(r * m.cols + b * 32 + 32)])
+                switch format {
+                case .f16:
+                    for v in x { half(v) }
+                case .bf16:
+                    for v in x { let h = HalfFloat.toBF16(v); bytes.append(UInt8(h & 0xFF)); bytes.append(UInt8(h >> 8)) }
+                case .q8_0:
+                    let amax = x.map(abs).max() ?? 0
+                    let d = amax / 127
+                    half(d)
+                    let id = d != 0 ? 1 / d : 0
+                    for v in x { bytes.append(UInt8(bitPattern: Int8(clamping: Int((v * id).rounded())))) }
+                case .q4_0:
+                    let maxv = x.max { abs($0) < abs($1) } ?? 0
+                    let d = maxv / -8
+                    half(d)
+                    let id = d != 0 ? 1 / d : 0
+                    for j in 0..<16 {
+                        let lo = UInt8(min(15, max(0, Int((x[j] * id + 8.5).rounded(.down)))))
+                        let hi = UInt8(min(15, max(0, Int((x[j + 16] * id + 8.5).rounded(.down)))))
+                        bytes.append(lo | hi << 4)
+                    }
+                case .q4_1:
+                    let lo = x.min() ?? 0, hiV = x.max() ?? 0
+                    let d = (hiV - lo) / 15
+                    half(d)
+                    half(lo)
+                    let id = d != 0 ? 1 / d : 0
+                    for j in 0..<16 {
+                        let a = UInt8(min(15, max(0, Int(((x[j] - lo) * id + 0.5).rounded(.down)))))
+                        let c = UInt8(min(15, max(0, Int(((x[j + 16] - lo) * id + 0.5).rounded(.down)))))
+                        bytes.append(a | c << 4)
+                    }
+                case .f32: break
+                }
+            }
+        }
+        // f16/bf16 rows are written block by block above, which is row-major order too.
+        let store = bytes.withUnsafeBytes { ByteStore(copying: $0) }
+        return try LinearWeight(format: format, rows: m.rows, cols: m.cols, store: store)
+    }
+}
