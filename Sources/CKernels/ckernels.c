@@ -118,6 +118,8 @@ static void matmul_half_scalar(int bf, const float *x, const uint16_t *w, int K,
 #if defined(__x86_64__)
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 
+AVX2 static inline float rd_f16c(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return _cvtsh_ss(h); }
+
 AVX2 static inline float hfold(__m256 v) {
     float lanes[8];
     _mm256_storeu_ps(lanes, v);
@@ -125,14 +127,15 @@ AVX2 static inline float hfold(__m256 v) {
 }
 
 // The 32 weights of a Q4 block as 4 float vectors: lanes j*8..j*8+7.
+// Two zero-extensions (bytes 0-7 and 8-15) serve both nibbles: fewer shuffle-port uops.
 AVX2 static inline void q4_unpack(const uint8_t *qs, __m256 q[4]) {
-    __m128i raw = _mm_loadu_si128((const __m128i *)qs);
-    __m128i lo = _mm_and_si128(raw, _mm_set1_epi8(0x0F));
-    __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0F));
-    q[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-    q[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
-    q[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-    q[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+    __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs));
+    __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8)));
+    __m256i mask = _mm256_set1_epi32(0x0F);
+    q[0] = _mm256_cvtepi32_ps(_mm256_and_si256(a, mask));
+    q[1] = _mm256_cvtepi32_ps(_mm256_and_si256(b, mask));
+    q[2] = _mm256_cvtepi32_ps(_mm256_srli_epi32(a, 4));
+    q[3] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
 }
 
 AVX2 static inline void q8_unpack(const uint8_t *qs, __m256 q[4]) {
@@ -149,7 +152,58 @@ AVX2 static inline __m256 block_dot(const __m256 q[4], const float *xb) {
 
 enum { TT = 8 };  // tokens sharing one unpacked weight block
 
+// One token (decode): two rows at a time with register accumulators. The per-output
+// arithmetic is exactly that of the tiled path below.
+__attribute__((always_inline)) AVX2 static inline void quant_t1(int type, const float *x, const float *xsum, const uint8_t *w, int K, int o0, int o1, float *y) {
+    int nb = K / QK, bb = block_bytes(type);
+    int off = type == 3 ? 4 : 2;
+    int o = o0;
+    for (; o + 2 <= o1; o += 2) {
+        const uint8_t *r0 = w + (size_t)o * nb * bb, *r1 = r0 + (size_t)nb * bb;
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        float m0 = 0, m1 = 0;
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *k0 = r0 + (size_t)b * bb, *k1 = r1 + (size_t)b * bb;
+            const float *xb = x + b * QK;
+            __m256 q0[4], q1[4];
+            if (type == 8) { q8_unpack(k0 + off, q0); q8_unpack(k1 + off, q1); } else { q4_unpack(k0 + off, q0); q4_unpack(k1 + off, q1); }
+            float d0 = rd_f16c(k0), d1 = rd_f16c(k1);
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), block_dot(q0, xb), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), block_dot(q1, xb), acc1);
+            if (type == 3) { m0 = fmaf(rd_f16c(k0 + 2), xsum[b], m0); m1 = fmaf(rd_f16c(k1 + 2), xsum[b], m1); }
+            if (type == 2) { m0 = fmaf(-8.0f * d0, xsum[b], m0); m1 = fmaf(-8.0f * d1, xsum[b], m1); }
+        }
+        y[o] = hfold(acc0) + m0;
+        y[o + 1] = hfold(acc1) + m1;
+    }
+    for (; o < o1; o++) {
+        const uint8_t *r0 = w + (size_t)o * nb * bb;
+        __m256 acc0 = _mm256_setzero_ps();
+        float m0 = 0;
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *k0 = r0 + (size_t)b * bb;
+            __m256 q0[4];
+            if (type == 8) q8_unpack(k0 + off, q0); else q4_unpack(k0 + off, q0);
+            float d0 = rd_f16c(k0);
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), block_dot(q0, x + b * QK), acc0);
+            if (type == 3) m0 = fmaf(rd_f16c(k0 + 2), xsum[b], m0);
+            if (type == 2) m0 = fmaf(-8.0f * d0, xsum[b], m0);
+        }
+        y[o] = hfold(acc0) + m0;
+    }
+}
+
+AVX2 static void quant_t1_q4_1(const float *x, const float *xs, const uint8_t *w, int K, int o0, int o1, float *y) { quant_t1(3, x, xs, w, K, o0, o1, y); }
+AVX2 static void quant_t1_q4_0(const float *x, const float *xs, const uint8_t *w, int K, int o0, int o1, float *y) { quant_t1(2, x, xs, w, K, o0, o1, y); }
+AVX2 static void quant_t1_q8_0(const float *x, const float *xs, const uint8_t *w, int K, int o0, int o1, float *y) { quant_t1(8, x, xs, w, K, o0, o1, y); }
+
 AVX2 static void matmul_quant_avx2(int type, const float *x, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
+    if (T == 1) {
+        if (type == 3) quant_t1_q4_1(x, xsum, w, K, o0, o1, y);
+        else if (type == 2) quant_t1_q4_0(x, xsum, w, K, o0, o1, y);
+        else quant_t1_q8_0(x, xsum, w, K, o0, o1, y);
+        return;
+    }
     int nb = K / QK, bb = block_bytes(type);
     int off = type == 3 ? 4 : 2;
     for (int o = o0; o < o1; o++) {
@@ -162,9 +216,9 @@ AVX2 static void matmul_quant_avx2(int type, const float *x, const float *xsum, 
             for (int b = 0; b < nb; b++) {
                 const uint8_t *blk = row + (size_t)b * bb;
                 __m256 q[4];
-                float d = rd_f16(blk), m = 0;
+                float d = rd_f16c(blk), m = 0;
                 if (type == 8) q8_unpack(blk + off, q); else q4_unpack(blk + off, q);
-                if (type == 3) m = rd_f16(blk + 2); else if (type == 2) m = -8.0f * d;
+                if (type == 3) m = rd_f16c(blk + 2); else if (type == 2) m = -8.0f * d;
                 __m256 dv = _mm256_set1_ps(d);
                 for (int i = 0; i < tn; i++) {
                     const float *xb = x + (size_t)(t0 + i) * K + b * QK;

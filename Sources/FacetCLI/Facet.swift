@@ -7,7 +7,7 @@ struct Facet: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "facet",
         abstract: "Run and serve a Llama-family model with many LoRA adapters in one batch.",
-        subcommands: [RunCommand.self, ServeCommand.self, LoraCommand.self, ConvertCommand.self]
+        subcommands: [RunCommand.self, ServeCommand.self, LoraCommand.self, ConvertCommand.self, BenchCommand.self]
     )
 
     /// Parses with run.py-style negative numbers (`--lora_task_uids -1 0`) accepted as values.

@@ -1,4 +1,5 @@
 import Dispatch
+internal import CKernels
 
 /// Runs `body(chunk)` for chunks `0..<chunks` on all cores and waits.
 ///
@@ -12,18 +13,27 @@ public enum Parallel {
         return max(1, ProcessInfoLite.activeProcessorCount)
     }()
 
+    /// Runs on a persistent pool of `threadCount` threads (the caller included) whose
+    /// workers spin briefly between steps, so a fork-join costs microseconds.
     public static func forEach(_ chunks: Int, _ body: (Int) -> Void) {
         if chunks <= 1 || threadCount == 1 {
             for c in 0..<chunks { body(c) }
             return
         }
-        // The callers hand in closures that write disjoint outputs; Dispatch only needs the
+        startPool
+        // The callers hand in closures that write disjoint outputs; the pool only needs the
         // closure for the duration of this call.
         withoutActuallyEscaping(body) { escaping in
-            let shared = unsafeBitCast(escaping, to: (@Sendable (Int) -> Void).self)
-            DispatchQueue.concurrentPerform(iterations: chunks, execute: shared)
+            var box = escaping
+            withUnsafeMutablePointer(to: &box) { pointer in
+                fk_pool_run(Int32(chunks), { context, task in
+                    context!.assumingMemoryBound(to: ((Int) -> Void).self).pointee(Int(task))
+                }, UnsafeMutableRawPointer(pointer))
+            }
         }
     }
+
+    private static let startPool: Void = fk_pool_start(Int32(threadCount))
 
     /// Splits `0..<count` into about `threadCount * 2` ranges aligned to `granule` and runs
     /// them in parallel when `work` (an estimate of multiply-adds) is large enough to pay.

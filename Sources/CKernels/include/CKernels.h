@@ -1,0 +1,2 @@
+#include "ckernels.h"
+#include "ckpool.h"

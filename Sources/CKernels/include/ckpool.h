@@ -1,0 +1,13 @@
+#ifndef FACET_CKPOOL_H
+#define FACET_CKPOOL_H
+
+/// A persistent fork-join pool: `threads - 1` workers that spin briefly, then sleep, waiting
+/// for work. `fk_pool_run` runs task(ctx, i) for i in [0, tasks) across the workers and the
+/// caller, and returns when all are done. Calls from several threads at once are safe: a
+/// caller that finds the pool busy runs its tasks itself.
+typedef void (*fk_task_fn)(void *ctx, int task);
+void fk_pool_start(int threads);
+int fk_pool_threads(void);
+void fk_pool_run(int tasks, fk_task_fn fn, void *ctx);
+
+#endif
