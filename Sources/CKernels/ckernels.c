@@ -197,6 +197,61 @@ AVX2 static void quant_t1_q4_1(const float *x, const float *xs, const uint8_t *w
 AVX2 static void quant_t1_q4_0(const float *x, const float *xs, const uint8_t *w, int K, int o0, int o1, float *y) { quant_t1(2, x, xs, w, K, o0, o1, y); }
 AVX2 static void quant_t1_q8_0(const float *x, const float *xs, const uint8_t *w, int K, int o0, int o1, float *y) { quant_t1(8, x, xs, w, K, o0, o1, y); }
 
+// Several tokens: rows outer (a row's blocks stay in L1), four tokens at a time with
+// register accumulators; every output gets exactly the one-token arithmetic.
+__attribute__((always_inline)) AVX2 static inline void quant_tn(int type, const float *x, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
+    int nb = K / QK, bb = block_bytes(type);
+    int off = type == 3 ? 4 : 2;
+    for (int o = o0; o < o1; o++) {
+        const uint8_t *row = w + (size_t)o * nb * bb;
+        int t = 0;
+        for (; t + 4 <= T; t += 4) {
+            const float *x0 = x + (size_t)t * K, *x1 = x0 + K, *x2 = x1 + K, *x3 = x2 + K;
+            const float *s0 = xsum + (size_t)t * nb, *s1 = s0 + nb, *s2 = s1 + nb, *s3 = s2 + nb;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+            float m0 = 0, m1 = 0, m2 = 0, m3 = 0;
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = row + (size_t)b * bb;
+                __m256 q[4];
+                if (type == 8) q8_unpack(blk + off, q); else q4_unpack(blk + off, q);
+                float d = rd_f16c(blk);
+                __m256 dv = _mm256_set1_ps(d);
+                a0 = _mm256_fmadd_ps(dv, block_dot(q, x0 + b * QK), a0);
+                a1 = _mm256_fmadd_ps(dv, block_dot(q, x1 + b * QK), a1);
+                a2 = _mm256_fmadd_ps(dv, block_dot(q, x2 + b * QK), a2);
+                a3 = _mm256_fmadd_ps(dv, block_dot(q, x3 + b * QK), a3);
+                if (type != 8) {
+                    float m = type == 3 ? rd_f16c(blk + 2) : -8.0f * d;
+                    m0 = fmaf(m, s0[b], m0); m1 = fmaf(m, s1[b], m1); m2 = fmaf(m, s2[b], m2); m3 = fmaf(m, s3[b], m3);
+                }
+            }
+            y[(size_t)t * ldy + o] = hfold(a0) + m0;
+            y[(size_t)(t + 1) * ldy + o] = hfold(a1) + m1;
+            y[(size_t)(t + 2) * ldy + o] = hfold(a2) + m2;
+            y[(size_t)(t + 3) * ldy + o] = hfold(a3) + m3;
+        }
+        for (; t < T; t++) {
+            const float *xt = x + (size_t)t * K;
+            __m256 a0 = _mm256_setzero_ps();
+            float m0 = 0;
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = row + (size_t)b * bb;
+                __m256 q[4];
+                if (type == 8) q8_unpack(blk + off, q); else q4_unpack(blk + off, q);
+                float d = rd_f16c(blk);
+                a0 = _mm256_fmadd_ps(_mm256_set1_ps(d), block_dot(q, xt + b * QK), a0);
+                if (type == 3) m0 = fmaf(rd_f16c(blk + 2), xsum[(size_t)t * nb + b], m0);
+                if (type == 2) m0 = fmaf(-8.0f * d, xsum[(size_t)t * nb + b], m0);
+            }
+            y[(size_t)t * ldy + o] = hfold(a0) + m0;
+        }
+    }
+}
+
+AVX2 static void quant_tn_q4_1(const float *x, const float *xs, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) { quant_tn(3, x, xs, w, K, T, o0, o1, y, ldy); }
+AVX2 static void quant_tn_q4_0(const float *x, const float *xs, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) { quant_tn(2, x, xs, w, K, T, o0, o1, y, ldy); }
+AVX2 static void quant_tn_q8_0(const float *x, const float *xs, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) { quant_tn(8, x, xs, w, K, T, o0, o1, y, ldy); }
+
 AVX2 static void matmul_quant_avx2(int type, const float *x, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
     if (T == 1) {
         if (type == 3) quant_t1_q4_1(x, xsum, w, K, o0, o1, y);
@@ -204,31 +259,9 @@ AVX2 static void matmul_quant_avx2(int type, const float *x, const float *xsum, 
         else quant_t1_q8_0(x, xsum, w, K, o0, o1, y);
         return;
     }
-    int nb = K / QK, bb = block_bytes(type);
-    int off = type == 3 ? 4 : 2;
-    for (int o = o0; o < o1; o++) {
-        const uint8_t *row = w + (size_t)o * nb * bb;
-        for (int t0 = 0; t0 < T; t0 += TT) {
-            int tn = T - t0 < TT ? T - t0 : TT;
-            __m256 acc[TT];
-            float macc[TT];
-            for (int i = 0; i < tn; i++) { acc[i] = _mm256_setzero_ps(); macc[i] = 0; }
-            for (int b = 0; b < nb; b++) {
-                const uint8_t *blk = row + (size_t)b * bb;
-                __m256 q[4];
-                float d = rd_f16c(blk), m = 0;
-                if (type == 8) q8_unpack(blk + off, q); else q4_unpack(blk + off, q);
-                if (type == 3) m = rd_f16c(blk + 2); else if (type == 2) m = -8.0f * d;
-                __m256 dv = _mm256_set1_ps(d);
-                for (int i = 0; i < tn; i++) {
-                    const float *xb = x + (size_t)(t0 + i) * K + b * QK;
-                    acc[i] = _mm256_fmadd_ps(dv, block_dot(q, xb), acc[i]);
-                    if (type != 8) macc[i] = fmaf(m, xsum[(size_t)(t0 + i) * nb + b], macc[i]);
-                }
-            }
-            for (int i = 0; i < tn; i++) y[(size_t)(t0 + i) * ldy + o] = hfold(acc[i]) + macc[i];
-        }
-    }
+    if (type == 3) quant_tn_q4_1(x, xsum, w, K, T, o0, o1, y, ldy);
+    else if (type == 2) quant_tn_q4_0(x, xsum, w, K, T, o0, o1, y, ldy);
+    else quant_tn_q8_0(x, xsum, w, K, T, o0, o1, y, ldy);
 }
 
 AVX2 static inline __m256 half8(int bf, const uint16_t *p) {

@@ -83,7 +83,7 @@ struct RunCommand: ParsableCommand {
     var loraDir: [String] = []
 
     @Option(name: [.customLong("lora_task_uids"), .customLong("lora-task-uids")], parsing: .upToNextOption,
-            help: "Adapter per input (index into --lora_dir; -1 = base model). One value applies to all inputs.")
+            help: "Adapter per input (index into --lora_dir; -1 = base model). One value applies to all inputs; none means the base model.")
     var loraTaskUIDs: [String] = []
 
     @Option(name: .customLong("prefill_chunk"), help: "Largest number of prompt tokens per forward step (default: all).")
@@ -174,8 +174,11 @@ struct RunCommand: ParsableCommand {
         }
         var generator = BatchGenerator(model: model, tokenizer: tokenizer)
         generator.prefillChunk = prefillChunk
+        if uids.isEmpty && !loraDir.isEmpty {
+            FileHandle.standardError.write(Data("[facet] warning: adapters loaded but no --lora_task_uids given: every input uses the base model (as run.py)\n".utf8))
+        }
         let requests = prompts.enumerated().map { i, ids in
-            let slot: Int32 = uids.isEmpty ? (loraDir.isEmpty ? -1 : 0) : uids.count == 1 ? uids[0] : uids[i]
+            let slot: Int32 = uids.isEmpty ? -1 : uids.count == 1 ? uids[0] : uids[i]
             return GenerationRequest(promptIDs: ids, parameters: params, adapterSlot: slot)
         }
         let start = Date()
