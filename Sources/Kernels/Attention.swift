@@ -29,39 +29,74 @@ public enum Attention {
     /// `j in first...last`:
     /// `s_j = dot(q_h, k_j) * scale`, `w_j = exp(s_j - max s)`,
     /// `out_h = (sum_j w_j v_j) / (sum_j w_j)`, every sum taken in increasing j.
-    /// `scores` must hold `last + 1` floats. The result depends only on this query and the
-    /// cache contents, not on what else is in the batch.
+    /// `scores` must hold `(heads / kvHeads) * (last + 1)` floats. The result depends only on
+    /// this query and the cache contents, not on what else is in the batch.
+    ///
+    /// The heads sharing a kv head are handled together and the cache is walked block by
+    /// block, so each key and value row is loaded once per group; each head's arithmetic is
+    /// exactly the per-head loop's.
     public static func attend(
         query q: UnsafePointer<Float>, heads: Int, layer: PagedLayer, blockTable: UnsafePointer<Int32>,
         first: Int, last: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
         out: UnsafeMutablePointer<Float>
     ) {
-        let hd = layer.headDim
+        let hd = layer.headDim, bs = layer.blockSize
         let group = heads / layer.kvHeads
-        for h in 0..<heads {
-            let kvh = h / group
-            let qh = q + h * hd
-            var maxScore = -Float.infinity
-            for j in first...last {
-                let s = dot(qh, layer.keys + layer.offset(position: j, blockTable: blockTable, head: kvh), hd) * scale
-                scores[j] = s
-                if s > maxScore { maxScore = s }
+        let stride = layer.kvHeads * hd
+        let span = last + 1
+        for g in 0..<layer.kvHeads {
+            let h0 = g * group
+            var maxScore = [Float](repeating: -.infinity, count: group)
+            // Scores, block by block.
+            var j = first
+            while j <= last {
+                let within = j % bs
+                let run = min(bs - within, last - j + 1)
+                let base = ((Int(blockTable[j / bs]) * bs + within) * layer.kvHeads + g) * hd
+                for r in 0..<run {
+                    let kp = layer.keys + base + r * stride
+                    for i in 0..<group {
+                        let s = dot(q + (h0 + i) * hd, kp, hd) * scale
+                        scores[i * span + j + r] = s
+                        if s > maxScore[i] { maxScore[i] = s }
+                    }
+                }
+                j += run
             }
-            var total: Float = 0
-            for j in first...last {
-                let e = expf(scores[j] - maxScore)
-                scores[j] = e
-                total += e
+            var totals = [Float](repeating: 0, count: group)
+            for i in 0..<group {
+                let row = scores + i * span
+                var total: Float = 0
+                for k in first...last {
+                    let e = expf(row[k] - maxScore[i])
+                    row[k] = e
+                    total += e
+                }
+                totals[i] = total
+                let oh = out + (h0 + i) * hd
+                for d in 0..<hd { oh[d] = 0 }
             }
-            let oh = out + h * hd
-            for d in 0..<hd { oh[d] = 0 }
-            for j in first...last {
-                let wj = scores[j]
-                let vj = layer.values + layer.offset(position: j, blockTable: blockTable, head: kvh)
-                for d in 0..<hd { oh[d] = wj * vj[d] + oh[d] }
+            // Weighted values, block by block, in increasing j for every head.
+            j = first
+            while j <= last {
+                let within = j % bs
+                let run = min(bs - within, last - j + 1)
+                let base = ((Int(blockTable[j / bs]) * bs + within) * layer.kvHeads + g) * hd
+                for r in 0..<run {
+                    let vj = layer.values + base + r * stride
+                    for i in 0..<group {
+                        let wj = scores[i * span + j + r]
+                        let oh = out + (h0 + i) * hd
+                        for d in 0..<hd { oh[d] = wj * vj[d] + oh[d] }
+                    }
+                }
+                j += run
             }
-            let inv = 1 / total
-            for d in 0..<hd { oh[d] *= inv }
+            for i in 0..<group {
+                let inv = 1 / totals[i]
+                let oh = out + (h0 + i) * hd
+                for d in 0..<hd { oh[d] *= inv }
+            }
         }
     }
 }

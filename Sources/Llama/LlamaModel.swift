@@ -227,7 +227,7 @@ public final class LlamaModel: @unchecked Sendable {
         let work = batch.count * (maxPos + 1) * QD * 2
         nonisolated(unsafe) let pagedLayer = paged
         Parallel.ranges(batch.count, work: work) { range in
-            let scores = UnsafeMutablePointer<Float>.allocate(capacity: maxPos + 1)
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: (maxPos + 1) * heads)
             defer { scores.deallocate() }
             for t in range {
                 let p = Int(batch.positions[t])

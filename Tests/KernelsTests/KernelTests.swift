@@ -82,7 +82,7 @@ import TestSupport
             }
         }
         var out = [Float](repeating: 0, count: heads * hd)
-        var scores = [Float](repeating: 0, count: positions)
+        var scores = [Float](repeating: 0, count: positions * heads)
         let scale: Float = 0.25
         pagedK.withUnsafeBufferPointer { kp in
             pagedV.withUnsafeBufferPointer { vp in
