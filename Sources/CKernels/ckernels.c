@@ -164,6 +164,8 @@ __attribute__((always_inline)) AVX2 static inline void quant_t1(int type, const 
         float m0 = 0, m1 = 0;
         for (int b = 0; b < nb; b++) {
             const uint8_t *k0 = r0 + (size_t)b * bb, *k1 = r1 + (size_t)b * bb;
+            _mm_prefetch((const char *)(k0 + 4 * (size_t)nb * bb), _MM_HINT_T0);
+            _mm_prefetch((const char *)(k1 + 4 * (size_t)nb * bb), _MM_HINT_T0);
             const float *xb = x + b * QK;
             __m256 q0[4], q1[4];
             if (type == 8) { q8_unpack(k0 + off, q0); q8_unpack(k1 + off, q1); } else { q4_unpack(k0 + off, q0); q4_unpack(k1 + off, q1); }
@@ -212,6 +214,7 @@ __attribute__((always_inline)) AVX2 static inline void quant_tn(int type, const 
             float m0 = 0, m1 = 0, m2 = 0, m3 = 0;
             for (int b = 0; b < nb; b++) {
                 const uint8_t *blk = row + (size_t)b * bb;
+                if (t == 0) _mm_prefetch((const char *)(blk + 2 * (size_t)nb * bb), _MM_HINT_T0);
                 __m256 q[4];
                 if (type == 8) q8_unpack(blk + off, q); else q4_unpack(blk + off, q);
                 float d = rd_f16c(blk);
