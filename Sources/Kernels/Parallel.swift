@@ -39,7 +39,7 @@ public enum Parallel {
     /// them in parallel when `work` (an estimate of multiply-adds) is large enough to pay.
     public static func ranges(_ count: Int, granule: Int = 1, work: Int, _ body: (Range<Int>) -> Void) {
         if count == 0 { return }
-        let parts = work < 32_768 ? 1 : min(threadCount * (work < 4_000_000 ? 2 : 6), (count + granule - 1) / granule)
+        let parts = work < 16_384 ? 1 : min(threadCount * (work < 4_000_000 ? 2 : 6), (count + granule - 1) / granule)
         if parts <= 1 {
             body(0..<count)
             return
