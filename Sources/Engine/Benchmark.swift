@@ -2,6 +2,7 @@ import Adapters
 import Foundation
 import Llama
 import PagedKV
+import Sampling
 import Tensors
 
 /// Throughput measurements of the forward pass (what `facet bench` reports).
@@ -27,14 +28,8 @@ public struct Benchmark {
     /// measuring the cost of mixed-adapter batches.
     public func syntheticAdapters(count: Int, rank: Int, seed: UInt64 = 1) -> [LoRAAdapter] {
         let c = model.config
-        var state = seed
-        func next() -> Float {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return (Float((z ^ (z >> 31)) >> 40) / Float(1 << 24) - 0.5) * 0.02
-        }
+        var random = SeededRandom(seed: seed)
+        func next() -> Float { (random.unit() - 0.5) * 0.02 }
         let q = c.numHeads * c.headDim, kv = c.numKVHeads * c.headDim
         let dims: [LinearRole: (Int, Int)] = [.q: (c.hiddenSize, q), .k: (c.hiddenSize, kv), .v: (c.hiddenSize, kv), .o: (q, c.hiddenSize),
                                               .gate: (c.hiddenSize, c.intermediateSize), .up: (c.hiddenSize, c.intermediateSize),

@@ -96,12 +96,7 @@ struct LoraCommand: ParsableCommand {
 
         func run() throws {
             try failing {
-                let d: SafetensorsFile.DType = switch dtype {
-                case "float16", "fp16": .f16
-                case "bfloat16", "bf16": .bf16
-                case "float32", "fp32": .f32
-                default: throw FacetError(.invalidArgument, "dtype \(dtype) is unknown", field: "dtype", remedy: "use float32, float16 or bfloat16")
-                }
+                let d = try parseDType(dtype)
                 let (model, _) = try ModelLoader.load(path: try modelOptions.resolvedModelPath())
                 let adapter = try AdapterLoader.load(directory: loraDir, base: model.config, baseEmbedding: model.weights.embedding)
                 let (w, c) = try AdapterMerge.merge(adapter, into: model.weights, config: model.config)
@@ -121,15 +116,20 @@ struct ConvertCommand: ParsableCommand {
 
     func run() throws {
         try failing {
-            let d: SafetensorsFile.DType = switch dtype {
-            case "float16", "fp16": .f16
-            case "bfloat16", "bf16": .bf16
-            case "float32", "fp32": .f32
-            default: throw FacetError(.invalidArgument, "dtype \(dtype) is unknown", field: "dtype", remedy: "use float32, float16 or bfloat16")
-            }
+            let d = try parseDType(dtype)
             let (model, _) = try ModelLoader.load(path: try modelOptions.resolvedModelPath())
             try AdapterMerge.writeHuggingFace(weights: model.weights, config: model.config, to: output, dtype: d)
             print("wrote \(output) (weights dequantized to \(dtype), Q/K in Hugging Face order)")
         }
+    }
+}
+
+/// `--dtype` of the writing commands.
+func parseDType(_ text: String) throws -> SafetensorsFile.DType {
+    switch text {
+    case "float16", "fp16": return .f16
+    case "bfloat16", "bf16": return .bf16
+    case "float32", "fp32": return .f32
+    default: throw FacetError(.invalidArgument, "dtype \(text) is unknown", field: "dtype", remedy: "use float32, float16 or bfloat16")
     }
 }

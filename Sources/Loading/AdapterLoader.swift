@@ -166,7 +166,7 @@ public enum AdapterLoader {
             guard a.rows == b.cols else {
                 throw FacetError(.shapeMismatch, "lora_embedding_A rank \(a.rows) != lora_embedding_B rank \(b.cols)", field: "embed_tokens")
             }
-            adapter.embeddingLoRA = .init(aT: transpose(a), b: b, scale: try scale(config: config, module: "model.embed_tokens", rank: a.rows))
+            adapter.embeddingLoRA = .init(aT: a.transposed(), b: b, scale: try scale(config: config, module: "model.embed_tokens", rank: a.rows))
         }
         return adapter
     }
@@ -200,9 +200,4 @@ public enum AdapterLoader {
         return Matrix(rows: t.shape[0], cols: t.shape[1], data: t.values)
     }
 
-    static func transpose(_ m: Matrix) -> Matrix {
-        var out = Matrix(zeros: m.cols, m.rows)
-        for r in 0..<m.rows { for c in 0..<m.cols { out.data[c * m.rows + r] = m.data[r * m.cols + c] } }
-        return out
-    }
 }

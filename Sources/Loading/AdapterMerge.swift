@@ -118,7 +118,7 @@ public enum AdapterMerge {
             }
         }
         if let e = adapter.embeddingLoRA {
-            let a = transposed(e.aT)
+            let a = e.aT.transposed()
             tensors.append(.init(name: "base_model.model.model.embed_tokens.lora_embedding_A", shape: [a.rows, a.cols], values: a.data))
             tensors.append(.init(name: "base_model.model.model.embed_tokens.lora_embedding_B", shape: [e.b.rows, e.b.cols], values: e.b.data))
             if a.rows != r { rankPattern["model.embed_tokens"] = a.rows }
@@ -146,11 +146,6 @@ public enum AdapterMerge {
         try write(try encoder.encode(config), to: directory + "/adapter_config.json")
     }
 
-    static func transposed(_ m: Matrix) -> Matrix {
-        var out = Matrix(zeros: m.cols, m.rows)
-        for r in 0..<m.rows { for c in 0..<m.cols { out.data[c * m.rows + r] = m.data[r * m.cols + c] } }
-        return out
-    }
 
     public static func createDirectory(_ path: String) throws {
         do {

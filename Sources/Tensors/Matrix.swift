@@ -21,6 +21,13 @@ public struct Matrix: Sendable {
         set { data[row * cols + col] = newValue }
     }
 
+    /// The transpose, `[cols, rows]`.
+    public func transposed() -> Matrix {
+        var out = Matrix(zeros: cols, rows)
+        for r in 0..<rows { for c in 0..<cols { out.data[c * rows + r] = data[r * cols + c] } }
+        return out
+    }
+
     /// A copy of one row.
     public func row(_ r: Int) -> ArraySlice<Float> { data[(r * cols)..<((r + 1) * cols)] }
 }
