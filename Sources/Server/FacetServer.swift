@@ -62,6 +62,7 @@ public enum FacetServer {
     /// Builds the application: OpenAI-compatible routes, health, metrics.
     public static func makeApplication(context: ServingContext, logger: Logger) -> some ApplicationProtocol {
         let router = Router()
+        router.add(middleware: LogRequestsMiddleware(.info))
         router.add(middleware: ErrorCountingMiddleware(metrics: context.metrics))
         router.get("/health") { _, _ in
             Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"ok"}"#)))
