@@ -13,7 +13,9 @@ static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER;   // one fork-join 
 static pthread_mutex_t sleep_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 static atomic_uint generation;
-static atomic_int next_task;
+// (generation << 32) | next task index: a worker only takes a task of the run whose
+// generation it has seen, so a late worker can never start a task of the next run.
+static _Atomic unsigned long long ticket;
 static atomic_int done_tasks;
 static atomic_int sleepers;
 static int total_tasks;
@@ -22,12 +24,15 @@ static void *task_ctx;
 static int pool_threads = 1;
 static atomic_int started;
 
-static void drain(void) {
+static void drain(unsigned gen) {
     for (;;) {
-        int i = atomic_fetch_add(&next_task, 1);
-        if (i >= total_tasks) break;
+        unsigned long long v = atomic_load_explicit(&ticket, memory_order_acquire);
+        if ((unsigned)(v >> 32) != gen) return;
+        int i = (int)(v & 0xFFFFFFFFu);
+        if (i >= total_tasks) return;
+        if (!atomic_compare_exchange_weak_explicit(&ticket, &v, v + 1, memory_order_acq_rel, memory_order_acquire)) continue;
         task_fn(task_ctx, i);
-        atomic_fetch_add(&done_tasks, 1);
+        atomic_fetch_add_explicit(&done_tasks, 1, memory_order_acq_rel);
     }
 }
 
@@ -45,7 +50,7 @@ static void *worker(void *arg) {
             pthread_mutex_unlock(&sleep_lock);
         }
         seen = atomic_load(&generation);
-        drain();
+        drain(seen);
     }
     return 0;
 }
@@ -76,14 +81,15 @@ void fk_pool_run(int tasks, fk_task_fn fn, void *ctx) {
     task_ctx = ctx;
     total_tasks = tasks;
     atomic_store(&done_tasks, 0);
-    atomic_store(&next_task, 0);
-    atomic_fetch_add_explicit(&generation, 1, memory_order_release);
+    unsigned gen = atomic_load(&generation) + 1;
+    atomic_store_explicit(&ticket, (unsigned long long)gen << 32, memory_order_release);
+    atomic_store_explicit(&generation, gen, memory_order_release);
     if (atomic_load(&sleepers) > 0) {
         pthread_mutex_lock(&sleep_lock);
         pthread_cond_broadcast(&wake);
         pthread_mutex_unlock(&sleep_lock);
     }
-    drain();
+    drain(gen);
     while (atomic_load_explicit(&done_tasks, memory_order_acquire) < tasks) PAUSE();
     pthread_mutex_unlock(&run_lock);
 }
