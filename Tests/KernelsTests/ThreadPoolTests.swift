@@ -1,0 +1,40 @@
+import Kernels
+import Tensors
+import Testing
+import TestSupport
+
+/// The persistent pool under back-to-back fork-joins and concurrent callers: every run
+/// gives the bitwise same result (a task taken twice or skipped would change it).
+@Suite struct ThreadPoolTests {
+    @Test func repeatedAndConcurrentRunsAreIdentical() async throws {
+        var rng = SplitMix(seed: 9)
+        let o = 512, k = 256, t = 3
+        let w = try LinearWeight.quantize(Matrix(rows: o, cols: k, data: (0..<(o * k)).map { _ in rng.float() }), to: .q4_1)
+        let x = (0..<(t * k)).map { _ in rng.float() }
+        func run() -> [Float] {
+            var y = [Float](repeating: 0, count: t * o)
+            x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { w.matmul(x: xp.baseAddress!, t: t, y: $0.baseAddress!) } }
+            return y
+        }
+        let first = run()
+        for _ in 0..<300 { #expect(run() == first) }
+        let results = await withTaskGroup(of: Bool.self) { group in
+            for _ in 0..<4 { group.addTask { (0..<50).allSatisfy { _ in run() == first } } }
+            var all = true
+            for await ok in group { all = all && ok }
+            return all
+        }
+        #expect(results)
+        var counts = [Int](repeating: 0, count: 1000)
+        counts.withUnsafeMutableBufferPointer { c in
+            let p = SendableCounter(c.baseAddress!)
+            Parallel.forEach(1000) { i in p.p[i] += 1 }
+        }
+        #expect(counts.allSatisfy { $0 == 1 })
+    }
+}
+
+struct SendableCounter: @unchecked Sendable {
+    let p: UnsafeMutablePointer<Int>
+    init(_ p: UnsafeMutablePointer<Int>) { self.p = p }
+}
