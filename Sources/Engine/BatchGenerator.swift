@@ -134,8 +134,7 @@ public struct BatchGenerator {
                 if active[i].detokenizer != nil { piece = active[i].detokenizer!.append(token) }
                 if !p.ignoreEOS && p.stopTokenIDs.contains(Int(token)) {
                     active[i].finished = .stop
-                } else if let d = active[i].detokenizer, let hit = p.stop.first(where: { d.text.contains($0) }) {
-                    _ = hit
+                } else if let d = active[i].detokenizer, p.stop.contains(where: { d.text.contains($0) }) {
                     active[i].finished = .stop
                 } else if active[i].output.count >= p.maxTokens {
                     active[i].finished = .length

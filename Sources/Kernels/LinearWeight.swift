@@ -75,7 +75,7 @@ public struct LinearWeight: Sendable {
         guard format != .f32 else {
             throw FacetError(.invalidArgument, "f32 weights are built from a Matrix", field: "format")
         }
-        guard format == .f16 || format == .bf16 ? cols % 32 == 0 : cols % 32 == 0 else {
+        guard cols % 32 == 0 else {
             throw FacetError(.shapeMismatch, "\(format.rawValue) rows of \(cols) values are not whole blocks of 32", field: "cols")
         }
         guard store.bytes.count == rows * format.rowBytes(cols) else {

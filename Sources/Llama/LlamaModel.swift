@@ -169,7 +169,6 @@ public final class LlamaModel: @unchecked Sendable {
                 throw FacetError(.capacity, "position \(p) of sequence \(s) has no cache block", field: "batch.positions",
                                  remedy: "reserve KV blocks for every position before the step")
             }
-            guard p < config.maxPositionEmbeddings || config.ropeScaling != .none || true else { continue }
         }
         for table in batch.blockTables {
             for b in table where b < 0 || Int(b) >= kv.blocks {

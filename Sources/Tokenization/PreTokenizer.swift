@@ -78,7 +78,7 @@ extension SplitPattern {
         if s[i] == "'" && i + 1 < n {
             for suffix in ["s", "t", "re", "ve", "m", "ll", "d"] {
                 let chars = Array(suffix.unicodeScalars)
-                if i + chars.count < n + 0 && i + 1 + chars.count <= n {
+                if i + 1 + chars.count <= n {
                     var ok = true
                     for (k, c) in chars.enumerated() {
                         let got = s[i + 1 + k]

@@ -297,7 +297,7 @@ public final class Tokenizer: @unchecked Sendable {
                     if let id = byteTokenIDs[Int(b)] { symbols.append(id) } else if let unk = unknownID { symbols.append(unk) }
                 }
             } else if let unk = unknownID {
-                if symbols.last != unk || true { symbols.append(unk) }
+                symbols.append(unk)
             }
         }
         while symbols.count > 1 {

@@ -75,3 +75,18 @@ import TestSupport
         #expect(r.stdout.contains("Output [Text 0 Beam 0]: \"The capital of France is Paris.\""), "\(r.stdout)")
     }
 }
+
+/// `facet serve` refuses bad sizes and levels before loading anything.
+@Suite struct ServeArgumentTests {
+    @Test(arguments: [
+        (["serve", "--kv-cache-memory", "lots"], "is not a size"),
+        (["serve", "--max-lora-memory", "0MB"], "is not a size"),
+        (["serve", "--log-level", "loud"], "unknown log level"),
+        (["serve", "--max-batch-size", "0"], "must be positive"),
+    ])
+    func badServeArgumentsFailClearly(arguments: [String], message: String) throws {
+        let r = try FacetProcess.run(arguments + ["--model", Fixtures.tinyModel])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("error: ") && r.stderr.contains(message), "\(r.stderr)")
+    }
+}
