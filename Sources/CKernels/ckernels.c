@@ -6,27 +6,7 @@
 #include <immintrin.h>
 #endif
 
-enum { QK = 32 };
-
-static inline float f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t e = (h >> 10) & 0x1F, m = h & 0x3FF;
-    uint32_t bits;
-    if (e == 0) {
-        if (m == 0) { bits = sign; }
-        else { float v = (float)m * (1.0f / 16777216.0f); return sign ? -v : v; }
-    } else if (e == 31) { bits = sign | 0x7F800000u | (m << 13); }
-    else { bits = sign | ((e + 112) << 23) | (m << 13); }
-    float f; memcpy(&f, &bits, 4); return f;
-}
-static inline float bf16_to_f32(uint16_t b) { uint32_t bits = (uint32_t)b << 16; float f; memcpy(&f, &bits, 4); return f; }
-static inline float rd_f16(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return f16_to_f32(h); }
-
-// Fixed lane fold: ((0+4)+(2+6))+((1+5)+(3+7)).
-static inline float fold8(const float v[8]) {
-    float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
-    return (a0 + a2) + (a1 + a3);
-}
+#include "common.h"
 
 void fk_block_sums(const float *x, int T, int K, float *xsum) {
     int nb = K / QK;
@@ -62,7 +42,6 @@ static inline void block_values(int type, const uint8_t *blk, float q[32], float
     }
 }
 
-static int block_bytes(int type) { return type == 3 ? 20 : type == 2 ? 18 : 34; }
 
 static void matmul_quant_scalar(int type, const float *x, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
     int nb = K / QK, bb = block_bytes(type);
@@ -116,15 +95,6 @@ static void matmul_half_scalar(int bf, const float *x, const uint16_t *w, int K,
 
 // ---- AVX2 paths ----
 #if defined(__x86_64__)
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
-
-AVX2 static inline float rd_f16c(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return _cvtsh_ss(h); }
-
-AVX2 static inline float hfold(__m256 v) {
-    float lanes[8];
-    _mm256_storeu_ps(lanes, v);
-    return fold8(lanes);
-}
 
 // The 32 weights of a Q4 block as 4 float vectors: lanes j*8..j*8+7.
 // Two zero-extensions (bytes 0-7 and 8-15) serve both nibbles: fewer shuffle-port uops.

@@ -16,6 +16,10 @@ public struct Benchmark {
         public var tokensPerSecond: Double
         public var tokens: Int
         public var seconds: Double
+        /// The numerics mode measured (nil: not mode-specific, e.g. adapter loads).
+        public var mode: String?
+        /// Throughput relative to the same batch without adapters.
+        public var ratioToBase: Double?
         public init(name: String, tokensPerSecond: Double, tokens: Int, seconds: Double) {
             self.name = name
             self.tokensPerSecond = tokensPerSecond
@@ -95,5 +99,88 @@ public struct Benchmark {
         let seconds = Date().timeIntervalSince(start)
         return Result(name: name ?? "decode batch \(batchSize)", tokensPerSecond: Double(batchSize * steps) / seconds,
                       tokens: batchSize * steps, seconds: seconds)
+    }
+}
+
+/// The accuracy cost of a faster numerics mode, measured against the default one.
+public struct NumericsAccuracy: Sendable, Codable {
+    /// Prompts whose free-running greedy continuation is token-for-token the reference's.
+    public var identicalContinuations: Int
+    public var prompts: Int
+    /// Positions (teacher-forced on the reference continuation) whose argmax agrees.
+    public var tokenAgreement: Double
+    /// Mean KL(reference || candidate) of the next-token distributions, in nats.
+    public var meanKL: Double
+    public var maxKL: Double
+}
+
+extension Benchmark {
+    /// Greedy agreement and KL divergence of `candidate` against `reference` (same
+    /// weights, another compute mode) over `prompts`, `newTokens` tokens each.
+    public static func accuracy(reference: LlamaModel, candidate: LlamaModel, prompts: [[Int32]], newTokens: Int) throws -> NumericsAccuracy {
+        var identical = 0, agree = 0, positions = 0
+        var klSum = 0.0, klMax = 0.0
+        for prompt in prompts {
+            let refTokens = try greedy(reference, prompt: prompt, newTokens: newTokens)
+            let candTokens = try greedy(candidate, prompt: prompt, newTokens: newTokens)
+            if refTokens == candTokens { identical += 1 }
+            // Teacher-forced: both models read prompt + reference continuation.
+            let sequence = prompt + refTokens.dropLast()
+            let p = try allLogits(reference, sequence, from: prompt.count - 1)
+            let q = try allLogits(candidate, sequence, from: prompt.count - 1)
+            for (a, b) in zip(p, q) {
+                let kl = klDivergence(a, b)
+                klSum += kl
+                klMax = max(klMax, kl)
+                if argmax(a) == argmax(b) { agree += 1 }
+                positions += 1
+            }
+        }
+        return NumericsAccuracy(identicalContinuations: identical, prompts: prompts.count,
+                                tokenAgreement: positions == 0 ? 1 : Double(agree) / Double(positions),
+                                meanKL: positions == 0 ? 0 : klSum / Double(positions), maxKL: klMax)
+    }
+
+    static func argmax(_ v: [Float]) -> Int { v.indices.max { v[$0] < v[$1] || (v[$0] == v[$1] && $0 > $1) } ?? 0 }
+
+    /// KL(softmax(a) || softmax(b)) in Double.
+    static func klDivergence(_ a: [Float], _ b: [Float]) -> Double {
+        func logSoftmax(_ v: [Float]) -> [Double] {
+            let m = Double(v.max() ?? 0)
+            let lse = m + log(v.reduce(0.0) { $0 + exp(Double($1) - m) })
+            return v.map { Double($0) - lse }
+        }
+        let la = logSoftmax(a), lb = logSoftmax(b)
+        var kl = 0.0
+        for i in la.indices { kl += exp(la[i]) * (la[i] - lb[i]) }
+        return max(0, kl)
+    }
+
+    static func greedy(_ model: LlamaModel, prompt: [Int32], newTokens: Int) throws -> [Int32] {
+        let bs = 16, blocks = (prompt.count + newTokens) / bs + 2
+        let kv = model.makeKVStorage(blocks: blocks, blockSize: bs)
+        let table = (0..<Int32(blocks)).map { $0 }
+        var batch = ForwardBatch(blockTables: [table])
+        batch.append(sequence: 0, tokens: prompt, startPosition: 0, adapterSlot: -1, wantLogits: true)
+        var out: [Int32] = []
+        var logits = try model.forward(batch, kv: kv)
+        while out.count < newTokens {
+            let token = Int32(argmax(logits[0]))
+            out.append(token)
+            var next = ForwardBatch(blockTables: [table])
+            next.append(sequence: 0, tokens: [token], startPosition: prompt.count + out.count - 1, adapterSlot: -1, wantLogits: true)
+            logits = try model.forward(next, kv: kv)
+        }
+        return out
+    }
+
+    /// Next-token logits after each position `from...` of `sequence`, in one prefill.
+    static func allLogits(_ model: LlamaModel, _ sequence: [Int32], from: Int) throws -> [[Float]] {
+        let bs = 16, blocks = sequence.count / bs + 2
+        let kv = model.makeKVStorage(blocks: blocks, blockSize: bs)
+        var batch = ForwardBatch(blockTables: [(0..<Int32(blocks)).map { $0 }])
+        batch.append(sequence: 0, tokens: sequence, startPosition: 0, adapterSlot: -1, wantLogits: false)
+        batch.logitRows = Array(from..<sequence.count)
+        return try model.forward(batch, kv: kv)
     }
 }

@@ -2,12 +2,19 @@ import Adapters
 import ArgumentParser
 import Engine
 import Foundation
+import Kernels
+import Llama
 import Loading
 import Tensors
+import Tokenization
 
-/// `facet bench`: prefill and decode throughput, with and without mixed adapters.
+/// `facet bench`: prefill and decode throughput per numerics mode, the cost of mixed
+/// adapters, the accuracy cost of the fast mode, and adapter load time.
 struct BenchCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "bench", abstract: "Measure prefill/decode throughput and the cost of mixed adapters.")
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Measure prefill/decode throughput, the cost of mixed adapters and of each numerics mode.",
+        discussion: "Without --compute every mode is measured (fp32, int8) and int8's accuracy against fp32 is printed.")
 
     @OptionGroup var modelOptions: ModelOptions
     @Option(help: "Decode steps per measurement.") var steps = 32
@@ -17,48 +24,131 @@ struct BenchCommand: ParsableCommand {
     var adapterCounts: [Int] = [1, 4, 16]
     @Option(name: .customLong("adapter-rank"), help: "Rank of the synthetic adapters (all linear layers).") var adapterRank = 16
     @Option(name: .customLong("lora_dir"), help: "An adapter whose load time to measure.") var loraDir: String?
+    @Option(name: .customLong("accuracy-prompts"), help: "Prompts for the accuracy comparison of the fast mode (0: skip).")
+    var accuracyPrompts = 8
+    @Option(name: .customLong("accuracy-tokens"), help: "Greedy tokens per accuracy prompt.") var accuracyTokens = 32
     @Option(help: "Write the results as JSON to this file.") var json: String?
+    @Option(help: "Write a bar chart of the results as SVG to this file.") var svg: String?
+
+    func validate() throws {
+        for (name, values) in [("--batch-sizes", batchSizes), ("--prompt-lengths", promptLengths), ("--adapter-counts", adapterCounts)]
+        where values.contains(where: { $0 < 1 }) {
+            throw ValidationError("\(name) must be positive")
+        }
+        guard steps > 0, adapterRank > 0, accuracyPrompts >= 0, accuracyTokens > 0 else {
+            throw ValidationError("--steps, --adapter-rank and --accuracy-tokens must be positive")
+        }
+    }
 
     func run() throws {
         try failing {
-            let (model, _) = try ModelLoader.load(path: try modelOptions.resolvedModelPath())
-            let bench = Benchmark(model: model)
-            var results: [Benchmark.Result] = []
-            func report(_ r: Benchmark.Result, ratio: Double? = nil) {
-                results.append(r)
-                let extra = ratio.map { String(format: "  (%.2fx base)", $0) } ?? ""
-                let label = r.name.padding(toLength: max(r.name.count, 36), withPad: " ", startingAt: 0)
-                print(label + String(format: " %9.1f tokens/s  (%d tokens in %.3f s)", r.tokensPerSecond, r.tokens, r.seconds) + extra)
-                fflush(nil)
+            let (loaded, tokenizer) = try modelOptions.load(tokenizerRequired: false)
+            let modes = modelOptions.compute.map { [$0] } ?? ComputeMode.allCases
+            var report = BenchReport(machine: BenchReport.Machine.current(), model: try modelOptions.resolvedModelPath())
+            print("facet bench — \(loaded.config.architecture), \(loaded.config.numLayers) layers, hidden \(loaded.config.hiddenSize), "
+                  + "\(report.machine.threads) threads, \(report.machine.cpu)")
+            let adapters = Benchmark(model: loaded).syntheticAdapters(count: adapterCounts.max() ?? 0, rank: adapterRank)
+            for mode in modes {
+                let bench = Benchmark(model: loaded.with(compute: mode))
+                func add(_ r: Benchmark.Result, ratio: Double? = nil) {
+                    var r = r
+                    r.mode = mode.rawValue
+                    r.ratioToBase = ratio
+                    report.results.append(r)
+                    print(r.line)
+                    fflush(nil)
+                }
+                for n in promptLengths { add(try bench.prefill(length: n)) }
+                var base: [Int: Double] = [:]
+                for b in batchSizes {
+                    let r = try bench.decode(batchSize: b, steps: steps)
+                    base[b] = r.tokensPerSecond
+                    add(r)
+                }
+                for b in batchSizes {
+                    for n in adapterCounts where n <= b || (n == 1 && b == 1) {
+                        let r = try bench.decode(batchSize: b, steps: steps, adapters: Array(adapters.prefix(n)),
+                                                 name: "decode batch \(b), \(n) adapter\(n == 1 ? "" : "s") r\(adapterRank)")
+                        add(r, ratio: base[b].map { r.tokensPerSecond / $0 })
+                    }
+                }
             }
-            print("facet bench — \(model.config.architecture), \(model.config.numLayers) layers, hidden \(model.config.hiddenSize), threads \(ProcessInfo.processInfo.activeProcessorCount)")
-            for n in promptLengths { report(try bench.prefill(length: n)) }
-            var base: [Int: Double] = [:]
-            for b in batchSizes {
-                let r = try bench.decode(batchSize: b, steps: steps)
-                base[b] = r.tokensPerSecond
-                report(r)
-            }
-            let adapters = bench.syntheticAdapters(count: adapterCounts.max() ?? 0, rank: adapterRank)
-            for b in batchSizes where b > 1 || adapterCounts.contains(1) {
-                for n in adapterCounts where n <= max(b, 1) {
-                    let r = try bench.decode(batchSize: b, steps: steps, adapters: Array(adapters.prefix(n)),
-                                             name: "decode batch \(b), \(n) adapter\(n == 1 ? "" : "s") r\(adapterRank)")
-                    report(r, ratio: base[b].map { r.tokensPerSecond / $0 })
+            if modes.count > 1, accuracyPrompts > 0 {
+                let prompts = BenchPrompts.make(count: accuracyPrompts, tokenizer: tokenizer, vocabulary: loaded.config.vocabSize)
+                for mode in modes.dropFirst() {
+                    let a = try Benchmark.accuracy(reference: loaded.with(compute: modes[0]), candidate: loaded.with(compute: mode),
+                                                   prompts: prompts, newTokens: accuracyTokens)
+                    report.accuracy[mode.rawValue] = a
+                    print(String(format: "accuracy of %@ against %@ (%d prompts x %d greedy tokens): identical continuations %d/%d, "
+                                 + "token agreement %.1f%%, mean KL %.5f nats (max %.4f)",
+                                 mode.rawValue, modes[0].rawValue, prompts.count, accuracyTokens, a.identicalContinuations, a.prompts,
+                                 a.tokenAgreement * 100, a.meanKL, a.maxKL))
                 }
             }
             if let loraDir {
                 let start = Date()
-                let a = try AdapterLoader.load(directory: loraDir, base: model.config, baseEmbedding: model.weights.embedding)
+                let a = try AdapterLoader.load(directory: loraDir, base: loaded.config, baseEmbedding: loaded.weights.embedding)
                 let s = Date().timeIntervalSince(start)
                 print(String(format: "adapter load %@ (%.1f MB): %.3f s", a.name, Double(a.byteSize) / 1e6, s))
-                results.append(Benchmark.Result(name: "adapter load \(a.name)", tokensPerSecond: 0, tokens: 0, seconds: s))
+                report.results.append(Benchmark.Result(name: "adapter load \(a.name)", tokensPerSecond: 0, tokens: 0, seconds: s))
             }
             if let json {
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                try encoder.encode(results).write(to: URL(fileURLWithPath: json))
+                try encoder.encode(report).write(to: URL(fileURLWithPath: json))
             }
+            if let svg { try BenchChart.svg(report).write(toFile: svg, atomically: true, encoding: .utf8) }
+        }
+    }
+}
+
+/// Everything `facet bench` measured, as written to `--json`.
+struct BenchReport: Codable {
+    struct Machine: Codable {
+        var cpu: String
+        var threads: Int
+        var date: String
+        static func current() -> Machine {
+            let info = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+            let cpu = info.split(separator: "\n").first { $0.hasPrefix("model name") }?.split(separator: ":").last?
+                .trimmingCharacters(in: .whitespaces) ?? "unknown CPU"
+            return Machine(cpu: cpu, threads: Parallel.threadCount, date: ISO8601DateFormatter().string(from: Date()))
+        }
+    }
+    var machine: Machine
+    var model: String
+    var results: [Benchmark.Result] = []
+    var accuracy: [String: NumericsAccuracy] = [:]
+}
+
+extension Benchmark.Result {
+    var line: String {
+        let label = (mode.map { "[\($0)] " } ?? "") + name
+        let extra = ratioToBase.map { String(format: "  (%.2fx base)", $0) } ?? ""
+        return label.padding(toLength: max(label.count, 44), withPad: " ", startingAt: 0)
+            + String(format: " %9.1f tokens/s  (%d tokens in %.3f s)", tokensPerSecond, tokens, seconds) + extra
+    }
+}
+
+/// The fixed prompt set of the accuracy comparison.
+enum BenchPrompts {
+    static let questions = [
+        "What is the capital of France?", "Explain photosynthesis in one sentence.", "Write a haiku about the sea.",
+        "What is 17 times 23?", "Name three primary colors.", "Why is the sky blue?",
+        "Translate 'good morning' into Spanish.", "Give me a tip for learning to code.", "What does a CPU do?",
+        "Describe a cat to someone who has never seen one.", "What is the boiling point of water?", "List the planets of the solar system.",
+    ]
+
+    /// Chat-formatted questions (or, without a tokenizer, fixed pseudo-random ids).
+    static func make(count: Int, tokenizer: Tokenizer?, vocabulary: Int) -> [[Int32]] {
+        (0..<count).map { i in
+            let q = questions[i % questions.count]
+            if let tokenizer {
+                let text = (try? tokenizer.applyChatTemplate([ChatTemplate.Message(role: "user", content: q)])) ?? q
+                let ids = tokenizer.encode(text, addSpecialTokens: tokenizer.chatTemplate == nil)
+                if !ids.isEmpty { return ids }
+            }
+            return (0..<24).map { Int32(($0 * 7919 + i * 104_729 + 11) % vocabulary) }
         }
     }
 }

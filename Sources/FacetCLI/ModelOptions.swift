@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Formats
+import Kernels
 import Llama
 import Loading
 import Tensors
@@ -15,6 +16,11 @@ struct ModelOptions: ParsableArguments {
     @Option(name: [.customLong("tokenizer_dir"), .customLong("tokenizer-dir")],
             help: "Directory with tokenizer.json (default: the model's own tokenizer).")
     var tokenizerDir: String?
+
+    @Option(help: "Activations in products with compact weights: fp32 (default, follows the reference) or int8 (faster; rounds activations to 8 bits per block of 32, as llama.cpp does).")
+    var compute: ComputeMode?
+
+    var computeMode: ComputeMode { compute ?? .fp32 }
 
     /// Where `scripts/setup` puts the default model, searched from the working directory,
     /// the executable's folders and FACET_HOME.
@@ -46,7 +52,8 @@ struct ModelOptions: ParsableArguments {
         let path = try resolvedModelPath()
         let progress: (String) -> Void = { FileHandle.standardError.write(Data("[facet] \($0)\n".utf8)) }
         let start = Date()
-        let (model, source) = try ModelLoader.load(path: path, progress: progress)
+        let (loaded, source) = try ModelLoader.load(path: path, progress: progress)
+        let model = loaded.with(compute: computeMode)
         var tokenizer: Tokenizer?
         if let dir = tokenizerDir {
             guard let t = try TokenizerLoader.loadHuggingFace(directory: dir) else {
@@ -67,3 +74,5 @@ struct ModelOptions: ParsableArguments {
         return (model, tokenizer)
     }
 }
+
+extension ComputeMode: ExpressibleByArgument {}

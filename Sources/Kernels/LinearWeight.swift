@@ -26,6 +26,16 @@ public enum WeightFormat: String, Sendable, CaseIterable {
     }
 }
 
+/// How a product with compact weights treats its activations.
+///
+/// - `fp32` (default): activations stay fp32, so results follow the fp32 reference.
+/// - `int8` (opt-in, faster): for Q4_0/Q4_1/Q8_0 weights, activations are rounded to 8 bits
+///   per block of 32 (as llama.cpp does) and blocks are multiplied as exact integer dot
+///   products; other formats keep fp32. Still batch invariant: each token is rounded alone.
+public enum ComputeMode: String, Sendable, CaseIterable, Codable {
+    case fp32, int8
+}
+
 /// Raw bytes kept alive by whatever owns them (a memory-mapped file, or a copy).
 public final class ByteStore: @unchecked Sendable {
     public let bytes: UnsafeRawBufferPointer
@@ -91,7 +101,13 @@ public struct LinearWeight: Sendable {
     /// Bytes the weight occupies.
     public var byteSize: Int { format == .f32 ? rows * cols * 4 : store!.bytes.count }
 
-    public func matmul(x: UnsafePointer<Float>, t T: Int, y: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>? = nil) {
+    public func matmul(x: UnsafePointer<Float>, t T: Int, y: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>? = nil,
+                       compute: ComputeMode = .fp32) {
+        if compute == .int8, format == .q4_0 || format == .q4_1 || format == .q8_0 {
+            matmulInt8(x: x, t: T, y: y)
+            addBias(bias, y, T)
+            return
+        }
         if let dense {
             dense.withUnsafeBufferPointer { w in
                 MatMul.nt(x: x, w: w.baseAddress!, bias: bias, y: y, t: T, k: cols, o: rows)
@@ -123,8 +139,42 @@ public struct LinearWeight: Sendable {
                 }
             }
         }
-        if let bias {
-            for t in 0..<T { for o in 0..<O { y[t * O + o] = y[t * O + o] + bias[o] } }
+        addBias(bias, y, T)
+    }
+
+    private func addBias(_ bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>, _ T: Int) {
+        guard let bias else { return }
+        let O = rows
+        for t in 0..<T { for o in 0..<O { y[t * O + o] = y[t * O + o] + bias[o] } }
+    }
+
+    /// The int8 mode's rounding of `x: [T, K]` (`q: [T, K]`, `d` and `s`: `[T, K/32]`).
+    public static func quantizeActivations(_ x: [Float], t: Int, k: Int) -> (q: [Int8], d: [Float], s: [Float]) {
+        var q = [Int8](repeating: 0, count: t * k)
+        var d = [Float](repeating: 0, count: t * k / 32), s = d
+        q.withUnsafeMutableBufferPointer { qp in
+            d.withUnsafeMutableBufferPointer { dp in
+                s.withUnsafeMutableBufferPointer { sp in
+                    fk_quantize_activations(x, Int32(t), Int32(k), qp.baseAddress!, dp.baseAddress!, sp.baseAddress!)
+                }
+            }
+        }
+        return (q, d, s)
+    }
+
+    /// The int8 compute mode: round each token's activations to 8 bits per block, then
+    /// integer block products (see `fk_matmul_int8`).
+    private func matmulInt8(x: UnsafePointer<Float>, t T: Int, y: UnsafeMutablePointer<Float>) {
+        let K = cols, O = rows, nb = K / 32
+        let qx = UnsafeMutablePointer<Int8>.allocate(capacity: T * K)
+        let scales = UnsafeMutablePointer<Float>.allocate(capacity: 2 * T * nb)
+        defer { qx.deallocate(); scales.deallocate() }
+        fk_quantize_activations(x, Int32(T), Int32(K), qx, scales, scales + T * nb)
+        nonisolated(unsafe) let w = store!.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        nonisolated(unsafe) let q = qx, d = scales, out = y
+        let type = format.cType
+        Parallel.ranges(O, granule: 8, work: T * K * O) { range in
+            fk_matmul_int8(type, q, d, d + T * nb, w, Int32(K), Int32(T), Int32(range.lowerBound), Int32(range.upperBound), out, Int32(O))
         }
     }
 

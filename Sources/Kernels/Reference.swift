@@ -52,4 +52,33 @@ public enum Reference {
         }
         return out
     }
+
+    /// The int8 compute mode's activation rounding: per block of 32, `d = max|x| / 127`,
+    /// `q = round-half-even(x / d)` (multiplying by `1/d`), `s = d * sum(q)`.
+    public static func quantizeActivations(x: [Float], k: Int) -> (q: [Int8], d: [Float], s: [Float]) {
+        var q = [Int8](repeating: 0, count: x.count)
+        var d: [Float] = [], s: [Float] = []
+        for start in stride(from: 0, to: x.count, by: 32) {
+            let block = x[start..<(start + 32)]
+            let scale = (block.map { abs($0) }.max() ?? 0) / 127
+            let inverse: Float = scale != 0 ? 1 / scale : 0
+            var sum = 0
+            for (i, v) in block.enumerated() {
+                let r = Int(max(-127, min(127, (v * inverse).rounded(.toNearestOrEven))))
+                q[start + i] = Int8(r)
+                sum += r
+            }
+            d.append(scale)
+            s.append(scale * Float(sum))
+        }
+        return (q, d, s)
+    }
+
+    /// `y = xq W^T` in Double, where `xq` is the int8 mode's rounded activations `d_b * q_k`
+    /// and `W` the dequantized weights.
+    public static func matmulInt8(x: [Float], w: [Float], t: Int, k: Int, o: Int) -> [Float] {
+        let (q, d, _) = quantizeActivations(x: x, k: k)
+        let xq = q.indices.map { Float(q[$0]) * d[$0 / 32] }
+        return matmulNT(x: xq, w: w, t: t, k: k, o: o)
+    }
 }

@@ -41,14 +41,29 @@ public enum LinearRole: String, CaseIterable, Sendable, Codable {
 public final class LlamaModel: @unchecked Sendable {
     public let config: LlamaConfiguration
     public let weights: LlamaWeights
+    /// How products with compact weights treat activations (`ComputeMode`).
+    public let compute: ComputeMode
     let rope: RopeTable
 
-    public init(config: LlamaConfiguration, weights: LlamaWeights) throws {
+    public init(config: LlamaConfiguration, weights: LlamaWeights, compute: ComputeMode = .fp32) throws {
         try config.validate()
         try weights.validate(against: config)
         self.config = config
         self.weights = weights
+        self.compute = compute
         self.rope = RopeTable(invFreq: config.ropeInverseFrequencies(), headDim: config.headDim)
+    }
+
+    /// The same weights (shared, not copied) under another compute mode.
+    public func with(compute: ComputeMode) -> LlamaModel {
+        LlamaModel(validated: self, compute: compute)
+    }
+
+    private init(validated other: LlamaModel, compute: ComputeMode) {
+        config = other.config
+        weights = other.weights
+        rope = other.rope
+        self.compute = compute
     }
 
     /// Allocates cache storage for `blocks` blocks of `blockSize` positions.
@@ -147,7 +162,7 @@ public final class LlamaModel: @unchecked Sendable {
             let out = Buffer(baseRows.count * V)
             defer { packed.free(); out.free() }
             for (i, r) in baseRows.enumerated() { (packed.p + i * D).update(from: finalHidden.p + r * D, count: D) }
-            weights.lmHead.matmul(x: packed.p, t: baseRows.count, y: out.p)
+            weights.lmHead.matmul(x: packed.p, t: baseRows.count, y: out.p, compute: compute)
             for (i, r) in baseRows.enumerated() { result[r] = Array(UnsafeBufferPointer(start: out.p + i * V, count: V)) }
         }
         return result
@@ -192,9 +207,9 @@ public final class LlamaModel: @unchecked Sendable {
         _ deltas: (any LinearDeltas)?, _ layer: Int, _ role: LinearRole, _ slots: UnsafePointer<Int32>
     ) {
         if let bias {
-            bias.withUnsafeBufferPointer { w.matmul(x: x, t: T, y: y, bias: $0.baseAddress!) }
+            bias.withUnsafeBufferPointer { w.matmul(x: x, t: T, y: y, bias: $0.baseAddress!, compute: compute) }
         } else {
-            w.matmul(x: x, t: T, y: y)
+            w.matmul(x: x, t: T, y: y, compute: compute)
         }
         deltas?.add(layer: layer, role: role, x: x, inDim: w.cols, y: y, outDim: w.rows, slots: slots, tokens: T)
     }
@@ -223,17 +238,20 @@ public final class LlamaModel: @unchecked Sendable {
         let window = config.slidingWindow
         let qs = SendablePointer(q), os = SendableMutablePointer(out)
         let maxPos = Int(batch.positions.max() ?? 0)
+        let kvHeads = config.numKVHeads, group = heads / kvHeads
         let work = batch.count * (maxPos + 1) * QD * 2
         nonisolated(unsafe) let pagedLayer = paged
-        Parallel.ranges(batch.count, work: work) { range in
-            let scores = UnsafeMutablePointer<Float>.allocate(capacity: (maxPos + 1) * heads)
+        // One task per (token, kv group): a decode step of one sequence still uses every core.
+        Parallel.ranges(batch.count * kvHeads, work: work) { range in
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: (maxPos + 1) * group)
             defer { scores.deallocate() }
-            for t in range {
+            for item in range {
+                let t = item / kvHeads, g = item % kvHeads
                 let p = Int(batch.positions[t])
                 let first = window.map { max(0, p - $0 + 1) } ?? 0
                 batch.blockTables[Int(batch.sequences[t])].withUnsafeBufferPointer { tp in
                     Attention.attend(query: qs.p + t * QD, heads: heads, layer: pagedLayer, blockTable: tp.baseAddress!,
-                                     first: first, last: p, scale: scale, scores: scores, out: os.p + t * QD)
+                                     first: first, last: p, scale: scale, scores: scores, out: os.p + t * QD, groups: g..<(g + 1))
                 }
             }
         }

@@ -29,6 +29,20 @@ void fk_matmul_q8_0(const float *x, const uint8_t *w, int K, int T, int o0, int 
 void fk_matmul_f16(const float *x, const uint16_t *w, int K, int T, int o0, int o1, float *y, int ldy);
 void fk_matmul_bf16(const float *x, const uint16_t *w, int K, int T, int o0, int o1, float *y, int ldy);
 
+/// The int8 compute mode (opt-in): activations are rounded to 8 bits per block of 32
+/// before the product, as ggml does for its Q8 activations:
+///   d = max|x| / 127, q = round-half-even(x * (1/d)) in [-127, 127], s = d * sum(q).
+/// `qx: [T, K]`, `dx, sx: [T, K/32]`.
+void fk_quantize_activations(const float *x, int T, int K, int8_t *qx, float *dx, float *sx);
+
+/// Products against 8-bit activations for Q4_0 (type 2), Q4_1 (3) and Q8_0 (8) weights.
+/// Per output: 8 fp32 lanes; for each block b in increasing order, lane j gets the exact
+/// integer p_j = sum_{i<4} w[4j+i] * q[4j+i] (w the block's integer weights: q-8 for
+/// Q4_0, the nibble for Q4_1, the byte for Q8_0) and acc_j = fma(d_w * dx_b, p_j, acc_j);
+/// Q4_1 adds its offsets as m = fma(m_w, sx_b, m) in increasing block order; finally
+/// y = fold(acc) + m with the fold above. Scalar and AVX2 paths are bitwise identical.
+void fk_matmul_int8(int type, const int8_t *qx, const float *dx, const float *sx, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy);
+
 /// Dequantizes row `row` of a Q4_0/Q4_1/Q8_0 matrix with K columns into `out` (K floats).
 void fk_dequantize_row(int type, const uint8_t *w, int K, int row, float *out);
 

@@ -1,0 +1,47 @@
+// Helpers shared by Facet's C kernels (internal).
+#ifndef FACET_CKERNELS_COMMON_H
+#define FACET_CKERNELS_COMMON_H
+#include <stdint.h>
+#include <string.h>
+
+enum { QK = 32 };
+
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t e = (h >> 10) & 0x1F, m = h & 0x3FF;
+    uint32_t bits;
+    if (e == 0) {
+        if (m == 0) { bits = sign; }
+        else { float v = (float)m * (1.0f / 16777216.0f); return sign ? -v : v; }
+    } else if (e == 31) { bits = sign | 0x7F800000u | (m << 13); }
+    else { bits = sign | ((e + 112) << 23) | (m << 13); }
+    float f; memcpy(&f, &bits, 4); return f;
+}
+static inline float bf16_to_f32(uint16_t b) { uint32_t bits = (uint32_t)b << 16; float f; memcpy(&f, &bits, 4); return f; }
+static inline float rd_f16(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return f16_to_f32(h); }
+
+// Fixed lane fold: ((0+4)+(2+6))+((1+5)+(3+7)).
+static inline float fold8(const float v[8]) {
+    float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
+    return (a0 + a2) + (a1 + a3);
+}
+
+static inline int block_bytes(int type) { return type == 3 ? 20 : type == 2 ? 18 : 34; }
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+
+AVX2 static inline float rd_f16c(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return _cvtsh_ss(h); }
+
+AVX2 static inline float hfold(__m256 v) {
+    float lanes[8];
+    _mm256_storeu_ps(lanes, v);
+    return fold8(lanes);
+}
+#endif
+
+/// 1 when the AVX2/FMA/F16C paths may run (see fk_set_vector_path).
+int fk_has_avx2(void);
+
+#endif

@@ -1,0 +1,188 @@
+// The int8 compute mode: 8-bit activations against Q4_0/Q4_1/Q8_0 weights, with exact
+// integer block dot products. See include/ckernels.h for the exact semantics.
+#include "ckernels.h"
+#include "common.h"
+#include <math.h>
+
+void fk_quantize_activations(const float *x, int T, int K, int8_t *qx, float *dx, float *sx) {
+    int nb = K / QK;
+    for (int t = 0; t < T; t++) {
+        for (int b = 0; b < nb; b++) {
+            const float *p = x + (size_t)t * K + b * QK;
+            int8_t *q = qx + (size_t)t * K + b * QK;
+            float amax = 0;
+            for (int i = 0; i < QK; i++) { float a = fabsf(p[i]); if (a > amax) amax = a; }
+            float d = amax / 127.0f;
+            float id = d != 0 ? 1.0f / d : 0.0f;
+            int sum = 0;
+            for (int i = 0; i < QK; i++) {
+                float r = nearbyintf(p[i] * id);
+                int v = r > 127.0f ? 127 : r < -127.0f ? -127 : (int)r;
+                q[i] = (int8_t)v;
+                sum += v;
+            }
+            dx[(size_t)t * nb + b] = d;
+            sx[(size_t)t * nb + b] = d * (float)sum;
+        }
+    }
+}
+
+// A block's 32 integer weights (in element order) and its scale and offset.
+static inline void int_block(int type, const uint8_t *blk, int w[32], float *d, float *m) {
+    *d = rd_f16(blk);
+    *m = type == 3 ? rd_f16(blk + 2) : 0.0f;
+    if (type == 8) { for (int i = 0; i < 32; i++) w[i] = (int8_t)blk[2 + i]; return; }
+    const uint8_t *qs = blk + (type == 3 ? 4 : 2);
+    int bias = type == 2 ? 8 : 0;
+    for (int i = 0; i < 16; i++) { w[i] = (qs[i] & 0x0F) - bias; w[i + 16] = (qs[i] >> 4) - bias; }
+}
+
+static void int8_scalar(int type, const int8_t *qx, const float *dx, const float *sx, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
+    int nb = K / QK, bb = block_bytes(type);
+    for (int o = o0; o < o1; o++) {
+        const uint8_t *row = w + (size_t)o * nb * bb;
+        for (int t = 0; t < T; t++) {
+            float acc[8] = {0}, macc = 0;
+            for (int b = 0; b < nb; b++) {
+                int wi[32]; float d, m;
+                int_block(type, row + (size_t)b * bb, wi, &d, &m);
+                const int8_t *q = qx + (size_t)t * K + b * QK;
+                float dd = d * dx[(size_t)t * nb + b];
+                for (int j = 0; j < 8; j++) {
+                    int p = wi[4 * j] * q[4 * j] + wi[4 * j + 1] * q[4 * j + 1] + wi[4 * j + 2] * q[4 * j + 2] + wi[4 * j + 3] * q[4 * j + 3];
+                    acc[j] = fmaf(dd, (float)p, acc[j]);
+                }
+                if (type == 3) macc = fmaf(m, sx[(size_t)t * nb + b], macc);
+            }
+            y[(size_t)t * ldy + o] = fold8(acc) + macc;
+        }
+    }
+}
+
+#if defined(__x86_64__)
+// The block's weights as 32 bytes in element order: unsigned nibbles for Q4_1, signed
+// values for Q4_0 (q - 8) and Q8_0.
+__attribute__((always_inline)) AVX2 static inline __m256i int_weights(int type, const uint8_t *blk) {
+    if (type == 8) return _mm256_loadu_si256((const __m256i *)(blk + 2));
+    __m128i qs = _mm_loadu_si128((const __m128i *)(blk + (type == 3 ? 4 : 2)));
+    __m128i mask = _mm_set1_epi8(0x0F);
+    __m128i lo = _mm_and_si128(qs, mask), hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
+    __m256i v = _mm256_set_m128i(hi, lo);
+    if (type == 2) v = _mm256_sub_epi8(v, _mm256_set1_epi8(8));
+    return v;
+}
+
+// Lane j = sum of the products of bytes 4j..4j+3 (exact: no int16 saturation is possible
+// for |w| <= 128, |q| <= 127).
+__attribute__((always_inline)) AVX2 static inline __m256 int_dot(int type, __m256i wv, const int8_t *q) {
+    __m256i qv = _mm256_loadu_si256((const __m256i *)q);
+    __m256i p16 = type == 3 ? _mm256_maddubs_epi16(wv, qv) : _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(qv, wv));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+
+// Two rows, one token (decode): both rows share the token's loaded activations.
+__attribute__((always_inline)) AVX2 static inline void rows2_t1(int type, const uint8_t *r0, const uint8_t *r1, int nb, int bb, size_t ahead,
+                                                                   const int8_t *qx, const float *dx, const float *sx, float *y0, float *y1) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    float m0 = 0, m1 = 0;
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *k0 = r0 + (size_t)b * bb, *k1 = r1 + (size_t)b * bb;
+        _mm_prefetch((const char *)(k0 + ahead), _MM_HINT_T0);
+        _mm_prefetch((const char *)(k1 + ahead), _MM_HINT_T0);
+        const int8_t *q = qx + b * QK;
+        float dxb = dx[b];
+        __m256 p0 = int_dot(type, int_weights(type, k0), q), p1 = int_dot(type, int_weights(type, k1), q);
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(rd_f16c(k0) * dxb), p0, a0);
+        a1 = _mm256_fmadd_ps(_mm256_set1_ps(rd_f16c(k1) * dxb), p1, a1);
+        if (type == 3) { m0 = fmaf(rd_f16c(k0 + 2), sx[b], m0); m1 = fmaf(rd_f16c(k1 + 2), sx[b], m1); }
+    }
+    *y0 = hfold(a0) + m0;
+    *y1 = hfold(a1) + m1;
+}
+
+// One row, one token.
+__attribute__((always_inline)) AVX2 static inline float row_t1(int type, const uint8_t *row, int nb, int bb, const int8_t *qx, const float *dx, const float *sx) {
+    __m256 a0 = _mm256_setzero_ps();
+    float m0 = 0;
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *blk = row + (size_t)b * bb;
+        __m256 p = int_dot(type, int_weights(type, blk), qx + b * QK);
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(rd_f16c(blk) * dx[b]), p, a0);
+        if (type == 3) m0 = fmaf(rd_f16c(blk + 2), sx[b], m0);
+    }
+    return hfold(a0) + m0;
+}
+
+// Two rows x four tokens: each weight block is unpacked once for four tokens and each
+// token's block is loaded once for two rows; every output gets the one-token arithmetic.
+__attribute__((always_inline)) AVX2 static inline void rows2_t4(int type, const uint8_t *r0, const uint8_t *r1, int nb, int bb, size_t ahead, int K,
+                                                                   const int8_t *qx, const float *dx, const float *sx, float *y, int ldy) {
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    float m00 = 0, m01 = 0, m02 = 0, m03 = 0, m10 = 0, m11 = 0, m12 = 0, m13 = 0;
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *k0 = r0 + (size_t)b * bb, *k1 = r1 + (size_t)b * bb;
+        if (ahead) { _mm_prefetch((const char *)(k0 + ahead), _MM_HINT_T0); _mm_prefetch((const char *)(k1 + ahead), _MM_HINT_T0); }
+        __m256i w0 = int_weights(type, k0), w1 = int_weights(type, k1);
+        float d0 = rd_f16c(k0), d1 = rd_f16c(k1);
+        const int8_t *q = qx + b * QK;
+        const float *db = dx + b;
+#define FK_TOKEN(i, A0, A1)                                                             \
+        {                                                                               \
+            const int8_t *qi = q + (size_t)(i) * K;                                     \
+            float dxi = db[(size_t)(i) * nb];                                           \
+            A0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * dxi), int_dot(type, w0, qi), A0); \
+            A1 = _mm256_fmadd_ps(_mm256_set1_ps(d1 * dxi), int_dot(type, w1, qi), A1); \
+        }
+        FK_TOKEN(0, a00, a10) FK_TOKEN(1, a01, a11) FK_TOKEN(2, a02, a12) FK_TOKEN(3, a03, a13)
+#undef FK_TOKEN
+    }
+    // Q4_1's offsets: a separate pass in the same increasing block order (its own
+    // accumulators, so the result is the one-token path's), keeping registers for the above.
+    if (type == 3) {
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *k0 = r0 + (size_t)b * bb, *k1 = r1 + (size_t)b * bb;
+            float mw0 = rd_f16c(k0 + 2), mw1 = rd_f16c(k1 + 2);
+            const float *sb = sx + b;
+            float s0 = sb[0], s1 = sb[nb], s2 = sb[2 * (size_t)nb], s3 = sb[3 * (size_t)nb];
+            m00 = fmaf(mw0, s0, m00); m01 = fmaf(mw0, s1, m01); m02 = fmaf(mw0, s2, m02); m03 = fmaf(mw0, s3, m03);
+            m10 = fmaf(mw1, s0, m10); m11 = fmaf(mw1, s1, m11); m12 = fmaf(mw1, s2, m12); m13 = fmaf(mw1, s3, m13);
+        }
+    }
+    y[0] = hfold(a00) + m00; y[(size_t)ldy] = hfold(a01) + m01; y[2 * (size_t)ldy] = hfold(a02) + m02; y[3 * (size_t)ldy] = hfold(a03) + m03;
+    y[1] = hfold(a10) + m10; y[(size_t)ldy + 1] = hfold(a11) + m11; y[2 * (size_t)ldy + 1] = hfold(a12) + m12; y[3 * (size_t)ldy + 1] = hfold(a13) + m13;
+}
+
+__attribute__((always_inline)) AVX2 static inline void int8_avx2(int type, const int8_t *qx, const float *dx, const float *sx, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
+    int nb = K / QK, bb = block_bytes(type);
+    size_t rowb = (size_t)nb * bb;
+    int o = o0;
+    for (; o + 2 <= o1; o += 2) {
+        const uint8_t *r0 = w + (size_t)o * rowb, *r1 = r0 + rowb;
+        int t = 0;
+        for (; t + 4 <= T; t += 4)
+            rows2_t4(type, r0, r1, nb, bb, t == 0 ? 2 * rowb : 0, K, qx + (size_t)t * K, dx + (size_t)t * nb, sx + (size_t)t * nb, y + (size_t)t * ldy + o, ldy);
+        for (; t < T; t++)
+            rows2_t1(type, r0, r1, nb, bb, 4 * rowb, qx + (size_t)t * K, dx + (size_t)t * nb, sx + (size_t)t * nb, y + (size_t)t * ldy + o, y + (size_t)t * ldy + o + 1);
+    }
+    for (; o < o1; o++) {
+        const uint8_t *row = w + (size_t)o * rowb;
+        for (int t = 0; t < T; t++) y[(size_t)t * ldy + o] = row_t1(type, row, nb, bb, qx + (size_t)t * K, dx + (size_t)t * nb, sx + (size_t)t * nb);
+    }
+}
+
+AVX2 static void int8_q4_1(const int8_t *qx, const float *dx, const float *sx, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) { int8_avx2(3, qx, dx, sx, w, K, T, o0, o1, y, ldy); }
+AVX2 static void int8_q4_0(const int8_t *qx, const float *dx, const float *sx, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) { int8_avx2(2, qx, dx, sx, w, K, T, o0, o1, y, ldy); }
+AVX2 static void int8_q8_0(const int8_t *qx, const float *dx, const float *sx, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) { int8_avx2(8, qx, dx, sx, w, K, T, o0, o1, y, ldy); }
+#endif
+
+void fk_matmul_int8(int type, const int8_t *qx, const float *dx, const float *sx, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
+#if defined(__x86_64__)
+    if (fk_has_avx2()) {
+        if (type == 3) int8_q4_1(qx, dx, sx, w, K, T, o0, o1, y, ldy);
+        else if (type == 2) int8_q4_0(qx, dx, sx, w, K, T, o0, o1, y, ldy);
+        else int8_q8_0(qx, dx, sx, w, K, T, o0, o1, y, ldy);
+        return;
+    }
+#endif
+    int8_scalar(type, qx, dx, sx, w, K, T, o0, o1, y, ldy);
+}
