@@ -169,32 +169,36 @@ AVX2 static void quant_t1_q4_1(const float *x, const float *xs, const uint8_t *w
 AVX2 static void quant_t1_q4_0(const float *x, const float *xs, const uint8_t *w, int K, int o0, int o1, float *y) { quant_t1(2, x, xs, w, K, o0, o1, y); }
 AVX2 static void quant_t1_q8_0(const float *x, const float *xs, const uint8_t *w, int K, int o0, int o1, float *y) { quant_t1(8, x, xs, w, K, o0, o1, y); }
 
-// Several tokens: rows outer (a row's blocks stay in L1), four tokens at a time with
-// register accumulators; every output gets exactly the one-token arithmetic.
+// Several tokens: groups of four tokens outer (their activations stay in L1), rows inner
+// (streaming from L2), register accumulators; every output gets exactly the one-token
+// arithmetic.
 __attribute__((always_inline)) AVX2 static inline void quant_tn(int type, const float *x, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
     int nb = K / QK, bb = block_bytes(type);
     int off = type == 3 ? 4 : 2;
-    for (int o = o0; o < o1; o++) {
-        const uint8_t *row = w + (size_t)o * nb * bb;
-        int t = 0;
-        for (; t + 4 <= T; t += 4) {
-            const float *x0 = x + (size_t)t * K, *x1 = x0 + K, *x2 = x1 + K, *x3 = x2 + K;
-            const float *s0 = xsum + (size_t)t * nb, *s1 = s0 + nb, *s2 = s1 + nb, *s3 = s2 + nb;
+    int t = 0;
+    for (; t + 4 <= T; t += 4) {
+        const float *x0 = x + (size_t)t * K, *x1 = x0 + K, *x2 = x1 + K, *x3 = x2 + K;
+        const float *s0 = xsum + (size_t)t * nb, *s1 = s0 + nb, *s2 = s1 + nb, *s3 = s2 + nb;
+        for (int o = o0; o < o1; o++) {
+            const uint8_t *row = w + (size_t)o * nb * bb;
             __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-            float m0 = 0, m1 = 0, m2 = 0, m3 = 0;
             for (int b = 0; b < nb; b++) {
                 const uint8_t *blk = row + (size_t)b * bb;
                 if (t == 0) _mm_prefetch((const char *)(blk + 2 * (size_t)nb * bb), _MM_HINT_T0);
                 __m256 q[4];
                 if (type == 8) q8_unpack(blk + off, q); else q4_unpack(blk + off, q);
-                float d = rd_f16c(blk);
-                __m256 dv = _mm256_set1_ps(d);
+                __m256 dv = _mm256_set1_ps(rd_f16c(blk));
                 a0 = _mm256_fmadd_ps(dv, block_dot(q, x0 + b * QK), a0);
                 a1 = _mm256_fmadd_ps(dv, block_dot(q, x1 + b * QK), a1);
                 a2 = _mm256_fmadd_ps(dv, block_dot(q, x2 + b * QK), a2);
                 a3 = _mm256_fmadd_ps(dv, block_dot(q, x3 + b * QK), a3);
-                if (type != 8) {
-                    float m = type == 3 ? rd_f16c(blk + 2) : -8.0f * d;
+            }
+            // The offsets in their own pass (same increasing block order, own accumulators).
+            float m0 = 0, m1 = 0, m2 = 0, m3 = 0;
+            if (type != 8) {
+                for (int b = 0; b < nb; b++) {
+                    const uint8_t *blk = row + (size_t)b * bb;
+                    float m = type == 3 ? rd_f16c(blk + 2) : -8.0f * rd_f16c(blk);
                     m0 = fmaf(m, s0[b], m0); m1 = fmaf(m, s1[b], m1); m2 = fmaf(m, s2[b], m2); m3 = fmaf(m, s3[b], m3);
                 }
             }
@@ -203,8 +207,11 @@ __attribute__((always_inline)) AVX2 static inline void quant_tn(int type, const 
             y[(size_t)(t + 2) * ldy + o] = hfold(a2) + m2;
             y[(size_t)(t + 3) * ldy + o] = hfold(a3) + m3;
         }
-        for (; t < T; t++) {
-            const float *xt = x + (size_t)t * K;
+    }
+    for (; t < T; t++) {
+        const float *xt = x + (size_t)t * K;
+        for (int o = o0; o < o1; o++) {
+            const uint8_t *row = w + (size_t)o * nb * bb;
             __m256 a0 = _mm256_setzero_ps();
             float m0 = 0;
             for (int b = 0; b < nb; b++) {

@@ -155,18 +155,31 @@ __attribute__((always_inline)) AVX2 static inline void rows2_t4(int type, const 
 __attribute__((always_inline)) AVX2 static inline void int8_avx2(int type, const int8_t *qx, const float *dx, const float *sx, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
     int nb = K / QK, bb = block_bytes(type);
     size_t rowb = (size_t)nb * bb;
-    int o = o0;
-    for (; o + 2 <= o1; o += 2) {
-        const uint8_t *r0 = w + (size_t)o * rowb, *r1 = r0 + rowb;
-        int t = 0;
-        for (; t + 4 <= T; t += 4)
-            rows2_t4(type, r0, r1, nb, bb, t == 0 ? 2 * rowb : 0, K, qx + (size_t)t * K, dx + (size_t)t * nb, sx + (size_t)t * nb, y + (size_t)t * ldy + o, ldy);
-        for (; t < T; t++)
-            rows2_t1(type, r0, r1, nb, bb, 4 * rowb, qx + (size_t)t * K, dx + (size_t)t * nb, sx + (size_t)t * nb, y + (size_t)t * ldy + o, y + (size_t)t * ldy + o + 1);
+    // Token groups outer, row pairs inner: a group's activations stay in L1 while the
+    // thread's rows stream from L2 (the loop order changes no output's arithmetic).
+    int t = 0;
+    for (; t + 4 <= T; t += 4) {
+        const int8_t *q = qx + (size_t)t * K;
+        const float *d = dx + (size_t)t * nb, *s = sx + (size_t)t * nb;
+        int o = o0;
+        for (; o + 2 <= o1; o += 2) {
+            const uint8_t *r0 = w + (size_t)o * rowb;
+            rows2_t4(type, r0, r0 + rowb, nb, bb, t == 0 ? 2 * rowb : 0, K, q, d, s, y + (size_t)t * ldy + o, ldy);
+        }
+        for (; o < o1; o++)
+            for (int i = 0; i < 4; i++)
+                y[(size_t)(t + i) * ldy + o] = row_t1(type, w + (size_t)o * rowb, nb, bb, q + (size_t)i * K, d + (size_t)i * nb, s + (size_t)i * nb);
     }
-    for (; o < o1; o++) {
-        const uint8_t *row = w + (size_t)o * rowb;
-        for (int t = 0; t < T; t++) y[(size_t)t * ldy + o] = row_t1(type, row, nb, bb, qx + (size_t)t * K, dx + (size_t)t * nb, sx + (size_t)t * nb);
+    for (; t < T; t++) {
+        const int8_t *q = qx + (size_t)t * K;
+        const float *d = dx + (size_t)t * nb, *s = sx + (size_t)t * nb;
+        float *yt = y + (size_t)t * ldy;
+        int o = o0;
+        for (; o + 2 <= o1; o += 2) {
+            const uint8_t *r0 = w + (size_t)o * rowb;
+            rows2_t1(type, r0, r0 + rowb, nb, bb, 4 * rowb, q, d, s, yt + o, yt + o + 1);
+        }
+        for (; o < o1; o++) yt[o] = row_t1(type, w + (size_t)o * rowb, nb, bb, q, d, s);
     }
 }
 

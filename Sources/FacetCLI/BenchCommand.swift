@@ -5,16 +5,21 @@ import Foundation
 import Kernels
 import Llama
 import Loading
+import ServingBench
 import Tensors
 import Tokenization
 
 /// `facet bench`: prefill and decode throughput per numerics mode, the cost of mixed
 /// adapters, the accuracy cost of the fast mode, and adapter load time.
-struct BenchCommand: ParsableCommand {
+struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure prefill/decode throughput, the cost of mixed adapters and of each numerics mode.",
-        discussion: "Without --compute every mode is measured (fp32, int8) and int8's accuracy against fp32 is printed.")
+        discussion: """
+        Without --compute every mode is measured (fp32, int8) and int8's accuracy against fp32 is printed.
+        With --serving, starts `facet serve` (or uses --url) and drives it with streaming requests arriving at rising
+        rates, reporting throughput and TTFT/TPOT/latency percentiles.
+        """)
 
     @OptionGroup var modelOptions: ModelOptions
     @Option(help: "Decode steps per measurement.") var steps = 32
@@ -30,17 +35,41 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Write the results as JSON to this file.") var json: String?
     @Option(help: "Write a bar chart of the results as SVG to this file.") var svg: String?
 
+    @Flag(help: "Benchmark serving instead: streaming requests at rising rates against `facet serve`.") var serving = false
+    @Option(help: "With --serving: an already running OpenAI-compatible server (default: start facet serve).") var url: String?
+    @Option(parsing: .upToNextOption, help: "With --serving: request rates per second; 'max' sends all at once.")
+    var rates: [String] = ["1", "2", "4", "8", "max"]
+    @Option(help: "With --serving: requests per rate.") var requests = 32
+    @Option(name: .customLong("max-tokens"), help: "With --serving: tokens generated per request.") var maxTokens = 64
+    @Option(name: .customLong("prompt-words"), help: "With --serving: words per prompt.") var promptWords = 96
+    @Option(help: "With --serving: NAME=PATH adapters for the started server; requests use the base and every adapter in turn.")
+    var lora: [String] = []
+    @Option(help: "With --serving: port for the started server.") var port = 8765
+
     func validate() throws {
         for (name, values) in [("--batch-sizes", batchSizes), ("--prompt-lengths", promptLengths), ("--adapter-counts", adapterCounts)]
         where values.contains(where: { $0 < 1 }) {
             throw ValidationError("\(name) must be positive")
         }
-        guard steps > 0, adapterRank > 0, accuracyPrompts >= 0, accuracyTokens > 0 else {
-            throw ValidationError("--steps, --adapter-rank and --accuracy-tokens must be positive")
+        guard steps > 0, adapterRank > 0, accuracyPrompts >= 0, accuracyTokens > 0, requests > 0, maxTokens > 0, promptWords > 0 else {
+            throw ValidationError("--steps, --adapter-rank, --accuracy-tokens, --requests, --max-tokens and --prompt-words must be positive")
+        }
+        _ = try parsedRates()
+    }
+
+    func parsedRates() throws -> [Double] {
+        try rates.map { text in
+            if text.lowercased() == "max" { return .infinity }
+            guard let r = Double(text), r > 0, r.isFinite else { throw ValidationError("--rates: '\(text)' is not a positive number or 'max'") }
+            return r
         }
     }
 
-    func run() throws {
+    func run() async throws {
+        if serving {
+            try await runServing()
+            return
+        }
         try failing {
             let (loaded, tokenizer) = try modelOptions.load(tokenizerRequired: false)
             let modes = modelOptions.compute.map { [$0] } ?? ComputeMode.allCases
@@ -102,6 +131,94 @@ struct BenchCommand: ParsableCommand {
     }
 }
 
+extension BenchCommand {
+    func runServing() async throws {
+        let model = try url ?? failing { try modelOptions.resolvedModelPath() }
+        var report = BenchReport(machine: BenchReport.Machine.current(), model: model)
+        let server = try url == nil ? failing { try startServer() } : nil
+        defer { server?.terminate() }
+        var config = ServingBenchmark.Configuration(baseURL: url ?? "http://127.0.0.1:\(port)")
+        config.rates = try parsedRates()
+        config.requestsPerRate = requests
+        config.maxTokens = maxTokens
+        config.promptWords = promptWords
+        if let server { try await server.waitUntilHealthy(baseURL: config.baseURL) }
+        print("facet bench --serving: \(config.baseURL), \(requests) streaming requests per rate, \(promptWords)-word prompts, "
+              + "\(maxTokens) tokens each (ignore_eos); rates \(rates.joined(separator: ", ")) req/s")
+        print("rate      done  failed   req/s  out tok/s   TTFT p50/p90/p99 ms       TPOT p50/p90/p99 ms    latency p50/p99 ms")
+        do {
+            report.serving = try await ServingBenchmark(config).run { r in
+                let rate = r.rate.map { String(format: "%.1f", $0) } ?? "max"
+                print(rate.padding(toLength: 8, withPad: " ", startingAt: 0)
+                      + String(format: "%6d %7d %7.2f %10.1f   %6.0f %6.0f %6.0f      %6.1f %6.1f %6.1f      %7.0f %7.0f", r.requests - r.failed, r.failed,
+                               r.requestsPerSecond, r.outputTokensPerSecond, r.ttft.p50, r.ttft.p90, r.ttft.p99,
+                               r.tpot.p50, r.tpot.p90, r.tpot.p99, r.latency.p50, r.latency.p99))
+                if let e = r.firstError { print("  first error: \(e)") }
+                fflush(nil)
+            }
+        } catch let e as ServingBenchError {
+            FileHandle.standardError.write(Data("error: \(e.description)\n".utf8))
+            throw ExitCode(2)
+        }
+        for r in report.serving {
+            report.results.append(Benchmark.Result(name: "serving at \(r.rate.map { String(format: "%g", $0) } ?? "max") req/s",
+                                                   tokensPerSecond: r.outputTokensPerSecond, tokens: 0, seconds: r.seconds))
+        }
+        if let json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+            try encoder.encode(report).write(to: URL(fileURLWithPath: json))
+        }
+        if let svg { try BenchChart.svg(report).write(toFile: svg, atomically: true, encoding: .utf8) }
+    }
+
+    /// Starts `facet serve` (this executable) with the same model options.
+    func startServer() throws -> ServerProcess {
+        var arguments = ["serve", "--model", try modelOptions.resolvedModelPath(), "--port", String(port), "--log-level", "warning"]
+        if let dir = modelOptions.tokenizerDir { arguments += ["--tokenizer_dir", dir] }
+        if let compute = modelOptions.compute { arguments += ["--compute", compute.rawValue] }
+        for spec in lora { arguments += ["--lora", spec] }
+        return try ServerProcess(arguments: arguments)
+    }
+}
+
+/// A `facet serve` child process for the serving benchmark.
+final class ServerProcess: @unchecked Sendable {
+    let process = Process()
+    let logPath = FileManager.default.temporaryDirectory.appendingPathComponent("facet-bench-serve-\(getpid()).log").path
+
+    init(arguments: [String]) throws {
+        guard let exe = Bundle.main.executableURL else {
+            throw FacetError(.notFound, "cannot find the facet executable to start a server", remedy: "pass --url of a running server")
+        }
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = FileHandle(forWritingAtPath: logPath)
+        process.executableURL = exe
+        process.arguments = arguments
+        process.standardOutput = log
+        process.standardError = log
+        try process.run()
+    }
+
+    func waitUntilHealthy(baseURL: String, seconds: Double = 180) async throws {
+        let process = process
+        nonisolated(unsafe) let child = process
+        if await ServingBenchmark.waitUntilHealthy(baseURL: baseURL, seconds: seconds, alive: { child.isRunning }) { return }
+        let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+        terminate()
+        throw FacetError(.io, "the benchmark's server did not become healthy: \(log.suffix(800))", remedy: "check the model and --port")
+    }
+
+    func terminate() {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(atPath: logPath)
+    }
+}
+
 /// Everything `facet bench` measured, as written to `--json`.
 struct BenchReport: Codable {
     struct Machine: Codable {
@@ -119,6 +236,7 @@ struct BenchReport: Codable {
     var model: String
     var results: [Benchmark.Result] = []
     var accuracy: [String: NumericsAccuracy] = [:]
+    var serving: [ServingBenchmark.RateResult] = []
 }
 
 extension Benchmark.Result {

@@ -1,0 +1,219 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import Sampling
+
+/// Drives an OpenAI-compatible server (`facet serve`, or any other) with streaming
+/// completions arriving as a Poisson process at rising rates, and reports throughput, time
+/// to first token (TTFT), time per output token (TPOT) and end-to-end latency percentiles.
+public struct ServingBenchmark: Sendable {
+    public struct Configuration: Sendable {
+        public var baseURL: String
+        /// Models (adapters) used round-robin; empty: every model the server lists.
+        public var models: [String] = []
+        /// Requests per second; `.infinity` sends them all at once.
+        public var rates: [Double] = [1, 2, 4, 8, .infinity]
+        public var requestsPerRate = 32
+        public var promptWords = 96
+        public var maxTokens = 64
+        public var seed: UInt64 = 1
+        public var apiKey: String?
+        public var timeoutSeconds: Int64 = 600
+
+        public init(baseURL: String) { self.baseURL = baseURL }
+    }
+
+    public struct Percentiles: Codable, Sendable {
+        public var mean: Double
+        public var p50: Double
+        public var p90: Double
+        public var p99: Double
+
+        /// Nearest-rank percentiles of `values` (zeros when empty).
+        public init(_ values: [Double]) {
+            let v = values.sorted()
+            func rank(_ p: Double) -> Double { v.isEmpty ? 0 : v[min(v.count - 1, max(0, Int((p * Double(v.count)).rounded(.up)) - 1))] }
+            mean = v.isEmpty ? 0 : v.reduce(0, +) / Double(v.count)
+            p50 = rank(0.5)
+            p90 = rank(0.9)
+            p99 = rank(0.99)
+        }
+    }
+
+    public struct RateResult: Codable, Sendable {
+        /// Offered requests per second (nil: all at once).
+        public var rate: Double?
+        public var requests: Int
+        public var failed: Int
+        public var seconds: Double
+        public var requestsPerSecond: Double
+        public var outputTokensPerSecond: Double
+        /// Milliseconds.
+        public var ttft: Percentiles
+        public var tpot: Percentiles
+        public var latency: Percentiles
+        public var firstError: String?
+    }
+
+    struct Outcome: Sendable {
+        var ttft: Double?
+        var tpot: Double?
+        var latency: Double
+        var tokens: Int
+        var error: String?
+    }
+
+    public let configuration: Configuration
+
+    public init(_ configuration: Configuration) { self.configuration = configuration }
+
+    /// Runs every rate in turn; `progress` gets one line per finished rate.
+    public func run(progress: @Sendable (RateResult) -> Void = { _ in }) async throws -> [RateResult] {
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        do {
+            var models = configuration.models
+            if models.isEmpty { models = try await listModels(client) }
+            guard !models.isEmpty else { throw ServingBenchError("the server lists no models at \(configuration.baseURL)/v1/models") }
+            var results: [RateResult] = []
+            for rate in configuration.rates {
+                let r = try await runRate(rate, models: models, client: client)
+                progress(r)
+                results.append(r)
+            }
+            try await client.shutdown()
+            return results
+        } catch {
+            try? await client.shutdown()
+            throw error
+        }
+    }
+
+    /// Polls `GET /health` until it answers 200; false when `seconds` pass or `alive` turns false.
+    public static func waitUntilHealthy(baseURL: String, seconds: Double, alive: @Sendable () -> Bool) async -> Bool {
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        defer { _ = client.shutdown() }
+        let deadline = ContinuousClock.now + .milliseconds(Int64(seconds * 1000))
+        while ContinuousClock.now < deadline, alive() {
+            if let r = try? await client.execute(HTTPClientRequest(url: baseURL + "/health"), timeout: .seconds(2)), r.status == .ok { return true }
+            try? await Task.sleep(for: .milliseconds(250))
+        }
+        return false
+    }
+
+    func listModels(_ client: HTTPClient) async throws -> [String] {
+        var request = HTTPClientRequest(url: configuration.baseURL + "/v1/models")
+        if let key = configuration.apiKey { request.headers.add(name: "Authorization", value: "Bearer \(key)") }
+        let response = try await client.execute(request, timeout: .seconds(30))
+        let body = try await response.body.collect(upTo: 1 << 22)
+        guard response.status == .ok,
+              let json = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any],
+              let data = json["data"] as? [[String: Any]] else {
+            throw ServingBenchError("GET /v1/models answered \(response.status.code)")
+        }
+        return data.compactMap { $0["id"] as? String }
+    }
+
+    func runRate(_ rate: Double, models: [String], client: HTTPClient) async throws -> RateResult {
+        var random = SeededRandom(seed: configuration.seed &+ UInt64(rate.isFinite ? rate * 1000 : 0))
+        var offsets: [Double] = []
+        var t = 0.0
+        for _ in 0..<configuration.requestsPerRate {
+            offsets.append(t)
+            if rate.isFinite { t += -log(1 - Double(random.unit())) / rate }
+        }
+        let start = ContinuousClock.now
+        let outcomes = await withTaskGroup(of: Outcome.self) { group in
+            for (i, offset) in offsets.enumerated() {
+                let model = models[i % models.count]
+                let prompt = Self.prompt(words: configuration.promptWords, variant: i)
+                group.addTask {
+                    let wait = start + .milliseconds(Int64(offset * 1000)) - ContinuousClock.now
+                    if wait > .zero { try? await Task.sleep(for: wait) }
+                    return await self.send(model: model, prompt: prompt, client: client)
+                }
+            }
+            var all: [Outcome] = []
+            for await o in group { all.append(o) }
+            return all
+        }
+        let seconds = Self.seconds(ContinuousClock.now - start)
+        let ok = outcomes.filter { $0.error == nil }
+        let tokens = ok.reduce(0) { $0 + $1.tokens }
+        return RateResult(rate: rate.isFinite ? rate : nil, requests: outcomes.count, failed: outcomes.count - ok.count, seconds: seconds,
+                          requestsPerSecond: Double(ok.count) / seconds, outputTokensPerSecond: Double(tokens) / seconds,
+                          ttft: Percentiles(ok.compactMap(\.ttft).map { $0 * 1000 }),
+                          tpot: Percentiles(ok.compactMap(\.tpot).map { $0 * 1000 }),
+                          latency: Percentiles(ok.map { $0.latency * 1000 }),
+                          firstError: outcomes.first { $0.error != nil }?.error)
+    }
+
+    /// One streaming completion; TTFT is the first chunk with text, TPOT spreads the rest
+    /// of the stream over the remaining tokens (counted by the server's usage report).
+    func send(model: String, prompt: String, client: HTTPClient) async -> Outcome {
+        let begin = ContinuousClock.now
+        var request = HTTPClientRequest(url: configuration.baseURL + "/v1/completions")
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        if let key = configuration.apiKey { request.headers.add(name: "Authorization", value: "Bearer \(key)") }
+        let body: [String: Any] = [
+            "model": model, "prompt": prompt, "max_tokens": configuration.maxTokens, "temperature": 0, "stream": true,
+            "ignore_eos": true, "stream_options": ["include_usage": true],
+        ]
+        do {
+            request.body = .bytes(ByteBuffer(bytes: Array(try JSONSerialization.data(withJSONObject: body))))
+            let response = try await client.execute(request, timeout: .seconds(configuration.timeoutSeconds))
+            guard response.status == .ok else {
+                let text = try await response.body.collect(upTo: 1 << 20)
+                return Outcome(latency: Self.seconds(ContinuousClock.now - begin), tokens: 0,
+                               error: "HTTP \(response.status.code): \(String(buffer: text).prefix(200))")
+            }
+            var first: ContinuousClock.Instant?
+            var last = begin
+            var tokens = 0, chunks = 0
+            var pending = ""
+            for try await buffer in response.body {
+                pending += String(buffer: buffer)
+                while let end = pending.range(of: "\n\n") {
+                    let event = String(pending[..<end.lowerBound])
+                    pending.removeSubrange(..<end.upperBound)
+                    for line in event.split(separator: "\n") where line.hasPrefix("data: ") {
+                        let payload = line.dropFirst(6)
+                        if payload == "[DONE]" { continue }
+                        guard let json = try? JSONSerialization.jsonObject(with: Data(payload.utf8)) as? [String: Any] else { continue }
+                        if let usage = json["usage"] as? [String: Any], let n = usage["completion_tokens"] as? Int { tokens = n }
+                        if let choices = json["choices"] as? [[String: Any]], let text = choices.first?["text"] as? String, !text.isEmpty {
+                            let now = ContinuousClock.now
+                            if first == nil { first = now }
+                            last = now
+                            chunks += 1
+                        }
+                    }
+                }
+            }
+            let end = ContinuousClock.now
+            if tokens == 0 { tokens = chunks }
+            let ttft = first.map { Self.seconds($0 - begin) }
+            let tpot = first.flatMap { f in tokens > 1 ? Self.seconds(last - f) / Double(tokens - 1) : nil }
+            return Outcome(ttft: ttft, tpot: tpot, latency: Self.seconds(end - begin), tokens: tokens, error: nil)
+        } catch {
+            return Outcome(latency: Self.seconds(ContinuousClock.now - begin), tokens: 0, error: "\(error)")
+        }
+    }
+
+    static func seconds(_ d: Duration) -> Double {
+        Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+    }
+
+    /// A deterministic prompt of about `words` words, different per request.
+    static func prompt(words: Int, variant: Int) -> String {
+        let vocabulary = ["the", "river", "carries", "light", "across", "old", "stones", "while", "children", "count", "boats",
+                          "under", "a", "bridge", "of", "iron", "and", "rain", "falls", "softly", "on", "market", "roofs", "near", "harbor"]
+        var random = SeededRandom(seed: UInt64(variant) &* 0x9E37_79B9 &+ 7)
+        return "Request \(variant): " + (0..<max(1, words)).map { _ in vocabulary[Int(random.next() % UInt64(vocabulary.count))] }.joined(separator: " ")
+    }
+}
+
+public struct ServingBenchError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    init(_ message: String) { description = message }
+}
