@@ -25,28 +25,45 @@ public final class AdapterSet: LinearDeltas, @unchecked Sendable {
 
     public func add(layer: Int, role: LinearRole, x: UnsafePointer<Float>, inDim: Int, y: UnsafeMutablePointer<Float>, outDim: Int,
                     slots: UnsafePointer<Int32>, tokens: Int) {
-        // Group token indices by slot, in token order.
-        var groups: [Int32: [Int]] = [:]
-        for t in 0..<tokens where slots[t] >= 0 { groups[slots[t], default: []].append(t) }
-        for (slot, members) in groups {
-            guard Int(slot) < adapters.count, let pair = adapters[Int(slot)].pairs[layer][role] else { continue }
-            let n = members.count, r = pair.rank
-            let xs = UnsafeMutablePointer<Float>.allocate(capacity: n * inDim)
-            let u = UnsafeMutablePointer<Float>.allocate(capacity: n * r)
-            let d = UnsafeMutablePointer<Float>.allocate(capacity: n * outDim)
-            defer { xs.deallocate(); u.deallocate(); d.deallocate() }
-            for (i, t) in members.enumerated() { (xs + i * inDim).update(from: x + t * inDim, count: inDim) }
-            pair.a.data.withUnsafeBufferPointer { a in
-                MatMul.nt(x: xs, w: a.baseAddress!, y: u, t: n, k: inDim, o: r)            // shrink: [n, r]
+        // Group token indices by slot, in token order (slots ascending).
+        var members: [Int32: [Int]] = [:]
+        for t in 0..<tokens where slots[t] >= 0 { members[slots[t], default: []].append(t) }
+        let groups: [(pair: LoRAPair, tokens: [Int])] = members.keys.sorted().compactMap { slot in
+            guard Int(slot) < adapters.count, let pair = adapters[Int(slot)].pairs[layer][role] else { return nil }
+            return (pair, members[slot]!)
+        }
+        guard !groups.isEmpty else { return }
+        let work = groups.reduce(0) { $0 + $1.tokens.count * $1.pair.rank * (inDim + outDim) }
+        nonisolated(unsafe) let xp = x, yp = y
+        // Groups write disjoint rows of y, and each row's arithmetic is the same whichever
+        // thread runs it: one task per adapter group (nested matmuls then run inline).
+        if groups.count > 1 && work >= 65_536 {
+            Parallel.forEach(groups.count) { g in
+                Self.apply(groups[g].pair, tokens: groups[g].tokens, x: xp, inDim: inDim, y: yp, outDim: outDim)
             }
-            pair.b.data.withUnsafeBufferPointer { b in
-                MatMul.nt(x: u, w: b.baseAddress!, y: d, t: n, k: r, o: outDim)            // expand: [n, out]
-            }
-            let scale = pair.scale
-            for (i, t) in members.enumerated() {
-                let row = y + t * outDim, delta = d + i * outDim
-                for o in 0..<outDim { row[o] = row[o] + delta[o] * scale }
-            }
+        } else {
+            for g in groups { Self.apply(g.pair, tokens: g.tokens, x: x, inDim: inDim, y: y, outDim: outDim) }
+        }
+    }
+
+    /// `y[t] += scale * ((x[t] A^T) B^T)` for the group's tokens.
+    static func apply(_ pair: LoRAPair, tokens members: [Int], x: UnsafePointer<Float>, inDim: Int, y: UnsafeMutablePointer<Float>, outDim: Int) {
+        let n = members.count, r = pair.rank
+        let xs = UnsafeMutablePointer<Float>.allocate(capacity: n * inDim)
+        let u = UnsafeMutablePointer<Float>.allocate(capacity: n * r)
+        let d = UnsafeMutablePointer<Float>.allocate(capacity: n * outDim)
+        defer { xs.deallocate(); u.deallocate(); d.deallocate() }
+        for (i, t) in members.enumerated() { (xs + i * inDim).update(from: x + t * inDim, count: inDim) }
+        pair.a.data.withUnsafeBufferPointer { a in
+            MatMul.nt(x: xs, w: a.baseAddress!, y: u, t: n, k: inDim, o: r)            // shrink: [n, r]
+        }
+        pair.b.data.withUnsafeBufferPointer { b in
+            MatMul.nt(x: u, w: b.baseAddress!, y: d, t: n, k: r, o: outDim)            // expand: [n, out]
+        }
+        let scale = pair.scale
+        for (i, t) in members.enumerated() {
+            let row = y + t * outDim, delta = d + i * outDim
+            for o in 0..<outDim { row[o] = row[o] + delta[o] * scale }
         }
     }
 
