@@ -3,7 +3,10 @@ import Tensors
 
 /// Storage formats a linear weight can stay in at run time.
 public enum WeightFormat: String, Sendable, CaseIterable {
-    case f32, f16, bf16, q4_0, q4_1, q8_0
+    case f32, f16, bf16, q4_0, q4_1, q8_0, q4_k = "q4_K", q6_k = "q6_K"
+
+    /// Values per quantization block (a row must hold whole blocks).
+    public var blockValues: Int { self == .q4_k || self == .q6_k ? 256 : 32 }
 
     /// Bytes of one row of `cols` values.
     public func rowBytes(_ cols: Int) -> Int {
@@ -13,6 +16,8 @@ public enum WeightFormat: String, Sendable, CaseIterable {
         case .q4_0: cols / 32 * 18
         case .q4_1: cols / 32 * 20
         case .q8_0: cols / 32 * 34
+        case .q4_k: cols / 256 * 144
+        case .q6_k: cols / 256 * 210
         }
     }
 
@@ -21,6 +26,8 @@ public enum WeightFormat: String, Sendable, CaseIterable {
         case .q4_0: 2
         case .q4_1: 3
         case .q8_0: 8
+        case .q4_k: 12
+        case .q6_k: 14
         default: 0
         }
     }
@@ -85,8 +92,8 @@ public struct LinearWeight: Sendable {
         guard format != .f32 else {
             throw FacetError(.invalidArgument, "f32 weights are built from a Matrix", field: "format")
         }
-        guard cols % 32 == 0 else {
-            throw FacetError(.shapeMismatch, "\(format.rawValue) rows of \(cols) values are not whole blocks of 32", field: "cols")
+        guard cols % format.blockValues == 0 else {
+            throw FacetError(.shapeMismatch, "\(format.rawValue) rows of \(cols) values are not whole blocks of \(format.blockValues)", field: "cols")
         }
         guard store.bytes.count == rows * format.rowBytes(cols) else {
             throw FacetError(.shapeMismatch, "\(store.bytes.count) bytes for a \(rows)x\(cols) \(format.rawValue) matrix (need \(rows * format.rowBytes(cols)))")
@@ -116,7 +123,7 @@ public struct LinearWeight: Sendable {
         }
         let K = cols, O = rows
         var sums: [Float] = []
-        if format == .q4_0 || format == .q4_1 {
+        if format == .q4_0 || format == .q4_1 || format == .q4_k {
             sums = [Float](repeating: 0, count: T * K / 32)
             sums.withUnsafeMutableBufferPointer { fk_block_sums(x, Int32(T), Int32(K), $0.baseAddress!) }
         }
@@ -135,7 +142,9 @@ public struct LinearWeight: Sendable {
                 case .q8_0: fk_matmul_q8_0(xs.p, u8, Int32(K), Int32(T), o0, o1, ys.p, Int32(O))
                 case .f16: fk_matmul_f16(xs.p, u16, Int32(K), Int32(T), o0, o1, ys.p, Int32(O))
                 case .bf16: fk_matmul_bf16(xs.p, u16, Int32(K), Int32(T), o0, o1, ys.p, Int32(O))
-                case .f32: break
+                case .q4_k: fk_matmul_kquant(12, xs.p, sumsPtr!.p, u8, Int32(K), Int32(T), o0, o1, ys.p, Int32(O))
+                case .q6_k: fk_matmul_kquant(14, xs.p, xs.p, u8, Int32(K), Int32(T), o0, o1, ys.p, Int32(O))
+                case .f32, .q4_k, .q6_k: break
                 }
             }
         }
@@ -189,6 +198,8 @@ public struct LinearWeight: Sendable {
         case .f16, .bf16:
             let p = raw.assumingMemoryBound(to: UInt16.self) + r * cols
             for i in 0..<cols { out[i] = format == .f16 ? HalfFloat.fromF16(p[i]) : HalfFloat.fromBF16(p[i]) }
+        case .q4_k, .q6_k:
+            fk_dequantize_row_k(format.cType, raw.assumingMemoryBound(to: UInt8.self), Int32(cols), Int32(r), out)
         default:
             fk_dequantize_row(format.cType, raw.assumingMemoryBound(to: UInt8.self), Int32(cols), Int32(r), out)
         }
@@ -213,6 +224,10 @@ public struct LinearWeight: Sendable {
     /// follows ggml's reference quantizers for Q4_0, Q4_1 and Q8_0).
     public static func quantize(_ m: Matrix, to format: WeightFormat) throws -> LinearWeight {
         guard format != .f32 else { return LinearWeight(m) }
+        guard format.blockValues == 32 else {
+            throw FacetError(.unsupported, "quantizing to \(format.rawValue) is not implemented", field: "format",
+                             remedy: "quantize K-quant files with llama.cpp; Facet reads them as they are")
+        }
         guard m.cols % 32 == 0 else { throw FacetError(.shapeMismatch, "columns must be a multiple of 32", field: "cols") }
         var bytes: [UInt8] = []
         bytes.reserveCapacity(m.rows * format.rowBytes(m.cols))
@@ -252,7 +267,7 @@ public struct LinearWeight: Sendable {
                         let c = UInt8(min(15, max(0, Int(((x[j + 16] - lo) * id + 0.5).rounded(.down)))))
                         bytes.append(a | c << 4)
                     }
-                case .f32: break
+                case .f32, .q4_k, .q6_k: break
                 }
             }
         }

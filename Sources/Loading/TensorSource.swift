@@ -138,9 +138,11 @@ struct GGUFSource: TensorSource {
         case .q4_0: .q4_0
         case .q4_1: .q4_1
         case .q8_0: .q8_0
-        default: nil   // F32 runs dense; Q4_K and Q6_K are dequantized at load for now
+        case .q4_K: .q4_k
+        case .q6_K: .q6_k
+        default: nil   // F32 runs dense
         }
-        guard keepCompact, let format, t.dims.count == 2 else { return try denseLinear(name, permuteHeads: permuteHeads) }
+        guard keepCompact, let format, t.dims.count == 2, t.dims[0] % format.blockValues == 0 else { return try denseLinear(name, permuteHeads: permuteHeads) }
         return try compactLinear(format: format, rows: t.dims[1], cols: t.dims[0], bytes: UnsafeRawBufferPointer(rebasing: file.file.bytes[t.range]),
                                  owner: file.file, permuteHeads: permuteHeads, name: name, file: file.path)
     }

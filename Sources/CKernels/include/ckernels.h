@@ -43,6 +43,17 @@ void fk_quantize_activations(const float *x, int T, int K, int8_t *qx, float *dx
 /// y = fold(acc) + m with the fold above. Scalar and AVX2 paths are bitwise identical.
 void fk_matmul_int8(int type, const int8_t *qx, const float *dx, const float *sx, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy);
 
+/// Q4_K (type 12) and Q6_K (type 14): ggml's 256-value super-blocks, taken as blocks of 32
+/// in increasing order with the same lanes as above. Q4_K block b (sub-block b % 8 of
+/// super-block b / 8): acc = fma(d * sc_b, v, acc) with v as above and the offset
+/// -(dmin * m_b) added like Q4_1's (xsum needed). Q6_K block b: two halves of 16 values
+/// with their own scales d * sc: lo = fma(q1, x1, q0 * x0), hi = fma(q3, x3, q2 * x2)
+/// per lane, acc = fma(d * sc_lo, lo, acc), then acc = fma(d * sc_hi, hi, acc). K must be
+/// a multiple of 256.
+void fk_matmul_kquant(int type, const float *x, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy);
+/// Row `row` of a Q4_K/Q6_K matrix as floats, exactly as ggml dequantizes it.
+void fk_dequantize_row_k(int type, const uint8_t *w, int K, int row, float *out);
+
 /// Dequantizes row `row` of a Q4_0/Q4_1/Q8_0 matrix with K columns into `out` (K floats).
 void fk_dequantize_row(int type, const uint8_t *w, int K, int row, float *out);
 
