@@ -73,14 +73,19 @@ public struct Benchmark {
     }
 
     /// `steps` decode steps of `batchSize` sequences after a `prompt`-token prefill; the
-    /// sequences use `adapters` round-robin (none: base model).
-    public func decode(batchSize: Int, steps: Int, prompt: Int = 32, adapters: [LoRAAdapter] = [], name: String? = nil) throws -> Result {
+    /// sequences use `adapters` round-robin (none: base model), with the base model as one
+    /// more choice in the rotation when `includeBase`.
+    public func decode(batchSize: Int, steps: Int, prompt: Int = 32, adapters: [LoRAAdapter] = [], includeBase: Bool = false,
+                       name: String? = nil) throws -> Result {
         let bs = 16
         let perSeq = (prompt + steps + bs) / bs + 1
         let kv = model.makeKVStorage(blocks: perSeq * batchSize, blockSize: bs)
         let tables = (0..<batchSize).map { s in (0..<perSeq).map { Int32(s * perSeq + $0) } }
         let deltas = adapters.isEmpty ? nil : AdapterSet(adapters: adapters, baseVocabulary: model.config.vocabSize)
-        func slot(_ s: Int) -> Int32 { adapters.isEmpty ? -1 : Int32(s % adapters.count) }
+        func slot(_ s: Int) -> Int32 {
+            if adapters.isEmpty { return -1 }
+            return includeBase ? Int32(s % (adapters.count + 1)) - 1 : Int32(s % adapters.count)
+        }
         var batch = ForwardBatch(blockTables: tables)
         for s in 0..<batchSize {
             batch.append(sequence: s, tokens: (0..<prompt).map { Int32(($0 * 31 + s * 7 + 1) % model.config.vocabSize) },

@@ -28,7 +28,9 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(name: .customLong("adapter-counts"), parsing: .upToNextOption, help: "Distinct adapters in the mixed decode batch.")
     var adapterCounts: [Int] = [1, 4, 16]
     @Option(name: .customLong("adapter-rank"), help: "Rank of the synthetic adapters (all linear layers).") var adapterRank = 16
-    @Option(name: .customLong("lora_dir"), help: "An adapter whose load time to measure.") var loraDir: String?
+    @Option(name: .customLong("lora_dir"), parsing: .upToNextOption,
+            help: "Real adapters: their load time, and a decode batch mixing the base and each of them in turn.")
+    var loraDirs: [String] = []
     @Option(name: .customLong("accuracy-prompts"), help: "Prompts for the accuracy comparison of the fast mode (0: skip).")
     var accuracyPrompts = 8
     @Option(name: .customLong("accuracy-tokens"), help: "Greedy tokens per accuracy prompt.") var accuracyTokens = 32
@@ -114,12 +116,28 @@ struct BenchCommand: AsyncParsableCommand {
                                  a.tokenAgreement * 100, a.meanKL, a.maxKL))
                 }
             }
-            if let loraDir {
+            var real: [LoRAAdapter] = []
+            for dir in loraDirs {
                 let start = Date()
-                let a = try AdapterLoader.load(directory: loraDir, base: loaded.config, baseEmbedding: loaded.weights.embedding)
+                let a = try AdapterLoader.load(directory: dir, base: loaded.config, baseEmbedding: loaded.weights.embedding)
                 let s = Date().timeIntervalSince(start)
                 print(String(format: "adapter load %@ (%.1f MB): %.3f s", a.name, Double(a.byteSize) / 1e6, s))
                 report.results.append(Benchmark.Result(name: "adapter load \(a.name)", tokensPerSecond: 0, tokens: 0, seconds: s))
+                real.append(a)
+            }
+            if !real.isEmpty {
+                let names = (["base"] + real.map(\.name)).joined(separator: "+")
+                for mode in modes {
+                    let bench = Benchmark(model: loaded.with(compute: mode))
+                    for b in batchSizes where b > 1 {
+                        let base = report.results.first { $0.mode == mode.rawValue && $0.name == "decode batch \(b)" }?.tokensPerSecond
+                        var r = try bench.decode(batchSize: b, steps: steps, adapters: real, includeBase: true, name: "decode batch \(b), \(names)")
+                        r.mode = mode.rawValue
+                        r.ratioToBase = base.map { r.tokensPerSecond / $0 }
+                        report.results.append(r)
+                        print(r.line)
+                    }
+                }
             }
             if let json {
                 let encoder = JSONEncoder()
