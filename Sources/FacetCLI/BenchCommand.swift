@@ -174,8 +174,9 @@ extension BenchCommand {
                 if let e = r.firstError { print("  first error: \(e)") }
                 fflush(nil)
             }
-        } catch let e as ServingBenchError {
-            FileHandle.standardError.write(Data("error: \(e.description)\n".utf8))
+        } catch {
+            let remedy = url == nil ? "see the server's log above" : "check that --url points at a running OpenAI-compatible server"
+            FileHandle.standardError.write(Data("error: the serving benchmark failed against \(config.baseURL): \(error) (remedy: \(remedy))\n".utf8))
             throw ExitCode(2)
         }
         for r in report.serving {
@@ -220,7 +221,6 @@ final class ServerProcess: @unchecked Sendable {
     }
 
     func waitUntilHealthy(baseURL: String, seconds: Double = 180) async throws {
-        let process = process
         nonisolated(unsafe) let child = process
         if await ServingBenchmark.waitUntilHealthy(baseURL: baseURL, seconds: seconds, alive: { child.isRunning }) { return }
         let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""

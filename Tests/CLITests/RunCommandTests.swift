@@ -116,5 +116,37 @@ import TestSupport
         #expect(bad.status != 0 && bad.stderr.contains("must be positive"), "\(bad.stderr)")
         let badMode = try FacetProcess.run(["bench", "--model", Fixtures.tinyModel, "--compute", "int4"])
         #expect(badMode.status != 0 && badMode.stderr.contains("int4"), "\(badMode.stderr)")
+        let badRate = try FacetProcess.run(["bench", "--serving", "--url", "http://127.0.0.1:9", "--rates", "fast"])
+        #expect(badRate.status != 0 && badRate.stderr.contains("'fast' is not a positive number"), "\(badRate.stderr)")
+        let noServer = try FacetProcess.run(["bench", "--serving", "--url", "http://127.0.0.1:9", "--rates", "1", "--requests", "1"])
+        #expect(noServer.status != 0 && noServer.stderr.contains("error: the serving benchmark failed against http://127.0.0.1:9"),
+                "\(noServer.stderr)")
+    }
+}
+
+/// `facet bench --serving` starts a server on the default model with an adapter, drives it
+/// with streaming requests and reports every request done (timings are not asserted).
+@Suite struct ServingBenchTests {
+    @Test func servingBenchmarkCompletesEveryRequest() throws {
+        guard Fixtures.defaultModelFile != nil else {
+            Issue.record("default model not fetched: run scripts/setup")
+            return
+        }
+        let json = FileManager.default.temporaryDirectory.appendingPathComponent("facet-serving-\(UUID().uuidString).json").path
+        defer { try? FileManager.default.removeItem(atPath: json) }
+        let port = 18_000 + Int.random(in: 0..<2_000)
+        let r = try FacetProcess.run(["bench", "--serving", "--port", String(port), "--rates", "4", "max", "--requests", "3",
+                                      "--max-tokens", "3", "--prompt-words", "5", "--lora", "fr=\(Fixtures.repositoryRoot)/adapters/fr",
+                                      "--json", json],
+                                     environment: ["FACET_HOME": Fixtures.repositoryRoot])
+        #expect(r.status == 0, "\(r.stderr)")
+        let report = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: json))) as! [String: Any]
+        let rates = report["serving"] as! [[String: Any]]
+        #expect(rates.count == 2)
+        for rate in rates {
+            #expect(rate["requests"] as? Int == 3 && rate["failed"] as? Int == 0, "\(rate)")
+            #expect((rate["outputTokensPerSecond"] as? Double ?? 0) > 0)
+            #expect(((rate["ttft"] as? [String: Any])?["p50"] as? Double ?? 0) > 0)
+        }
     }
 }
