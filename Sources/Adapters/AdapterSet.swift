@@ -49,10 +49,9 @@ public final class AdapterSet: LinearDeltas, @unchecked Sendable {
     /// `y[t] += scale * ((x[t] A^T) B^T)` for the group's tokens.
     static func apply(_ pair: LoRAPair, tokens members: [Int], x: UnsafePointer<Float>, inDim: Int, y: UnsafeMutablePointer<Float>, outDim: Int) {
         let n = members.count, r = pair.rank
-        let xs = UnsafeMutablePointer<Float>.allocate(capacity: n * inDim)
-        let u = UnsafeMutablePointer<Float>.allocate(capacity: n * r)
-        let d = UnsafeMutablePointer<Float>.allocate(capacity: n * outDim)
-        defer { xs.deallocate(); u.deallocate(); d.deallocate() }
+        let xs = Scratch.floats(.loraInput, n * inDim)
+        let u = Scratch.floats(.loraRank, n * r)
+        let d = Scratch.floats(.loraDelta, n * outDim)
         for (i, t) in members.enumerated() { (xs + i * inDim).update(from: x + t * inDim, count: inDim) }
         pair.a.data.withUnsafeBufferPointer { a in
             MatMul.nt(x: xs, w: a.baseAddress!, y: u, t: n, k: inDim, o: r)            // shrink: [n, r]

@@ -93,3 +93,22 @@ void fk_pool_run(int tasks, fk_task_fn fn, void *ctx) {
     while (atomic_load_explicit(&done_tasks, memory_order_acquire) < tasks) PAUSE();
     pthread_mutex_unlock(&run_lock);
 }
+
+enum { SCRATCH_SLOTS = 16 };
+static _Thread_local void *scratch_ptr[SCRATCH_SLOTS];
+static _Thread_local unsigned long scratch_len[SCRATCH_SLOTS];
+
+void *fk_thread_scratch(int slot, unsigned long bytes) {
+    if (slot < 0 || slot >= SCRATCH_SLOTS) return 0;
+    if (bytes == 0) bytes = 64;
+    if (scratch_len[slot] < bytes) {
+        unsigned long grown = bytes + bytes / 4;
+        grown = (grown + 63) & ~63ul;
+        void *p = 0;
+        if (posix_memalign(&p, 64, grown) != 0) return 0;
+        free(scratch_ptr[slot]);
+        scratch_ptr[slot] = p;
+        scratch_len[slot] = grown;
+    }
+    return scratch_ptr[slot];
+}

@@ -122,30 +122,24 @@ public struct LinearWeight: Sendable {
             return
         }
         let K = cols, O = rows
-        var sums: [Float] = []
-        if format == .q4_0 || format == .q4_1 || format == .q4_k {
-            sums = [Float](repeating: 0, count: T * K / 32)
-            sums.withUnsafeMutableBufferPointer { fk_block_sums(x, Int32(T), Int32(K), $0.baseAddress!) }
-        }
-        let xs = SendablePointer(x), ys = SendableMutablePointer(y)
-        let raw = store!.bytes.baseAddress!
+        // Block sums of x (Q4_0/Q4_1/Q4_K offsets), in this thread's scratch.
+        let sums = Scratch.floats(.blockSums, T * K / 32)
+        if format == .q4_0 || format == .q4_1 || format == .q4_k { fk_block_sums(x, Int32(T), Int32(K), sums) }
+        nonisolated(unsafe) let xs = x, ys = y, s = UnsafePointer(sums)
+        nonisolated(unsafe) let w = store!.bytes.baseAddress!
         let format = format
-        sums.withUnsafeBufferPointer { sp in
-            let sumsPtr = sp.baseAddress.map(SendablePointer.init)
-            nonisolated(unsafe) let w = raw
-            Parallel.ranges(O, granule: 8, work: T * K * O) { range in
-                let o0 = Int32(range.lowerBound), o1 = Int32(range.upperBound)
-                let u8 = w.assumingMemoryBound(to: UInt8.self), u16 = w.assumingMemoryBound(to: UInt16.self)
-                switch format {
-                case .q4_1: fk_matmul_q4_1(xs.p, sumsPtr!.p, u8, Int32(K), Int32(T), o0, o1, ys.p, Int32(O))
-                case .q4_0: fk_matmul_q4_0(xs.p, sumsPtr!.p, u8, Int32(K), Int32(T), o0, o1, ys.p, Int32(O))
-                case .q8_0: fk_matmul_q8_0(xs.p, u8, Int32(K), Int32(T), o0, o1, ys.p, Int32(O))
-                case .f16: fk_matmul_f16(xs.p, u16, Int32(K), Int32(T), o0, o1, ys.p, Int32(O))
-                case .bf16: fk_matmul_bf16(xs.p, u16, Int32(K), Int32(T), o0, o1, ys.p, Int32(O))
-                case .q4_k: fk_matmul_kquant(12, xs.p, sumsPtr!.p, u8, Int32(K), Int32(T), o0, o1, ys.p, Int32(O))
-                case .q6_k: fk_matmul_kquant(14, xs.p, xs.p, u8, Int32(K), Int32(T), o0, o1, ys.p, Int32(O))
-                case .f32, .q4_k, .q6_k: break
-                }
+        Parallel.ranges(O, granule: 8, work: T * K * O) { range in
+            let o0 = Int32(range.lowerBound), o1 = Int32(range.upperBound)
+            let u8 = w.assumingMemoryBound(to: UInt8.self), u16 = w.assumingMemoryBound(to: UInt16.self)
+            switch format {
+            case .q4_1: fk_matmul_q4_1(xs, s, u8, Int32(K), Int32(T), o0, o1, ys, Int32(O))
+            case .q4_0: fk_matmul_q4_0(xs, s, u8, Int32(K), Int32(T), o0, o1, ys, Int32(O))
+            case .q8_0: fk_matmul_q8_0(xs, u8, Int32(K), Int32(T), o0, o1, ys, Int32(O))
+            case .f16: fk_matmul_f16(xs, u16, Int32(K), Int32(T), o0, o1, ys, Int32(O))
+            case .bf16: fk_matmul_bf16(xs, u16, Int32(K), Int32(T), o0, o1, ys, Int32(O))
+            case .q4_k: fk_matmul_kquant(12, xs, s, u8, Int32(K), Int32(T), o0, o1, ys, Int32(O))
+            case .q6_k: fk_matmul_kquant(14, xs, s, u8, Int32(K), Int32(T), o0, o1, ys, Int32(O))
+            case .f32: break
             }
         }
         addBias(bias, y, T)
@@ -175,9 +169,8 @@ public struct LinearWeight: Sendable {
     /// integer block products (see `fk_matmul_int8`).
     private func matmulInt8(x: UnsafePointer<Float>, t T: Int, y: UnsafeMutablePointer<Float>) {
         let K = cols, O = rows, nb = K / 32
-        let qx = UnsafeMutablePointer<Int8>.allocate(capacity: T * K)
-        let scales = UnsafeMutablePointer<Float>.allocate(capacity: 2 * T * nb)
-        defer { qx.deallocate(); scales.deallocate() }
+        let qx = Scratch.raw(.int8Activations, T * K).assumingMemoryBound(to: Int8.self)
+        let scales = Scratch.floats(.int8Scales, 2 * T * nb)
         fk_quantize_activations(x, Int32(T), Int32(K), qx, scales, scales + T * nb)
         nonisolated(unsafe) let w = store!.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
         nonisolated(unsafe) let q = qx, d = scales, out = y

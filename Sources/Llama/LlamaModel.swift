@@ -82,24 +82,24 @@ public final class LlamaModel: @unchecked Sendable {
         let D = c.hiddenSize, hd = c.headDim, Hq = c.numHeads, Hkv = c.numKVHeads
         let QD = Hq * hd, KVD = Hkv * hd, I = c.intermediateSize
 
-        // Activations, row-major per token.
-        let x = Buffer(T * D)         // residual stream [T, D]
-        let h = Buffer(T * D)         // normed input    [T, D]
-        let q = Buffer(T * QD)        // queries         [T, Hq*hd]
-        let k = Buffer(T * KVD)       // keys            [T, Hkv*hd]
-        let v = Buffer(T * KVD)       // values          [T, Hkv*hd]
-        let attn = Buffer(T * QD)     // attention out   [T, Hq*hd]
-        let proj = Buffer(T * D)      // o/down output   [T, D]
-        let gate = Buffer(T * I)      // gate branch     [T, I]
-        let up = Buffer(T * I)        // up branch       [T, I]
-        defer { for b in [x, h, q, k, v, attn, proj, gate, up] { b.free() } }
+        // Activations, row-major per token, carved from this thread's scratch (each written
+        // before it is read; no allocation once the sizes have been seen).
+        var arena = Arena(Scratch.floats(.activations, T * (4 * D + 2 * QD + 2 * KVD + 2 * I)))
+        let x = arena.take(T * D)         // residual stream [T, D]
+        let h = arena.take(T * D)         // normed input    [T, D]
+        let q = arena.take(T * QD)        // queries         [T, Hq*hd]
+        let k = arena.take(T * KVD)       // keys            [T, Hkv*hd]
+        let v = arena.take(T * KVD)       // values          [T, Hkv*hd]
+        let attn = arena.take(T * QD)     // attention out   [T, Hq*hd]
+        let proj = arena.take(T * D)      // o/down output   [T, D]
+        let gate = arena.take(T * I)      // gate branch     [T, I]
+        let up = arena.take(T * I)        // up branch       [T, I]
 
         let slots = batch.adapterSlots
         try slots.withUnsafeBufferPointer { slotPtr in
             try batch.positions.withUnsafeBufferPointer { posPtr in
                 // Embedding: x[t] = E[token_t] (or the adapter's embedding).
-                let baseRow = Buffer(D)
-                defer { baseRow.free() }
+                let baseRow = Buffer(Scratch.floats(.embeddingRow, D))
                 for t in 0..<T {
                     let id = Int(batch.tokens[t])
                     let row = x.p + t * D
@@ -141,8 +141,7 @@ public final class LlamaModel: @unchecked Sendable {
 
         // Final norm and lm_head for the requested rows only.
         let R = batch.logitRows.count
-        let finalHidden = Buffer(max(R, 1) * D)
-        defer { finalHidden.free() }
+        let finalHidden = Buffer(Scratch.floats(.finalHidden, max(R, 1) * D))
         for (r, t) in batch.logitRows.enumerated() {
             (finalHidden.p + r * D).update(from: x.p + t * D, count: D)
         }
@@ -158,9 +157,8 @@ public final class LlamaModel: @unchecked Sendable {
         }
         if !baseRows.isEmpty {
             let V = c.vocabSize
-            let packed = Buffer(baseRows.count * D)
-            let out = Buffer(baseRows.count * V)
-            defer { packed.free(); out.free() }
+            let packed = Buffer(Scratch.floats(.logitInput, baseRows.count * D))
+            let out = Buffer(Scratch.floats(.logitOutput, baseRows.count * V))
             for (i, r) in baseRows.enumerated() { (packed.p + i * D).update(from: finalHidden.p + r * D, count: D) }
             weights.lmHead.matmul(x: packed.p, t: baseRows.count, y: out.p, compute: compute)
             for (i, r) in baseRows.enumerated() { result[r] = Array(UnsafeBufferPointer(start: out.p + i * V, count: V)) }
@@ -243,8 +241,7 @@ public final class LlamaModel: @unchecked Sendable {
         nonisolated(unsafe) let pagedLayer = paged
         // One task per (token, kv group): a decode step of one sequence still uses every core.
         Parallel.ranges(batch.count * kvHeads, work: work) { range in
-            let scores = UnsafeMutablePointer<Float>.allocate(capacity: (maxPos + 1) * group)
-            defer { scores.deallocate() }
+            let scores = Scratch.floats(.attentionScores, (maxPos + 1) * group)
             for item in range {
                 let t = item / kvHeads, g = item % kvHeads
                 let p = Int(batch.positions[t])
@@ -258,12 +255,18 @@ public final class LlamaModel: @unchecked Sendable {
     }
 }
 
-/// A scratch activation buffer, freed explicitly at the end of a step.
-final class Buffer {
+/// A view of scratch memory holding one activation tensor.
+struct Buffer {
     let p: UnsafeMutablePointer<Float>
-    init(_ n: Int) {
-        p = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
-        p.initialize(repeating: 0, count: max(n, 1))
+    init(_ p: UnsafeMutablePointer<Float>) { self.p = p }
+}
+
+/// Hands out consecutive pieces of one scratch block.
+struct Arena {
+    private var next: UnsafeMutablePointer<Float>
+    init(_ base: UnsafeMutablePointer<Float>) { next = base }
+    mutating func take(_ n: Int) -> Buffer {
+        defer { next += n }
+        return Buffer(next)
     }
-    func free() { p.deallocate() }
 }

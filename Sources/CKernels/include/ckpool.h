@@ -10,4 +10,10 @@ void fk_pool_start(int threads);
 int fk_pool_threads(void);
 void fk_pool_run(int tasks, fk_task_fn fn, void *ctx);
 
+/// Per-thread, grow-only scratch memory: slot `slot` (0..15) of the calling thread, at
+/// least `bytes` long, 64-byte aligned, contents unspecified. Reused by every later call on
+/// that thread, so the step loop does not allocate once sizes have been seen. NULL only if
+/// memory is exhausted.
+void *fk_thread_scratch(int slot, unsigned long bytes);
+
 #endif

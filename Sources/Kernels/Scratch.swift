@@ -1,0 +1,24 @@
+internal import CKernels
+
+/// Per-thread, grow-only scratch memory for the step loop, so a forward pass allocates
+/// nothing once it has seen its sizes (see `fk_thread_scratch`). Contents are unspecified:
+/// callers write before they read. Each slot has one owner; a slot is never used twice at
+/// once on one thread.
+public enum Scratch {
+    public enum Slot: Int32 {
+        case blockSums = 0, int8Activations, int8Scales, attentionScores
+        case loraInput, loraRank, loraDelta
+        case activations, finalHidden, logitInput, logitOutput, embeddingRow
+    }
+
+    public static func floats(_ slot: Slot, _ count: Int) -> UnsafeMutablePointer<Float> {
+        raw(slot, max(count, 1) * MemoryLayout<Float>.stride).assumingMemoryBound(to: Float.self)
+    }
+
+    public static func raw(_ slot: Slot, _ bytes: Int) -> UnsafeMutableRawPointer {
+        guard let p = fk_thread_scratch(slot.rawValue, UInt(max(bytes, 1))) else {
+            preconditionFailure("out of memory for \(bytes) bytes of scratch")
+        }
+        return p
+    }
+}
