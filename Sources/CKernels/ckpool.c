@@ -97,10 +97,22 @@ void fk_pool_run(int tasks, fk_task_fn fn, void *ctx) {
 enum { SCRATCH_SLOTS = 16 };
 static _Thread_local void *scratch_ptr[SCRATCH_SLOTS];
 static _Thread_local unsigned long scratch_len[SCRATCH_SLOTS];
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+// Frees a thread's scratch when the thread exits (the key's value marks the thread as
+// holding scratch; the buffers themselves are the thread-local arrays above).
+static void scratch_free(void *unused) {
+    (void)unused;
+    for (int i = 0; i < SCRATCH_SLOTS; i++) { free(scratch_ptr[i]); scratch_ptr[i] = 0; scratch_len[i] = 0; }
+}
+static void scratch_key_init(void) { pthread_key_create(&scratch_key, scratch_free); }
 
 void *fk_thread_scratch(int slot, unsigned long bytes) {
     if (slot < 0 || slot >= SCRATCH_SLOTS) return 0;
     if (bytes == 0) bytes = 64;
+    pthread_once(&scratch_once, scratch_key_init);
+    if (pthread_getspecific(scratch_key) == 0) pthread_setspecific(scratch_key, (void *)1);
     if (scratch_len[slot] < bytes) {
         unsigned long grown = bytes + bytes / 4;
         grown = (grown + 63) & ~63ul;

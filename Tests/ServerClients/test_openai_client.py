@@ -169,3 +169,16 @@ def test_curl_and_api_key():
         assert subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", s.url + "/health"], capture_output=True, text=True).stdout == "200"
     finally:
         s.stop()
+
+
+def test_int8_compute_mode_server_equals_facet_run():
+    """`--compute int8` reaches the engine in both commands: same greedy text for the base and an adapter."""
+    from openai import OpenAI
+    s = Server(extra=["--compute", "int8"])
+    try:
+        c = OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        for model, lora in [(BASE, []), ("fr", ["--lora_dir", os.path.join(ROOT, "adapters", "fr"), "--lora_task_uids", "0"])]:
+            served = c.completions.create(model=model, prompt="The quick brown fox", max_tokens=12, temperature=0).choices[0].text
+            assert served == facet_run("--compute", "int8", "--input_text", "The quick brown fox", "--max_output_len", "12", *lora)[0]
+    finally:
+        s.stop()
