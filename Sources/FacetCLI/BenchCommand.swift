@@ -47,6 +47,8 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "With --serving: NAME=PATH adapters for the started server; requests use the base and every adapter in turn.")
     var lora: [String] = []
     @Option(help: "With --serving: port for the started server.") var port = 8765
+    @Option(name: .customLong("api-key"), help: "With --serving: bearer token for the server (passed to the started one too).")
+    var apiKey: String?
 
     func validate() throws {
         for (name, values) in [("--batch-sizes", batchSizes), ("--prompt-lengths", promptLengths), ("--adapter-counts", adapterCounts)]
@@ -160,6 +162,7 @@ extension BenchCommand {
         config.requestsPerRate = requests
         config.maxTokens = maxTokens
         config.promptWords = promptWords
+        config.apiKey = apiKey
         if let server { try await server.waitUntilHealthy(baseURL: config.baseURL) }
         print("facet bench --serving: \(config.baseURL), \(requests) streaming requests per rate, \(promptWords)-word prompts, "
               + "\(maxTokens) tokens each (ignore_eos); rates \(rates.joined(separator: ", ")) req/s")
@@ -198,6 +201,7 @@ extension BenchCommand {
         if let dir = modelOptions.tokenizerDir { arguments += ["--tokenizer_dir", dir] }
         if let compute = modelOptions.compute { arguments += ["--compute", compute.rawValue] }
         for spec in lora { arguments += ["--lora", spec] }
+        if let apiKey { arguments += ["--api-key", apiKey] }
         return try ServerProcess(arguments: arguments)
     }
 }

@@ -137,7 +137,7 @@ import TestSupport
         let port = 18_000 + Int.random(in: 0..<2_000)
         let r = try FacetProcess.run(["bench", "--serving", "--port", String(port), "--rates", "4", "max", "--requests", "3",
                                       "--max-tokens", "3", "--prompt-words", "5", "--lora", "fr=\(Fixtures.repositoryRoot)/adapters/fr",
-                                      "--json", json],
+                                      "--api-key", "bench-key", "--json", json],
                                      environment: ["FACET_HOME": Fixtures.repositoryRoot])
         #expect(r.status == 0, "\(r.stderr)")
         let report = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: json))) as! [String: Any]
