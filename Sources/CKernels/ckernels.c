@@ -122,6 +122,23 @@ AVX2 static inline __m256 block_dot(const __m256 q[4], const float *xb) {
 
 enum { TT = 8 };  // tokens sharing one unpacked weight block
 
+// One row, one token: the reference arithmetic every other path reproduces per output.
+__attribute__((always_inline)) AVX2 static inline float quant_row_t1(int type, const uint8_t *row, int nb, int bb, const float *xt, const float *st) {
+    int off = type == 3 ? 4 : 2;
+    __m256 a0 = _mm256_setzero_ps();
+    float m0 = 0;
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *blk = row + (size_t)b * bb;
+        __m256 q[4];
+        if (type == 8) q8_unpack(blk + off, q); else q4_unpack(blk + off, q);
+        float d = rd_f16c(blk);
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(d), block_dot(q, xt + b * QK), a0);
+        if (type == 3) m0 = fmaf(rd_f16c(blk + 2), st[b], m0);
+        if (type == 2) m0 = fmaf(-8.0f * d, st[b], m0);
+    }
+    return hfold(a0) + m0;
+}
+
 // One token (decode): two rows at a time with register accumulators. The per-output
 // arithmetic is exactly that of the tiled path below.
 __attribute__((always_inline)) AVX2 static inline void quant_t1(int type, const float *x, const float *xsum, const uint8_t *w, int K, int o0, int o1, float *y) {
@@ -148,21 +165,7 @@ __attribute__((always_inline)) AVX2 static inline void quant_t1(int type, const 
         y[o] = hfold(acc0) + m0;
         y[o + 1] = hfold(acc1) + m1;
     }
-    for (; o < o1; o++) {
-        const uint8_t *r0 = w + (size_t)o * nb * bb;
-        __m256 acc0 = _mm256_setzero_ps();
-        float m0 = 0;
-        for (int b = 0; b < nb; b++) {
-            const uint8_t *k0 = r0 + (size_t)b * bb;
-            __m256 q0[4];
-            if (type == 8) q8_unpack(k0 + off, q0); else q4_unpack(k0 + off, q0);
-            float d0 = rd_f16c(k0);
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), block_dot(q0, x + b * QK), acc0);
-            if (type == 3) m0 = fmaf(rd_f16c(k0 + 2), xsum[b], m0);
-            if (type == 2) m0 = fmaf(-8.0f * d0, xsum[b], m0);
-        }
-        y[o] = hfold(acc0) + m0;
-    }
+    for (; o < o1; o++) y[o] = quant_row_t1(type, w + (size_t)o * nb * bb, nb, bb, x, xsum);
 }
 
 AVX2 static void quant_t1_q4_1(const float *x, const float *xs, const uint8_t *w, int K, int o0, int o1, float *y) { quant_t1(3, x, xs, w, K, o0, o1, y); }
@@ -208,24 +211,9 @@ __attribute__((always_inline)) AVX2 static inline void quant_tn(int type, const 
             y[(size_t)(t + 3) * ldy + o] = hfold(a3) + m3;
         }
     }
-    for (; t < T; t++) {
-        const float *xt = x + (size_t)t * K;
-        for (int o = o0; o < o1; o++) {
-            const uint8_t *row = w + (size_t)o * nb * bb;
-            __m256 a0 = _mm256_setzero_ps();
-            float m0 = 0;
-            for (int b = 0; b < nb; b++) {
-                const uint8_t *blk = row + (size_t)b * bb;
-                __m256 q[4];
-                if (type == 8) q8_unpack(blk + off, q); else q4_unpack(blk + off, q);
-                float d = rd_f16c(blk);
-                a0 = _mm256_fmadd_ps(_mm256_set1_ps(d), block_dot(q, xt + b * QK), a0);
-                if (type == 3) m0 = fmaf(rd_f16c(blk + 2), xsum[(size_t)t * nb + b], m0);
-                if (type == 2) m0 = fmaf(-8.0f * d, xsum[(size_t)t * nb + b], m0);
-            }
-            y[(size_t)t * ldy + o] = hfold(a0) + m0;
-        }
-    }
+    for (; t < T; t++)
+        for (int o = o0; o < o1; o++)
+            y[(size_t)t * ldy + o] = quant_row_t1(type, w + (size_t)o * nb * bb, nb, bb, x + (size_t)t * K, xsum + (size_t)t * nb);
 }
 
 AVX2 static void quant_tn_q4_1(const float *x, const float *xs, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) { quant_tn(3, x, xs, w, K, T, o0, o1, y, ldy); }

@@ -141,12 +141,7 @@ struct BenchCommand: AsyncParsableCommand {
                     }
                 }
             }
-            if let json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                try encoder.encode(report).write(to: URL(fileURLWithPath: json))
-            }
-            if let svg { try BenchChart.svg(report).write(toFile: svg, atomically: true, encoding: .utf8) }
+            try report.write(json: json, svg: svg)
         }
     }
 }
@@ -186,13 +181,7 @@ extension BenchCommand {
             report.results.append(Benchmark.Result(name: "serving at \(r.rate.map { String(format: "%g", $0) } ?? "max") req/s",
                                                    tokensPerSecond: r.outputTokensPerSecond, tokens: 0, seconds: r.seconds))
         }
-        if let json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-            try encoder.encode(report).write(to: URL(fileURLWithPath: json))
-        }
-        if let svg { try BenchChart.svg(report).write(toFile: svg, atomically: true, encoding: .utf8) }
+        try report.write(json: json, svg: svg)
     }
 
     /// Starts `facet serve` (this executable) with the same model options.
@@ -259,6 +248,17 @@ struct BenchReport: Codable {
     var results: [Benchmark.Result] = []
     var accuracy: [String: NumericsAccuracy] = [:]
     var serving: [ServingBenchmark.RateResult] = []
+
+    /// Writes the report as JSON and/or an SVG chart (when a path is given).
+    func write(json: String?, svg: String?) throws {
+        if let json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+            try encoder.encode(self).write(to: URL(fileURLWithPath: json))
+        }
+        if let svg { try BenchChart.svg(self).write(toFile: svg, atomically: true, encoding: .utf8) }
+    }
 }
 
 extension Benchmark.Result {
