@@ -1,4 +1,6 @@
+import Foundation
 import Kernels
+import Synchronization
 import Llama
 import Tensors
 
@@ -25,44 +27,67 @@ public final class AdapterSet: LinearDeltas, @unchecked Sendable {
 
     public func add(layer: Int, role: LinearRole, x: UnsafePointer<Float>, inDim: Int, y: UnsafeMutablePointer<Float>, outDim: Int,
                     slots: UnsafePointer<Int32>, tokens: Int) {
-        // Group token indices by slot, in token order (slots ascending).
-        var members: [Int32: [Int]] = [:]
-        for t in 0..<tokens where slots[t] >= 0 { members[slots[t], default: []].append(t) }
-        let groups: [(pair: LoRAPair, tokens: [Int])] = members.keys.sorted().compactMap { slot in
-            guard Int(slot) < adapters.count, let pair = adapters[Int(slot)].pairs[layer][role] else { return nil }
-            return (pair, members[slot]!)
+        let plan = groups(slots: slots, tokens: tokens)
+        var work = 0, active = 0
+        for g in plan where Int(g.slot) < adapters.count {
+            if let pair = adapters[Int(g.slot)].pairs[layer][role] {
+                work += g.rows.count * pair.rank * (inDim + outDim)
+                active += 1
+            }
         }
-        guard !groups.isEmpty else { return }
-        let work = groups.reduce(0) { $0 + $1.tokens.count * $1.pair.rank * (inDim + outDim) }
+        guard active > 0 else { return }
         nonisolated(unsafe) let xp = x, yp = y
         // Groups write disjoint rows of y, and each row's arithmetic is the same whichever
-        // thread runs it: one task per adapter group (nested matmuls then run inline).
-        if groups.count > 1 && work >= 65_536 {
-            Parallel.forEach(groups.count) { g in
-                Self.apply(groups[g].pair, tokens: groups[g].tokens, x: xp, inDim: inDim, y: yp, outDim: outDim)
-            }
+        // thread runs it: one task per adapter group.
+        let run = { (g: Int) in
+            let group = plan[g]
+            guard Int(group.slot) < self.adapters.count, let pair = self.adapters[Int(group.slot)].pairs[layer][role] else { return }
+            Self.apply(pair, rows: group.rows, x: xp, inDim: inDim, y: yp, outDim: outDim)
+        }
+        if active > 1 && work >= 65_536 {
+            Parallel.forEach(plan.count, run)
         } else {
-            for g in groups { Self.apply(g.pair, tokens: g.tokens, x: x, inDim: inDim, y: y, outDim: outDim) }
+            for g in 0..<plan.count { run(g) }
         }
     }
 
-    /// `y[t] += scale * ((x[t] A^T) B^T)` for the group's tokens.
-    static func apply(_ pair: LoRAPair, tokens members: [Int], x: UnsafePointer<Float>, inDim: Int, y: UnsafeMutablePointer<Float>, outDim: Int) {
-        let n = members.count, r = pair.rank
+    /// Tokens grouped by slot (slots ascending, tokens in order). A step calls `add` for
+    /// every linear layer with the same slots, so the grouping is made once and reused.
+    private func groups(slots: UnsafePointer<Int32>, tokens: Int) -> [SlotGroup] {
+        planCache.withLock { cached -> [SlotGroup] in
+            if let cached, cached.slots.count == tokens,
+               cached.slots.withUnsafeBufferPointer({ memcmp($0.baseAddress!, slots, tokens * 4) == 0 }) {
+                return cached.groups
+            }
+            let list = Array(UnsafeBufferPointer(start: slots, count: tokens))
+            var rows = [[Int32]](repeating: [], count: adapters.count)
+            for t in 0..<tokens where list[t] >= 0 && Int(list[t]) < adapters.count { rows[Int(list[t])].append(Int32(t)) }
+            let made = rows.enumerated().compactMap { $1.isEmpty ? nil : SlotGroup(slot: Int32($0), rows: $1) }
+            cached = (list, made)
+            return made
+        }
+    }
+
+    struct SlotGroup: Sendable {
+        let slot: Int32
+        let rows: [Int32]
+    }
+    private let planCache = Mutex<(slots: [Int32], groups: [SlotGroup])?>(nil)
+
+    /// `y[t] += scale * ((x[t] A^T) B^T)` for the group's tokens `rows`.
+    static func apply(_ pair: LoRAPair, rows: [Int32], x: UnsafePointer<Float>, inDim: Int, y: UnsafeMutablePointer<Float>, outDim: Int) {
+        let n = rows.count, r = pair.rank
         let xs = Scratch.floats(.loraInput, n * inDim)
         let u = Scratch.floats(.loraRank, n * r)
-        let d = Scratch.floats(.loraDelta, n * outDim)
-        for (i, t) in members.enumerated() { (xs + i * inDim).update(from: x + t * inDim, count: inDim) }
+        for (i, t) in rows.enumerated() { (xs + i * inDim).update(from: x + Int(t) * inDim, count: inDim) }
         pair.a.data.withUnsafeBufferPointer { a in
-            MatMul.nt(x: xs, w: a.baseAddress!, y: u, t: n, k: inDim, o: r)            // shrink: [n, r]
+            LowRank.shrink(x: xs, a: a.baseAddress!, u: u, n: n, inDim: inDim, rank: r)                 // [n, r]
         }
-        pair.b.data.withUnsafeBufferPointer { b in
-            MatMul.nt(x: u, w: b.baseAddress!, y: d, t: n, k: r, o: outDim)            // expand: [n, out]
-        }
-        let scale = pair.scale
-        for (i, t) in members.enumerated() {
-            let row = y + t * outDim, delta = d + i * outDim
-            for o in 0..<outDim { row[o] = row[o] + delta[o] * scale }
+        pair.bT.data.withUnsafeBufferPointer { bT in
+            rows.withUnsafeBufferPointer { rp in
+                LowRank.expandAdd(u: u, bT: bT.baseAddress!, rank: r, outDim: outDim, scale: pair.scale,  // y[rows] += [n, out]
+                                  y: y, rows: rp.baseAddress!, n: n)
+            }
         }
     }
 
@@ -105,3 +130,4 @@ public final class AdapterSet: LinearDeltas, @unchecked Sendable {
         return out
     }
 }
+

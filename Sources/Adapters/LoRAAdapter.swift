@@ -2,16 +2,21 @@ import Llama
 import Tensors
 
 /// One low-rank pair for one linear layer: `delta(x) = scale * (x A^T) B^T`.
+///
+/// `B` is held transposed (`B^T: [r, out]`), the layout the expand kernel streams
+/// (`LowRank.expandAdd`); `b` gives it back in checkpoint orientation for converters.
 public struct LoRAPair: Sendable {
-    public var a: Matrix      // [r, in]
-    public var b: Matrix      // [out, r]
+    public let a: Matrix      // [r, in]
+    public let bT: Matrix     // [r, out]
     public var scale: Float
     public var rank: Int { a.rows }
+    /// `B: [out, r]`, the checkpoint orientation (a copy).
+    public var b: Matrix { bT.transposed() }
 
     public init(a: Matrix, b: Matrix, scale: Float) {
         precondition(a.rows == b.cols, "LoRA A rows must equal B columns")
         self.a = a
-        self.b = b
+        self.bT = b.transposed()
         self.scale = scale
     }
 }
@@ -55,7 +60,7 @@ public struct LoRAAdapter: Sendable {
 
     /// Bytes of weights held.
     public var byteSize: Int {
-        var n = pairs.reduce(0) { $0 + $1.values.reduce(0) { $0 + ($1.a.data.count + $1.b.data.count) * 4 } }
+        var n = pairs.reduce(0) { $0 + $1.values.reduce(0) { $0 + ($1.a.data.count + $1.bT.data.count) * 4 } }
         if let e = embeddingLoRA { n += (e.aT.data.count + e.b.data.count) * 4 }
         n += (embedTokens?.data.count ?? 0) * 4 + (lmHead?.data.count ?? 0) * 4
         return n

@@ -20,6 +20,8 @@ public struct Benchmark {
         public var mode: String?
         /// Throughput relative to the same batch without adapters.
         public var ratioToBase: Double?
+        /// The per-round ratios behind `ratioToBase` when it was measured in rounds.
+        public var ratioRounds: [Double]?
         public init(name: String, tokensPerSecond: Double, tokens: Int, seconds: Double) {
             self.name = name
             self.tokensPerSecond = tokensPerSecond
@@ -104,6 +106,28 @@ public struct Benchmark {
         let seconds = Date().timeIntervalSince(start)
         return Result(name: name ?? "decode batch \(batchSize)", tokensPerSecond: Double(batchSize * steps) / seconds,
                       tokens: batchSize * steps, seconds: seconds)
+    }
+}
+
+extension Benchmark {
+    /// A mixed-adapter decode measured against the base model in the same time window:
+    /// each of `rounds` rounds runs the base batch and then the adapter batch, and the
+    /// ratio is the median of the per-round ratios (this machine's speed drifts by tens of
+    /// percent over minutes; only same-window ratios mean anything). The returned result
+    /// is the round with the median ratio.
+    public func decodeAgainstBase(batchSize: Int, steps: Int, adapters: [LoRAAdapter], includeBase: Bool = false,
+                                  rounds: Int, name: String) throws -> Result {
+        var paired: [(ratio: Double, result: Result)] = []
+        for _ in 0..<max(rounds, 1) {
+            let base = try decode(batchSize: batchSize, steps: steps)
+            let mixed = try decode(batchSize: batchSize, steps: steps, adapters: adapters, includeBase: includeBase, name: name)
+            paired.append((mixed.tokensPerSecond / base.tokensPerSecond, mixed))
+        }
+        paired.sort { $0.ratio < $1.ratio }
+        var median = paired[paired.count / 2].result
+        median.ratioToBase = paired[paired.count / 2].ratio
+        median.ratioRounds = paired.map(\.ratio)
+        return median
     }
 }
 

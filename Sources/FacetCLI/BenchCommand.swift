@@ -27,6 +27,8 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(name: .customLong("prompt-lengths"), parsing: .upToNextOption, help: "Prefill lengths.") var promptLengths: [Int] = [128, 512]
     @Option(name: .customLong("adapter-counts"), parsing: .upToNextOption, help: "Distinct adapters in the mixed decode batch.")
     var adapterCounts: [Int] = [1, 4, 16]
+    @Option(help: "Rounds of (base, mixed-adapter) decode pairs; adapter ratios are the median of the per-round ratios.")
+    var rounds = 3
     @Option(name: .customLong("adapter-rank"), help: "Rank of the synthetic adapters (all linear layers).") var adapterRank = 16
     @Option(name: .customLong("lora_dir"), parsing: .upToNextOption,
             help: "Real adapters: their load time, and a decode batch mixing the base and each of them in turn.")
@@ -55,8 +57,8 @@ struct BenchCommand: AsyncParsableCommand {
         where values.contains(where: { $0 < 1 }) {
             throw ValidationError("\(name) must be positive")
         }
-        guard steps > 0, adapterRank > 0, accuracyPrompts >= 0, accuracyTokens > 0, requests > 0, maxTokens > 0, promptWords > 0 else {
-            throw ValidationError("--steps, --adapter-rank, --accuracy-tokens, --requests, --max-tokens and --prompt-words must be positive")
+        guard steps > 0, rounds > 0, adapterRank > 0, accuracyPrompts >= 0, accuracyTokens > 0, requests > 0, maxTokens > 0, promptWords > 0 else {
+            throw ValidationError("--steps, --rounds, --adapter-rank, --accuracy-tokens, --requests, --max-tokens and --prompt-words must be positive")
         }
         _ = try parsedRates()
     }
@@ -83,26 +85,20 @@ struct BenchCommand: AsyncParsableCommand {
             let adapters = Benchmark(model: loaded).syntheticAdapters(count: adapterCounts.max() ?? 0, rank: adapterRank)
             for mode in modes {
                 let bench = Benchmark(model: loaded.with(compute: mode))
-                func add(_ r: Benchmark.Result, ratio: Double? = nil) {
+                func add(_ r: Benchmark.Result) {
                     var r = r
                     r.mode = mode.rawValue
-                    r.ratioToBase = ratio
                     report.results.append(r)
                     print(r.line)
                     fflush(nil)
                 }
                 for n in promptLengths { add(try bench.prefill(length: n)) }
-                var base: [Int: Double] = [:]
-                for b in batchSizes {
-                    let r = try bench.decode(batchSize: b, steps: steps)
-                    base[b] = r.tokensPerSecond
-                    add(r)
-                }
+                for b in batchSizes { add(try bench.decode(batchSize: b, steps: steps)) }
                 for b in batchSizes {
                     for n in adapterCounts where n <= b || (n == 1 && b == 1) {
-                        let r = try bench.decode(batchSize: b, steps: steps, adapters: Array(adapters.prefix(n)),
-                                                 name: "decode batch \(b), \(n) adapter\(n == 1 ? "" : "s") r\(adapterRank)")
-                        add(r, ratio: base[b].map { r.tokensPerSecond / $0 })
+                        let r = try bench.decodeAgainstBase(batchSize: b, steps: steps, adapters: Array(adapters.prefix(n)), rounds: rounds,
+                                                            name: "decode batch \(b), \(n) adapter\(n == 1 ? "" : "s") r\(adapterRank)")
+                        add(r)
                     }
                 }
             }
@@ -132,10 +128,9 @@ struct BenchCommand: AsyncParsableCommand {
                 for mode in modes {
                     let bench = Benchmark(model: loaded.with(compute: mode))
                     for b in batchSizes where b > 1 {
-                        let base = report.results.first { $0.mode == mode.rawValue && $0.name == "decode batch \(b)" }?.tokensPerSecond
-                        var r = try bench.decode(batchSize: b, steps: steps, adapters: real, includeBase: true, name: "decode batch \(b), \(names)")
+                        var r = try bench.decodeAgainstBase(batchSize: b, steps: steps, adapters: real, includeBase: true, rounds: rounds,
+                                                            name: "decode batch \(b), \(names)")
                         r.mode = mode.rawValue
-                        r.ratioToBase = base.map { r.tokensPerSecond / $0 }
                         report.results.append(r)
                         print(r.line)
                     }
@@ -264,7 +259,11 @@ struct BenchReport: Codable {
 extension Benchmark.Result {
     var line: String {
         let label = (mode.map { "[\($0)] " } ?? "") + name
-        let extra = ratioToBase.map { String(format: "  (%.2fx base)", $0) } ?? ""
+        var extra = ratioToBase.map { String(format: "  (%.2fx base", $0) } ?? ""
+        if let rounds = ratioRounds, rounds.count > 1 {
+            extra += ", median of " + rounds.map { String(format: "%.2f", $0) }.joined(separator: " / ")
+        }
+        if ratioToBase != nil { extra += ")" }
         return label.padding(toLength: max(label.count, 44), withPad: " ", startingAt: 0)
             + String(format: " %9.1f tokens/s  (%d tokens in %.3f s)", tokensPerSecond, tokens, seconds) + extra
     }

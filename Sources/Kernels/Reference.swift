@@ -16,6 +16,23 @@ public enum Reference {
         return y
     }
 
+    /// `y[rows[i]] += scale * (x[i] A^T) B^T` summed in Double (`x: [n, in]`, `a: [r, in]`,
+    /// `b: [out, r]` in checkpoint orientation).
+    public static func loraAdd(y: [Float], rows: [Int], x: [Float], a: [Float], b: [Float], rank r: Int, inDim: Int, outDim: Int,
+                               scale: Float) -> [Float] {
+        var y = y
+        for (i, row) in rows.enumerated() {
+            var u = [Double](repeating: 0, count: r)
+            for j in 0..<r { for k in 0..<inDim { u[j] += Double(x[i * inDim + k]) * Double(a[j * inDim + k]) } }
+            for o in 0..<outDim {
+                var d = 0.0
+                for j in 0..<r { d += u[j] * Double(b[o * r + j]) }
+                y[row * outDim + o] = Float(Double(y[row * outDim + o]) + d * Double(scale))
+            }
+        }
+        return y
+    }
+
     public static func rmsNorm(x: [Float], weight: [Float], dim: Int, eps: Float) -> [Float] {
         var y = x
         for r in 0..<(x.count / dim) {

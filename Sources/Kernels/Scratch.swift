@@ -7,7 +7,7 @@ internal import CKernels
 public enum Scratch {
     public enum Slot: Int32 {
         case blockSums = 0, int8Activations, int8Scales, attentionScores
-        case loraInput, loraRank, loraDelta
+        case loraInput, loraRank
         case activations, finalHidden, logitInput, logitOutput, embeddingRow
     }
 
