@@ -25,30 +25,42 @@ public final class AdapterSet: LinearDeltas, @unchecked Sendable {
         slot >= 0 && Int(slot) < adapters.count ? adapters[Int(slot)].vocabularySize(base: baseVocabulary) : baseVocabulary
     }
 
-    public func add(layer: Int, role: LinearRole, x: UnsafePointer<Float>, inDim: Int, y: UnsafeMutablePointer<Float>, outDim: Int,
-                    slots: UnsafePointer<Int32>, tokens: Int) {
+    public func add(layer: Int, x: UnsafePointer<Float>, inDim: Int, outputs: [DeltaOutput], slots: UnsafePointer<Int32>, tokens: Int) {
         let plan = groups(slots: slots, tokens: tokens)
-        var work = 0, active = 0
-        for g in plan where Int(g.slot) < adapters.count {
-            if let pair = adapters[Int(g.slot)].pairs[layer][role] {
-                work += g.rows.count * pair.rank * (inDim + outDim)
-                active += 1
+        // One task per (output, adapter group) that has a pair: tasks write disjoint rows
+        // (or disjoint outputs), and each row's arithmetic is the same whichever thread runs it.
+        var tasks: [(pair: LoRAPair, output: Int, group: Int)] = []
+        var work = 0
+        for (o, out) in outputs.enumerated() {
+            for (g, group) in plan.enumerated() where Int(group.slot) < adapters.count {
+                guard let pair = adapters[Int(group.slot)].pairs[layer][out.role] else { continue }
+                tasks.append((pair, o, g))
+                work += group.rows.count * pair.rank * (inDim + out.outDim)
             }
         }
-        guard active > 0 else { return }
-        nonisolated(unsafe) let xp = x, yp = y
-        // Groups write disjoint rows of y, and each row's arithmetic is the same whichever
-        // thread runs it: one task per adapter group.
-        let run = { (g: Int) in
-            let group = plan[g]
-            guard Int(group.slot) < self.adapters.count, let pair = self.adapters[Int(group.slot)].pairs[layer][role] else { return }
-            Self.apply(pair, rows: group.rows, x: xp, inDim: inDim, y: yp, outDim: outDim)
+        guard !tasks.isEmpty else { return }
+        nonisolated(unsafe) let xp = x
+        let run = { (i: Int) in
+            let task = tasks[i], out = outputs[task.output]
+            Self.apply(task.pair, rows: plan[task.group].rows, x: xp, inDim: inDim, y: out.y, outDim: out.outDim)
         }
-        if active > 1 && work >= 65_536 {
-            Parallel.forEach(plan.count, run)
+        if tasks.count > 1 && work >= 65_536 {
+            Parallel.forEach(tasks.count, run)
         } else {
-            for g in 0..<plan.count { run(g) }
+            for i in 0..<tasks.count { run(i) }
         }
+    }
+
+    public func weightRegions(layer: Int, role: LinearRole, slots: UnsafePointer<Int32>, tokens: Int) -> [UnsafeRawBufferPointer] {
+        var regions: [UnsafeRawBufferPointer] = []
+        for g in groups(slots: slots, tokens: tokens) where Int(g.slot) < adapters.count {
+            guard let pair = adapters[Int(g.slot)].pairs[layer][role] else { continue }
+            // The arrays are immutable (`let`) for the adapter's lifetime, so their storage
+            // stays put while the step runs; the pointers are only prefetch hints.
+            pair.packedA.withBytes { regions.append($0) }
+            pair.packedBT.withBytes { regions.append($0) }
+        }
+        return regions
     }
 
     /// Tokens grouped by slot (slots ascending, tokens in order). A step calls `add` for
@@ -80,14 +92,9 @@ public final class AdapterSet: LinearDeltas, @unchecked Sendable {
         let xs = Scratch.floats(.loraInput, n * inDim)
         let u = Scratch.floats(.loraRank, n * r)
         for (i, t) in rows.enumerated() { (xs + i * inDim).update(from: x + Int(t) * inDim, count: inDim) }
-        pair.a.data.withUnsafeBufferPointer { a in
-            LowRank.shrink(x: xs, a: a.baseAddress!, u: u, n: n, inDim: inDim, rank: r)                 // [n, r]
-        }
-        pair.bT.data.withUnsafeBufferPointer { bT in
-            rows.withUnsafeBufferPointer { rp in
-                LowRank.expandAdd(u: u, bT: bT.baseAddress!, rank: r, outDim: outDim, scale: pair.scale,  // y[rows] += [n, out]
-                                  y: y, rows: rp.baseAddress!, n: n)
-            }
+        LowRank.shrink(x: xs, a: pair.packedA, u: u, n: n)                                   // [n, r]
+        rows.withUnsafeBufferPointer { rp in
+            LowRank.expandAdd(u: u, bT: pair.packedBT, scale: pair.scale, y: y, rows: rp.baseAddress!, n: n)   // y[rows] += [n, out]
         }
     }
 

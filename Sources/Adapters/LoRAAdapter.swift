@@ -1,22 +1,29 @@
+import Kernels
 import Llama
 import Tensors
 
 /// One low-rank pair for one linear layer: `delta(x) = scale * (x A^T) B^T`.
 ///
-/// `B` is held transposed (`B^T: [r, out]`), the layout the expand kernel streams
-/// (`LowRank.expandAdd`); `b` gives it back in checkpoint orientation for converters.
+/// The factors are held as the kernels read them (`LowRankMatrix`: A as `[r, in]`, B
+/// transposed as `[r, out]`, each in the narrowest exact precision); `a` and `b` give
+/// them back as fp32 in checkpoint orientation for converters.
 public struct LoRAPair: Sendable {
-    public let a: Matrix      // [r, in]
-    public let bT: Matrix     // [r, out]
+    public let packedA: LowRankMatrix     // [r, in]
+    public let packedBT: LowRankMatrix    // [r, out]
     public var scale: Float
-    public var rank: Int { a.rows }
+    public var rank: Int { packedA.rows }
+    /// `A: [r, in]` (a copy).
+    public var a: Matrix { packedA.matrix }
     /// `B: [out, r]`, the checkpoint orientation (a copy).
-    public var b: Matrix { bT.transposed() }
+    public var b: Matrix { packedBT.matrix.transposed() }
+    public var inDim: Int { packedA.cols }
+    public var outDim: Int { packedBT.cols }
+    public var byteSize: Int { packedA.byteSize + packedBT.byteSize }
 
     public init(a: Matrix, b: Matrix, scale: Float) {
         precondition(a.rows == b.cols, "LoRA A rows must equal B columns")
-        self.a = a
-        self.bT = b.transposed()
+        self.packedA = LowRankMatrix(a)
+        self.packedBT = LowRankMatrix(b.transposed())
         self.scale = scale
     }
 }
@@ -60,7 +67,7 @@ public struct LoRAAdapter: Sendable {
 
     /// Bytes of weights held.
     public var byteSize: Int {
-        var n = pairs.reduce(0) { $0 + $1.values.reduce(0) { $0 + ($1.a.data.count + $1.bT.data.count) * 4 } }
+        var n = pairs.reduce(0) { $0 + $1.values.reduce(0) { $0 + $1.byteSize } }
         if let e = embeddingLoRA { n += (e.aT.data.count + e.b.data.count) * 4 }
         n += (embedTokens?.data.count ?? 0) * 4 + (lmHead?.data.count ?? 0) * 4
         return n
@@ -94,8 +101,8 @@ public struct LoRAAdapter: Sendable {
                 case .down: (c.intermediateSize, c.hiddenSize)
                 }
                 let name = "layers.\(l).\(role.rawValue)"
-                if p.a.cols != inDim { throw mismatch(name + ".lora_A", [p.a.rows, p.a.cols], [p.rank, inDim]) }
-                if p.b.rows != outDim || p.b.cols != p.rank { throw mismatch(name + ".lora_B", [p.b.rows, p.b.cols], [outDim, p.rank]) }
+                if p.inDim != inDim { throw mismatch(name + ".lora_A", [p.rank, p.inDim], [p.rank, inDim]) }
+                if p.outDim != outDim { throw mismatch(name + ".lora_B", [p.outDim, p.rank], [outDim, p.rank]) }
             }
         }
         if let e = embeddingLoRA {

@@ -146,6 +146,7 @@ __attribute__((always_inline)) AVX2 static inline void quant_t1(int type, const 
     int off = type == 3 ? 4 : 2;
     int o = o0;
     for (; o + 2 <= o1; o += 2) {
+        pf_tick();
         const uint8_t *r0 = w + (size_t)o * nb * bb, *r1 = r0 + (size_t)nb * bb;
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
         float m0 = 0, m1 = 0;
@@ -183,6 +184,7 @@ __attribute__((always_inline)) AVX2 static inline void quant_tn(int type, const 
         const float *x0 = x + (size_t)t * K, *x1 = x0 + K, *x2 = x1 + K, *x3 = x2 + K;
         const float *s0 = xsum + (size_t)t * nb, *s1 = s0 + nb, *s2 = s1 + nb, *s3 = s2 + nb;
         for (int o = o0; o < o1; o++) {
+            pf_tick();
             const uint8_t *row = w + (size_t)o * nb * bb;
             __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
             for (int b = 0; b < nb; b++) {

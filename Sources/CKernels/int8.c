@@ -163,6 +163,7 @@ __attribute__((always_inline)) AVX2 static inline void int8_avx2(int type, const
         const float *d = dx + (size_t)t * nb, *s = sx + (size_t)t * nb;
         int o = o0;
         for (; o + 2 <= o1; o += 2) {
+            pf_tick();
             const uint8_t *r0 = w + (size_t)o * rowb;
             rows2_t4(type, r0, r0 + rowb, nb, bb, t == 0 ? 2 * rowb : 0, K, q, d, s, y + (size_t)t * ldy + o, ldy);
         }
@@ -176,6 +177,7 @@ __attribute__((always_inline)) AVX2 static inline void int8_avx2(int type, const
         float *yt = y + (size_t)t * ldy;
         int o = o0;
         for (; o + 2 <= o1; o += 2) {
+            pf_tick();
             const uint8_t *r0 = w + (size_t)o * rowb;
             rows2_t1(type, r0, r0 + rowb, nb, bb, 4 * rowb, q, d, s, yt + o, yt + o + 1);
         }

@@ -1,5 +1,6 @@
 import Adapters
 import Foundation
+import Kernels
 import Llama
 import PagedKV
 import Sampling
@@ -31,11 +32,19 @@ public struct Benchmark {
     }
 
     /// `count` random adapters of rank `rank` on every linear layer (small weights), for
-    /// measuring the cost of mixed-adapter batches.
-    public func syntheticAdapters(count: Int, rank: Int, seed: UInt64 = 1) -> [LoRAAdapter] {
+    /// measuring the cost of mixed-adapter batches. `precision` is the precision their
+    /// values were saved in (bf16/f16: as an adapter trained or saved in 16 bits).
+    public func syntheticAdapters(count: Int, rank: Int, precision: LowRankMatrix.Precision = .f32, seed: UInt64 = 1) -> [LoRAAdapter] {
         let c = model.config
         var random = SeededRandom(seed: seed)
-        func next() -> Float { (random.unit() - 0.5) * 0.02 }
+        func next() -> Float {
+            let v = (random.unit() - 0.5) * 0.02
+            switch precision {
+            case .f32: return v
+            case .f16: return HalfFloat.fromF16(HalfFloat.toF16(v))
+            case .bf16: return HalfFloat.fromBF16(HalfFloat.toBF16(v))
+            }
+        }
         let q = c.numHeads * c.headDim, kv = c.numKVHeads * c.headDim
         let dims: [LinearRole: (Int, Int)] = [.q: (c.hiddenSize, q), .k: (c.hiddenSize, kv), .v: (c.hiddenSize, kv), .o: (q, c.hiddenSize),
                                               .gate: (c.hiddenSize, c.intermediateSize), .up: (c.hiddenSize, c.intermediateSize),
@@ -79,55 +88,86 @@ public struct Benchmark {
     /// more choice in the rotation when `includeBase`.
     public func decode(batchSize: Int, steps: Int, prompt: Int = 32, adapters: [LoRAAdapter] = [], includeBase: Bool = false,
                        name: String? = nil) throws -> Result {
-        let bs = 16
-        let perSeq = (prompt + steps + bs) / bs + 1
-        let kv = model.makeKVStorage(blocks: perSeq * batchSize, blockSize: bs)
-        let tables = (0..<batchSize).map { s in (0..<perSeq).map { Int32(s * perSeq + $0) } }
-        let deltas = adapters.isEmpty ? nil : AdapterSet(adapters: adapters, baseVocabulary: model.config.vocabSize)
-        func slot(_ s: Int) -> Int32 {
-            if adapters.isEmpty { return -1 }
-            return includeBase ? Int32(s % (adapters.count + 1)) - 1 : Int32(s % adapters.count)
-        }
-        var batch = ForwardBatch(blockTables: tables)
-        for s in 0..<batchSize {
-            batch.append(sequence: s, tokens: (0..<prompt).map { Int32(($0 * 31 + s * 7 + 1) % model.config.vocabSize) },
-                         startPosition: 0, adapterSlot: slot(s), wantLogits: true)
-        }
-        var logits = try model.forward(batch, kv: kv, deltas: deltas)
-        let start = Date()
-        for step in 0..<steps {
-            var next = ForwardBatch(blockTables: tables)
-            for s in 0..<batchSize {
-                let token = Int32(logits[s].indices.max { logits[s][$0] < logits[s][$1] } ?? 0)
-                next.append(sequence: s, tokens: [token], startPosition: prompt + step, adapterSlot: slot(s), wantLogits: true)
-            }
-            logits = try model.forward(next, kv: kv, deltas: deltas)
-        }
-        let seconds = Date().timeIntervalSince(start)
+        let run = try DecodeRun(model: model, batchSize: batchSize, steps: steps, prompt: prompt, adapters: adapters, includeBase: includeBase)
+        var seconds = 0.0
+        for _ in 0..<steps { seconds += try run.step() }
         return Result(name: name ?? "decode batch \(batchSize)", tokensPerSecond: Double(batchSize * steps) / seconds,
                       tokens: batchSize * steps, seconds: seconds)
     }
-}
 
-extension Benchmark {
     /// A mixed-adapter decode measured against the base model in the same time window:
-    /// each of `rounds` rounds runs the base batch and then the adapter batch, and the
-    /// ratio is the median of the per-round ratios (this machine's speed drifts by tens of
-    /// percent over minutes; only same-window ratios mean anything). The returned result
-    /// is the round with the median ratio.
-    public func decodeAgainstBase(batchSize: Int, steps: Int, adapters: [LoRAAdapter], includeBase: Bool = false,
+    /// the base batch and the adapter batch take steps in turn (base, mixed, base, ...), so
+    /// the machine's drift (tens of percent over minutes here) touches both alike. Each of
+    /// `rounds` rounds gives one ratio of the two total times; the result is the round with
+    /// the median ratio, and all ratios are kept.
+    public func decodeAgainstBase(batchSize: Int, steps: Int, prompt: Int = 32, adapters: [LoRAAdapter], includeBase: Bool = false,
                                   rounds: Int, name: String) throws -> Result {
         var paired: [(ratio: Double, result: Result)] = []
         for _ in 0..<max(rounds, 1) {
-            let base = try decode(batchSize: batchSize, steps: steps)
-            let mixed = try decode(batchSize: batchSize, steps: steps, adapters: adapters, includeBase: includeBase, name: name)
-            paired.append((mixed.tokensPerSecond / base.tokensPerSecond, mixed))
+            let base = try DecodeRun(model: model, batchSize: batchSize, steps: steps, prompt: prompt, adapters: [], includeBase: false)
+            let mixed = try DecodeRun(model: model, batchSize: batchSize, steps: steps, prompt: prompt, adapters: adapters, includeBase: includeBase)
+            var baseSeconds = 0.0, mixedSeconds = 0.0
+            for _ in 0..<steps {
+                baseSeconds += try base.step()
+                mixedSeconds += try mixed.step()
+            }
+            let tokens = batchSize * steps
+            paired.append((baseSeconds / mixedSeconds,
+                           Result(name: name, tokensPerSecond: Double(tokens) / mixedSeconds, tokens: tokens, seconds: mixedSeconds)))
         }
         paired.sort { $0.ratio < $1.ratio }
         var median = paired[paired.count / 2].result
         median.ratioToBase = paired[paired.count / 2].ratio
         median.ratioRounds = paired.map(\.ratio)
         return median
+    }
+}
+
+/// A decode batch ready to step: `batchSize` sequences prefilled with a `prompt`-token
+/// prompt, each step feeding back every sequence's greedy token.
+final class DecodeRun {
+    let model: LlamaModel
+    let batchSize: Int, prompt: Int
+    let kv: KVStorage
+    let tables: [[Int32]]
+    let deltas: AdapterSet?
+    let slots: [Int32]
+    var logits: [[Float]]
+    var position = 0
+
+    init(model: LlamaModel, batchSize: Int, steps: Int, prompt: Int, adapters: [LoRAAdapter], includeBase: Bool) throws {
+        self.model = model
+        self.batchSize = batchSize
+        self.prompt = prompt
+        let bs = 16
+        let perSeq = (prompt + steps + bs) / bs + 1
+        kv = model.makeKVStorage(blocks: perSeq * batchSize, blockSize: bs)
+        tables = (0..<batchSize).map { s in (0..<perSeq).map { Int32(s * perSeq + $0) } }
+        deltas = adapters.isEmpty ? nil : AdapterSet(adapters: adapters, baseVocabulary: model.config.vocabSize)
+        slots = (0..<batchSize).map { s in
+            if adapters.isEmpty { return -1 }
+            return includeBase ? Int32(s % (adapters.count + 1)) - 1 : Int32(s % adapters.count)
+        }
+        var batch = ForwardBatch(blockTables: tables)
+        for s in 0..<batchSize {
+            batch.append(sequence: s, tokens: (0..<prompt).map { Int32(($0 * 31 + s * 7 + 1) % model.config.vocabSize) },
+                         startPosition: 0, adapterSlot: slots[s], wantLogits: true)
+        }
+        logits = try model.forward(batch, kv: kv, deltas: deltas)
+    }
+
+    /// One decode step; returns its wall time in seconds.
+    func step() throws -> Double {
+        let start = Date()
+        var next = ForwardBatch(blockTables: tables)
+        for s in 0..<batchSize {
+            let row = logits[s]
+            let token = Int32(row.indices.max { row[$0] < row[$1] } ?? 0)
+            next.append(sequence: s, tokens: [token], startPosition: prompt + position, adapterSlot: slots[s], wantLogits: true)
+        }
+        logits = try model.forward(next, kv: kv, deltas: deltas)
+        position += 1
+        return Date().timeIntervalSince(start)
     }
 }
 

@@ -29,6 +29,9 @@ struct BenchCommand: AsyncParsableCommand {
     var adapterCounts: [Int] = [1, 4, 16]
     @Option(help: "Rounds of (base, mixed-adapter) decode pairs; adapter ratios are the median of the per-round ratios.")
     var rounds = 3
+    @Option(name: .customLong("adapter-precisions"), parsing: .upToNextOption,
+            help: "Precisions the synthetic adapters' weights are saved in (f32, f16, bf16); 16-bit adapters stay 16-bit in memory.")
+    var adapterPrecisions: [LowRankMatrix.Precision] = [.f32, .bf16]
     @Option(name: .customLong("adapter-rank"), help: "Rank of the synthetic adapters (all linear layers).") var adapterRank = 16
     @Option(name: .customLong("lora_dir"), parsing: .upToNextOption,
             help: "Real adapters: their load time, and a decode batch mixing the base and each of them in turn.")
@@ -82,7 +85,9 @@ struct BenchCommand: AsyncParsableCommand {
             var report = BenchReport(machine: BenchReport.Machine.current(), model: try modelOptions.resolvedModelPath())
             print("facet bench — \(loaded.config.architecture), \(loaded.config.numLayers) layers, hidden \(loaded.config.hiddenSize), "
                   + "\(report.machine.threads) threads, \(report.machine.cpu)")
-            let adapters = Benchmark(model: loaded).syntheticAdapters(count: adapterCounts.max() ?? 0, rank: adapterRank)
+            let synthetic = adapterPrecisions.map { p in
+                (p, Benchmark(model: loaded).syntheticAdapters(count: adapterCounts.max() ?? 0, rank: adapterRank, precision: p))
+            }
             for mode in modes {
                 let bench = Benchmark(model: loaded.with(compute: mode))
                 func add(_ r: Benchmark.Result) {
@@ -96,9 +101,11 @@ struct BenchCommand: AsyncParsableCommand {
                 for b in batchSizes { add(try bench.decode(batchSize: b, steps: steps)) }
                 for b in batchSizes {
                     for n in adapterCounts where n <= b || (n == 1 && b == 1) {
-                        let r = try bench.decodeAgainstBase(batchSize: b, steps: steps, adapters: Array(adapters.prefix(n)), rounds: rounds,
-                                                            name: "decode batch \(b), \(n) adapter\(n == 1 ? "" : "s") r\(adapterRank)")
-                        add(r)
+                        for (precision, adapters) in synthetic {
+                            let r = try bench.decodeAgainstBase(batchSize: b, steps: steps, adapters: Array(adapters.prefix(n)), rounds: rounds,
+                                                                name: "decode batch \(b), \(n) adapter\(n == 1 ? "" : "s") r\(adapterRank) \(precision.rawValue)")
+                            add(r)
+                        }
                     }
                 }
             }
@@ -291,3 +298,5 @@ enum BenchPrompts {
         }
     }
 }
+
+extension LowRankMatrix.Precision: ExpressibleByArgument {}

@@ -110,39 +110,115 @@ public struct LinearWeight: Sendable {
 
     public func matmul(x: UnsafePointer<Float>, t T: Int, y: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>? = nil,
                        compute: ComputeMode = .fp32) {
-        if compute == .int8, format == .q4_0 || format == .q4_1 || format == .q8_0 {
-            matmulInt8(x: x, t: T, y: y)
-            addBias(bias, y, T)
-            return
+        LinearWeight.matmul(sharing: x, t: T, compute: compute, [Product(self, y: y, bias: bias)])
+    }
+
+    /// One product of a shared input: `y = x W^T (+ bias)`.
+    public struct Product {
+        public let weight: LinearWeight
+        public let y: UnsafeMutablePointer<Float>
+        public let bias: UnsafePointer<Float>?
+        public init(_ weight: LinearWeight, y: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>? = nil) {
+            self.weight = weight
+            self.y = y
+            self.bias = bias
         }
+    }
+
+    /// Several products of the same input `x: [T, K]` (e.g. q, k and v) in one parallel
+    /// region: the input's block sums or int8 rounding are made once, and the threads meet
+    /// once instead of once per weight. Each output is computed exactly as by `matmul`.
+    ///
+    /// `prefetch`: memory the caller reads next (e.g. LoRA weights); the regions are dealt
+    /// out to the tasks, which pull them into L2 a few lines per row while they compute,
+    /// so the transfer overlaps with the product's arithmetic. Results never change.
+    public static func matmul(sharing x: UnsafePointer<Float>, t T: Int, compute: ComputeMode, _ products: [Product],
+                              prefetch: [UnsafeRawBufferPointer] = []) {
+        guard T > 0, let K = products.first?.weight.cols else { return }
+        precondition(products.allSatisfy { $0.weight.cols == K }, "products sharing an input must have the same input width")
+        let nb = K / 32
+        // Per-input preparation, in this thread's scratch.
+        var sums: UnsafeMutablePointer<Float>? = nil
+        var int8: (q: UnsafeMutablePointer<Int8>, d: UnsafeMutablePointer<Float>)? = nil
+        if products.contains(where: { $0.weight.usesInt8(compute) }) {
+            let q = Scratch.raw(.int8Activations, T * K).assumingMemoryBound(to: Int8.self)
+            let d = Scratch.floats(.int8Scales, 2 * T * nb)
+            fk_quantize_activations(x, Int32(T), Int32(K), q, d, d + T * nb)
+            int8 = (q, d)
+        }
+        if products.contains(where: { !$0.weight.usesInt8(compute) && $0.weight.needsBlockSums }) {
+            let p = Scratch.floats(.blockSums, T * nb)
+            fk_block_sums(x, Int32(T), Int32(K), p)
+            sums = p
+        }
+        // Row ranges of every product, as one task list.
+        var tasks: [(product: Int, rows: Range<Int>)] = []
+        for (i, p) in products.enumerated() {
+            for r in Parallel.split(p.weight.rows, granule: 8, work: T * K * p.weight.rows) { tasks.append((i, r)) }
+        }
+        let inputs = Inputs(x: x, sums: sums.map { UnsafePointer($0) }, q: int8.map { UnsafePointer($0.q) }, d: int8.map { UnsafePointer($0.d) })
+        nonisolated(unsafe) let list = products, regions = prefetch
+        let passes = max(1, T / 4)
+        Parallel.forEach(tasks.count) { i in
+            let task = tasks[i]
+            let p = list[task.product]
+            if !regions.isEmpty {
+                var r = i
+                while r < regions.count {
+                    if let base = regions[r].baseAddress { fk_prefetch_add(base, UInt(regions[r].count)) }
+                    r += tasks.count
+                }
+                fk_prefetch_arm((task.rows.count + 1) / 2 * passes)
+            }
+            p.weight.run(inputs, t: T, rows: task.rows, y: p.y, compute: compute)
+            if !regions.isEmpty { fk_prefetch_clear() }
+        }
+        for p in products { p.weight.addBias(p.bias, p.y, T) }
+    }
+
+    /// The prepared input of a product: fp32 activations with their block sums, or their
+    /// int8 rounding (`d`: `[T, K/32]` scales followed by `[T, K/32]` sums).
+    struct Inputs: @unchecked Sendable {
+        let x: UnsafePointer<Float>
+        let sums: UnsafePointer<Float>?
+        let q: UnsafePointer<Int8>?
+        let d: UnsafePointer<Float>?
+    }
+
+    private func usesInt8(_ compute: ComputeMode) -> Bool {
+        compute == .int8 && (format == .q4_0 || format == .q4_1 || format == .q8_0)
+    }
+
+    private var needsBlockSums: Bool { format == .q4_0 || format == .q4_1 || format == .q4_k }
+
+    /// Outputs `rows` of `y = x W^T` (no bias).
+    private func run(_ input: Inputs, t T: Int, rows range: Range<Int>, y: UnsafeMutablePointer<Float>, compute: ComputeMode) {
+        let K = cols, O = rows
         if let dense {
             dense.withUnsafeBufferPointer { w in
-                MatMul.nt(x: x, w: w.baseAddress!, bias: bias, y: y, t: T, k: cols, o: rows)
+                MatMul.ntBlock(x: input.x, w: w.baseAddress!, bias: nil, y: y, t: T, k: K, o: O, outputs: range)
             }
             return
         }
-        let K = cols, O = rows
-        // Block sums of x (Q4_0/Q4_1/Q4_K offsets), in this thread's scratch.
-        let sums = Scratch.floats(.blockSums, T * K / 32)
-        if format == .q4_0 || format == .q4_1 || format == .q4_k { fk_block_sums(x, Int32(T), Int32(K), sums) }
-        nonisolated(unsafe) let xs = x, ys = y, s = UnsafePointer(sums)
-        nonisolated(unsafe) let w = store!.bytes.baseAddress!
-        let format = format
-        Parallel.ranges(O, granule: 8, work: T * K * O) { range in
-            let o0 = Int32(range.lowerBound), o1 = Int32(range.upperBound)
-            let u8 = w.assumingMemoryBound(to: UInt8.self), u16 = w.assumingMemoryBound(to: UInt16.self)
-            switch format {
-            case .q4_1: fk_matmul_q4_1(xs, s, u8, Int32(K), Int32(T), o0, o1, ys, Int32(O))
-            case .q4_0: fk_matmul_q4_0(xs, s, u8, Int32(K), Int32(T), o0, o1, ys, Int32(O))
-            case .q8_0: fk_matmul_q8_0(xs, u8, Int32(K), Int32(T), o0, o1, ys, Int32(O))
-            case .f16: fk_matmul_f16(xs, u16, Int32(K), Int32(T), o0, o1, ys, Int32(O))
-            case .bf16: fk_matmul_bf16(xs, u16, Int32(K), Int32(T), o0, o1, ys, Int32(O))
-            case .q4_k: fk_matmul_kquant(12, xs, s, u8, Int32(K), Int32(T), o0, o1, ys, Int32(O))
-            case .q6_k: fk_matmul_kquant(14, xs, s, u8, Int32(K), Int32(T), o0, o1, ys, Int32(O))
-            case .f32: break
-            }
+        let o0 = Int32(range.lowerBound), o1 = Int32(range.upperBound)
+        let raw = store!.bytes.baseAddress!
+        let u8 = raw.assumingMemoryBound(to: UInt8.self), u16 = raw.assumingMemoryBound(to: UInt16.self)
+        if usesInt8(compute), let q = input.q, let d = input.d {
+            let nb = K / 32
+            fk_matmul_int8(format.cType, q, d, d + T * nb, u8, Int32(K), Int32(T), o0, o1, y, Int32(O))
+            return
         }
-        addBias(bias, y, T)
+        let x = input.x, s = input.sums
+        switch format {
+        case .q4_1: fk_matmul_q4_1(x, s, u8, Int32(K), Int32(T), o0, o1, y, Int32(O))
+        case .q4_0: fk_matmul_q4_0(x, s, u8, Int32(K), Int32(T), o0, o1, y, Int32(O))
+        case .q8_0: fk_matmul_q8_0(x, u8, Int32(K), Int32(T), o0, o1, y, Int32(O))
+        case .f16: fk_matmul_f16(x, u16, Int32(K), Int32(T), o0, o1, y, Int32(O))
+        case .bf16: fk_matmul_bf16(x, u16, Int32(K), Int32(T), o0, o1, y, Int32(O))
+        case .q4_k: fk_matmul_kquant(12, x, s, u8, Int32(K), Int32(T), o0, o1, y, Int32(O))
+        case .q6_k: fk_matmul_kquant(14, x, s, u8, Int32(K), Int32(T), o0, o1, y, Int32(O))
+        case .f32: break
+        }
     }
 
     private func addBias(_ bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>, _ T: Int) {
@@ -163,21 +239,6 @@ public struct LinearWeight: Sendable {
             }
         }
         return (q, d, s)
-    }
-
-    /// The int8 compute mode: round each token's activations to 8 bits per block, then
-    /// integer block products (see `fk_matmul_int8`).
-    private func matmulInt8(x: UnsafePointer<Float>, t T: Int, y: UnsafeMutablePointer<Float>) {
-        let K = cols, O = rows, nb = K / 32
-        let qx = Scratch.raw(.int8Activations, T * K).assumingMemoryBound(to: Int8.self)
-        let scales = Scratch.floats(.int8Scales, 2 * T * nb)
-        fk_quantize_activations(x, Int32(T), Int32(K), qx, scales, scales + T * nb)
-        nonisolated(unsafe) let w = store!.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
-        nonisolated(unsafe) let q = qx, d = scales, out = y
-        let type = format.cType
-        Parallel.ranges(O, granule: 8, work: T * K * O) { range in
-            fk_matmul_int8(type, q, d, d + T * nb, w, Int32(K), Int32(T), Int32(range.lowerBound), Int32(range.upperBound), out, Int32(O))
-        }
     }
 
     /// Row `r` as floats (embedding lookups).

@@ -9,10 +9,10 @@ import Tensors
 /// alone. Implementations must compute each row from that row alone so that batching never
 /// changes a result.
 public protocol LinearDeltas: Sendable {
-    /// `y[t] += delta_role(x[t])` for each token t with `slots[t] >= 0`.
-    /// `x: [T, inDim]`, `y: [T, outDim]`.
-    func add(layer: Int, role: LinearRole, x: UnsafePointer<Float>, inDim: Int, y: UnsafeMutablePointer<Float>, outDim: Int,
-             slots: UnsafePointer<Int32>, tokens: Int)
+    /// For each output (role, y): `y[t] += delta_role(x[t])` for each token t with
+    /// `slots[t] >= 0`. `x: [T, inDim]`, `y: [T, outDim]`. The outputs share the input (e.g.
+    /// q, k and v), so an implementation can run them as one parallel region.
+    func add(layer: Int, x: UnsafePointer<Float>, inDim: Int, outputs: [DeltaOutput], slots: UnsafePointer<Int32>, tokens: Int)
 
     /// Overrides or adds to the embedding of token t (`out: [D]`) for an adapter slot;
     /// returns false when the base embedding should be used unchanged.
@@ -28,6 +28,26 @@ public protocol LinearDeltas: Sendable {
 
     /// Number of slots; valid slots are `0..<slotCount`.
     var slotCount: Int { get }
+
+    /// The weight memory `add` will read for `role` of `layer` with these slots, so the
+    /// model can prefetch it while the base product runs (a hint; may be empty).
+    func weightRegions(layer: Int, role: LinearRole, slots: UnsafePointer<Int32>, tokens: Int) -> [UnsafeRawBufferPointer]
+}
+
+extension LinearDeltas {
+    public func weightRegions(layer: Int, role: LinearRole, slots: UnsafePointer<Int32>, tokens: Int) -> [UnsafeRawBufferPointer] { [] }
+}
+
+/// One linear output that receives adapter deltas: `y: [T, outDim]` of `role`.
+public struct DeltaOutput: @unchecked Sendable {
+    public let role: LinearRole
+    public let y: UnsafeMutablePointer<Float>
+    public let outDim: Int
+    public init(role: LinearRole, y: UnsafeMutablePointer<Float>, outDim: Int) {
+        self.role = role
+        self.y = y
+        self.outDim = outDim
+    }
 }
 
 /// The linear layers adapters can target, named as in Hugging Face checkpoints.
@@ -118,22 +138,19 @@ public final class LlamaModel: @unchecked Sendable {
                 for (l, w) in weights.layers.enumerated() {
                     // --- attention block ---
                     rms(x.p, w.attnNorm, h.p, T, D)
-                    linear(h.p, w.wq, w.bq, q.p, T, deltas, l, .q, slotPtr.baseAddress!)
-                    linear(h.p, w.wk, w.bk, k.p, T, deltas, l, .k, slotPtr.baseAddress!)
-                    linear(h.p, w.wv, w.bv, v.p, T, deltas, l, .v, slotPtr.baseAddress!)
+                    linears(h.p, T, [(w.wq, w.bq, q.p, .q), (w.wk, w.bk, k.p, .k), (w.wv, w.bv, v.p, .v)], deltas, l, slotPtr.baseAddress!)
                     rope.apply(q.p, tokens: T, heads: Hq, positions: posPtr.baseAddress!)
                     rope.apply(k.p, tokens: T, heads: Hkv, positions: posPtr.baseAddress!)
                     writeCache(batch, kv: kv, layer: l, k: k.p, v: v.p)
                     attend(batch, kv: kv, layer: l, q: q.p, out: attn.p)
-                    linear(attn.p, w.wo, w.bo, proj.p, T, deltas, l, .o, slotPtr.baseAddress!)
+                    linears(attn.p, T, [(w.wo, w.bo, proj.p, .o)], deltas, l, slotPtr.baseAddress!)
                     add(x.p, proj.p, T * D)
 
                     // --- MLP block: down(silu(gate(h)) * up(h)) ---
                     rms(x.p, w.ffnNorm, h.p, T, D)
-                    linear(h.p, w.wGate, w.bGate, gate.p, T, deltas, l, .gate, slotPtr.baseAddress!)
-                    linear(h.p, w.wUp, w.bUp, up.p, T, deltas, l, .up, slotPtr.baseAddress!)
+                    linears(h.p, T, [(w.wGate, w.bGate, gate.p, .gate), (w.wUp, w.bUp, up.p, .up)], deltas, l, slotPtr.baseAddress!)
                     Activation.siluMul(gate: gate.p, up: up.p, count: T * I)
-                    linear(gate.p, w.wDown, w.bDown, proj.p, T, deltas, l, .down, slotPtr.baseAddress!)
+                    linears(gate.p, T, [(w.wDown, w.bDown, proj.p, .down)], deltas, l, slotPtr.baseAddress!)
                     add(x.p, proj.p, T * D)
                 }
             }
@@ -199,17 +216,23 @@ public final class LlamaModel: @unchecked Sendable {
         }
     }
 
-    /// `y = x W^T + b`, then the adapters' deltas for this role.
-    private func linear(
-        _ x: UnsafePointer<Float>, _ w: LinearWeight, _ bias: [Float]?, _ y: UnsafeMutablePointer<Float>, _ T: Int,
-        _ deltas: (any LinearDeltas)?, _ layer: Int, _ role: LinearRole, _ slots: UnsafePointer<Int32>
+    /// `y = x W^T + b` for linears sharing the input `x` (one parallel region), then the
+    /// adapters' deltas for each role.
+    private func linears(
+        _ x: UnsafePointer<Float>, _ T: Int, _ outputs: [(w: LinearWeight, bias: [Float]?, y: UnsafeMutablePointer<Float>, role: LinearRole)],
+        _ deltas: (any LinearDeltas)?, _ layer: Int, _ slots: UnsafePointer<Int32>
     ) {
-        if let bias {
-            bias.withUnsafeBufferPointer { w.matmul(x: x, t: T, y: y, bias: $0.baseAddress!, compute: compute) }
-        } else {
-            w.matmul(x: x, t: T, y: y, compute: compute)
+        let prefetch = deltas.map { d in outputs.flatMap { d.weightRegions(layer: layer, role: $0.role, slots: slots, tokens: T) } } ?? []
+        LinearWeight.matmul(sharing: x, t: T, compute: compute, outputs.map { LinearWeight.Product($0.w, y: $0.y) }, prefetch: prefetch)
+        for o in outputs {
+            if let bias = o.bias {
+                // y[t] + b, as `matmul(bias:)` adds it.
+                let O = o.w.rows
+                for t in 0..<T { for j in 0..<O { o.y[t * O + j] = o.y[t * O + j] + bias[j] } }
+            }
         }
-        deltas?.add(layer: layer, role: role, x: x, inDim: w.cols, y: y, outDim: w.rows, slots: slots, tokens: T)
+        deltas?.add(layer: layer, x: x, inDim: outputs[0].w.cols, outputs: outputs.map { DeltaOutput(role: $0.role, y: $0.y, outDim: $0.w.rows) },
+                    slots: slots, tokens: T)
     }
 
     private func add(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, _ n: Int) {

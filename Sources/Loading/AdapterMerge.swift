@@ -18,11 +18,12 @@ public enum AdapterMerge {
             let m = w.dequantized()
             var out = m
             let r = p.rank
+            let a = p.a, b = p.b    // decoded once
             for o in 0..<m.rows {
                 for j in 0..<r {
-                    let bj = p.b.data[o * r + j] * p.scale
+                    let bj = b.data[o * r + j] * p.scale
                     if bj == 0 { continue }
-                    for i in 0..<m.cols { out.data[o * m.cols + i] += bj * p.a.data[j * m.cols + i] }
+                    for i in 0..<m.cols { out.data[o * m.cols + i] += bj * a.data[j * m.cols + i] }
                 }
             }
             return LinearWeight(out)
@@ -109,8 +110,9 @@ public enum AdapterMerge {
         for (l, pairs) in adapter.pairs.enumerated() {
             for (role, p) in pairs {
                 let module = "model.layers.\(l).\(roleModule[role]!)"
-                tensors.append(.init(name: "base_model.model.\(module).lora_A.weight", shape: [p.a.rows, p.a.cols], values: p.a.data))
-                tensors.append(.init(name: "base_model.model.\(module).lora_B.weight", shape: [p.b.rows, p.b.cols], values: p.b.data))
+                let a = p.a, b = p.b
+                tensors.append(.init(name: "base_model.model.\(module).lora_A.weight", shape: [a.rows, a.cols], values: a.data))
+                tensors.append(.init(name: "base_model.model.\(module).lora_B.weight", shape: [b.rows, b.cols], values: b.data))
                 ranks.append(p.rank)
                 if p.rank != r { rankPattern[module] = p.rank }
                 let alpha = Double(p.scale) * Double(p.rank)

@@ -99,21 +99,28 @@ import TestSupport
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let r = try FacetProcess.run(["bench", "--model", Fixtures.tinyModel, "--steps", "2", "--batch-sizes", "1", "2",
-                                      "--prompt-lengths", "8", "--adapter-counts", "2", "--adapter-rank", "4",
+                                      "--prompt-lengths", "8", "--adapter-counts", "2", "--adapter-rank", "4", "--rounds", "2",
                                       "--accuracy-prompts", "2", "--accuracy-tokens", "3", "--json", dir + "/b.json", "--svg", dir + "/b.svg"])
         #expect(r.status == 0, "\(r.stderr)")
         let report = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/b.json"))) as! [String: Any]
         let names = (report["results"] as! [[String: Any]]).map { "\($0["mode"] ?? "")/\($0["name"]!)" }
         for mode in ["fp32", "int8"] {
-            for n in ["prefill 8", "decode batch 1", "decode batch 2", "decode batch 2, 2 adapters r4"] {
+            for n in ["prefill 8", "decode batch 1", "decode batch 2", "decode batch 2, 2 adapters r4 f32", "decode batch 2, 2 adapters r4 bf16"] {
                 #expect(names.contains("\(mode)/\(n)"), "\(mode)/\(n) missing from \(names)")
             }
         }
+        // Adapter batches carry their same-window ratio to the base and the per-round ratios.
+        for result in report["results"] as! [[String: Any]] where (result["name"] as! String).contains("adapters") {
+            #expect(result["ratioToBase"] as? Double != nil)
+            #expect((result["ratioRounds"] as? [Double])?.count == 2)
+        }
         #expect((report["accuracy"] as! [String: Any])["int8"] != nil)
         let svg = try String(contentsOfFile: dir + "/b.svg", encoding: .utf8)
-        #expect(svg.hasPrefix("<svg") && svg.contains("decode batch 2, 2 adapters r4") && svg.hasSuffix("</svg>\n"))
+        #expect(svg.hasPrefix("<svg") && svg.contains("decode batch 2, 2 adapters r4 bf16") && svg.hasSuffix("</svg>\n"))
         let bad = try FacetProcess.run(["bench", "--model", Fixtures.tinyModel, "--batch-sizes", "0"])
         #expect(bad.status != 0 && bad.stderr.contains("must be positive"), "\(bad.stderr)")
+        let badPrecision = try FacetProcess.run(["bench", "--model", Fixtures.tinyModel, "--adapter-precisions", "f8"])
+        #expect(badPrecision.status != 0 && badPrecision.stderr.contains("f8"), "\(badPrecision.stderr)")
         let badMode = try FacetProcess.run(["bench", "--model", Fixtures.tinyModel, "--compute", "int4"])
         #expect(badMode.status != 0 && badMode.stderr.contains("int4"), "\(badMode.stderr)")
         let badRate = try FacetProcess.run(["bench", "--serving", "--url", "http://127.0.0.1:9", "--rates", "fast"])

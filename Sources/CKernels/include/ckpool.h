@@ -16,4 +16,10 @@ void fk_pool_run(int tasks, fk_task_fn fn, void *ctx);
 /// memory is exhausted.
 void *fk_thread_scratch(int slot, unsigned long bytes);
 
+/// Background prefetch for the calling thread: up to 16 regions to pull into L2 while the
+/// next product kernel runs, spread over about `ticks` row steps of that kernel.
+void fk_prefetch_add(const void *p, unsigned long bytes);
+void fk_prefetch_arm(long ticks);
+void fk_prefetch_clear(void);
+
 #endif
