@@ -26,6 +26,27 @@ public struct LoRAPair: Sendable {
         self.packedBT = LowRankMatrix(b.transposed())
         self.scale = scale
     }
+
+    init(packedA: LowRankMatrix, packedBT: LowRankMatrix, scale: Float) {
+        self.packedA = packedA
+        self.packedBT = packedBT
+        self.scale = scale
+    }
+
+    /// The pair with both factors rounded to `precision` (a no-op when already there).
+    public func stored(in precision: LowRankMatrix.Precision) -> LoRAPair {
+        func convert(_ m: LowRankMatrix) -> LowRankMatrix { m.precision == precision ? m : LowRankMatrix(m.matrix, precision: precision) }
+        return LoRAPair(packedA: convert(packedA), packedBT: convert(packedBT), scale: scale)
+    }
+}
+
+/// How an adapter's low-rank factors are kept in memory.
+/// - `exact` (default): the narrowest of f32/f16/bf16 that holds every value exactly, so
+///   results are those of the file's values (16-bit files stay 16-bit).
+/// - `bf16` / `f16` (opt-in): factors are rounded to 16 bits (round to nearest even): half
+///   the memory and memory traffic of fp32 adapters, at a small accuracy cost.
+public enum LoRAPrecision: String, Sendable, CaseIterable, Codable {
+    case exact, bf16, f16
 }
 
 /// A LoRA adapter in memory, independent of its file format. Weights are fp32, in the base
@@ -62,6 +83,16 @@ public struct LoRAAdapter: Sendable {
 
     /// Vocabulary of sequences using this adapter (larger than the base's when it extends it).
     public func vocabularySize(base: Int) -> Int { max(embedTokens?.rows ?? base, lmHead?.rows ?? base) }
+
+    /// The adapter with its low-rank factors kept in `precision` (embedding LoRA and full
+    /// replacement tables stay fp32).
+    public func storing(_ precision: LoRAPrecision) -> LoRAAdapter {
+        guard precision != .exact else { return self }
+        let target: LowRankMatrix.Precision = precision == .bf16 ? .bf16 : .f16
+        var copy = self
+        copy.pairs = pairs.map { layer in layer.mapValues { $0.stored(in: target) } }
+        return copy
+    }
 
     public var maxRank: Int { pairs.flatMap { $0.values.map(\.rank) }.max() ?? embeddingLoRA?.aT.cols ?? 0 }
 

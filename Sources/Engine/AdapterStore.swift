@@ -37,7 +37,12 @@ public final class AdapterStore: @unchecked Sendable {
     private var entries: [String: Entry] = [:]
     private var clock: UInt64 = 0
 
-    public init(base: LlamaConfiguration, baseEmbedding: LinearWeight, budgetBytes: Int, maxRank: Int?, root: String?) {
+    /// How loaded adapters keep their factors (see `LoRAPrecision`).
+    public let precision: LoRAPrecision
+
+    public init(base: LlamaConfiguration, baseEmbedding: LinearWeight, budgetBytes: Int, maxRank: Int?, root: String?,
+                precision: LoRAPrecision = .exact) {
+        self.precision = precision
         self.base = base
         self.baseEmbedding = baseEmbedding
         self.budgetBytes = budgetBytes
@@ -136,7 +141,7 @@ public final class AdapterStore: @unchecked Sendable {
     }
 
     private func loadChecked(name: String, path: String) throws -> LoRAAdapter {
-        let adapter = try AdapterLoader.load(directory: path, name: name, base: base, baseEmbedding: baseEmbedding)
+        let adapter = try AdapterLoader.load(directory: path, name: name, base: base, baseEmbedding: baseEmbedding).storing(precision)
         if let maxRank, adapter.maxRank > maxRank {
             throw FacetError(.capacity, "adapter rank \(adapter.maxRank) exceeds --max-lora-rank \(maxRank)", file: path, field: "r",
                              remedy: "raise --max-lora-rank")

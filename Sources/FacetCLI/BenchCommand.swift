@@ -125,6 +125,7 @@ struct BenchCommand: AsyncParsableCommand {
             for dir in loraDirs {
                 let start = Date()
                 let a = try AdapterLoader.load(directory: dir, base: loaded.config, baseEmbedding: loaded.weights.embedding)
+                    .storing(modelOptions.loraPrecision)
                 let s = Date().timeIntervalSince(start)
                 print(String(format: "adapter load %@ (%.1f MB): %.3f s", a.name, Double(a.byteSize) / 1e6, s))
                 report.results.append(Benchmark.Result(name: "adapter load \(a.name)", tokensPerSecond: 0, tokens: 0, seconds: s))

@@ -19,6 +19,8 @@ struct LoraCommand: ParsableCommand {
         @OptionGroup var modelOptions: ModelOptions
         @Argument(help: "Adapter directory (PEFT or TensorRT-LLM).") var directory: String
 
+        func validate() throws { try modelOptions.rejectRuntimeOptions(for: "facet lora inspect") }
+
         func run() throws {
             try failing {
                 let format = try AdapterLoader.detect(directory: directory)
@@ -60,6 +62,8 @@ struct LoraCommand: ParsableCommand {
         @Option(name: [.customLong("storage_type"), .customLong("storage-type")], help: "float16, float32 or bfloat16 (to TensorRT-LLM).")
         var storageType: String = "float16"
 
+        func validate() throws { try modelOptions.rejectRuntimeOptions(for: "facet lora convert") }
+
         func run() throws {
             try failing {
                 let kind: NpyArray.Kind
@@ -94,6 +98,8 @@ struct LoraCommand: ParsableCommand {
         @Option(name: .customLong("output"), help: "Output directory (config.json + model.safetensors).") var output: String
         @Option(help: "float32, float16 or bfloat16.") var dtype: String = "float32"
 
+        func validate() throws { try modelOptions.rejectRuntimeOptions(for: "facet lora merge") }
+
         func run() throws {
             try failing {
                 let d = try parseDType(dtype)
@@ -113,6 +119,8 @@ struct ConvertCommand: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
     @Option(name: .customLong("output"), help: "Output directory.") var output: String
     @Option(help: "float32, float16 or bfloat16.") var dtype: String = "float32"
+
+    func validate() throws { try modelOptions.rejectRuntimeOptions(for: "facet convert") }
 
     func run() throws {
         try failing {

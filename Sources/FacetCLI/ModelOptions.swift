@@ -1,3 +1,4 @@
+import Adapters
 import ArgumentParser
 import Foundation
 import Formats
@@ -21,6 +22,17 @@ struct ModelOptions: ParsableArguments {
     var compute: ComputeMode?
 
     var computeMode: ComputeMode { compute ?? .fp32 }
+
+    @Option(name: .customLong("lora-precision"),
+            help: "How adapters keep their LoRA factors: exact (default; 16-bit files stay 16-bit), or bf16/f16 (rounds fp32 adapters: half the memory and traffic, small accuracy cost).")
+    var loraPrecision: LoRAPrecision = .exact
+
+    /// Commands that only read or write files take the model options for the model path;
+    /// the run-time options would be silently ignored there, so they are refused.
+    func rejectRuntimeOptions(for command: String) throws {
+        if compute != nil { throw ValidationError("--compute applies to run, serve and bench, not to \(command)") }
+        if loraPrecision != .exact { throw ValidationError("--lora-precision applies to run, serve and bench, not to \(command)") }
+    }
 
     /// Where `scripts/setup` puts the default model, searched from the working directory,
     /// the executable's folders and FACET_HOME.
@@ -76,3 +88,5 @@ struct ModelOptions: ParsableArguments {
 }
 
 extension ComputeMode: ExpressibleByArgument {}
+
+extension LoRAPrecision: ExpressibleByArgument {}

@@ -167,6 +167,7 @@ struct RunCommand: ParsableCommand {
         if !loraDir.isEmpty {
             let adapters = try loraDir.map { dir in
                 let a = try AdapterLoader.load(directory: dir, base: model.config, baseEmbedding: model.weights.embedding)
+                    .storing(modelOptions.loraPrecision)
                 FileHandle.standardError.write(Data("[facet] adapter \(loraDir.firstIndex(of: dir)!): \(a.name) (rank \(a.maxRank), \(a.targetRoles.joined(separator: ",")))\n".utf8))
                 return a
             }

@@ -64,7 +64,7 @@ struct ServeCommand: AsyncParsableCommand {
         let contextLength = min(maxModelLen ?? model.config.maxPositionEmbeddings, model.config.maxPositionEmbeddings)
         let limits = SchedulerLimits(maxBatchSize: maxBatchSize, maxNumTokens: maxNumTokens, maxLoras: maxLoras, maxModelLength: contextLength)
         let store = AdapterStore(base: model.config, baseEmbedding: model.weights.embedding, budgetBytes: loraBytes, maxRank: maxLoraRank,
-                                 root: adapterRoot)
+                                 root: adapterRoot, precision: modelOptions.loraPrecision)
         for spec in loras {
             guard let eq = spec.firstIndex(of: "="), eq != spec.startIndex else {
                 throw FacetError(.invalidArgument, "expected NAME=PATH, got \(spec)", field: "lora")

@@ -36,6 +36,29 @@ import TestSupport
         #expect(maxRelativeError(r.stepLogits[0], floats(c["last_logits"])) < 1e-4)
     }
 
+    /// `--lora-precision bf16|f16`: fp32 factors rounded to 16 bits take half the bytes and
+    /// stay close to PEFT (the greedy continuation and the logits within a looser bound);
+    /// `exact` changes nothing.
+    @Test(arguments: [LoRAPrecision.bf16, .f16])
+    func sixteenBitStorageStaysCloseToPEFT(precision: LoRAPrecision) throws {
+        let name = "all_linear_r8"
+        let exact = try Self.adapter(name)
+        let rounded = exact.storing(precision)
+        #expect(exact.storing(.exact).byteSize == exact.byteSize)
+        #expect(rounded.byteSize * 2 == exact.byteSize)
+        #expect(rounded.pairs.allSatisfy { $0.values.allSatisfy { $0.packedA.precision.rawValue == precision.rawValue } })
+        let set = AdapterSet(adapters: [rounded], baseVocabulary: Self.model.config.vocabSize)
+        let c = (Self.golden["cases"] as! [String: Any])[name] as! [String: Any]
+        let r = try BatchGenerator(model: Self.model, tokenizer: nil)
+            .generate([GenerationRequest(promptIDs: ints(Self.golden["prompt_ids"]), parameters: Self.greedy(16), adapterSlot: 0)],
+                      deltas: set, collectLogits: true)[0]
+        #expect(r.outputIDs == ints(c["greedy"]))
+        // bf16 keeps 8 mantissa bits, f16 11 (the tiny model's random adapter deltas are large).
+        let error = maxRelativeError(r.stepLogits[0], floats(c["last_logits"]))
+        #expect(error < (precision == .bf16 ? 5e-2 : 1e-2), "\(error)")
+        #expect(error > 1e-7, "rounding to \(precision) should change the logits a little")
+    }
+
     /// PEFT's mixed-adapter batch, reproduced in one batch (any order), bitwise equal to
     /// each sequence run alone.
     @Test func mixedBatchMatchesPEFT() throws {

@@ -46,6 +46,15 @@ import TestSupport
                                           "--max_output_len", "16", "--ignore_eos", "--lora_dir", adapter, "--lora_task_uids", "0"])
             #expect(r.stdout.contains(Self.expectedOutput("all_linear_r8")), "\(adapter): \(r.stdout) \(r.stderr)")
         }
+        // Run-time options are refused by the file commands rather than ignored; run takes them.
+        let ignored = try FacetProcess.run(["lora", "convert", "--model", Fixtures.tinyModel, "--lora-precision", "bf16", src, dir + "/x"])
+        #expect(ignored.status != 0 && ignored.stderr.contains("--lora-precision applies to run, serve and bench"), "\(ignored.stderr)")
+        let computeIgnored = try FacetProcess.run(["lora", "merge", "--model", Fixtures.tinyModel, "--compute", "int8", "--lora_dir", src,
+                                                   "--output", dir + "/y"])
+        #expect(computeIgnored.status != 0 && computeIgnored.stderr.contains("--compute applies to"), "\(computeIgnored.stderr)")
+        let bf16 = try FacetProcess.run(["run", "--model", Fixtures.tinyModel, "--input_file", try Self.promptCSV(copies: 1), "--max_output_len", "16",
+                                         "--ignore_eos", "--lora_dir", src, "--lora_task_uids", "0", "--lora-precision", "bf16"])
+        #expect(bf16.status == 0 && bf16.stdout.contains(Self.expectedOutput("all_linear_r8")), "\(bf16.stdout) \(bf16.stderr)")
     }
 
     @Test func mergeWritesAModelThatAnswersLikeTheAdapter() throws {
