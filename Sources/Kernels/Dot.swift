@@ -14,16 +14,23 @@ public func fold16(_ v: SIMD16<Float>) -> Float {
 
 @inline(__always)
 public func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+    dot(a, UnsafeRawPointer(b), n, F32Row.self)
+}
+
+/// `dot` with the second operand stored as `F` (16-bit factors are widened exactly, so the
+/// result is bitwise that of `dot` over their fp32 values).
+@inline(__always)
+func dot<F: RowFormat>(_ a: UnsafePointer<Float>, _ b: UnsafeRawPointer, _ n: Int, _: F.Type) -> Float {
     var acc = SIMD16<Float>()
     var k = 0
     let full = n & ~15
     while k < full {
-        acc.addProduct(load16(a + k), load16(b + k))
+        acc.addProduct(load16(a + k), F.load16(b, k))
         k += 16
     }
     var total = fold16(acc)
     while k < n {
-        total = (a[k] * b[k]) + total
+        total = (a[k] * F.load1(b, k)) + total
         k += 1
     }
     return total

@@ -151,27 +151,40 @@ public struct LinearWeight: Sendable {
             fk_block_sums(x, Int32(T), Int32(K), p)
             sums = p
         }
-        // Row ranges of every product, as one task list.
-        var tasks: [(product: Int, rows: Range<Int>)] = []
-        for (i, p) in products.enumerated() {
-            for r in Parallel.split(p.weight.rows, granule: 8, work: T * K * p.weight.rows) { tasks.append((i, r)) }
-        }
+        // The row ranges of every product, one after another, as one task list (task i is
+        // found by walking the products: no list is built).
+        func split(_ p: Product) -> Parallel.Split { Parallel.Split(p.weight.rows, granule: 8, work: T * K * p.weight.rows) }
+        let taskCount = products.reduce(0) { $0 + split($1).parts }
         let inputs = Inputs(x: x, sums: sums.map { UnsafePointer($0) }, q: int8.map { UnsafePointer($0.q) }, d: int8.map { UnsafePointer($0.d) })
         nonisolated(unsafe) let list = products, regions = prefetch
         let passes = max(1, T / 4)
-        Parallel.forEach(tasks.count) { i in
-            let task = tasks[i]
-            let p = list[task.product]
-            if !regions.isEmpty {
-                var r = i
-                while r < regions.count {
-                    if let base = regions[r].baseAddress { fk_prefetch_add(base, UInt(regions[r].count)) }
-                    r += tasks.count
+        let work = products.reduce(0) { $0 + T * K * $1.weight.rows }
+        let body = { (task: Int) in
+            var i = task
+            for p in list {
+                let s = split(p)
+                guard i < s.parts else {
+                    i -= s.parts
+                    continue
                 }
-                fk_prefetch_arm((task.rows.count + 1) / 2 * passes)
+                let rows = s.range(i)
+                if !regions.isEmpty {
+                    var r = task
+                    while r < regions.count {
+                        if let base = regions[r].baseAddress { fk_prefetch_add(base, UInt(regions[r].count)) }
+                        r += taskCount
+                    }
+                    fk_prefetch_arm((rows.count + 1) / 2 * passes)
+                }
+                p.weight.run(inputs, t: T, rows: rows, y: p.y, compute: compute)
+                if !regions.isEmpty { fk_prefetch_clear() }
+                return
             }
-            p.weight.run(inputs, t: T, rows: task.rows, y: p.y, compute: compute)
-            if !regions.isEmpty { fk_prefetch_clear() }
+        }
+        if work < 16_384 {
+            for task in 0..<taskCount { body(task) }
+        } else {
+            Parallel.forEach(taskCount, body)
         }
         for p in products { p.weight.addBias(p.bias, p.y, T) }
     }

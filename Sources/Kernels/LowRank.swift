@@ -141,25 +141,9 @@ public enum LowRank {
     @inline(__always)
     static func shrink<F: RowFormat>(_: F.Type, _ x: UnsafePointer<Float>, _ a: UnsafeRawPointer, _ u: UnsafeMutablePointer<Float>,
                                      _ n: Int, _ K: Int, _ r: Int) {
-        let full = K & ~15
         for j in 0..<r {
             let row = a + j * K * F.elementBytes
-            for i in 0..<n {
-                let xi = x + i * K
-                // dot(x[i], A[j]) as in Dot.swift: 16 lanes, fold16, then the tail in order.
-                var acc = SIMD16<Float>()
-                var k = 0
-                while k < full {
-                    acc.addProduct(load16(xi + k), F.load16(row, k))
-                    k += 16
-                }
-                var total = fold16(acc)
-                while k < K {
-                    total = (xi[k] * F.load1(row, k)) + total
-                    k += 1
-                }
-                u[i * r + j] = total
-            }
+            for i in 0..<n { u[i * r + j] = dot(x + i * K, row, K, F.self) }
         }
     }
 

@@ -38,23 +38,28 @@ public enum Parallel {
     /// Splits `0..<count` into about `threadCount * 2` ranges aligned to `granule` and runs
     /// them in parallel when `work` (an estimate of multiply-adds) is large enough to pay.
     public static func ranges(_ count: Int, granule: Int = 1, work: Int, _ body: (Range<Int>) -> Void) {
-        let parts = split(count, granule: granule, work: work)
-        if parts.count <= 1 {
-            if let only = parts.first { body(only) }
+        let split = Split(count, granule: granule, work: work)
+        if split.parts <= 1 {
+            if split.parts == 1 { body(0..<count) }
             return
         }
-        forEach(parts.count) { body(parts[$0]) }
+        forEach(split.parts) { body(split.range($0)) }
     }
 
-    /// The ranges `ranges` would run: about `threadCount * 2` (or `* 6` for large `work`)
-    /// pieces of `0..<count` aligned to `granule`, or one piece when `work` is too small to
-    /// pay for a fork-join.
-    public static func split(_ count: Int, granule: Int = 1, work: Int) -> [Range<Int>] {
-        if count == 0 { return [] }
-        let parts = work < 16_384 || threadCount == 1 ? 1 : min(threadCount * (work < 4_000_000 ? 2 : 6), (count + granule - 1) / granule)
-        if parts <= 1 { return [0..<count] }
-        let per = ((count + parts - 1) / parts + granule - 1) / granule * granule
-        return stride(from: 0, to: count, by: per).map { $0..<min(count, $0 + per) }
+    /// How `ranges` cuts `0..<count`: about `threadCount * 2` (or `* 6` for large `work`)
+    /// pieces aligned to `granule`, or one piece when `work` (an estimate of multiply-adds)
+    /// is too small to pay for a fork-join.
+    public struct Split: Sendable {
+        public let count: Int, per: Int, parts: Int
+
+        public init(_ count: Int, granule: Int = 1, work: Int) {
+            self.count = count
+            let wanted = work < 16_384 || threadCount == 1 ? 1 : min(threadCount * (work < 4_000_000 ? 2 : 6), (count + granule - 1) / granule)
+            per = wanted <= 1 ? max(count, 1) : ((count + wanted - 1) / wanted + granule - 1) / granule * granule
+            parts = count == 0 ? 0 : (count + per - 1) / per
+        }
+
+        public func range(_ i: Int) -> Range<Int> { (i * per)..<min(count, (i + 1) * per) }
     }
 }
 
