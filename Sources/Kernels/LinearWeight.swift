@@ -108,7 +108,7 @@ public struct LinearWeight: Sendable {
     /// Bytes the weight occupies.
     public var byteSize: Int { format == .f32 ? rows * cols * 4 : store!.bytes.count }
 
-    public func matmul(x: UnsafePointer<Float>, t T: Int, y: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>? = nil,
+    public func matmul(x: UnsafePointer<Float>, t T: Int, y: UnsafeMutablePointer<Float>, bias: [Float]? = nil,
                        compute: ComputeMode = .fp32) {
         LinearWeight.matmul(sharing: x, t: T, compute: compute, [Product(self, y: y, bias: bias)])
     }
@@ -117,8 +117,8 @@ public struct LinearWeight: Sendable {
     public struct Product {
         public let weight: LinearWeight
         public let y: UnsafeMutablePointer<Float>
-        public let bias: UnsafePointer<Float>?
-        public init(_ weight: LinearWeight, y: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>? = nil) {
+        public let bias: [Float]?     // [rows], added as y[t, o] + bias[o]
+        public init(_ weight: LinearWeight, y: UnsafeMutablePointer<Float>, bias: [Float]? = nil) {
             self.weight = weight
             self.y = y
             self.bias = bias
@@ -234,7 +234,7 @@ public struct LinearWeight: Sendable {
         }
     }
 
-    private func addBias(_ bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>, _ T: Int) {
+    private func addBias(_ bias: [Float]?, _ y: UnsafeMutablePointer<Float>, _ T: Int) {
         guard let bias else { return }
         let O = rows
         for t in 0..<T { for o in 0..<O { y[t * O + o] = y[t * O + o] + bias[o] } }

@@ -223,14 +223,8 @@ public final class LlamaModel: @unchecked Sendable {
         _ deltas: (any LinearDeltas)?, _ layer: Int, _ slots: UnsafePointer<Int32>
     ) {
         let prefetch = deltas.map { d in outputs.flatMap { d.weightRegions(layer: layer, role: $0.role, slots: slots, tokens: T) } } ?? []
-        LinearWeight.matmul(sharing: x, t: T, compute: compute, outputs.map { LinearWeight.Product($0.w, y: $0.y) }, prefetch: prefetch)
-        for o in outputs {
-            if let bias = o.bias {
-                // y[t] + b, as `matmul(bias:)` adds it.
-                let O = o.w.rows
-                for t in 0..<T { for j in 0..<O { o.y[t * O + j] = o.y[t * O + j] + bias[j] } }
-            }
-        }
+        LinearWeight.matmul(sharing: x, t: T, compute: compute, outputs.map { LinearWeight.Product($0.w, y: $0.y, bias: $0.bias) },
+                            prefetch: prefetch)
         deltas?.add(layer: layer, x: x, inDim: outputs[0].w.cols, outputs: outputs.map { DeltaOutput(role: $0.role, y: $0.y, outDim: $0.w.rows) },
                     slots: slots, tokens: T)
     }
