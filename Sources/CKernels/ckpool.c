@@ -12,12 +12,15 @@
 static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER;   // one fork-join at a time
 static pthread_mutex_t sleep_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
-static atomic_uint generation;
+// Each hot atomic on its own cache line: the caller spinning on done_tasks must not steal
+// the line a worker is claiming tickets on.
+#define LINE _Alignas(64)
+static LINE atomic_uint generation;
 // (generation << 32) | next task index: a worker only takes a task of the run whose
 // generation it has seen, so a late worker can never start a task of the next run.
-static _Atomic unsigned long long ticket;
-static atomic_int done_tasks;
-static atomic_int sleepers;
+static LINE _Atomic unsigned long long ticket;
+static LINE atomic_int done_tasks;
+static LINE atomic_int sleepers;
 static int total_tasks;
 static fk_task_fn task_fn;
 static void *task_ctx;

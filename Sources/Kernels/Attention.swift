@@ -27,7 +27,7 @@ public enum Attention {
 
     /// Semantics: for each head h (kv head `h / (heads / kvHeads)`) of the kv groups in
     /// `groups` (default all), over cached positions `j in first...last`:
-    /// `s_j = dot(q_h, k_j) * scale`, `w_j = exp(s_j - max s)`,
+    /// `s_j = dot(q_h, k_j) * scale`, `w_j = exp(s_j - max s)` (`VectorMath.exp`),
     /// `out_h = (sum_j w_j v_j) / (sum_j w_j)`, every sum taken in increasing j (the value
     /// sum elementwise with fused multiply-adds). `scores` must hold
     /// `(heads / kvHeads) * (last + 1)` floats. The result depends only on this query and
@@ -68,12 +68,9 @@ public enum Attention {
                 }
                 for i in 0..<group {
                     let row = scores + i * span
+                    VectorMath.expShifted(row + first, count: last - first + 1, shift: maxScore[i])
                     var total: Float = 0
-                    for k in first...last {
-                        let e = expf(row[k] - maxScore[i])
-                        row[k] = e
-                        total += e
-                    }
+                    for k in first...last { total += row[k] }
                     totals[i] = total
                     (out + (h0 + i) * hd).update(repeating: 0, count: hd)
                 }

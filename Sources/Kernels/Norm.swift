@@ -1,4 +1,5 @@
 import Foundation
+internal import CKernels
 
 public enum Norm {
     /// Semantics: for each row t of `x: [T, D]`,
@@ -22,16 +23,13 @@ public enum Norm {
 }
 
 public enum Activation {
-    /// Semantics: `gate[i] = silu(gate[i]) * up[i]` with `silu(v) = v / (1 + exp(-v))`.
+    /// Semantics: `gate[i] = silu(gate[i]) * up[i]` with `silu(v) = v / (1 + exp(-v))`,
+    /// `exp` being `VectorMath.exp` (every element the same arithmetic).
     public static func siluMul(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int) {
-        // Elementwise, so splitting across threads changes no result; expf dominates (a
-        // batch of 32 tokens holds ~50k gate values per layer).
+        // Elementwise, so splitting across threads changes no result.
         nonisolated(unsafe) let g = gate, u = up
-        Parallel.ranges(count, granule: 256, work: count * 32) { range in
-            for i in range {
-                let v = g[i]
-                g[i] = (v / (1 + expf(-v))) * u[i]
-            }
+        Parallel.ranges(count, granule: 256, work: count * 8) { range in
+            fk_silu_mul(g + range.lowerBound, u + range.lowerBound, range.count)
         }
     }
 }

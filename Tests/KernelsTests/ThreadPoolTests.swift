@@ -34,6 +34,29 @@ import TestSupport
     }
 }
 
+/// The split of a parallel range: its pieces tile `0..<count` in order, are aligned to the
+/// granule (except the end) and are several per thread when the work pays for it.
+@Suite struct SplitTests {
+    @Test(arguments: [(576, 8, 331_776), (192, 8, 110_592), (49_152, 8, 28_311_552), (1536, 8, 884_736), (100, 1, 10), (7, 4, 1_000_000), (0, 8, 1_000_000), (1000, 256, 32_000)])
+    func piecesTileTheRangeAndShrink(count: Int, granule: Int, work: Int) {
+        let split = Parallel.Split(count, granule: granule, work: work)
+        var next = 0
+        for i in 0..<split.parts {
+            let r = split.range(i)
+            #expect(r.lowerBound == next)
+            #expect(!r.isEmpty)
+            #expect(r.upperBound == count || r.count % granule == 0)
+            next = r.upperBound
+        }
+        #expect(next == count)
+        #expect(count == 0 ? split.parts == 0 : split.parts >= 1)
+        if Parallel.threadCount > 1 && work >= 16_384 && count >= 64 * granule {
+            #expect(split.parts >= 2 * Parallel.threadCount)
+        }
+        if work < 16_384 { #expect(split.parts <= 1) }
+    }
+}
+
 struct SendableCounter: @unchecked Sendable {
     let p: UnsafeMutablePointer<Int>
     init(_ p: UnsafeMutablePointer<Int>) { self.p = p }

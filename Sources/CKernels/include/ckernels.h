@@ -57,4 +57,14 @@ void fk_dequantize_row_k(int type, const uint8_t *w, int K, int row, float *out)
 /// Dequantizes row `row` of a Q4_0/Q4_1/Q8_0 matrix with K columns into `out` (K floats).
 void fk_dequantize_row(int type, const uint8_t *w, int K, int row, float *out);
 
+/// Elementwise exp: within 2 ulp of exp(x) for x in [-86.5, 88.7]; below, 0 or a tiny
+/// normal value (< 2e-38); above 88.7 clamped (~3.3e38). Cody-Waite reduction, a degree-6
+/// polynomial, 2^n from exponent bits; the vector and scalar paths perform the same
+/// operations, so every element's result is the same in any position and on any machine.
+float fk_exp(float x);
+/// gate[i] = gate[i] / (1 + fk_exp(-gate[i])) * up[i]  (SiLU(gate) * up).
+void fk_silu_mul(float *gate, const float *up, long n);
+/// p[i] = fk_exp(p[i] - shift).
+void fk_exp_shift(float *p, long n, float shift);
+
 #endif
