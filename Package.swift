@@ -32,7 +32,7 @@ let package = Package(
         .target(name: "Scheduling", dependencies: ["PagedKV"]),
         .target(name: "Llama", dependencies: ["Tensors", "Kernels", "PagedKV"], swiftSettings: kernelFlags),
         .target(name: "Adapters", dependencies: ["Tensors", "Kernels", "Llama"], swiftSettings: kernelFlags),
-        .target(name: "Sampling", dependencies: ["Tensors"], swiftSettings: kernelFlags),
+        .target(name: "Sampling", dependencies: ["Tensors", "Kernels"], swiftSettings: kernelFlags),
         .target(name: "Loading", dependencies: ["Tensors", "Kernels", "Formats", "Tokenization", "Llama", "Adapters"]),
         .target(name: "Engine", dependencies: ["Tensors", "Kernels", "Llama", "Adapters", "PagedKV", "Scheduling", "Sampling", "Tokenization", "Loading"]),
         .target(
@@ -50,6 +50,8 @@ let package = Package(
             name: "ServingBench",
             dependencies: ["Sampling", .product(name: "AsyncHTTPClient", package: "async-http-client")]
         ),
+        // Test support: counts heap allocations (a malloc interposer forwarding to glibc).
+        .target(name: "AllocationCounter", path: "Tests/AllocationCounter"),
         .executableTarget(
             name: "FacetCLI",
             dependencies: [
@@ -63,7 +65,7 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Tensors", "Formats", "TestSupport"]),
         .testTarget(name: "FormatsTests", dependencies: ["Formats", "Tensors", "TestSupport"]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "Tensors", "Loading", "TestSupport"]),
-        .testTarget(name: "LlamaTests", dependencies: ["Llama", "Loading", "Engine", "Sampling", "PagedKV", "TestSupport"]),
+        .testTarget(name: "LlamaTests", dependencies: ["Llama", "Loading", "Engine", "Sampling", "PagedKV", "TestSupport", "AllocationCounter", "Kernels"]),
         .testTarget(name: "SamplingTests", dependencies: ["Sampling"]),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling", "PagedKV"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Adapters", "Llama", "Loading", "Sampling", "Scheduling", "Tensors", "TestSupport"]),

@@ -25,7 +25,7 @@ public final class AdapterSet: LinearDeltas, @unchecked Sendable {
         slot >= 0 && Int(slot) < adapters.count ? adapters[Int(slot)].vocabularySize(base: baseVocabulary) : baseVocabulary
     }
 
-    public func add(layer: Int, x: UnsafePointer<Float>, inDim: Int, outputs: [DeltaOutput], slots: UnsafePointer<Int32>, tokens: Int) {
+    public func add(layer: Int, x: UnsafePointer<Float>, inDim: Int, outputs: UnsafeBufferPointer<DeltaOutput>, slots: UnsafePointer<Int32>, tokens: Int) {
         let plan = groups(slots: slots, tokens: tokens)
         // One task per (output, adapter group) that has a pair: tasks write disjoint rows
         // (or disjoint outputs), and each row's arithmetic is the same whichever thread runs it.

@@ -89,6 +89,7 @@ public struct BatchGenerator {
         let totalBlocks = requests.reduce(0) { $0 + ($1.promptIDs.count + $1.parameters.maxTokens + blockSize) / blockSize }
         var allocator = BlockAllocator(capacity: max(totalBlocks, 1), blockSize: blockSize)
         let kv = model.makeKVStorage(blocks: max(totalBlocks, 1), blockSize: blockSize)
+        let logits = Logits()
         var active: [Active] = try requests.map { r in
             var table = BlockTable()
             guard table.reserve(tokens: r.promptIDs.count + r.parameters.maxTokens, from: &allocator) else {
@@ -123,10 +124,10 @@ public struct BatchGenerator {
                     active[i].cached += 1
                 }
             }
-            let logits = try model.forward(batch, kv: kv, deltas: deltas)
+            try model.forward(batch, kv: kv, deltas: deltas, into: logits)
             for (row, i) in owners.enumerated() {
                 let token = Int32(active[i].sampler.next(logits: logits[row], history: active[i].history))
-                if collectLogits { active[i].logits.append(logits[row]) }
+                if collectLogits { active[i].logits.append(logits.array(row)) }
                 active[i].output.append(token)
                 active[i].history.append(token)
                 let p = active[i].request.parameters

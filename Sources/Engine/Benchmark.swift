@@ -132,7 +132,7 @@ final class DecodeRun {
     let tables: [[Int32]]
     let deltas: AdapterSet?
     let slots: [Int32]
-    var logits: [[Float]]
+    let logits = Logits()
     var position = 0
 
     init(model: LlamaModel, batchSize: Int, steps: Int, prompt: Int, adapters: [LoRAAdapter], includeBase: Bool) throws {
@@ -153,7 +153,7 @@ final class DecodeRun {
             batch.append(sequence: s, tokens: (0..<prompt).map { Int32(($0 * 31 + s * 7 + 1) % model.config.vocabSize) },
                          startPosition: 0, adapterSlot: slots[s], wantLogits: true)
         }
-        logits = try model.forward(batch, kv: kv, deltas: deltas)
+        try model.forward(batch, kv: kv, deltas: deltas, into: logits)
     }
 
     /// One decode step; returns its wall time in seconds.
@@ -161,11 +161,10 @@ final class DecodeRun {
         let start = Date()
         var next = ForwardBatch(blockTables: tables)
         for s in 0..<batchSize {
-            let row = logits[s]
-            let token = Int32(row.indices.max { row[$0] < row[$1] } ?? 0)
+            let token = Int32(Sampler.argmax(logits[s]))
             next.append(sequence: s, tokens: [token], startPosition: prompt + position, adapterSlot: slots[s], wantLogits: true)
         }
-        logits = try model.forward(next, kv: kv, deltas: deltas)
+        try model.forward(next, kv: kv, deltas: deltas, into: logits)
         position += 1
         return Date().timeIntervalSince(start)
     }

@@ -78,6 +78,8 @@ public final class InferenceEngine: @unchecked Sendable {
     private var commands: [Command] = []
     private var stopping = false
     private var thread: Thread?
+    /// The step's logits, reused from step to step (engine thread only).
+    private let logits = Logits()
     private var nextID = 0
 
     enum Command {
@@ -262,9 +264,8 @@ public final class InferenceEngine: @unchecked Sendable {
                 if e.samples { samplers.append((e.request, batch.logitRows.count - 1)) }
             }
             let deltas = stepAdapters.isEmpty ? nil : AdapterSet(adapters: stepAdapters, baseVocabulary: model.config.vocabSize)
-            let logits: [[Float]]
             do {
-                logits = try model.forward(batch, kv: kv, deltas: deltas)
+                try model.forward(batch, kv: kv, deltas: deltas, into: logits)
             } catch {
                 for e in plan.entries { finish(e.request, nil, error: error) }
                 continue
@@ -317,14 +318,14 @@ public final class InferenceEngine: @unchecked Sendable {
     }
 
     /// log-softmax of the raw logits at `token`, and the `top` most likely alternatives.
-    static func logprob(_ logits: [Float], token: Int32, top: Int) -> TokenLogprob {
+    static func logprob(_ logits: UnsafeBufferPointer<Float>, token: Int32, top: Int) -> TokenLogprob {
         let m = logits.max() ?? 0
         var sum: Double = 0
         for v in logits { sum += exp(Double(v - m)) }
         let lse = Float(Double(m) + log(sum))
         var best: [(Int32, Float)] = []
         if top > 0 {
-            let order = logits.indices.sorted { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }.prefix(top)
+            let order = Sampler.topIndices(logits, top)
             best = order.map { (Int32($0), logits[$0] - lse) }
         }
         return TokenLogprob(token: token, logprob: logits[Int(token)] - lse, top: best)

@@ -134,6 +134,15 @@ public struct LinearWeight: Sendable {
     /// so the transfer overlaps with the product's arithmetic. Results never change.
     public static func matmul(sharing x: UnsafePointer<Float>, t T: Int, compute: ComputeMode, _ products: [Product],
                               prefetch: [UnsafeRawBufferPointer] = []) {
+        products.withUnsafeBufferPointer { p in
+            prefetch.withUnsafeBufferPointer { matmul(sharing: x, t: T, compute: compute, p, prefetch: $0) }
+        }
+    }
+
+    /// `matmul(sharing:)` over products and prefetch regions the caller keeps (e.g. on its
+    /// stack): nothing is allocated.
+    public static func matmul(sharing x: UnsafePointer<Float>, t T: Int, compute: ComputeMode, _ products: UnsafeBufferPointer<Product>,
+                              prefetch: UnsafeBufferPointer<UnsafeRawBufferPointer>) {
         guard T > 0, let K = products.first?.weight.cols else { return }
         precondition(products.allSatisfy { $0.weight.cols == K }, "products sharing an input must have the same input width")
         let nb = K / 32
@@ -153,16 +162,43 @@ public struct LinearWeight: Sendable {
         }
         // The row ranges of every product, one after another, as one task list (task i is
         // found by walking the products: no list is built).
-        func split(_ p: Product) -> Parallel.Split { Parallel.Split(p.weight.rows, granule: 8, work: T * K * p.weight.rows) }
-        let taskCount = products.reduce(0) { $0 + split($1).parts }
-        let inputs = Inputs(x: x, sums: sums.map { UnsafePointer($0) }, q: int8.map { UnsafePointer($0.q) }, d: int8.map { UnsafePointer($0.d) })
-        nonisolated(unsafe) let list = products, regions = prefetch
-        let passes = max(1, T / 4)
-        let work = products.reduce(0) { $0 + T * K * $1.weight.rows }
-        let body = { (task: Int) in
+        let job = ProductsJob(products: products, regions: prefetch, T: T, K: K, compute: compute,
+                              inputs: Inputs(x: x, sums: sums.map { UnsafePointer($0) }, q: int8.map { UnsafePointer($0.q) },
+                                             d: int8.map { UnsafePointer($0.d) }))
+        Parallel.run(job.taskCount, serial: products.reduce(0) { $0 + T * K * $1.weight.rows } < 16_384, job)
+        for p in products { p.weight.addBias(p.bias, p.y, T) }
+    }
+
+    /// The tasks of `matmul(sharing:)`: each product's row ranges, one product after another.
+    struct ProductsJob: ParallelJob, @unchecked Sendable {
+        let products: UnsafeBufferPointer<Product>
+        let regions: UnsafeBufferPointer<UnsafeRawBufferPointer>
+        let T: Int, K: Int
+        let compute: ComputeMode
+        let inputs: Inputs
+        let taskCount: Int
+
+        init(products: UnsafeBufferPointer<Product>, regions: UnsafeBufferPointer<UnsafeRawBufferPointer>, T: Int, K: Int,
+             compute: ComputeMode, inputs: Inputs) {
+            self.products = products
+            self.regions = regions
+            self.T = T
+            self.K = K
+            self.compute = compute
+            self.inputs = inputs
+            taskCount = products.reduce(0) { $0 + Self.split($1, T: T, K: K).parts }
+        }
+
+        static func split(_ p: Product, T: Int, K: Int) -> Parallel.Split { Parallel.Split(p.weight.rows, granule: 8, work: T * K * p.weight.rows) }
+
+        static let entry: @convention(c) (UnsafeMutableRawPointer?, Int32) -> Void = { job, task in
+            job!.assumingMemoryBound(to: ProductsJob.self).pointee.run(Int(task))
+        }
+
+        func run(_ task: Int) {
             var i = task
-            for p in list {
-                let s = split(p)
+            for p in products {
+                let s = Self.split(p, T: T, K: K)
                 guard i < s.parts else {
                     i -= s.parts
                     continue
@@ -174,19 +210,13 @@ public struct LinearWeight: Sendable {
                         if let base = regions[r].baseAddress { fk_prefetch_add(base, UInt(regions[r].count)) }
                         r += taskCount
                     }
-                    fk_prefetch_arm((rows.count + 1) / 2 * passes)
+                    fk_prefetch_arm((rows.count + 1) / 2 * max(1, T / 4))
                 }
                 p.weight.run(inputs, t: T, rows: rows, y: p.y, compute: compute)
                 if !regions.isEmpty { fk_prefetch_clear() }
                 return
             }
         }
-        if work < 16_384 {
-            for task in 0..<taskCount { body(task) }
-        } else {
-            Parallel.forEach(taskCount, body)
-        }
-        for p in products { p.weight.addBias(p.bias, p.y, T) }
     }
 
     /// The prepared input of a product: fp32 activations with their block sums, or their

@@ -10,13 +10,26 @@ public enum Norm {
         rows T: Int, dim D: Int, eps: Float
     ) {
         // Rows are independent: split across threads for large batches.
-        nonisolated(unsafe) let xs = x, ys = y, ws = weight
-        Parallel.ranges(T, work: T * D * 2) { rows in
-            for t in rows {
-                let xr = xs + t * D, yr = ys + t * D
+        let job = RowsJob(x: x, weight: weight, y: y, dim: D, eps: eps, split: Parallel.Split(T, work: T * D * 2))
+        Parallel.run(job.split.parts, job)
+    }
+
+    struct RowsJob: ParallelJob, @unchecked Sendable {
+        let x: UnsafePointer<Float>, weight: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>
+        let dim: Int, eps: Float
+        let split: Parallel.Split
+
+        static let entry: @convention(c) (UnsafeMutableRawPointer?, Int32) -> Void = { job, task in
+            job!.assumingMemoryBound(to: RowsJob.self).pointee.run(Int(task))
+        }
+
+        func run(_ task: Int) {
+            let D = dim
+            for t in split.range(task) {
+                let xr = x + t * D, yr = y + t * D
                 let sumSquares = dot(xr, xr, D)
                 let inv = 1 / (sumSquares / Float(D) + eps).squareRoot()
-                for d in 0..<D { yr[d] = (xr[d] * inv) * ws[d] }
+                for d in 0..<D { yr[d] = (xr[d] * inv) * weight[d] }
             }
         }
     }
@@ -27,9 +40,21 @@ public enum Activation {
     /// `exp` being `VectorMath.exp` (every element the same arithmetic).
     public static func siluMul(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int) {
         // Elementwise, so splitting across threads changes no result.
-        nonisolated(unsafe) let g = gate, u = up
-        Parallel.ranges(count, granule: 256, work: count * 8) { range in
-            fk_silu_mul(g + range.lowerBound, u + range.lowerBound, range.count)
+        let job = SiluJob(gate: gate, up: up, split: Parallel.Split(count, granule: 256, work: count * 8))
+        Parallel.run(job.split.parts, job)
+    }
+
+    struct SiluJob: ParallelJob, @unchecked Sendable {
+        let gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>
+        let split: Parallel.Split
+
+        static let entry: @convention(c) (UnsafeMutableRawPointer?, Int32) -> Void = { job, task in
+            job!.assumingMemoryBound(to: SiluJob.self).pointee.run(Int(task))
+        }
+
+        func run(_ task: Int) {
+            let range = split.range(task)
+            fk_silu_mul(gate + range.lowerBound, up + range.lowerBound, range.count)
         }
     }
 }

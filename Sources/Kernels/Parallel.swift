@@ -15,21 +15,62 @@ public enum Parallel {
 
     /// Runs on a persistent pool of `threadCount` threads (the caller included) whose
     /// workers spin briefly between steps, so a fork-join costs microseconds.
+    ///
+    /// The caller's closure context stays on its stack; the one heap allocation per call is
+    /// Swift's `withoutActuallyEscaping` check (a small thunk).
     public static func forEach(_ chunks: Int, _ body: (Int) -> Void) {
         if chunks <= 1 || threadCount == 1 {
             for c in 0..<chunks { body(c) }
             return
         }
+        // Called through a function value so the optimizer does not clone the runner for
+        // each closure (a clone re-forms the closure on the heap).
+        poolRunner(chunks, body)
+    }
+
+    nonisolated(unsafe) private static var poolRunner: (Int, (Int) -> Void) -> Void = runOnPool
+
+    @inline(never)
+    private static func runOnPool(_ chunks: Int, _ body: (Int) -> Void) {
         startPool
         // The callers hand in closures that write disjoint outputs; the pool only needs the
-        // closure for the duration of this call.
+        // closure for the duration of this call. A concrete struct field holds it, so no
+        // reabstraction thunk is needed to call it from C.
         withoutActuallyEscaping(body) { escaping in
-            var box = escaping
-            withUnsafeMutablePointer(to: &box) { pointer in
+            var job = TaskBody(run: escaping)
+            withUnsafeMutablePointer(to: &job) { pointer in
                 fk_pool_run(Int32(chunks), { context, task in
-                    context!.assumingMemoryBound(to: ((Int) -> Void).self).pointee(Int(task))
+                    context!.assumingMemoryBound(to: TaskBody.self).pointee.run(Int(task))
                 }, UnsafeMutableRawPointer(pointer))
             }
+        }
+    }
+
+    private struct TaskBody {
+        let run: (Int) -> Void
+    }
+
+    /// Runs `job.run(task)` for tasks `0..<tasks` on the pool (or on this thread when
+    /// `serial`), and waits. The job is a value in the caller's frame reached through a C
+    /// entry point, so unlike a closure nothing is allocated: the step loop's hot regions
+    /// (products, attention, norms, activations) use this.
+    public static func run<J: ParallelJob>(_ tasks: Int, serial: Bool = false, _ job: J) {
+        if serial || tasks <= 1 || threadCount == 1 {
+            for task in 0..<tasks { job.run(task) }
+            return
+        }
+        startPool
+        var local = job
+        withUnsafeMutablePointer(to: &local) { fk_pool_run(Int32(tasks), J.entry, UnsafeMutableRawPointer($0)) }
+    }
+
+    /// `forEach`, or a plain loop on this thread when `serial` (work too small to pay for
+    /// a fork-join): one call site for both, so the body stays a non-escaping closure.
+    public static func forEach(_ chunks: Int, serial: Bool, _ body: (Int) -> Void) {
+        if serial {
+            for c in 0..<chunks { body(c) }
+        } else {
+            forEach(chunks, body)
         }
     }
 
@@ -61,6 +102,14 @@ public enum Parallel {
 
         public func range(_ i: Int) -> Range<Int> { (i * per)..<min(count, (i + 1) * per) }
     }
+}
+
+/// A parallel loop body whose state lives in the caller's frame (see `Parallel.run`).
+public protocol ParallelJob {
+    func run(_ task: Int)
+    /// The C entry point: `{ job, task in job!.assumingMemoryBound(to: Self.self).pointee.run(Int(task)) }`
+    /// written with the conforming type's name.
+    static var entry: @convention(c) (UnsafeMutableRawPointer?, Int32) -> Void { get }
 }
 
 #if canImport(Glibc)

@@ -22,21 +22,23 @@ public struct RopeTable: Sendable {
     public func apply(_ x: UnsafeMutablePointer<Float>, tokens T: Int, heads: Int, positions: UnsafePointer<Int32>) {
         let half = headDim / 2
         let rowStride = heads * headDim
-        var cosTable = [Float](repeating: 0, count: half)
-        var sinTable = [Float](repeating: 0, count: half)
-        for t in 0..<T {
-            let p = Float(positions[t])
-            for i in 0..<half {
-                let f = p * invFreq[i]
-                cosTable[i] = cosf(f) * attentionFactor
-                sinTable[i] = sinf(f) * attentionFactor
-            }
-            for h in 0..<heads {
-                let v = x + t * rowStride + h * headDim
+        // The tables live on the stack: a step does not allocate here.
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * half) { tables in
+            let cosTable = tables.baseAddress!, sinTable = cosTable + half
+            for t in 0..<T {
+                let p = Float(positions[t])
                 for i in 0..<half {
-                    let x1 = v[i], x2 = v[i + half]
-                    v[i] = x1 * cosTable[i] - x2 * sinTable[i]
-                    v[i + half] = x2 * cosTable[i] + x1 * sinTable[i]
+                    let f = p * invFreq[i]
+                    cosTable[i] = cosf(f) * attentionFactor
+                    sinTable[i] = sinf(f) * attentionFactor
+                }
+                for h in 0..<heads {
+                    let v = x + t * rowStride + h * headDim
+                    for i in 0..<half {
+                        let x1 = v[i], x2 = v[i + half]
+                        v[i] = x1 * cosTable[i] - x2 * sinTable[i]
+                        v[i + half] = x2 * cosTable[i] + x1 * sinTable[i]
+                    }
                 }
             }
         }

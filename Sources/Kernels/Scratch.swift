@@ -8,7 +8,7 @@ public enum Scratch {
     public enum Slot: Int32 {
         case blockSums = 0, int8Activations, int8Scales, attentionScores
         case loraInput, loraRank
-        case activations, finalHidden, logitInput, logitOutput, embeddingRow
+        case activations, finalHidden, logitInput, logitOutput, embeddingRow, logitRowIndex
     }
 
     public static func floats(_ slot: Slot, _ count: Int) -> UnsafeMutablePointer<Float> {

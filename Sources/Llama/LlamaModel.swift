@@ -12,7 +12,7 @@ public protocol LinearDeltas: Sendable {
     /// For each output (role, y): `y[t] += delta_role(x[t])` for each token t with
     /// `slots[t] >= 0`. `x: [T, inDim]`, `y: [T, outDim]`. The outputs share the input (e.g.
     /// q, k and v), so an implementation can run them as one parallel region.
-    func add(layer: Int, x: UnsafePointer<Float>, inDim: Int, outputs: [DeltaOutput], slots: UnsafePointer<Int32>, tokens: Int)
+    func add(layer: Int, x: UnsafePointer<Float>, inDim: Int, outputs: UnsafeBufferPointer<DeltaOutput>, slots: UnsafePointer<Int32>, tokens: Int)
 
     /// Overrides or adds to the embedding of token t (`out: [D]`) for an adapter slot;
     /// returns false when the base embedding should be used unchanged.
@@ -93,10 +93,20 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// Runs one step over `batch`, writing its keys and values into `kv` and returning the
     /// next-token logits of `batch.logitRows` (each `[vocab]`, the adapter's vocabulary when
-    /// it brings its own `lm_head`).
+    /// it brings its own `lm_head`). Allocates the result; steps in a loop use
+    /// `forward(_:kv:deltas:into:)`.
     public func forward(_ batch: ForwardBatch, kv: KVStorage, deltas: (any LinearDeltas)? = nil) throws -> [[Float]] {
+        let logits = Logits()
+        try forward(batch, kv: kv, deltas: deltas, into: logits)
+        return (0..<logits.rows).map { logits.array($0) }
+    }
+
+    /// `forward` writing the logits into `logits`, storage the caller reuses from step to
+    /// step (it grows to the largest step seen, then the step allocates no buffers).
+    public func forward(_ batch: ForwardBatch, kv: KVStorage, deltas: (any LinearDeltas)?, into logits: Logits) throws {
         let T = batch.count
-        guard T > 0 else { return [] }
+        logits.reset(rows: 0, width: 0)
+        guard T > 0 else { return }
         try check(batch, kv: kv)
         let c = config
         let D = c.hiddenSize, hd = c.headDim, Hq = c.numHeads, Hkv = c.numKVHeads
@@ -138,19 +148,19 @@ public final class LlamaModel: @unchecked Sendable {
                 for (l, w) in weights.layers.enumerated() {
                     // --- attention block ---
                     rms(x.p, w.attnNorm, h.p, T, D)
-                    linears(h.p, T, [(w.wq, w.bq, q.p, .q), (w.wk, w.bk, k.p, .k), (w.wv, w.bv, v.p, .v)], deltas, l, slotPtr.baseAddress!)
+                    linears(h.p, T, Out(w.wq, w.bq, q.p, .q), Out(w.wk, w.bk, k.p, .k), Out(w.wv, w.bv, v.p, .v), deltas: deltas, layer: l, slots: slotPtr.baseAddress!)
                     rope.apply(q.p, tokens: T, heads: Hq, positions: posPtr.baseAddress!)
                     rope.apply(k.p, tokens: T, heads: Hkv, positions: posPtr.baseAddress!)
                     writeCache(batch, kv: kv, layer: l, k: k.p, v: v.p)
                     attend(batch, kv: kv, layer: l, q: q.p, out: attn.p)
-                    linears(attn.p, T, [(w.wo, w.bo, proj.p, .o)], deltas, l, slotPtr.baseAddress!)
+                    linears(attn.p, T, Out(w.wo, w.bo, proj.p, .o), deltas: deltas, layer: l, slots: slotPtr.baseAddress!)
                     add(x.p, proj.p, T * D)
 
                     // --- MLP block: down(silu(gate(h)) * up(h)) ---
                     rms(x.p, w.ffnNorm, h.p, T, D)
-                    linears(h.p, T, [(w.wGate, w.bGate, gate.p, .gate), (w.wUp, w.bUp, up.p, .up)], deltas, l, slotPtr.baseAddress!)
+                    linears(h.p, T, Out(w.wGate, w.bGate, gate.p, .gate), Out(w.wUp, w.bUp, up.p, .up), deltas: deltas, layer: l, slots: slotPtr.baseAddress!)
                     Activation.siluMul(gate: gate.p, up: up.p, count: T * I)
-                    linears(gate.p, T, [(w.wDown, w.bDown, proj.p, .down)], deltas, l, slotPtr.baseAddress!)
+                    linears(gate.p, T, Out(w.wDown, w.bDown, proj.p, .down), deltas: deltas, layer: l, slots: slotPtr.baseAddress!)
                     add(x.p, proj.p, T * D)
                 }
             }
@@ -163,24 +173,34 @@ public final class LlamaModel: @unchecked Sendable {
             (finalHidden.p + r * D).update(from: x.p + t * D, count: D)
         }
         rms(finalHidden.p, weights.finalNorm, finalHidden.p, R, D)
-        var result = [[Float]](repeating: [], count: R)
-        var baseRows: [Int] = []
-        for (r, t) in batch.logitRows.enumerated() {
-            if let deltas, slots[t] >= 0, let custom = deltas.logits(hidden: finalHidden.p + r * D, dim: D, slot: slots[t]) {
-                result[r] = custom
-            } else {
-                baseRows.append(r)
+        let V = c.vocabSize
+        // Adapter heads first (rare: they allocate their rows), so the width is known.
+        var custom: [(row: Int, values: [Float])] = []
+        if let deltas {
+            for (r, t) in batch.logitRows.enumerated() where slots[t] >= 0 {
+                if let values = deltas.logits(hidden: finalHidden.p + r * D, dim: D, slot: slots[t]) { custom.append((r, values)) }
             }
         }
-        if !baseRows.isEmpty {
-            let V = c.vocabSize
-            let packed = Buffer(Scratch.floats(.logitInput, baseRows.count * D))
-            let out = Buffer(Scratch.floats(.logitOutput, baseRows.count * V))
-            for (i, r) in baseRows.enumerated() { (packed.p + i * D).update(from: finalHidden.p + r * D, count: D) }
-            weights.lmHead.matmul(x: packed.p, t: baseRows.count, y: out.p, compute: compute)
-            for (i, r) in baseRows.enumerated() { result[r] = Array(UnsafeBufferPointer(start: out.p + i * V, count: V)) }
+        logits.reset(rows: R, width: custom.reduce(V) { max($0, $1.values.count) })
+        for (r, values) in custom { values.withUnsafeBufferPointer { logits.set(row: r, $0) } }
+        // Rows with the base lm_head, packed for one product.
+        let packed = Buffer(Scratch.floats(.logitInput, max(R, 1) * D))
+        let rowOf = Scratch.raw(.logitRowIndex, max(R, 1) * MemoryLayout<Int>.stride).assumingMemoryBound(to: Int.self)
+        var baseCount = 0, next = 0
+        for r in 0..<R {
+            if next < custom.count && custom[next].row == r {
+                next += 1
+                continue
+            }
+            (packed.p + baseCount * D).update(from: finalHidden.p + r * D, count: D)
+            rowOf[baseCount] = r
+            baseCount += 1
         }
-        return result
+        if baseCount > 0 {
+            let out = Buffer(Scratch.floats(.logitOutput, baseCount * V))
+            weights.lmHead.matmul(x: packed.p, t: baseCount, y: out.p, compute: compute)
+            for i in 0..<baseCount { logits.set(row: rowOf[i], UnsafeBufferPointer(start: out.p + i * V, count: V)) }
+        }
     }
 
     // MARK: - Steps
@@ -216,17 +236,42 @@ public final class LlamaModel: @unchecked Sendable {
         }
     }
 
-    /// `y = x W^T + b` for linears sharing the input `x` (one parallel region), then the
-    /// adapters' deltas for each role.
+    /// One linear of a group sharing an input: `y = x W^T + bias`, adapters' deltas for `role`.
+    private struct Out {
+        let w: LinearWeight, bias: [Float]?, y: UnsafeMutablePointer<Float>, role: LinearRole
+        init(_ w: LinearWeight, _ bias: [Float]?, _ y: UnsafeMutablePointer<Float>, _ role: LinearRole) {
+            self.w = w
+            self.bias = bias
+            self.y = y
+            self.role = role
+        }
+    }
+
+    /// `y = x W^T + b` for up to three linears sharing the input `x` (one parallel region),
+    /// then the adapters' deltas for each role. The lists live on the stack: a step does
+    /// not allocate here.
     private func linears(
-        _ x: UnsafePointer<Float>, _ T: Int, _ outputs: [(w: LinearWeight, bias: [Float]?, y: UnsafeMutablePointer<Float>, role: LinearRole)],
-        _ deltas: (any LinearDeltas)?, _ layer: Int, _ slots: UnsafePointer<Int32>
+        _ x: UnsafePointer<Float>, _ T: Int, _ a: Out, _ b: Out? = nil, _ c: Out? = nil,
+        deltas: (any LinearDeltas)?, layer: Int, slots: UnsafePointer<Int32>
     ) {
-        let prefetch = deltas.map { d in outputs.flatMap { d.weightRegions(layer: layer, role: $0.role, slots: slots, tokens: T) } } ?? []
-        LinearWeight.matmul(sharing: x, t: T, compute: compute, outputs.map { LinearWeight.Product($0.w, y: $0.y, bias: $0.bias) },
-                            prefetch: prefetch)
-        deltas?.add(layer: layer, x: x, inDim: outputs[0].w.cols, outputs: outputs.map { DeltaOutput(role: $0.role, y: $0.y, outDim: $0.w.rows) },
-                    slots: slots, tokens: T)
+        let n = c != nil ? 3 : b != nil ? 2 : 1
+        func out(_ i: Int) -> Out { i == 0 ? a : i == 1 ? b! : c! }
+        withUnsafeTemporaryAllocation(of: LinearWeight.Product.self, capacity: 3) { products in
+            for i in 0..<n { products.initializeElement(at: i, to: LinearWeight.Product(out(i).w, y: out(i).y, bias: out(i).bias)) }
+            defer { _ = products[0..<n].deinitialize() }
+            let done = UnsafeBufferPointer(rebasing: products[0..<n])
+            guard let deltas else {
+                LinearWeight.matmul(sharing: x, t: T, compute: compute, done, prefetch: UnsafeBufferPointer(start: nil, count: 0))
+                return
+            }
+            var prefetch: [UnsafeRawBufferPointer] = []
+            for i in 0..<n { prefetch += deltas.weightRegions(layer: layer, role: out(i).role, slots: slots, tokens: T) }
+            prefetch.withUnsafeBufferPointer { LinearWeight.matmul(sharing: x, t: T, compute: compute, done, prefetch: $0) }
+            withUnsafeTemporaryAllocation(of: DeltaOutput.self, capacity: 3) { outputs in
+                for i in 0..<n { outputs.initializeElement(at: i, to: DeltaOutput(role: out(i).role, y: out(i).y, outDim: out(i).w.rows)) }
+                deltas.add(layer: layer, x: x, inDim: a.w.cols, outputs: UnsafeBufferPointer(rebasing: outputs[0..<n]), slots: slots, tokens: T)
+            }
+        }
     }
 
     private func add(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, _ n: Int) {
@@ -251,22 +296,41 @@ public final class LlamaModel: @unchecked Sendable {
         let heads = config.numHeads
         let scale = 1 / Float(config.headDim).squareRoot()
         let window = config.slidingWindow
-        let qs = SendablePointer(q), os = SendableMutablePointer(out)
         let maxPos = Int(batch.positions.max() ?? 0)
-        let kvHeads = config.numKVHeads, group = heads / kvHeads
+        let kvHeads = config.numKVHeads
         let work = batch.count * (maxPos + 1) * QD * 2
-        nonisolated(unsafe) let pagedLayer = paged
         // One task per (token, kv group): a decode step of one sequence still uses every core.
-        Parallel.ranges(batch.count * kvHeads, work: work) { range in
-            let scores = Scratch.floats(.attentionScores, (maxPos + 1) * group)
-            for item in range {
-                let t = item / kvHeads, g = item % kvHeads
-                let p = Int(batch.positions[t])
-                let first = window.map { max(0, p - $0 + 1) } ?? 0
-                batch.blockTables[Int(batch.sequences[t])].withUnsafeBufferPointer { tp in
-                    Attention.attend(query: qs.p + t * QD, heads: heads, layer: pagedLayer, blockTable: tp.baseAddress!,
-                                     first: first, last: p, scale: scale, scores: scores, out: os.p + t * QD, groups: g..<(g + 1))
-                }
+        let job = AttentionJob(batch: batch, layer: paged, q: q, out: out, QD: QD, heads: heads, kvHeads: kvHeads, scale: scale,
+                               window: window, maxPos: maxPos, split: Parallel.Split(batch.count * kvHeads, work: work))
+        Parallel.run(job.split.parts, job)
+    }
+}
+
+/// The attention of a step, split by (token, kv group) (see `LlamaModel.attend`).
+private struct AttentionJob: ParallelJob, @unchecked Sendable {
+    let batch: ForwardBatch
+    let layer: Attention.PagedLayer
+    let q: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>
+    let QD: Int, heads: Int, kvHeads: Int
+    let scale: Float
+    let window: Int?
+    let maxPos: Int
+    let split: Parallel.Split
+
+    static let entry: @convention(c) (UnsafeMutableRawPointer?, Int32) -> Void = { job, task in
+        job!.assumingMemoryBound(to: AttentionJob.self).pointee.run(Int(task))
+    }
+
+    func run(_ task: Int) {
+        // Room for whole multiples of 1024 positions, so growing contexts rarely regrow it.
+        let scores = Scratch.floats(.attentionScores, (maxPos / 1024 + 1) * 1024 * (heads / kvHeads))
+        for item in split.range(task) {
+            let t = item / kvHeads, g = item % kvHeads
+            let p = Int(batch.positions[t])
+            let first = window.map { max(0, p - $0 + 1) } ?? 0
+            batch.blockTables[Int(batch.sequences[t])].withUnsafeBufferPointer { tp in
+                Attention.attend(query: q + t * QD, heads: heads, layer: layer, blockTable: tp.baseAddress!,
+                                 first: first, last: p, scale: scale, scores: scores, out: out + t * QD, groups: g..<(g + 1))
             }
         }
     }

@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 
 /// A small, fast, seedable generator (SplitMix64): each request owns one, so a seed gives
 /// the same tokens whatever else runs in the batch.
@@ -29,6 +30,10 @@ public struct Sampler: Sendable {
 
     /// Index of the largest logit (the first one on ties, like torch.argmax).
     public static func argmax(_ logits: [Float]) -> Int {
+        logits.withUnsafeBufferPointer { argmax($0) }
+    }
+
+    public static func argmax(_ logits: UnsafeBufferPointer<Float>) -> Int {
         var best = 0
         var bestValue = -Float.infinity
         for (i, v) in logits.enumerated() where v > bestValue {
@@ -48,50 +53,156 @@ public struct Sampler: Sendable {
         }
     }
 
-    /// The probability distribution actually sampled from, as (token, probability) pairs
-    /// sorted by decreasing probability; exposed for tests and logprobs.
-    public static func candidates(_ logits: [Float], _ p: SamplingParameters) -> [(Int, Float)] {
-        let t = max(p.temperature, 1e-6)
-        var order = Array(logits.indices)
-        order.sort { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }
-        if p.topK > 0, p.topK < order.count { order.removeLast(order.count - p.topK) }
-        let maxLogit = logits[order[0]]
-        var probs = order.map { expf((logits[$0] - maxLogit) / t) }
-        var total = probs.reduce(0, +)
-        for i in probs.indices { probs[i] /= total }
-        var keep = probs.count
-        if p.topP > 0, p.topP < 1 {
+    /// The indices of the `k` largest values, largest first (ties: lower index first), in
+    /// O(n log k): a bounded min-heap instead of sorting all n.
+    public static func topIndices(_ values: UnsafeBufferPointer<Float>, _ k: Int) -> [Int] {
+        let k = min(k, values.count)
+        guard k > 0 else { return [] }
+        // "a ranks below b": smaller value, or equal value and larger index.
+        func below(_ a: Int, _ b: Int) -> Bool { values[a] < values[b] || (values[a] == values[b] && a > b) }
+        var heap: [Int] = []
+        heap.reserveCapacity(k)
+        func siftDown(_ start: Int) {
+            var i = start
+            while true {
+                let l = 2 * i + 1, r = l + 1
+                var m = i
+                if l < heap.count && below(heap[l], heap[m]) { m = l }
+                if r < heap.count && below(heap[r], heap[m]) { m = r }
+                if m == i { return }
+                heap.swapAt(i, m)
+                i = m
+            }
+        }
+        for i in 0..<values.count {
+            if heap.count < k {
+                heap.append(i)
+                var c = heap.count - 1
+                while c > 0, below(heap[c], heap[(c - 1) / 2]) {
+                    heap.swapAt(c, (c - 1) / 2)
+                    c = (c - 1) / 2
+                }
+            } else if below(heap[0], i) {
+                heap[0] = i
+                siftDown(0)
+            }
+        }
+        return heap.sorted { below($1, $0) }
+    }
+
+    /// The kept part of the distribution: tokens with unnormalized weights
+    /// `exp((logit - max) / temperature)`, and the weights' total. After top-k, top-p keeps
+    /// the smallest most-likely prefix whose weight reaches `topP` of the total and min-p
+    /// drops tokens below `minP` times the top weight. `sorted`: tokens are in decreasing
+    /// order (ties: lower index first); otherwise in index order (no cut needed an order),
+    /// and `tokens == nil` means every token, `weights[i]` being token i's.
+    ///
+    /// Only what a cut needs is sorted: top-k selects k with a heap; top-p first sorts the
+    /// tokens above a weight threshold, which is a prefix of the full order whenever their
+    /// weight already reaches the target (else the threshold is lowered). With the default
+    /// parameters nothing is sorted: O(vocabulary).
+    static func pool(_ logits: UnsafeBufferPointer<Float>, _ p: SamplingParameters) -> (tokens: [Int]?, weights: [Float], total: Float, sorted: Bool) {
+        let invT = 1 / max(p.temperature, 1e-6)
+        let topP = p.topP > 0 && p.topP < 1 ? p.topP : 1
+        if p.topK > 0 && p.topK < logits.count {
+            let order = topIndices(logits, p.topK)
+            let maxLogit = logits[order[0]]
+            let weights = order.map { expf((logits[$0] - maxLogit) * invT) }
+            return cut(order, weights, topP: topP, minP: p.minP)
+        }
+        guard let maxLogit = logits.max() else { return ([], [], 0, true) }
+        var w = logits.map { ($0 - maxLogit) * invT }
+        w.withUnsafeMutableBufferPointer { expInPlace($0) }
+        var total: Float = 0
+        for v in w { total += v }
+        if topP >= 1 {
+            guard p.minP > 0 else { return (nil, w, total, false) }
+            let kept = w.indices.filter { w[$0] >= p.minP }
+            let weights = kept.map { w[$0] }
+            return (kept, weights, weights.reduce(0, +), false)
+        }
+        // Top-p: sort only the tokens above a threshold, lowered until they hold the target.
+        let target = topP * total
+        for threshold: Float in [1e-1, 1e-2, 1e-3, 1e-4, 1e-6, 1e-9, 1e-12, 0] {
+            let above = threshold > 0 ? w.indices.filter { w[$0] >= threshold } : Array(w.indices)
+            var mass: Float = 0
+            for i in above { mass += w[i] }
+            if mass >= target || threshold == 0 {
+                let order = above.sorted { w[$0] > w[$1] || (w[$0] == w[$1] && $0 < $1) }
+                var cumulative: Float = 0
+                var keep = order.count
+                for (n, i) in order.enumerated() {
+                    cumulative += w[i]
+                    if cumulative >= target {
+                        keep = n + 1
+                        break
+                    }
+                }
+                let prefix = Array(order.prefix(keep))
+                return cut(prefix, prefix.map { w[$0] }, topP: 1, minP: p.minP)
+            }
+        }
+        return (nil, w, total, false)   // not reached: the last threshold (0) takes every token
+    }
+
+    /// Top-p and min-p cuts over tokens already in decreasing order.
+    private static func cut(_ order: [Int], _ weights: [Float], topP: Float, minP: Float) -> (tokens: [Int]?, weights: [Float], total: Float, sorted: Bool) {
+        var total: Float = 0
+        for v in weights { total += v }
+        var keep = order.count
+        if topP < 1 {
             var cumulative: Float = 0
-            for (i, q) in probs.enumerated() {
-                cumulative += q
-                if cumulative >= p.topP {
-                    keep = i + 1
+            for (n, v) in weights.enumerated() {
+                cumulative += v
+                if cumulative >= topP * total {
+                    keep = n + 1
                     break
                 }
             }
         }
-        if p.minP > 0 {
-            let threshold = p.minP * probs[0]
-            keep = min(keep, max(1, probs.prefix(keep).firstIndex(where: { $0 < threshold }) ?? keep))
+        if minP > 0 {
+            let threshold = minP * weights[0]
+            keep = min(keep, max(1, weights.prefix(keep).firstIndex(where: { $0 < threshold }) ?? keep))
         }
-        probs.removeLast(probs.count - keep)
-        order.removeLast(order.count - keep)
-        total = probs.reduce(0, +)
-        return zip(order, probs.map { $0 / total }).map { ($0, $1) }
+        let kept = Array(weights.prefix(keep))
+        return (Array(order.prefix(keep)), kept, kept.reduce(0, +), true)
+    }
+
+    private static func expInPlace(_ w: UnsafeMutableBufferPointer<Float>) {
+        VectorMath.expShifted(w.baseAddress!, count: w.count, shift: 0)
+    }
+
+    /// The probability distribution actually sampled from, as (token, probability) pairs
+    /// sorted by decreasing probability; exposed for tests and logprobs.
+    public static func candidates(_ logits: [Float], _ p: SamplingParameters) -> [(Int, Float)] {
+        let pool = logits.withUnsafeBufferPointer { Self.pool($0, p) }
+        var pairs = zip(pool.tokens ?? Array(pool.weights.indices), pool.weights.map { $0 / pool.total }).map { ($0, $1) }
+        if !pool.sorted { pairs.sort { $0.1 > $1.1 || ($0.1 == $1.1 && $0.0 < $1.0) } }
+        return pairs
     }
 
     /// Chooses the next token given the logits and the tokens so far (prompt + output).
     public mutating func next(logits input: [Float], history: [Int32]) -> Int {
-        var logits = input
+        input.withUnsafeBufferPointer { next(logits: $0, history: history) }
+    }
+
+    public mutating func next(logits input: UnsafeBufferPointer<Float>, history: [Int32]) -> Int {
+        guard parameters.repetitionPenalty != 1, !history.isEmpty else { return choose(input) }
+        var logits = Array(input)
         Self.penalize(&logits, history: history, penalty: parameters.repetitionPenalty)
+        return logits.withUnsafeBufferPointer { choose($0) }
+    }
+
+    private mutating func choose(_ logits: UnsafeBufferPointer<Float>) -> Int {
         if parameters.isGreedy { return Self.argmax(logits) }
-        let pool = Self.candidates(logits, parameters)
-        let u = random.unit()
+        let pool = Self.pool(logits, parameters)
+        let u = random.unit() * pool.total
         var cumulative: Float = 0
-        for (token, q) in pool {
-            cumulative += q
-            if u < cumulative { return token }
+        for (n, w) in pool.weights.enumerated() {
+            cumulative += w
+            if u < cumulative { return pool.tokens?[n] ?? n }
         }
-        return pool.last?.0 ?? Self.argmax(logits)
+        // Rounding left u at the very top: the last kept token.
+        return pool.tokens?.last ?? max(pool.weights.count - 1, 0)
     }
 }

@@ -1,0 +1,79 @@
+import AllocationCounter
+import Foundation
+import Kernels
+import Llama
+import Loading
+import Testing
+import TestSupport
+
+/// "No allocation in the step loop": once a step's sizes have been seen, a forward pass of
+/// the base model into reused `Logits` makes no heap allocation on the calling thread (the
+/// activations live in per-thread scratch, the pool's regions reach it as jobs in the
+/// caller's frame, the small per-linear lists live on the stack). Counted with a malloc
+/// interposer (Tests/AllocationCounter) that forwards to glibc.
+@Suite struct StepAllocationTests {
+    static func allocations(_ model: LlamaModel, batch size: Int) throws -> [Int] {
+        let prompt = 9, bs = 16, perSeq = 4
+        let kv = model.makeKVStorage(blocks: perSeq * size, blockSize: bs)
+        let tables = (0..<size).map { s in (0..<perSeq).map { Int32(s * perSeq + $0) } }
+        var first = ForwardBatch(blockTables: tables)
+        for s in 0..<size {
+            first.append(sequence: s, tokens: (0..<prompt).map { Int32(($0 * 13 + s * 5 + 1) % 300) }, startPosition: 0, adapterSlot: -1, wantLogits: true)
+        }
+        let logits = Logits()
+        try model.forward(first, kv: kv, deltas: nil, into: logits)
+        var counts: [Int] = []
+        counts.reserveCapacity(4)
+        var step = ForwardBatch(blockTables: tables)
+        for n in 0..<4 {
+            step.tokens.removeAll(keepingCapacity: true)
+            step.positions.removeAll(keepingCapacity: true)
+            step.sequences.removeAll(keepingCapacity: true)
+            step.adapterSlots.removeAll(keepingCapacity: true)
+            step.logitRows.removeAll(keepingCapacity: true)
+            for s in 0..<size {
+                step.tokens.append(Int32(7 + n + s))
+                step.positions.append(Int32(prompt + n))
+                step.sequences.append(Int32(s))
+                step.adapterSlots.append(-1)
+                step.logitRows.append(s)
+            }
+            facet_alloc_count_begin()
+            try model.forward(step, kv: kv, deltas: nil, into: logits)
+            counts.append(facet_alloc_count_end())
+        }
+        #expect(logits.rows == size && logits[0].count == model.config.vocabSize)
+        // The first step after the prompt may still grow scratch (one more position).
+        return Array(counts.dropFirst())
+    }
+
+    @Test(arguments: [1, 8, 32])
+    func decodeStepsOfTheDefaultModelAllocateNothing(batch: Int) throws {
+        guard let path = Fixtures.defaultModelFile else {
+            Issue.record("default model not fetched: run scripts/setup")
+            return
+        }
+        let model = try ModelLoader.load(path: path).0
+        for compute in [ComputeMode.fp32, .int8] {
+            let counts = try Self.allocations(model.with(compute: compute), batch: batch)
+            #expect(counts.allSatisfy { $0 == 0 }, "\(compute) batch \(batch): allocations per step \(counts)")
+        }
+    }
+
+    @Test func decodeStepsOfADenseModelAllocateNothing() throws {
+        let model = try ModelLoader.load(path: Fixtures.tinyModel).0
+        for batch in [1, 5] {
+            let counts = try Self.allocations(model, batch: batch)
+            #expect(counts.allSatisfy { $0 == 0 }, "batch \(batch): allocations per step \(counts)")
+        }
+    }
+
+    /// The counter itself: it sees an allocation when there is one.
+    @Test func theCounterCountsAllocations() {
+        facet_alloc_count_begin()
+        let array = [Int](repeating: 3, count: 1000 + Int.random(in: 0..<2))
+        let n = facet_alloc_count_end()
+        #expect(array.count >= 1000)
+        #expect(n >= 1)
+    }
+}
