@@ -26,41 +26,75 @@ public final class AdapterSet: LinearDeltas, @unchecked Sendable {
     }
 
     public func add(layer: Int, x: UnsafePointer<Float>, inDim: Int, outputs: UnsafeBufferPointer<DeltaOutput>, slots: UnsafePointer<Int32>, tokens: Int) {
-        let plan = groups(slots: slots, tokens: tokens)
-        // One task per (output, adapter group) that has a pair: tasks write disjoint rows
-        // (or disjoint outputs), and each row's arithmetic is the same whichever thread runs it.
-        var tasks: [(pair: LoRAPair, output: Int, group: Int)] = []
-        var work = 0
-        for (o, out) in outputs.enumerated() {
-            for (g, group) in plan.enumerated() where Int(group.slot) < adapters.count {
-                guard let pair = adapters[Int(group.slot)].pairs[layer][out.role] else { continue }
-                tasks.append((pair, o, g))
-                work += group.rows.count * pair.rank * (inDim + out.outDim)
+        let job = DeltaJob(set: self, plan: groups(slots: slots, tokens: tokens), layer: layer, x: x, inDim: inDim, outputs: outputs)
+        guard job.taskCount > 0 else { return }
+        Parallel.run(job.taskCount, serial: job.work < 65_536, job)
+    }
+
+    /// One task per (output, adapter group) that has a pair: tasks write disjoint rows (or
+    /// disjoint outputs), and each row's arithmetic is the same whichever thread runs it.
+    /// Task i is found by walking the (output, group) grid, so no task list is built.
+    struct DeltaJob: ParallelJob, @unchecked Sendable {
+        let set: AdapterSet
+        let plan: [SlotGroup]
+        let layer: Int
+        let x: UnsafePointer<Float>
+        let inDim: Int
+        let outputs: UnsafeBufferPointer<DeltaOutput>
+        let taskCount: Int, work: Int
+
+        init(set: AdapterSet, plan: [SlotGroup], layer: Int, x: UnsafePointer<Float>, inDim: Int, outputs: UnsafeBufferPointer<DeltaOutput>) {
+            self.set = set
+            self.plan = plan
+            self.layer = layer
+            self.x = x
+            self.inDim = inDim
+            self.outputs = outputs
+            var n = 0, w = 0
+            for out in outputs {
+                for group in plan {
+                    guard let pair = set.pair(group.slot, layer, out.role) else { continue }
+                    n += 1
+                    w += group.rows.count * pair.rank * (inDim + out.outDim)
+                }
             }
+            taskCount = n
+            work = w
         }
-        guard !tasks.isEmpty else { return }
-        nonisolated(unsafe) let xp = x
-        let run = { (i: Int) in
-            let task = tasks[i], out = outputs[task.output]
-            Self.apply(task.pair, rows: plan[task.group].rows, x: xp, inDim: inDim, y: out.y, outDim: out.outDim)
+
+        static let entry: @convention(c) (UnsafeMutableRawPointer?, Int32) -> Void = { job, task in
+            job!.assumingMemoryBound(to: DeltaJob.self).pointee.run(Int(task))
         }
-        if tasks.count > 1 && work >= 65_536 {
-            Parallel.forEach(tasks.count, run)
-        } else {
-            for i in 0..<tasks.count { run(i) }
+
+        func run(_ task: Int) {
+            var i = task
+            for out in outputs {
+                for group in plan {
+                    guard let pair = set.pair(group.slot, layer, out.role) else { continue }
+                    if i == 0 {
+                        AdapterSet.apply(pair, rows: group.rows, x: x, inDim: inDim, y: out.y, outDim: out.outDim)
+                        return
+                    }
+                    i -= 1
+                }
+            }
         }
     }
 
-    public func weightRegions(layer: Int, role: LinearRole, slots: UnsafePointer<Int32>, tokens: Int) -> [UnsafeRawBufferPointer] {
-        var regions: [UnsafeRawBufferPointer] = []
-        for g in groups(slots: slots, tokens: tokens) where Int(g.slot) < adapters.count {
-            guard let pair = adapters[Int(g.slot)].pairs[layer][role] else { continue }
+    func pair(_ slot: Int32, _ layer: Int, _ role: LinearRole) -> LoRAPair? {
+        Int(slot) < adapters.count ? adapters[Int(slot)].pairs[layer][role] : nil
+    }
+
+    public func weightRegions(layer: Int, role: LinearRole, slots: UnsafePointer<Int32>, tokens: Int,
+                              into regions: UnsafeMutableBufferPointer<UnsafeRawBufferPointer>, count: inout Int) {
+        for g in groups(slots: slots, tokens: tokens) where count + 2 <= regions.count {
+            guard let pair = pair(g.slot, layer, role) else { continue }
             // The arrays are immutable (`let`) for the adapter's lifetime, so their storage
             // stays put while the step runs; the pointers are only prefetch hints.
-            pair.packedA.withBytes { regions.append($0) }
-            pair.packedBT.withBytes { regions.append($0) }
+            pair.packedA.withBytes { regions[count] = $0 }
+            pair.packedBT.withBytes { regions[count + 1] = $0 }
+            count += 2
         }
-        return regions
     }
 
     /// Tokens grouped by slot (slots ascending, tokens in order). A step calls `add` for

@@ -30,12 +30,15 @@ public protocol LinearDeltas: Sendable {
     var slotCount: Int { get }
 
     /// The weight memory `add` will read for `role` of `layer` with these slots, so the
-    /// model can prefetch it while the base product runs (a hint; may be empty).
-    func weightRegions(layer: Int, role: LinearRole, slots: UnsafePointer<Int32>, tokens: Int) -> [UnsafeRawBufferPointer]
+    /// model can prefetch it while the base product runs (a hint): written into `regions`
+    /// from index `count` on (as many as fit), `count` advanced.
+    func weightRegions(layer: Int, role: LinearRole, slots: UnsafePointer<Int32>, tokens: Int,
+                       into regions: UnsafeMutableBufferPointer<UnsafeRawBufferPointer>, count: inout Int)
 }
 
 extension LinearDeltas {
-    public func weightRegions(layer: Int, role: LinearRole, slots: UnsafePointer<Int32>, tokens: Int) -> [UnsafeRawBufferPointer] { [] }
+    public func weightRegions(layer: Int, role: LinearRole, slots: UnsafePointer<Int32>, tokens: Int,
+                              into regions: UnsafeMutableBufferPointer<UnsafeRawBufferPointer>, count: inout Int) {}
 }
 
 /// One linear output that receives adapter deltas: `y: [T, outDim]` of `role`.
@@ -264,9 +267,12 @@ public final class LlamaModel: @unchecked Sendable {
                 LinearWeight.matmul(sharing: x, t: T, compute: compute, done, prefetch: UnsafeBufferPointer(start: nil, count: 0))
                 return
             }
-            var prefetch: [UnsafeRawBufferPointer] = []
-            for i in 0..<n { prefetch += deltas.weightRegions(layer: layer, role: out(i).role, slots: slots, tokens: T) }
-            prefetch.withUnsafeBufferPointer { LinearWeight.matmul(sharing: x, t: T, compute: compute, done, prefetch: $0) }
+            // Two regions (A and B^T) per adapter group and role.
+            withUnsafeTemporaryAllocation(of: UnsafeRawBufferPointer.self, capacity: min(2 * n * max(deltas.slotCount, 1), 256)) { regions in
+                var count = 0
+                for i in 0..<n { deltas.weightRegions(layer: layer, role: out(i).role, slots: slots, tokens: T, into: regions, count: &count) }
+                LinearWeight.matmul(sharing: x, t: T, compute: compute, done, prefetch: UnsafeBufferPointer(rebasing: regions[0..<count]))
+            }
             withUnsafeTemporaryAllocation(of: DeltaOutput.self, capacity: 3) { outputs in
                 for i in 0..<n { outputs.initializeElement(at: i, to: DeltaOutput(role: out(i).role, y: out(i).y, outDim: out(i).w.rows)) }
                 deltas.add(layer: layer, x: x, inDim: a.w.cols, outputs: UnsafeBufferPointer(rebasing: outputs[0..<n]), slots: slots, tokens: T)

@@ -1,4 +1,6 @@
 import AllocationCounter
+import Adapters
+import Engine
 import Foundation
 import Kernels
 import Llama
@@ -12,16 +14,17 @@ import TestSupport
 /// caller's frame, the small per-linear lists live on the stack). Counted with a malloc
 /// interposer (Tests/AllocationCounter) that forwards to glibc.
 @Suite struct StepAllocationTests {
-    static func allocations(_ model: LlamaModel, batch size: Int) throws -> [Int] {
+    static func allocations(_ model: LlamaModel, batch size: Int, adapters: AdapterSet? = nil) throws -> [Int] {
         let prompt = 9, bs = 16, perSeq = 4
         let kv = model.makeKVStorage(blocks: perSeq * size, blockSize: bs)
         let tables = (0..<size).map { s in (0..<perSeq).map { Int32(s * perSeq + $0) } }
         var first = ForwardBatch(blockTables: tables)
         for s in 0..<size {
-            first.append(sequence: s, tokens: (0..<prompt).map { Int32(($0 * 13 + s * 5 + 1) % 300) }, startPosition: 0, adapterSlot: -1, wantLogits: true)
+            first.append(sequence: s, tokens: (0..<prompt).map { Int32(($0 * 13 + s * 5 + 1) % 300) }, startPosition: 0,
+                         adapterSlot: slot(s, adapters), wantLogits: true)
         }
         let logits = Logits()
-        try model.forward(first, kv: kv, deltas: nil, into: logits)
+        try model.forward(first, kv: kv, deltas: adapters, into: logits)
         var counts: [Int] = []
         counts.reserveCapacity(4)
         var step = ForwardBatch(blockTables: tables)
@@ -35,16 +38,22 @@ import TestSupport
                 step.tokens.append(Int32(7 + n + s))
                 step.positions.append(Int32(prompt + n))
                 step.sequences.append(Int32(s))
-                step.adapterSlots.append(-1)
+                step.adapterSlots.append(slot(s, adapters))
                 step.logitRows.append(s)
             }
             facet_alloc_count_begin()
-            try model.forward(step, kv: kv, deltas: nil, into: logits)
+            try model.forward(step, kv: kv, deltas: adapters, into: logits)
             counts.append(facet_alloc_count_end())
         }
         #expect(logits.rows == size && logits[0].count == model.config.vocabSize)
         // The first step after the prompt may still grow scratch (one more position).
         return Array(counts.dropFirst())
+    }
+
+    /// Sequence s uses the base (-1) or one of the adapters, in turn.
+    static func slot(_ s: Int, _ adapters: AdapterSet?) -> Int32 {
+        guard let adapters else { return -1 }
+        return Int32(s % (adapters.slotCount + 1)) - 1
     }
 
     @Test(arguments: [1, 8, 32])
@@ -65,6 +74,22 @@ import TestSupport
         for batch in [1, 5] {
             let counts = try Self.allocations(model, batch: batch)
             #expect(counts.allSatisfy { $0 == 0 }, "batch \(batch): allocations per step \(counts)")
+        }
+    }
+
+    /// A batch mixing the base and four LoRA adapters (every linear, rank 8, fp32 and bf16
+    /// factors): the deltas' tasks are jobs too and the slot grouping is cached per step.
+    @Test func mixedAdapterDecodeStepsAllocateNothing() throws {
+        guard let path = Fixtures.defaultModelFile else {
+            Issue.record("default model not fetched: run scripts/setup")
+            return
+        }
+        let model = try ModelLoader.load(path: path).0
+        for precision in [LowRankMatrix.Precision.f32, .bf16] {
+            let adapters = Benchmark(model: model).syntheticAdapters(count: 4, rank: 8, precision: precision)
+            let set = AdapterSet(adapters: adapters, baseVocabulary: model.config.vocabSize)
+            let counts = try Self.allocations(model, batch: 10, adapters: set)
+            #expect(counts.allSatisfy { $0 == 0 }, "\(precision): allocations per step \(counts)")
         }
     }
 
