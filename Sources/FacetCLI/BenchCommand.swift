@@ -49,6 +49,7 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "With --serving: requests per rate.") var requests = 32
     @Option(name: .customLong("max-tokens"), help: "With --serving: tokens generated per request.") var maxTokens = 64
     @Option(name: .customLong("prompt-words"), help: "With --serving: words per prompt.") var promptWords = 96
+    @Option(name: .customLong("temperature"), help: "With --serving: sampling temperature of the requests (0: greedy).") var temperature: Double = 0
     @Option(help: "With --serving: NAME=PATH adapters for the started server; requests use the base and every adapter in turn.")
     var lora: [String] = []
     @Option(help: "With --serving: port for the started server.") var port = 8765
@@ -60,6 +61,7 @@ struct BenchCommand: AsyncParsableCommand {
         where values.contains(where: { $0 < 1 }) {
             throw ValidationError("\(name) must be positive")
         }
+        guard temperature >= 0, temperature.isFinite else { throw ValidationError("--temperature must be >= 0") }
         guard steps > 0, rounds > 0, adapterRank > 0, accuracyPrompts >= 0, accuracyTokens > 0, requests > 0, maxTokens > 0, promptWords > 0 else {
             throw ValidationError("--steps, --rounds, --adapter-rank, --accuracy-tokens, --requests, --max-tokens and --prompt-words must be positive")
         }
@@ -160,10 +162,11 @@ extension BenchCommand {
         config.requestsPerRate = requests
         config.maxTokens = maxTokens
         config.promptWords = promptWords
+        config.temperature = temperature
         config.apiKey = apiKey
         if let server { try await server.waitUntilHealthy(baseURL: config.baseURL) }
         print("facet bench --serving: \(config.baseURL), \(requests) streaming requests per rate, \(promptWords)-word prompts, "
-              + "\(maxTokens) tokens each (ignore_eos); rates \(rates.joined(separator: ", ")) req/s")
+              + "\(maxTokens) tokens each (ignore_eos), temperature \(temperature); rates \(rates.joined(separator: ", ")) req/s")
         print("rate      done  failed   req/s  out tok/s   TTFT p50/p90/p99 ms       TPOT p50/p90/p99 ms    latency p50/p99 ms")
         do {
             report.serving = try await ServingBenchmark(config).run { r in

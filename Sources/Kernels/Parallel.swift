@@ -64,16 +64,6 @@ public enum Parallel {
         withUnsafeMutablePointer(to: &local) { fk_pool_run(Int32(tasks), J.entry, UnsafeMutableRawPointer($0)) }
     }
 
-    /// `forEach`, or a plain loop on this thread when `serial` (work too small to pay for
-    /// a fork-join): one call site for both, so the body stays a non-escaping closure.
-    public static func forEach(_ chunks: Int, serial: Bool, _ body: (Int) -> Void) {
-        if serial {
-            for c in 0..<chunks { body(c) }
-        } else {
-            forEach(chunks, body)
-        }
-    }
-
     private static let startPool: Void = fk_pool_start(Int32(threadCount))
 
     /// Splits `0..<count` into about `threadCount * 2` ranges aligned to `granule` and runs

@@ -16,6 +16,8 @@ public struct ServingBenchmark: Sendable {
         public var requestsPerRate = 32
         public var promptWords = 96
         public var maxTokens = 64
+        /// Sampling temperature of every request (0: greedy; OpenAI clients default to 1).
+        public var temperature: Double = 0
         public var seed: UInt64 = 1
         public var apiKey: String?
         public var timeoutSeconds: Int64 = 600
@@ -156,7 +158,7 @@ public struct ServingBenchmark: Sendable {
         request.headers.add(name: "Content-Type", value: "application/json")
         if let key = configuration.apiKey { request.headers.add(name: "Authorization", value: "Bearer \(key)") }
         let body: [String: Any] = [
-            "model": model, "prompt": prompt, "max_tokens": configuration.maxTokens, "temperature": 0, "stream": true,
+            "model": model, "prompt": prompt, "max_tokens": configuration.maxTokens, "temperature": configuration.temperature, "stream": true,
             "ignore_eos": true, "stream_options": ["include_usage": true],
         ]
         do {
