@@ -26,58 +26,47 @@ public final class AdapterSet: LinearDeltas, @unchecked Sendable {
     }
 
     public func add(layer: Int, x: UnsafePointer<Float>, inDim: Int, outputs: UnsafeBufferPointer<DeltaOutput>, slots: UnsafePointer<Int32>, tokens: Int) {
-        let job = DeltaJob(set: self, plan: groups(slots: slots, tokens: tokens), layer: layer, x: x, inDim: inDim, outputs: outputs)
-        guard job.taskCount > 0 else { return }
-        Parallel.run(job.taskCount, serial: job.work < 65_536, job)
+        let plan = groups(slots: slots, tokens: tokens)
+        // One task per (output, adapter group) that has a pair, listed on the stack as
+        // index pairs (each task looks its pair up once).
+        withUnsafeTemporaryAllocation(of: DeltaTask.self, capacity: max(outputs.count * plan.count, 1)) { list in
+            var n = 0, work = 0
+            for (o, out) in outputs.enumerated() {
+                for (g, group) in plan.enumerated() {
+                    guard let pair = pair(group.slot, layer, out.role) else { continue }
+                    list[n] = DeltaTask(output: Int32(o), group: Int32(g))
+                    n += 1
+                    work += group.rows.count * pair.rank * (inDim + out.outDim)
+                }
+            }
+            let job = DeltaJob(set: self, layer: layer, tasks: UnsafeBufferPointer(rebasing: list[0..<n]), plan: plan, x: x, inDim: inDim, outputs: outputs)
+            Parallel.run(n, serial: work < 65_536, job)
+        }
     }
 
-    /// One task per (output, adapter group) that has a pair: tasks write disjoint rows (or
-    /// disjoint outputs), and each row's arithmetic is the same whichever thread runs it.
-    /// Task i is found by walking the (output, group) grid, so no task list is built.
+    struct DeltaTask {
+        let output: Int32, group: Int32
+    }
+
+    /// The deltas of one linear group: tasks write disjoint rows (or disjoint outputs), and
+    /// each row's arithmetic is the same whichever thread runs it.
     struct DeltaJob: ParallelJob, @unchecked Sendable {
         let set: AdapterSet
-        let plan: [SlotGroup]
         let layer: Int
+        let tasks: UnsafeBufferPointer<DeltaTask>
+        let plan: [SlotGroup]
         let x: UnsafePointer<Float>
         let inDim: Int
         let outputs: UnsafeBufferPointer<DeltaOutput>
-        let taskCount: Int, work: Int
-
-        init(set: AdapterSet, plan: [SlotGroup], layer: Int, x: UnsafePointer<Float>, inDim: Int, outputs: UnsafeBufferPointer<DeltaOutput>) {
-            self.set = set
-            self.plan = plan
-            self.layer = layer
-            self.x = x
-            self.inDim = inDim
-            self.outputs = outputs
-            var n = 0, w = 0
-            for out in outputs {
-                for group in plan {
-                    guard let pair = set.pair(group.slot, layer, out.role) else { continue }
-                    n += 1
-                    w += group.rows.count * pair.rank * (inDim + out.outDim)
-                }
-            }
-            taskCount = n
-            work = w
-        }
 
         static let entry: @convention(c) (UnsafeMutableRawPointer?, Int32) -> Void = { job, task in
             job!.assumingMemoryBound(to: DeltaJob.self).pointee.run(Int(task))
         }
 
-        func run(_ task: Int) {
-            var i = task
-            for out in outputs {
-                for group in plan {
-                    guard let pair = set.pair(group.slot, layer, out.role) else { continue }
-                    if i == 0 {
-                        AdapterSet.apply(pair, rows: group.rows, x: x, inDim: inDim, y: out.y, outDim: out.outDim)
-                        return
-                    }
-                    i -= 1
-                }
-            }
+        func run(_ i: Int) {
+            let task = tasks[i], out = outputs[Int(task.output)], group = plan[Int(task.group)]
+            guard let pair = set.pair(group.slot, layer, out.role) else { return }
+            AdapterSet.apply(pair, rows: group.rows, x: x, inDim: inDim, y: out.y, outDim: out.outDim)
         }
     }
 
