@@ -125,6 +125,8 @@ import TestSupport
         #expect(badMode.status != 0 && badMode.stderr.contains("int4"), "\(badMode.stderr)")
         let badRate = try FacetProcess.run(["bench", "--serving", "--url", "http://127.0.0.1:9", "--rates", "fast"])
         #expect(badRate.status != 0 && badRate.stderr.contains("'fast' is not a positive number"), "\(badRate.stderr)")
+        let badTemperature = try FacetProcess.run(["bench", "--serving", "--url", "http://127.0.0.1:9", "--temperature=-1"])
+        #expect(badTemperature.status != 0 && badTemperature.stderr.contains("--temperature must be >= 0"), "\(badTemperature.stderr)")
         let noServer = try FacetProcess.run(["bench", "--serving", "--url", "http://127.0.0.1:9", "--rates", "1", "--requests", "1"])
         #expect(noServer.status != 0 && noServer.stderr.contains("error: the serving benchmark failed against http://127.0.0.1:9"),
                 "\(noServer.stderr)")
