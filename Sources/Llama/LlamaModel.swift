@@ -185,6 +185,11 @@ public final class LlamaModel: @unchecked Sendable {
             }
         }
         logits.reset(rows: R, width: custom.reduce(V) { max($0, $1.values.count) })
+        guard !custom.isEmpty else {
+            // Every row uses the base lm_head: it writes the rows in place.
+            if R > 0 { weights.lmHead.matmul(x: finalHidden.p, t: R, y: logits.allRows(width: V), compute: compute) }
+            return
+        }
         for (r, values) in custom { values.withUnsafeBufferPointer { logits.set(row: r, $0) } }
         // Rows with the base lm_head, packed for one product.
         let packed = Buffer(Scratch.floats(.logitInput, max(R, 1) * D))

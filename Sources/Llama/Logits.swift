@@ -40,6 +40,14 @@ public final class Logits: @unchecked Sendable {
         stride = width
     }
 
+    /// All rows as one `[rows, width]` block to be written in place (every row `width`
+    /// values; `width` must be the one given to `reset`).
+    func allRows(width: Int) -> UnsafeMutablePointer<Float> {
+        precondition(width == stride, "rows written in place must have the step's width")
+        for r in 0..<rows { widths[r] = width }
+        return storage
+    }
+
     /// Writes row `r` (at most the width given to `reset`).
     func set(row r: Int, _ values: UnsafeBufferPointer<Float>) {
         precondition(values.count <= stride, "row of \(values.count) logits exceeds the step's width \(stride)")
