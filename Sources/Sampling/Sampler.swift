@@ -108,11 +108,11 @@ public struct Sampler: Sendable {
             let order = topIndices(logits, p.topK)
             let maxLogit = logits[order[0]]
             let weights = order.map { expf((logits[$0] - maxLogit) * invT) }
-            return cut(order, weights, topP: topP, minP: p.minP)
+            return cut(order, weights, target: topP < 1 ? topP * weights.reduce(0, +) : nil, minP: p.minP)
         }
         guard let maxLogit = logits.max() else { return ([], [], 0, true) }
         var w = logits.map { ($0 - maxLogit) * invT }
-        w.withUnsafeMutableBufferPointer { expInPlace($0) }
+        w.withUnsafeMutableBufferPointer { VectorMath.expShifted($0.baseAddress!, count: $0.count, shift: 0) }
         var total: Float = 0
         for v in w { total += v }
         if topP >= 1 {
@@ -129,32 +129,22 @@ public struct Sampler: Sendable {
             for i in above { mass += w[i] }
             if mass >= target || threshold == 0 {
                 let order = above.sorted { w[$0] > w[$1] || (w[$0] == w[$1] && $0 < $1) }
-                var cumulative: Float = 0
-                var keep = order.count
-                for (n, i) in order.enumerated() {
-                    cumulative += w[i]
-                    if cumulative >= target {
-                        keep = n + 1
-                        break
-                    }
-                }
-                let prefix = Array(order.prefix(keep))
-                return cut(prefix, prefix.map { w[$0] }, topP: 1, minP: p.minP)
+                return cut(order, order.map { w[$0] }, target: target, minP: p.minP)
             }
         }
         return (nil, w, total, false)   // not reached: the last threshold (0) takes every token
     }
 
-    /// Top-p and min-p cuts over tokens already in decreasing order.
-    private static func cut(_ order: [Int], _ weights: [Float], topP: Float, minP: Float) -> (tokens: [Int]?, weights: [Float], total: Float, sorted: Bool) {
-        var total: Float = 0
-        for v in weights { total += v }
+    /// Top-p and min-p cuts over tokens already in decreasing order: keep the shortest
+    /// prefix whose weight reaches `target` (nil: all), then drop weights below `minP` times
+    /// the first.
+    private static func cut(_ order: [Int], _ weights: [Float], target: Float?, minP: Float) -> (tokens: [Int]?, weights: [Float], total: Float, sorted: Bool) {
         var keep = order.count
-        if topP < 1 {
+        if let target {
             var cumulative: Float = 0
             for (n, v) in weights.enumerated() {
                 cumulative += v
-                if cumulative >= topP * total {
+                if cumulative >= target {
                     keep = n + 1
                     break
                 }
@@ -166,10 +156,6 @@ public struct Sampler: Sendable {
         }
         let kept = Array(weights.prefix(keep))
         return (Array(order.prefix(keep)), kept, kept.reduce(0, +), true)
-    }
-
-    private static func expInPlace(_ w: UnsafeMutableBufferPointer<Float>) {
-        VectorMath.expShifted(w.baseAddress!, count: w.count, shift: 0)
     }
 
     /// The probability distribution actually sampled from, as (token, probability) pairs
