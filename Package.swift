@@ -7,6 +7,12 @@ let kernelFlags: [SwiftSetting] = [
     .unsafeFlags(["-Ounchecked", "-target-cpu", "haswell"], .when(configuration: .release))
 ]
 
+/// Parsers of outside data (Formats) keep Swift's overflow and bounds traps (-O, not
+/// -Ounchecked); their size and offset arithmetic is also checked explicitly (`Checked`).
+let parserFlags: [SwiftSetting] = [
+    .unsafeFlags(["-target-cpu", "haswell"], .when(configuration: .release))
+]
+
 let package = Package(
     name: "Facet",
     platforms: [.macOS(.v14)],
@@ -26,7 +32,7 @@ let package = Package(
         .target(name: "Tensors", swiftSettings: kernelFlags),
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]),
         .target(name: "Kernels", dependencies: ["Tensors", "CKernels"], swiftSettings: kernelFlags),
-        .target(name: "Formats", dependencies: ["Tensors"], swiftSettings: kernelFlags),
+        .target(name: "Formats", dependencies: ["Tensors"], swiftSettings: parserFlags),
         .target(name: "Tokenization", dependencies: ["Tensors"]),
         .target(name: "PagedKV"),
         .target(name: "Scheduling", dependencies: ["PagedKV"]),
@@ -58,6 +64,7 @@ let package = Package(
                 "Engine", "Loading", "Formats", "Tokenization", "Sampling", "Llama", "Adapters", "Server", "Scheduling", "Kernels", "ServingBench",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(name: "TestSupport", dependencies: ["Tensors", "Formats", "Llama", "Loading"], path: "Tests/TestSupport"),

@@ -111,6 +111,28 @@ public struct LoRAAdapter: Sendable {
         return roles.sorted()
     }
 
+    /// The largest weight magnitude accepted in an adapter file (the largest fp16 value, the
+    /// precision TensorRT-LLM keeps adapters in). Trained factors are orders of magnitude
+    /// smaller; a file beyond it is corrupt or hostile and would turn every logit into NaN.
+    public static let maxWeightMagnitude: Float = 65504
+
+    /// Refuses NaN, infinite or absurdly large weights: an adapter is validated as data, not
+    /// only by shape.
+    public static func checkValues(_ values: [Float], tensor: String) throws {
+        for (i, v) in values.enumerated() where !(v.magnitude <= maxWeightMagnitude) {
+            throw FacetError(.invalidFile, "element \(i) is \(v): adapter weights must be finite and at most \(maxWeightMagnitude) in magnitude",
+                             field: tensor, remedy: "the adapter is corrupt or diverged in training; retrain or export it again")
+        }
+    }
+
+    /// Refuses a scale (alpha / r) that is not finite or beyond the weight bound.
+    public static func checkScale(_ scale: Double, module: String) throws {
+        guard scale.isFinite, scale.magnitude <= Double(maxWeightMagnitude) else {
+            throw FacetError(.invalidConfig, "LoRA scale (lora_alpha / r) is \(scale) for \(module)", field: "lora_alpha",
+                             remedy: "set lora_alpha to a value near r (scales are usually between 0.1 and 16)")
+        }
+    }
+
     /// Checks every tensor against the base model's shapes.
     public func validate(against c: LlamaConfiguration) throws {
         func mismatch(_ what: String, _ got: [Int], _ want: [Int]) -> FacetError {

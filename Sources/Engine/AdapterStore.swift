@@ -15,6 +15,8 @@ public final class AdapterStore: @unchecked Sendable {
     public struct Entry: Sendable {
         public let name: String
         public let path: String
+        /// Loaded through `--adapter-root`: every file must stay inside the root on each (re)load.
+        public let confined: Bool
         public var adapter: LoRAAdapter?
         public var pins = 0
         public var lastUsed: UInt64 = 0
@@ -70,11 +72,30 @@ public final class AdapterStore: @unchecked Sendable {
             throw FacetError(.invalidArgument, "adapter path is outside the adapter root", field: "lora_path",
                              remedy: "place the adapter under \(root)")
         }
+        try checkFilesUnderRoot(resolved)
         return resolved
     }
 
+    /// Refuses a directory holding a link (or anything else) whose real path leaves the
+    /// adapter root: a symlinked `adapter_config.json` must not open `/etc/passwd`.
+    func checkFilesUnderRoot(_ directory: String) throws {
+        guard let root else { return }
+        let fm = FileManager.default
+        guard let names = try? fm.contentsOfDirectory(atPath: directory) else { return }  // the loader reports a missing directory
+        for name in names {
+            let full = (directory as NSString).appendingPathComponent(name)
+            let real = URL(fileURLWithPath: full).resolvingSymlinksInPath().path
+            guard real == root || real.hasPrefix(root + "/") else {
+                throw FacetError(.invalidArgument, "\(name) links outside the adapter root", file: full, field: "lora_path",
+                                 remedy: "copy the file into the adapter directory instead of linking it")
+            }
+        }
+    }
+
     /// Registers `name` -> `path`, loading it once to check it fits the base model.
-    public func register(name: String, path: String) throws {
+    /// `confined`: the path came through `resolveUnderRoot`, and its files are checked
+    /// against the root again whenever the adapter is reloaded.
+    public func register(name: String, path: String, confined: Bool = false) throws {
         guard !name.isEmpty, name.count <= 256 else {
             throw FacetError(.invalidArgument, "adapter name must be 1-256 characters", field: "lora_name")
         }
@@ -82,14 +103,15 @@ public final class AdapterStore: @unchecked Sendable {
             throw FacetError(.invalidArgument, "an adapter named \(name) is already loaded", field: "lora_name",
                              remedy: "unload it first, or pick another name")
         }
-        let adapter = try loadChecked(name: name, path: path)
+        let adapter = try loadChecked(name: name, path: path, confined: confined)
         try lock.withLock {
             guard entries[name] == nil else {
                 throw FacetError(.invalidArgument, "an adapter named \(name) is already loaded", field: "lora_name")
             }
+            // Make room first: a load refused for lack of memory registers nothing.
+            try evict(keeping: name, incoming: adapter.byteSize)
             clock += 1
-            entries[name] = Entry(name: name, path: path, adapter: adapter, lastUsed: clock, loads: 1)
-            try evict(keeping: name, incoming: 0)
+            entries[name] = Entry(name: name, path: path, confined: confined, adapter: adapter, lastUsed: clock, loads: 1)
         }
     }
 
@@ -103,19 +125,19 @@ public final class AdapterStore: @unchecked Sendable {
 
     /// Pins the adapter (loading it again if it was evicted).
     public func acquire(_ name: String) throws -> Lease {
-        let cached: (LoRAAdapter?, String)? = lock.withLock {
+        let cached: (LoRAAdapter?, String, Bool)? = lock.withLock {
             guard var e = entries[name] else { return nil }
             clock += 1
             e.lastUsed = clock
             if e.adapter != nil { e.pins += 1 }
             entries[name] = e
-            return (e.adapter, e.path)
+            return (e.adapter, e.path, e.confined)
         }
-        guard let (resident, path) = cached else {
+        guard let (resident, path, confined) = cached else {
             throw FacetError(.notFound, "the model \(name) does not exist", field: "model", remedy: "GET /v1/models lists the base model and the adapters")
         }
         if let resident { return Lease(name: name, adapter: resident) }
-        let adapter = try loadChecked(name: name, path: path)
+        let adapter = try loadChecked(name: name, path: path, confined: confined)
         return try lock.withLock {
             guard var e = entries[name] else {
                 throw FacetError(.notFound, "the model \(name) was unloaded", field: "model")
@@ -140,7 +162,8 @@ public final class AdapterStore: @unchecked Sendable {
         }
     }
 
-    private func loadChecked(name: String, path: String) throws -> LoRAAdapter {
+    private func loadChecked(name: String, path: String, confined: Bool) throws -> LoRAAdapter {
+        if confined { try checkFilesUnderRoot(path) }
         let adapter = try AdapterLoader.load(directory: path, name: name, base: base, baseEmbedding: baseEmbedding).storing(precision)
         if let maxRank, adapter.maxRank > maxRank {
             throw FacetError(.capacity, "adapter rank \(adapter.maxRank) exceeds --max-lora-rank \(maxRank)", file: path, field: "r",

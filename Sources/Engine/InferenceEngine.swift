@@ -59,6 +59,15 @@ public protocol EngineObserver: Sendable {
     func stepFinished(running: Int, waiting: Int, tokens: Int, kvBlocksUsed: Int, kvBlocksTotal: Int, seconds: Double)
     func requestFinished(adapter: String?, promptTokens: Int, completionTokens: Int, timeToFirstToken: Double?, timePerOutputToken: Double?)
     func preempted(count: Int)
+    /// Occupancy changed outside a step (requests cancelled while nothing else runs).
+    func stateChanged(running: Int, waiting: Int, kvBlocksUsed: Int, kvBlocksTotal: Int)
+    /// A request ended by cancellation (client gone, or shutdown) after this much work.
+    func requestCancelled(adapter: String?, promptTokens: Int, completionTokens: Int)
+}
+
+public extension EngineObserver {
+    func stateChanged(running: Int, waiting: Int, kvBlocksUsed: Int, kvBlocksTotal: Int) {}
+    func requestCancelled(adapter: String?, promptTokens: Int, completionTokens: Int) {}
 }
 
 /// The serving loop: requests join and leave the running batch at every step.
@@ -135,6 +144,16 @@ public final class InferenceEngine: @unchecked Sendable {
     /// Queues a request; the stream yields its tokens and ends with `.finished`.
     /// Cancelling the consuming task (or a client disconnect) frees its cache at once.
     public func submit(_ request: EngineRequest) throws -> AsyncThrowingStream<EngineEvent, any Error> {
+        try submitTracked(request).stream
+    }
+
+    /// Cancels request `id` (from `submitTracked`): frees its blocks and adapter pin and ends
+    /// its stream. A request that already ended is left alone.
+    public func cancel(id: Int) { enqueue(.cancel(id)) }
+
+    /// `submit`, also returning the request's id for `cancel(id:)`: for owners that may drop
+    /// the stream without ever iterating it (a client that resets before its response starts).
+    public func submitTracked(_ request: EngineRequest) throws -> (id: Int, stream: AsyncThrowingStream<EngineEvent, any Error>) {
         try request.parameters.validate()
         let c = model.config
         let vocabulary = request.adapter?.adapter.vocabularySize(base: c.vocabSize) ?? c.vocabSize
@@ -169,7 +188,7 @@ public final class InferenceEngine: @unchecked Sendable {
         continuation.onTermination = { [weak self] termination in
             if case .cancelled = termination { self?.enqueue(.cancel(id)) }
         }
-        return stream
+        return (id, stream)
     }
 
     private func enqueue(_ command: Command) {
@@ -193,6 +212,10 @@ public final class InferenceEngine: @unchecked Sendable {
                 l.continuation.finish(throwing: error)
                 return
             }
+            if reason == nil {
+                observer?.requestCancelled(adapter: l.request.adapter?.name, promptTokens: l.request.promptIDs.count,
+                                           completionTokens: l.output.count)
+            }
             if let reason {
                 l.continuation.yield(.finished(reason: reason, promptTokens: l.request.promptIDs.count, completionTokens: l.output.count))
                 let now = Date()
@@ -212,6 +235,7 @@ public final class InferenceEngine: @unchecked Sendable {
             let stop = stopping
             condition.unlock()
 
+            var cancelled = false
             for command in pending {
                 switch command {
                 case .submit(let id, let request, let continuation):
@@ -227,8 +251,13 @@ public final class InferenceEngine: @unchecked Sendable {
                         continuation.finish(throwing: FacetError(.capacity, "request refused by the scheduler: \(error)"))
                     }
                 case .cancel(let id):
+                    if live[id] != nil { cancelled = true }
                     finish(id, nil)
                 }
+            }
+            if cancelled {
+                observer?.stateChanged(running: scheduler.running.count, waiting: scheduler.waiting.count,
+                                       kvBlocksUsed: scheduler.allocator.usedCount, kvBlocksTotal: totalBlocks)
             }
             if stop {
                 for id in Array(live.keys) {

@@ -20,7 +20,13 @@ enum InputFile {
                 throw FacetError(.invalidArgument, "input ids must be 1-D or 2-D, found shape \(array.shape)", file: path)
             }
             return try (0..<rows).map { r in
-                let ids = array.values[(r * cols)..<((r + 1) * cols)].filter { $0 >= 0 }.map { Int32($0) }
+                let ids = try array.values[(r * cols)..<((r + 1) * cols)].filter { $0 >= 0 }.map { v in
+                    guard let id = Int32(exactly: v) else {
+                        throw FacetError(.invalidArgument, "row \(r) holds \(v), which is not a token id (0 to 2^31-1)", file: path,
+                                         remedy: "write token ids from the model's vocabulary")
+                    }
+                    return id
+                }
                 guard !ids.isEmpty else { throw FacetError(.invalidArgument, "row \(r) has no ids", file: path) }
                 return ids
             }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ServiceLifecycle
 import Engine
 import Foundation
 import Hummingbird
@@ -38,6 +39,15 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer KEY' on /v1 routes.") var apiKey: String?
     @Option(name: .customLong("max-pending"), help: "Requests in flight before new ones get 429.") var maxPending = 256
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error.") var logLevel = "info"
+    @Option(name: .customLong("request-timeout"), help: "Seconds a client may take to send its request body.")
+    var requestTimeout = 30.0
+    @Option(name: .customLong("keep-alive-timeout"), help: "Seconds an idle (or stalled) connection stays open.")
+    var keepAliveTimeout = 60.0
+    @Option(name: .customLong("drain-timeout"), help: "Seconds to finish running requests after SIGTERM/SIGINT; a second signal stops at once.")
+    var drainTimeout = 30.0
+    @Flag(name: .customLong("allow-special-tokens-in-content"),
+          help: "Parse special-token text inside chat messages as special tokens (off: it stays text, so users cannot fake turns).")
+    var allowSpecialTokensInContent = false
 
     func run() async throws {
         do {
@@ -58,6 +68,17 @@ struct ServeCommand: AsyncParsableCommand {
         let loraBytes = try ByteSize.parse(maxLoraMemory, field: "max-lora-memory")
         for (name, value) in [("max-loras", maxLoras), ("max-batch-size", maxBatchSize), ("max-num-tokens", maxNumTokens), ("block-size", blockSize), ("max-pending", maxPending)] where value <= 0 {
             throw FacetError(.invalidArgument, "must be positive, got \(value)", field: name)
+        }
+        guard (0...65535).contains(port) else {
+            throw FacetError(.invalidArgument, "port \(port) is not between 0 and 65535", field: "port", remedy: "pick a TCP port such as 8000")
+        }
+        if let maxModelLen, maxModelLen < 2 {
+            throw FacetError(.invalidArgument, "must be at least 2 (one prompt token and one generated), got \(maxModelLen)", field: "max-model-len",
+                             remedy: "leave it out to use the model's context length")
+        }
+        for (name, value) in [("request-timeout", requestTimeout), ("keep-alive-timeout", keepAliveTimeout), ("drain-timeout", drainTimeout)]
+        where !(value > 0 && value <= 86_400) {
+            throw FacetError(.invalidArgument, "must be between 0 and 86400 seconds, got \(value)", field: name)
         }
         let (model, tokenizer) = try modelOptions.load(tokenizerRequired: true)
         let path = try modelOptions.resolvedModelPath()
@@ -82,12 +103,51 @@ struct ServeCommand: AsyncParsableCommand {
         config.port = port
         config.apiKey = apiKey
         config.maxPendingRequests = maxPending
+        config.parseSpecialTokensInContent = allowSpecialTokensInContent
+        config.requestBodyTimeout = requestTimeout
+        config.idleTimeout = keepAliveTimeout
         config.servedModelName = servedModelName ?? ((path as NSString).lastPathComponent as NSString).deletingPathExtension
         let context = ServingContext(engine: engine, store: store, metrics: metrics, configuration: config)
         logger.info("serving \(config.servedModelName) with \(store.names.count) adapters on http://\(host):\(port) (KV cache: \(engine.totalBlocks) blocks of \(blockSize))")
         let app = FacetServer.makeApplication(context: context, logger: logger)
-        try await app.runService()
+        // The first SIGTERM/SIGINT drains (running requests finish, new connections are
+        // refused) for at most --drain-timeout; a second one ends the process at once.
+        var groupConfig = ServiceGroupConfiguration(services: [app], logger: logger)
+        groupConfig.maximumGracefulShutdownDuration = .milliseconds(Int64(drainTimeout * 1000))
+        groupConfig.maximumCancellationDuration = .seconds(5)
+        let group = ServiceGroup(configuration: groupConfig)
+        let watcher = ShutdownSignals(logger: logger) { await group.triggerGracefulShutdown() }
+        defer { watcher.cancel() }
+        try await group.run()
     }
+}
+
+/// SIGTERM/SIGINT: the first starts a graceful drain, the second exits at once.
+final class ShutdownSignals: @unchecked Sendable {
+    private var sources: [any DispatchSourceSignal] = []
+    private let lock = NSLock()
+    private var count = 0
+
+    init(logger: Logger, drain: @escaping @Sendable () async -> Void) {
+        for sig in [SIGTERM, SIGINT] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { [self] in
+                let n = lock.withLock { count += 1; return count }
+                if n == 1 {
+                    logger.notice("signal \(sig): draining running requests (send it again to stop at once)")
+                    Task { await drain() }
+                } else {
+                    logger.notice("second signal: stopping now")
+                    exit(128 + sig)
+                }
+            }
+            source.resume()
+            sources.append(source)
+        }
+    }
+
+    func cancel() { for s in sources { s.cancel() } }
 }
 
 enum ByteSize {
@@ -96,7 +156,7 @@ enum ByteSize {
         let t = text.trimmingCharacters(in: .whitespaces).uppercased()
         let units: [(String, Double)] = [("GIB", 1_073_741_824), ("MIB", 1_048_576), ("KIB", 1024), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("G", 1_073_741_824), ("M", 1_048_576), ("K", 1024), ("B", 1)]
         for (suffix, scale) in units where t.hasSuffix(suffix) {
-            if let v = Double(t.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), v > 0 { return Int(v * scale) }
+            if let v = Double(t.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), v > 0, v * scale < 0x1p62 { return Int(v * scale) }
         }
         if let v = Int(t), v > 0 { return v }
         throw FacetError(.invalidArgument, "\"\(text)\" is not a size", field: field, remedy: "write e.g. 512MB or 2GB")

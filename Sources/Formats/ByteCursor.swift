@@ -19,7 +19,7 @@ struct ByteCursor {
     }
 
     mutating func need(_ n: Int, _ what: String) throws {
-        guard n >= 0, offset <= bytes.count - n else { throw truncated(what) }
+        guard n >= 0, offset >= 0, offset <= bytes.count, n <= bytes.count - offset else { throw truncated(what) }
     }
 
     mutating func read<T: FixedWidthInteger>(_ type: T.Type, _ what: String) throws -> T {

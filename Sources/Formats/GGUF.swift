@@ -37,7 +37,8 @@ public struct GGUFFile: Sendable {
         public let type: GGMLType
         /// Absolute byte range inside the file.
         public let range: Range<Int>
-        public var elementCount: Int { dims.reduce(1, *) }
+        /// Checked when the file was read (the product fits and the data lies in the file).
+        public var elementCount: Int { Checked.product(dims) ?? 0 }
     }
 
     public let path: String
@@ -108,15 +109,18 @@ public struct GGUFFile: Sendable {
         var tensors: [String: TensorInfo] = [:]
         var order: [String] = []
         for (name, dims, type, offset) in infos {
-            let count = dims.reduce(1, *)
+            guard let count = Checked.product(dims), count <= file.count.multipliedReportingOverflow(by: 8).partialValue else {
+                throw FacetError(.invalidFile, "dimensions \(dims) describe more elements than the \(file.count)-byte file can hold",
+                                 file: path, field: name, remedy: "the file is corrupt; download it again")
+            }
             guard count % type.blockSize == 0, dims[0] % type.blockSize == 0 else {
                 throw FacetError(.invalidFile, "row length \(dims[0]) is not a multiple of the \(type) block size \(type.blockSize)",
                                  file: path, field: name)
             }
-            let size = count / type.blockSize * type.blockBytes
-            let begin = dataStart + Int(offset)
-            guard offset < UInt64(Int.max / 2), begin <= file.count, size <= file.count - begin else {
-                throw FacetError(.invalidFile, "tensor data [\(begin), \(begin + size)) lies past the end of the \(file.count)-byte file",
+            let size = Checked.multiply(count / type.blockSize, type.blockBytes) ?? Int.max
+            let begin = offset < UInt64(Int.max / 2) ? dataStart + Int(offset) : Int.max
+            guard begin <= file.count, size <= file.count - begin else {
+                throw FacetError(.invalidFile, "tensor data at offset \(offset) (\(size) bytes) lies past the end of the \(file.count)-byte file",
                                  file: path, field: name, remedy: "the file is truncated; download it again")
             }
             tensors[name] = TensorInfo(name: name, dims: dims, type: type, range: begin..<(begin + size))
@@ -150,7 +154,7 @@ public struct GGUFFile: Sendable {
             let n = try c.read(UInt64.self, key)
             guard n <= UInt64(c.bytes.count - c.offset) else { throw c.truncated(key) }
             var items: [Value] = []
-            items.reserveCapacity(Int(n))
+            items.reserveCapacity(Int(min(n, 1 << 16)))
             for _ in 0..<n { items.append(try readValue(&c, type: elementType, key: key, depth: depth + 1)) }
             return .array(items)
         case 10: return .uint(try c.read(UInt64.self, key))

@@ -64,10 +64,9 @@ public struct NpyArray: Sendable {
         let dims = shapeText[shapeText.index(after: open)..<close].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         var shape: [Int] = []
         for d in dims {
-            guard let v = Int(d), v >= 0 else { throw FacetError(.invalidFile, "shape entry \(d) is not a size", file: path, field: "shape") }
+            guard let v = Int(d), v >= 0, v < 1 << 48 else { throw FacetError(.invalidFile, "shape entry \(d) is not a size", file: path, field: "shape") }
             shape.append(v)
         }
-        let count = shape.reduce(1, *)
         let size: Int
         switch kind {
         case .i8, .u8: size = 1
@@ -75,7 +74,13 @@ public struct NpyArray: Sendable {
         case .f32, .i32, .u32: size = 4
         case .f64, .i64, .u64: size = 8
         }
-        let data = try c.readBytes(count * size, "data (\(count) elements of \(descr))")
+        // Checked before anything is allocated: a header may claim more than the file holds.
+        guard let count = Checked.product(shape), let byteCount = Checked.multiply(count, size),
+              byteCount <= bytes.count - c.offset else {
+            throw FacetError(.invalidFile, "shape \(shape) of \(descr) needs more data than the \(bytes.count - c.offset) bytes after the header",
+                             file: path, field: "shape", remedy: "the file is truncated or its header is corrupt; save it again with numpy.save")
+        }
+        let data = try c.readBytes(byteCount, "data (\(count) elements of \(descr))")
         var values = [Double](repeating: 0, count: count)
         for i in 0..<count {
             let o = i * size

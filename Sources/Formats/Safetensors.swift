@@ -25,7 +25,8 @@ public struct SafetensorsFile: Sendable {
         public let shape: [Int]
         /// Absolute byte range inside the file.
         public let range: Range<Int>
-        public var elementCount: Int { shape.reduce(1, *) }
+        /// Checked when the entry was read: the product fits and matches the byte range.
+        public var elementCount: Int { Checked.product(shape) ?? 0 }
     }
 
     public let path: String
@@ -77,15 +78,17 @@ public struct SafetensorsFile: Sendable {
                                  remedy: "store weights as F32, F16 or BF16")
             }
             guard let shapeAny = info["shape"] as? [Any] else { throw bad("missing shape", field: name) }
-            let shape = shapeAny.compactMap { ($0 as? NSNumber)?.intValue }
-            guard shape.count == shapeAny.count, shape.allSatisfy({ $0 >= 0 }) else { throw bad("shape is not a list of sizes", field: name) }
+            let shape = shapeAny.compactMap(Self.exactSize)
+            guard shape.count == shapeAny.count else { throw bad("shape is not a list of sizes", field: name) }
             guard let offsets = info["data_offsets"] as? [Any], offsets.count == 2,
-                  let begin = (offsets[0] as? NSNumber)?.intValue, let end = (offsets[1] as? NSNumber)?.intValue
-            else { throw bad("data_offsets must be [begin, end]", field: name) }
+                  let begin = Self.exactSize(offsets[0]), let end = Self.exactSize(offsets[1])
+            else { throw bad("data_offsets must be [begin, end] of non-negative integers", field: name) }
             guard begin >= 0, end >= begin, end <= dataCount else {
                 throw bad("data_offsets [\(begin), \(end)] fall outside the \(dataCount) data bytes", field: name)
             }
-            let expected = shape.reduce(1, *) * dtype.byteSize
+            guard let expected = Checked.bytes(shape, elementBytes: dtype.byteSize) else {
+                throw bad("shape \(shape) holds more elements than any file can", field: name)
+            }
             guard end - begin == expected else {
                 throw bad("data is \(end - begin) bytes but shape \(shape) of \(dtypeText) needs \(expected)", field: name)
             }
@@ -93,6 +96,12 @@ public struct SafetensorsFile: Sendable {
         }
         self.entries = entries
         self.metadata = metadata
+    }
+
+    /// A JSON number that is a non-negative integer exactly (not 1.5, not `true`, not 1e300).
+    static func exactSize(_ value: Any) -> Int? {
+        guard let v = Checked.jsonInt(value), v >= 0 else { return nil }
+        return v
     }
 
     public var names: [String] { entries.keys.sorted() }

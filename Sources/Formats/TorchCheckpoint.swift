@@ -40,13 +40,16 @@ public enum TorchCheckpoint {
 
     static func materialize(_ t: TensorRef, _ storage: UnsafeRawBufferPointer, name: String, path: String) throws -> Tensor {
         let size = t.storage.dtype.byteSize
-        let count = t.shape.reduce(1, *)
-        guard t.stride.count == t.shape.count, t.offset >= 0 else {
-            throw FacetError(.invalidFile, "tensor metadata is inconsistent", file: path, field: name)
+        guard t.stride.count == t.shape.count, t.offset >= 0, t.stride.allSatisfy({ $0 >= 0 }), let count = Checked.product(t.shape) else {
+            throw FacetError(.invalidFile, "tensor metadata is inconsistent (negative or overflowing size, stride or offset)", file: path, field: name)
         }
-        var maxIndex = t.offset
-        for (d, s) in zip(t.shape, t.stride) where d > 0 { maxIndex += (d - 1) * s }
-        guard count == 0 || (maxIndex + 1) * size <= storage.count else {
+        // The furthest element read, in checked arithmetic: offset + sum((d - 1) * s).
+        var maxIndex: Int? = t.offset
+        for (d, s) in zip(t.shape, t.stride) where d > 0 {
+            maxIndex = maxIndex.flatMap { m in Checked.multiply(d - 1, s).flatMap { Checked.add(m, $0) } }
+        }
+        let reach = maxIndex.flatMap { Checked.add($0, 1) }.flatMap { Checked.multiply($0, size) }
+        guard count == 0 || (reach.map { $0 <= storage.count } ?? false) && count <= storage.count else {
             throw FacetError(.invalidFile, "tensor reaches past its storage", file: path, field: name, remedy: "the checkpoint is corrupt")
         }
         var values = [Float](repeating: 0, count: count)
@@ -108,8 +111,11 @@ public enum TorchCheckpoint {
         let data: UnsafeRawBufferPointer
         let path: String
         var c: ByteCursor
-        var stack: [Value] = []
-        var memo: [Int: Value] = [:]
+        /// Values with their nesting depth: a crafted pickle could otherwise nest a million
+        /// tuples, and releasing such a value recurses past the thread's stack.
+        var stack: [(value: Value, depth: Int)] = []
+        var memo: [Int: (value: Value, depth: Int)] = [:]
+        static let maxDepth = 64
 
         init(data: UnsafeRawBufferPointer, path: String) {
             self.data = data
@@ -122,18 +128,31 @@ public enum TorchCheckpoint {
                        file: path, remedy: "convert the adapter to adapter_model.safetensors with PEFT")
         }
 
-        mutating func pop() throws -> Value {
+        mutating func popEntry() throws -> (value: Value, depth: Int) {
             guard let v = stack.popLast() else { throw FacetError(.invalidFile, "pickle stack underflow", file: path) }
             return v
         }
 
-        mutating func popMark() throws -> [Value] {
-            guard let m = stack.lastIndex(where: { if case .mark = $0 { true } else { false } }) else {
+        mutating func pop() throws -> Value { try popEntry().value }
+
+        /// Pushes a value built from parts of the given depths (one level deeper than them).
+        mutating func push(_ v: Value, from depths: [Int] = []) throws {
+            let depth = (depths.max() ?? 0) + 1
+            guard depth <= Self.maxDepth else {
+                throw FacetError(.invalidFile, "pickle nests values more than \(Self.maxDepth) deep", file: path,
+                                 remedy: "a tensor checkpoint is a flat dict; the file is corrupt or crafted")
+            }
+            stack.append((v, depth))
+        }
+
+        mutating func popMark() throws -> (items: [Value], depth: Int) {
+            guard let m = stack.lastIndex(where: { if case .mark = $0.value { true } else { false } }) else {
                 throw FacetError(.invalidFile, "pickle MARK missing", file: path)
             }
-            let items = Array(stack[(m + 1)...])
+            let items = stack[(m + 1)...]
+            let result = (items.map(\.value), items.map(\.depth).max() ?? 0)
             stack.removeSubrange(m...)
-            return items
+            return result
         }
 
         mutating func run() throws -> Value {
@@ -146,16 +165,16 @@ public enum TorchCheckpoint {
                 case 0x80: _ = try c.read(UInt8.self, "protocol")                       // PROTO
                 case 0x95: _ = try c.read(UInt64.self, "frame")                         // FRAME
                 case 0x2E: return try pop()                                              // STOP
-                case 0x7D: stack.append(.dict([]))                                       // EMPTY_DICT
-                case 0x5D: stack.append(.list([]))                                       // EMPTY_LIST
-                case 0x29: stack.append(.tuple([]))                                      // EMPTY_TUPLE
-                case 0x28: stack.append(.mark)                                           // MARK
-                case 0x4E: stack.append(.none)                                           // NONE
-                case 0x88: stack.append(.bool(true))                                     // NEWTRUE
-                case 0x89: stack.append(.bool(false))                                    // NEWFALSE
-                case 0x4B: stack.append(.int(Int(try c.read(UInt8.self, "int"))))        // BININT1
-                case 0x4D: stack.append(.int(Int(try c.read(UInt16.self, "int"))))       // BININT2
-                case 0x4A: stack.append(.int(Int(try c.read(Int32.self, "int"))))        // BININT
+                case 0x7D: try push(.dict([]))                                       // EMPTY_DICT
+                case 0x5D: try push(.list([]))                                       // EMPTY_LIST
+                case 0x29: try push(.tuple([]))                                      // EMPTY_TUPLE
+                case 0x28: stack.append((.mark, 0))                                           // MARK
+                case 0x4E: try push(.none)                                           // NONE
+                case 0x88: try push(.bool(true))                                     // NEWTRUE
+                case 0x89: try push(.bool(false))                                    // NEWFALSE
+                case 0x4B: try push(.int(Int(try c.read(UInt8.self, "int"))))        // BININT1
+                case 0x4D: try push(.int(Int(try c.read(UInt16.self, "int"))))       // BININT2
+                case 0x4A: try push(.int(Int(try c.read(Int32.self, "int"))))        // BININT
                 case 0x8A:                                                                // LONG1
                     let n = Int(try c.read(UInt8.self, "long length"))
                     let raw = try c.readBytes(n, "long")
@@ -163,64 +182,71 @@ public enum TorchCheckpoint {
                     var v: Int64 = 0
                     for (i, b) in raw.enumerated() { v |= Int64(b) << (8 * Int64(i)) }
                     if n > 0 && n < 8 && raw[n - 1] & 0x80 != 0 { v -= Int64(1) << (8 * Int64(n)) }
-                    stack.append(.int(Int(v)))
-                case 0x47: stack.append(.float(Double(bitPattern: UInt64(bigEndian: try c.read(UInt64.self, "float")))))  // BINFLOAT
+                    try push(.int(Int(v)))
+                case 0x47: try push(.float(Double(bitPattern: UInt64(bigEndian: try c.read(UInt64.self, "float")))))  // BINFLOAT
                 case 0x58:                                                                // BINUNICODE
                     let n = Int(try c.read(UInt32.self, "string length"))
-                    stack.append(.string(String(decoding: try c.readBytes(n, "string"), as: UTF8.self)))
+                    try push(.string(String(decoding: try c.readBytes(n, "string"), as: UTF8.self)))
                 case 0x8C:                                                                // SHORT_BINUNICODE
                     let n = Int(try c.read(UInt8.self, "string length"))
-                    stack.append(.string(String(decoding: try c.readBytes(n, "string"), as: UTF8.self)))
+                    try push(.string(String(decoding: try c.readBytes(n, "string"), as: UTF8.self)))
                 case 0x55:                                                                // SHORT_BINSTRING
                     let n = Int(try c.read(UInt8.self, "string length"))
-                    stack.append(.string(String(decoding: try c.readBytes(n, "string"), as: UTF8.self)))
+                    try push(.string(String(decoding: try c.readBytes(n, "string"), as: UTF8.self)))
                 case 0x43:                                                                // SHORT_BINBYTES
                     let n = Int(try c.read(UInt8.self, "bytes length"))
-                    stack.append(.bytes(Array(try c.readBytes(n, "bytes"))))
-                case 0x71: memo[Int(try c.read(UInt8.self, "memo"))] = stack.last ?? .none      // BINPUT
-                case 0x72: memo[Int(try c.read(UInt32.self, "memo"))] = stack.last ?? .none     // LONG_BINPUT
-                case 0x94: memo[memo.count] = stack.last ?? .none                               // MEMOIZE
+                    try push(.bytes(Array(try c.readBytes(n, "bytes"))))
+                case 0x71: memo[Int(try c.read(UInt8.self, "memo"))] = stack.last ?? (.none, 1)      // BINPUT
+                case 0x72: memo[Int(try c.read(UInt32.self, "memo"))] = stack.last ?? (.none, 1)     // LONG_BINPUT
+                case 0x94: memo[memo.count] = stack.last ?? (.none, 1)                               // MEMOIZE
                 case 0x68, 0x6A:                                                                 // BINGET, LONG_BINGET
                     let i = op == 0x68 ? Int(try c.read(UInt8.self, "memo")) : Int(try c.read(UInt32.self, "memo"))
                     guard let v = memo[i] else { throw FacetError(.invalidFile, "pickle memo \(i) missing", file: path) }
-                    stack.append(v)
-                case 0x74: stack.append(.tuple(try popMark()))                                 // TUPLE
-                case 0x85: stack.append(.tuple([try pop()]))                                   // TUPLE1
-                case 0x86: let b = try pop(), a = try pop(); stack.append(.tuple([a, b]))     // TUPLE2
-                case 0x87: let z = try pop(), b = try pop(), a = try pop(); stack.append(.tuple([a, b, z]))  // TUPLE3
+                    stack.append(v)   // a memoized value keeps its depth
+                case 0x74: let (items, d) = try popMark(); try push(.tuple(items), from: [d])  // TUPLE
+                case 0x85: let a = try popEntry(); try push(.tuple([a.value]), from: [a.depth])  // TUPLE1
+                case 0x86:                                                                       // TUPLE2
+                    let b = try popEntry(), a = try popEntry()
+                    try push(.tuple([a.value, b.value]), from: [a.depth, b.depth])
+                case 0x87:                                                                       // TUPLE3
+                    let z = try popEntry(), b = try popEntry(), a = try popEntry()
+                    try push(.tuple([a.value, b.value, z.value]), from: [a.depth, b.depth, z.depth])
                 case 0x63:                                                                       // GLOBAL
                     let line1 = try readLine(), line2 = try readLine()
-                    stack.append(try global(line1, line2))
+                    try push(try global(line1, line2))
                 case 0x93:                                                                       // STACK_GLOBAL
                     guard case .string(let name) = try pop(), case .string(let module) = try pop() else { throw refuse("a computed global") }
-                    stack.append(try global(module, name))
+                    try push(try global(module, name))
                 case 0x51:                                                                       // BINPERSID
-                    stack.append(try persistent(try pop()))
+                    let pid = try popEntry()
+                    try push(try persistent(pid.value), from: [pid.depth])
                 case 0x52:                                                                       // REDUCE
-                    let args = try pop(), callable = try pop()
-                    stack.append(try reduce(callable, args))
+                    let args = try popEntry(), callable = try popEntry()
+                    try push(try reduce(callable.value, args.value), from: [args.depth, callable.depth])
                 case 0x62:                                                                       // BUILD
                     _ = try pop()   // state of an OrderedDict/parameter: nothing a tensor dict needs
                 case 0x73:                                                                       // SETITEM
-                    let v = try pop(), k = try pop()
-                    guard case .dict(var d) = try pop() else { throw FacetError(.invalidFile, "SETITEM on a non-dict", file: path) }
-                    d.append((k, v))
-                    stack.append(.dict(d))
+                    let v = try popEntry(), k = try popEntry(), target = try popEntry()
+                    guard case .dict(var d) = target.value else { throw FacetError(.invalidFile, "SETITEM on a non-dict", file: path) }
+                    d.append((k.value, v.value))
+                    try push(.dict(d), from: [target.depth - 1, k.depth, v.depth])
                 case 0x75:                                                                       // SETITEMS
-                    let items = try popMark()
-                    guard case .dict(var d) = try pop(), items.count % 2 == 0 else { throw FacetError(.invalidFile, "SETITEMS on a non-dict", file: path) }
+                    let (items, depth) = try popMark()
+                    let target = try popEntry()
+                    guard case .dict(var d) = target.value, items.count % 2 == 0 else { throw FacetError(.invalidFile, "SETITEMS on a non-dict", file: path) }
                     for i in stride(from: 0, to: items.count, by: 2) { d.append((items[i], items[i + 1])) }
-                    stack.append(.dict(d))
+                    try push(.dict(d), from: [target.depth - 1, depth])
                 case 0x61:                                                                       // APPEND
-                    let v = try pop()
-                    guard case .list(var l) = try pop() else { throw FacetError(.invalidFile, "APPEND on a non-list", file: path) }
-                    l.append(v)
-                    stack.append(.list(l))
+                    let v = try popEntry(), target = try popEntry()
+                    guard case .list(var l) = target.value else { throw FacetError(.invalidFile, "APPEND on a non-list", file: path) }
+                    l.append(v.value)
+                    try push(.list(l), from: [target.depth - 1, v.depth])
                 case 0x65:                                                                       // APPENDS
-                    let items = try popMark()
-                    guard case .list(var l) = try pop() else { throw FacetError(.invalidFile, "APPENDS on a non-list", file: path) }
+                    let (items, depth) = try popMark()
+                    let target = try popEntry()
+                    guard case .list(var l) = target.value else { throw FacetError(.invalidFile, "APPENDS on a non-list", file: path) }
                     l += items
-                    stack.append(.list(l))
+                    try push(.list(l), from: [target.depth - 1, depth])
                 default:
                     throw refuse(String(format: "pickle opcode 0x%02x", op))
                 }

@@ -31,13 +31,13 @@ struct ZipArchive {
             // ZIP64: locator right before the EOCD points at the ZIP64 EOCD record.
             guard eocd >= 20, bytes.loadUnaligned(fromByteOffset: eocd - 20, as: UInt32.self) == 0x0706_4B50 else { throw bad("missing ZIP64 locator") }
             var l = ByteCursor(bytes, path: path, offset: eocd - 20 + 8)
-            let record = Int(try l.read(UInt64.self, "zip64 record offset"))
+            let record = Int(clamping: try l.read(UInt64.self, "zip64 record offset"))
             var r = ByteCursor(bytes, path: path, offset: record)
             guard try r.read(UInt32.self, "zip64 signature") == 0x0606_4B50 else { throw bad("bad ZIP64 record") }
             r.offset += 20
-            count = Int(try r.read(UInt64.self, "zip64 entry count"))
+            count = Int(clamping: try r.read(UInt64.self, "zip64 entry count"))
             r.offset += 8
-            directory = Int(try r.read(UInt64.self, "zip64 directory offset"))
+            directory = Int(clamping: try r.read(UInt64.self, "zip64 directory offset"))
         }
         var d = ByteCursor(bytes, path: path, offset: directory)
         for _ in 0..<count {
@@ -61,9 +61,9 @@ struct ZipArchive {
                 let id = try e.read(UInt16.self, "extra id"), len = Int(try e.read(UInt16.self, "extra length"))
                 if id == 0x0001 {
                     var z = ByteCursor(try e.readBytes(len, "zip64 extra"), path: path)
-                    if size == 0xFFFF_FFFF { size = Int(try z.read(UInt64.self, "zip64 size")) }
-                    if compressed == 0xFFFF_FFFF { compressed = Int(try z.read(UInt64.self, "zip64 compressed")) }
-                    if local == 0xFFFF_FFFF { local = Int(try z.read(UInt64.self, "zip64 offset")) }
+                    if size == 0xFFFF_FFFF { size = Int(clamping: try z.read(UInt64.self, "zip64 size")) }
+                    if compressed == 0xFFFF_FFFF { compressed = Int(clamping: try z.read(UInt64.self, "zip64 compressed")) }
+                    if local == 0xFFFF_FFFF { local = Int(clamping: try z.read(UInt64.self, "zip64 offset")) }
                 } else {
                     e.offset += len
                 }
@@ -74,9 +74,10 @@ struct ZipArchive {
             }
             var h = ByteCursor(bytes, path: path, offset: local)
             guard try h.read(UInt32.self, "local header") == 0x0403_4B50 else { throw bad("corrupt local header of \(name)") }
+            guard local <= bytes.count - 30 else { throw bad("local header of \(name) lies past the end of the file") }
             h.offset = local + 26
             let n = Int(try h.read(UInt16.self, "local name length")), x = Int(try h.read(UInt16.self, "local extra length"))
-            let start = local + 30 + n + x
+            let start = local + 30 + n + x   // local <= count - 30 and n, x < 65536: no overflow
             guard start <= bytes.count, size <= bytes.count - start else { throw bad("entry \(name) runs past the end of the file") }
             entries[name] = start..<(start + size)
         }

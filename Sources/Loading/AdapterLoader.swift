@@ -70,11 +70,18 @@ public enum AdapterLoader {
         if fm.fileExists(atPath: st) {
             let file = try SafetensorsFile(path: st)
             digest.update(file.file.bytes)
-            for name in file.names { out[name] = (try file.entry(name).shape, try file.floats(name)) }
+            for name in file.names {
+                let values = try file.floats(name)
+                try LoRAAdapter.checkValues(values, tensor: name)
+                out[name] = (try file.entry(name).shape, values)
+            }
         } else if fm.fileExists(atPath: bin) {
             let file = try MappedFile(path: bin)
             digest.update(file.bytes)
-            for (name, tensor) in try TorchCheckpoint.read(file) { out[name] = (tensor.shape, tensor.values) }
+            for (name, tensor) in try TorchCheckpoint.read(file) {
+                try LoRAAdapter.checkValues(tensor.values, tensor: name)
+                out[name] = (tensor.shape, tensor.values)
+            }
         } else {
             throw FacetError(.notFound, "no adapter_model.safetensors or adapter_model.bin", file: directory,
                              remedy: "copy the adapter's weights file next to adapter_config.json")
@@ -190,7 +197,9 @@ public enum AdapterLoader {
             }
         }
         let r = Double(rank)
-        return Float(config.useRSLoRA == true ? alpha / r.squareRoot() : alpha / r)
+        let scale = config.useRSLoRA == true ? alpha / r.squareRoot() : alpha / r
+        try LoRAAdapter.checkScale(scale, module: module)
+        return Float(scale)
     }
 
     static func matrix(_ t: (shape: [Int], values: [Float]), _ name: String) throws -> Matrix {

@@ -45,12 +45,20 @@ public enum TensorRTLoRA {
             throw bad("lora_weights", "must be a float array [1, \(cshape[0]), size] matching lora_config, found \(weights.kind.rawValue) \(weights.shape)")
         }
         let rows = cshape[0], width = cshape[1], rowSize = wshape[1]
+        for (i, v) in weights.values.enumerated() where !(v.magnitude <= Double(LoRAAdapter.maxWeightMagnitude)) {
+            throw FacetError(.invalidFile, "element \(i) is \(v): adapter weights must be finite and at most \(LoRAAdapter.maxWeightMagnitude) in magnitude",
+                             field: "lora_weights", remedy: "the adapter is corrupt or diverged in training; convert it again")
+        }
         var digest = SHA256()
         config.values.withUnsafeBytes { digest.update($0) }
         weights.values.withUnsafeBytes { digest.update($0) }
         var adapter = LoRAAdapter(name: name, digest: digest.finalize().map { String(format: "%02x", $0) }.joined(), layers: c.numLayers)
         for row in 0..<rows {
-            let fields = (0..<width).map { Int(config.values[row * width + $0]) }
+            let fields = try (0..<width).map { k in
+                let v = config.values[row * width + k]
+                guard let i = Int(exactly: v), i.magnitude < 1 << 31 else { throw bad("lora_config", "row \(row) holds \(v), not a small integer") }
+                return i
+            }
             let (moduleID, layer, rank) = (fields[0], fields[1], fields[2])
             if width == 4 && fields[3] != 0 {
                 throw FacetError(.unsupported, "row \(row) is a DoRA module", field: "lora_config", remedy: "DoRA adapters are not supported yet")
@@ -63,7 +71,7 @@ public enum TensorRTLoRA {
                 throw FacetError(.shapeMismatch, "row \(row): layer \(layer) does not exist (the base has \(c.numLayers))", field: "lora_config",
                                  remedy: "adapter made for another base model?")
             }
-            guard rank > 0 else { throw bad("lora_config", "row \(row): rank \(rank) must be positive") }
+            guard rank > 0, rank <= rowSize else { throw bad("lora_config", "row \(row): rank \(rank) must be positive and fit the rows' \(rowSize) values") }
             let parts: [(LinearRole, Int)]   // role and its output rows inside B
             let inDim: Int
             if let role = module.role {
@@ -74,7 +82,7 @@ public enum TensorRTLoRA {
                 inDim = c.hiddenSize
             }
             let outDim = parts.reduce(0) { $0 + $1.1 }
-            let need = rank * inDim + outDim * rank
+            let need = Checked.multiply(rank, inDim).flatMap { a in Checked.multiply(outDim, rank).flatMap { Checked.add(a, $0) } } ?? Int.max
             guard need <= rowSize else {
                 throw FacetError(.shapeMismatch, "row \(row) (\(module.name), layer \(layer), rank \(rank)) needs \(need) values but rows hold \(rowSize)",
                                  field: "lora_weights", remedy: "adapter made for another base model?")

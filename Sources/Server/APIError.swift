@@ -87,9 +87,8 @@ struct JSONObject {
 
     func int(_ key: String) throws -> Int? {
         guard has(key) else { return nil }
-        guard let n = values[key] as? NSNumber, String(cString: n.objCType) != "c", n.doubleValue == n.doubleValue.rounded(),
-              abs(n.doubleValue) < 1e15 else { throw wrong(key, "an integer") }
-        return n.intValue
+        guard let v = Checked.jsonInt(values[key] as Any), v.magnitude < 1 << 53 else { throw wrong(key, "an integer") }
+        return v
     }
 
     func double(_ key: String) throws -> Double? {

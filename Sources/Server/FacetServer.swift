@@ -17,6 +17,13 @@ public struct ServerConfiguration: Sendable {
     public var maxRequestBytes = 4 << 20
     /// Requests in flight (running + waiting) beyond which new ones get 429.
     public var maxPendingRequests = 256
+    /// Parse special-token text inside chat message content as special tokens (off: a user
+    /// typing `<|im_end|>` gets those characters, not a turn boundary).
+    public var parseSpecialTokensInContent = false
+    /// Seconds a client may take to send its whole request body.
+    public var requestBodyTimeout: Double = 30
+    /// Seconds an idle keep-alive connection (or one stalled mid-request) stays open.
+    public var idleTimeout: Double = 60
     public init() {}
 }
 
@@ -76,6 +83,7 @@ public enum FacetServer {
         OpenAIRoutes(context: context).register(on: v1)
         return Application(
             router: router,
+            server: .http1(configuration: .init(idleTimeout: .milliseconds(Int64(context.configuration.idleTimeout * 1000)))),
             configuration: .init(address: .hostname(context.configuration.host, port: context.configuration.port), serverName: "facet"),
             services: [EngineService(engine: context.engine)],
             logger: logger)
@@ -102,6 +110,13 @@ struct ErrorCountingMiddleware<Context: RequestContext>: RouterMiddleware {
             if response.status.code >= 400 { metrics.failure(status: response.status.code) }
             return response
         } catch {
+            // Hummingbird's own errors (no route, bad method) get OpenAI's JSON shape too.
+            if let http = error as? HTTPError {
+                metrics.failure(status: http.status.code)
+                let message = http.status == .notFound ? "no route for \(request.method) \(request.uri.path)" : (http.body ?? http.status.reasonPhrase)
+                throw APIError(status: http.status, message: message, type: "invalid_request_error", param: nil,
+                               code: http.status == .notFound ? "not_found" : nil)
+            }
             let api = APIError.from(error)
             metrics.failure(status: (error as? any HTTPResponseError)?.status.code ?? api.status.code)
             if error is any HTTPResponseError { throw error }

@@ -26,7 +26,7 @@ struct OpenAIRoutes {
             }
             do {
                 let resolved = try context.store.resolveUnderRoot(path)
-                try context.store.register(name: name, path: resolved)
+                try context.store.register(name: name, path: resolved, confined: true)
             } catch {
                 throw APIError.from(error)
             }
@@ -79,8 +79,8 @@ struct OpenAIRoutes {
         let prepared = try prepare(body, chat: chat)
         context.metrics.request(model: prepared.model)
         let inFlight = prepared.prompts.count * prepared.n
-        guard context.pending.add(inFlight) <= context.configuration.maxPendingRequests else {
-            _ = context.pending.add(-inFlight)
+        guard let ticket = InFlightTicket(count: inFlight, pending: context.pending, limit: context.configuration.maxPendingRequests,
+                                          engine: context.engine) else {
             throw APIError(status: .tooManyRequests, message: "the server is at capacity (\(context.configuration.maxPendingRequests) requests in flight); retry shortly",
                            type: "server_error", param: nil, code: "overloaded")
         }
@@ -93,7 +93,10 @@ struct OpenAIRoutes {
                     if let seed = p.seed { p.seed = seed &+ UInt64(i) }
                     let lease = try prepared.adapter.map { try context.store.acquire($0) }
                     do {
-                        streams.append(try context.engine.submit(EngineRequest(promptIDs: prompt, parameters: p, adapter: lease, logprobs: prepared.logprobs)))
+                        let (requestID, stream) = try context.engine.submitTracked(
+                            EngineRequest(promptIDs: prompt, parameters: p, adapter: lease, logprobs: prepared.logprobs))
+                        ticket.track(requestID)
+                        streams.append(stream)
                     } catch {
                         if let lease { context.store.release(lease) }
                         throw error
@@ -101,22 +104,24 @@ struct OpenAIRoutes {
                 }
             }
         } catch {
-            _ = context.pending.add(-inFlight)
+            ticket.release()
             throw APIError.from(error)
         }
         let id = (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
         let created = Int(Date().timeIntervalSince1970)
-        let pending = context.pending
         let submitted = streams
         if prepared.stream {
             let renderer = ChunkRenderer(id: id, created: created, model: prepared.model, chat: chat, tokenizer: context.tokenizer)
+            // The ticket is released when the body has been written, or, if the client went
+            // away before the body started (the closure is then never run), when the body is
+            // dropped: either way the slots come back and the requests are cancelled.
             let body = ResponseBody { writer in
-                defer { _ = pending.add(-inFlight) }
+                defer { ticket.release() }
                 try await Self.stream(submitted, renderer: renderer, includeUsage: prepared.includeUsage, writer: &writer)
             }
             return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: body)
         }
-        defer { _ = pending.add(-inFlight) }
+        defer { ticket.release() }
         var choices: [[String: Any]] = []
         var promptTokens = 0, completionTokens = 0
         for (index, stream) in streams.enumerated() {
@@ -216,8 +221,20 @@ struct OpenAIRoutes {
 
     func readJSON(_ request: Request, _ ctx: some RequestContext) async throws -> JSONObject {
         let buffer: ByteBuffer
+        let limit = context.configuration.maxRequestBytes, timeout = context.configuration.requestBodyTimeout
         do {
-            buffer = try await request.body.collect(upTo: context.configuration.maxRequestBytes)
+            // The whole body must arrive within the timeout: a client that stalls mid-body
+            // does not hold a handler forever.
+            buffer = try await withThrowingTaskGroup(of: ByteBuffer.self) { group in
+                group.addTask { try await request.body.collect(upTo: limit) }
+                group.addTask {
+                    try await Task.sleep(for: .milliseconds(Int(timeout * 1000)))
+                    throw APIError(status: .requestTimeout, message: "the request body did not arrive within \(timeout) s",
+                                   type: "invalid_request_error", param: nil, code: "request_timeout")
+                }
+                defer { group.cancelAll() }
+                return try await group.next()!
+            }
         } catch is NIOTooManyBytesError {
             throw APIError(status: .contentTooLarge, message: "the request body exceeds \(context.configuration.maxRequestBytes) bytes",
                            type: "invalid_request_error", param: nil, code: "request_too_large")
@@ -271,12 +288,13 @@ struct OpenAIRoutes {
         let includeUsage = try body.object("stream_options")?.bool("include_usage") ?? false
 
         var logprobs: Int?
+        let logprobsParam = chat ? "top_logprobs" : "logprobs"
         if chat {
             if try body.bool("logprobs") == true { logprobs = try body.int("top_logprobs") ?? 0 }
         } else if let k = try body.int("logprobs") {
             logprobs = k
         }
-        if let k = logprobs, k < 0 || k > 20 { throw APIError.badRequest("logprobs must be between 0 and 20", param: "logprobs") }
+        if let k = logprobs, k < 0 || k > 20 { throw APIError.badRequest("'\(logprobsParam)' must be between 0 and 20", param: logprobsParam) }
 
         guard let tokenizer = context.tokenizer else { throw APIError.badRequest("the server has no tokenizer", param: "prompt") }
         let eos = Set(context.model.config.eosTokenIDs + tokenizer.eosIDs.map(Int.init))
@@ -306,13 +324,12 @@ struct OpenAIRoutes {
                 }
                 messages.append(.init(role: role, content: content))
             }
-            let text: String
             do {
-                text = try tokenizer.applyChatTemplate(messages, addGenerationPrompt: true)
+                prompts = [try tokenizer.encodeChat(messages, addGenerationPrompt: true,
+                                                    parseSpecialInContent: context.configuration.parseSpecialTokensInContent)]
             } catch {
                 throw APIError.from(error)
             }
-            prompts = [tokenizer.encode(text, addSpecialTokens: false)]
             let maxTokens = try body.int("max_completion_tokens") ?? body.int("max_tokens")
             p.maxTokens = maxTokens ?? max(1, maxModelLength - prompts[0].count)
         } else {
@@ -321,10 +338,10 @@ struct OpenAIRoutes {
                 prompts = [tokenizer.encode(s, addSpecialTokens: true)]
             } else if let list = raw as? [String], !list.isEmpty {
                 prompts = list.map { tokenizer.encode($0, addSpecialTokens: true) }
-            } else if let ids = raw as? [NSNumber], !ids.isEmpty {
-                prompts = [ids.map { Int32(truncatingIfNeeded: $0.intValue) }]
-            } else if let lists = raw as? [[NSNumber]], !lists.isEmpty {
-                prompts = lists.map { $0.map { Int32(truncatingIfNeeded: $0.intValue) } }
+            } else if let ids = raw as? [Any], !ids.isEmpty, !(ids.first is String), !(ids.first is [Any]) {
+                prompts = [try Self.tokenIDs(ids, at: "prompt")]
+            } else if let lists = raw as? [[Any]], !lists.isEmpty {
+                prompts = try lists.enumerated().map { try Self.tokenIDs($0.element, at: "prompt[\($0.offset)]") }
             } else {
                 throw APIError.badRequest("'prompt' must be a string, a list of strings, or token ids", param: "prompt")
             }
@@ -334,8 +351,10 @@ struct OpenAIRoutes {
         for prompt in prompts where prompt.isEmpty { throw APIError.badRequest("a prompt is empty", param: "prompt") }
         let longest = prompts.map(\.count).max() ?? 0
         if longest + p.maxTokens > maxModelLength {
+            // Blame the prompt when it alone leaves no room for one token, else max_tokens.
+            let param = longest >= maxModelLength ? (chat ? "messages" : "prompt") : "max_tokens"
             throw APIError.badRequest("This model's maximum context length is \(maxModelLength) tokens. However, you requested \(longest + p.maxTokens) tokens (\(longest) in the prompt, \(p.maxTokens) for the completion).",
-                                      param: "max_tokens", code: "context_length_exceeded")
+                                      param: param, code: "context_length_exceeded")
         }
         do {
             try p.validate()
@@ -344,6 +363,57 @@ struct OpenAIRoutes {
         }
         return Prepared(prompts: prompts, parameters: p, n: n, stream: stream, includeUsage: includeUsage, logprobs: logprobs,
                         model: modelName, adapter: adapter)
+    }
+}
+
+/// A request's slots among the server's in-flight requests, and the engine requests it
+/// submitted. `release()` (or, failing that, deinit) gives the slots back once and cancels
+/// whatever of its requests is still running, however the response ends.
+final class InFlightTicket: @unchecked Sendable {
+    private let lock = NSLock()
+    private let count: Int
+    private let pending: Atomic
+    private let engine: InferenceEngine
+    private var requests: [Int] = []
+    private var released = false
+
+    /// Takes `count` slots, or returns nil (taking none) when that would pass `limit`.
+    init?(count: Int, pending: Atomic, limit: Int, engine: InferenceEngine) {
+        guard pending.add(count) <= limit else {
+            _ = pending.add(-count)
+            return nil
+        }
+        self.count = count
+        self.pending = pending
+        self.engine = engine
+    }
+
+    func track(_ id: Int) { lock.withLock { requests.append(id) } }
+
+    func release() {
+        let ids: [Int]? = lock.withLock {
+            guard !released else { return nil }
+            released = true
+            return requests
+        }
+        guard let ids else { return }
+        for id in ids { engine.cancel(id: id) }
+        _ = pending.add(-count)
+    }
+
+    deinit { release() }
+}
+
+extension OpenAIRoutes {
+    /// Token ids sent as JSON: each must be an integer exactly (not 1.5, not `true`) within
+    /// Int32; the vocabulary check comes later, per adapter.
+    static func tokenIDs(_ raw: [Any], at param: String) throws -> [Int32] {
+        try raw.enumerated().map { i, value in
+            guard let v = Checked.jsonInt(value), let id = Int32(exactly: v), id >= 0 else {
+                throw APIError.badRequest("\(param)[\(i)] must be a token id (a non-negative integer), found \(value)", param: "prompt")
+            }
+            return id
+        }
     }
 }
 

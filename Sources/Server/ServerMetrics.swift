@@ -19,6 +19,7 @@ public final class ServerMetrics: EngineObserver, @unchecked Sendable {
     let promptTokens: CoreMetrics.Counter
     let generationTokens: CoreMetrics.Counter
     let preemptions: CoreMetrics.Counter
+    let cancelled: CoreMetrics.Counter
     let ttft: CoreMetrics.Timer
     let tpot: CoreMetrics.Timer
     let stepTime: CoreMetrics.Timer
@@ -43,17 +44,14 @@ public final class ServerMetrics: EngineObserver, @unchecked Sendable {
         promptTokens = CoreMetrics.Counter(label: "facet_prompt_tokens_total", factory: f)
         generationTokens = CoreMetrics.Counter(label: "facet_generation_tokens_total", factory: f)
         preemptions = CoreMetrics.Counter(label: "facet_preemptions_total", factory: f)
+        cancelled = CoreMetrics.Counter(label: "facet_requests_cancelled_total", factory: f)
         ttft = CoreMetrics.Timer(label: "facet_time_to_first_token_seconds", factory: f)
         tpot = CoreMetrics.Timer(label: "facet_time_per_output_token_seconds", factory: f)
         stepTime = CoreMetrics.Timer(label: "facet_step_duration_seconds", factory: f)
     }
 
     public func stepFinished(running r: Int, waiting w: Int, tokens: Int, kvBlocksUsed: Int, kvBlocksTotal: Int, seconds: Double) {
-        running.record(r)
-        waiting.record(w)
-        kvUsed.record(kvBlocksUsed)
-        kvTotal.record(kvBlocksTotal)
-        kvUsage.record(Double(kvBlocksUsed) / Double(max(kvBlocksTotal, 1)))
+        stateChanged(running: r, waiting: w, kvBlocksUsed: kvBlocksUsed, kvBlocksTotal: kvBlocksTotal)
         if seconds > 0 { tokensPerSecond.record(Double(tokens) / seconds) }
         stepTime.recordSeconds(seconds)
     }
@@ -66,6 +64,20 @@ public final class ServerMetrics: EngineObserver, @unchecked Sendable {
     }
 
     public func preempted(count: Int) { preemptions.increment(by: count) }
+
+    public func stateChanged(running r: Int, waiting w: Int, kvBlocksUsed: Int, kvBlocksTotal: Int) {
+        running.record(r)
+        waiting.record(w)
+        kvUsed.record(kvBlocksUsed)
+        kvTotal.record(kvBlocksTotal)
+        kvUsage.record(Double(kvBlocksUsed) / Double(max(kvBlocksTotal, 1)))
+    }
+
+    public func requestCancelled(adapter: String?, promptTokens p: Int, completionTokens c: Int) {
+        cancelled.increment()
+        promptTokens.increment(by: p)
+        generationTokens.increment(by: c)
+    }
 
     /// Counts a request for `model` (the base model's name or an adapter's).
     func request(model: String) {

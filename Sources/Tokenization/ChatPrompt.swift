@@ -1,16 +1,55 @@
+import Foundation
 import Tensors
 
 extension Tokenizer {
     /// Renders `messages` with the tokenizer's chat template, with the named special tokens
-    /// (bos_token, eos_token, ...) defined as Hugging Face does.
+    /// (bos_token, eos_token, ...) defined as Hugging Face does. The template is parsed once.
     public func applyChatTemplate(_ messages: [ChatTemplate.Message], addGenerationPrompt: Bool = true) throws -> String {
-        guard let source = chatTemplate else {
-            throw FacetError(.notFound, "the tokenizer has no chat template", field: "chat_template",
-                             remedy: "drop --chat, or use a tokenizer_config.json with a chat_template")
-        }
-        let template = try ChatTemplate(source)
+        let template = try parsedChatTemplate()
         var variables: [String: TemplateValue] = [:]
         for (k, v) in templateTokens { variables[k] = .string(v) }
         return try template.render(messages: messages, addGenerationPrompt: addGenerationPrompt, variables: variables)
+    }
+
+    /// The roles a chat may use with this tokenizer's template: system, user and assistant,
+    /// plus tool where the template mentions it.
+    public var chatRoles: [String] {
+        var roles = ["system", "user", "assistant"]
+        if chatTemplate?.contains("tool") == true { roles.append("tool") }
+        return roles
+    }
+
+    /// The prompt ids of a chat. The template's own text is encoded with its special tokens;
+    /// a special token's text typed inside a message stays text (its characters are encoded
+    /// as ordinary text) unless `parseSpecialInContent`, so a user cannot fake a turn. When
+    /// no message holds such text the result is exactly `encode(rendered, addSpecialTokens:
+    /// false)`, which is what Hugging Face's `apply_chat_template(tokenize=True)` gives.
+    public func encodeChat(_ messages: [ChatTemplate.Message], addGenerationPrompt: Bool = true,
+                           parseSpecialInContent: Bool = false) throws -> [Int32] {
+        let allowed = chatRoles
+        for (i, m) in messages.enumerated() where !allowed.contains(m.role) {
+            throw FacetError(.invalidArgument, "messages[\(i)].role \"\(m.role)\" is not one of \(allowed.joined(separator: ", "))",
+                             field: "messages", remedy: "use the roles the model's chat template knows")
+        }
+        let text = try applyChatTemplate(messages, addGenerationPrompt: addGenerationPrompt)
+        let specials = addedTokens.filter(\.special).map(\.content).filter { !$0.isEmpty }
+        let injected = messages.filter { m in specials.contains { m.content.contains($0) } }
+        guard !parseSpecialInContent, !injected.isEmpty else { return encode(text, addSpecialTokens: false) }
+        // Find each such message's content in the rendered text, in order, and encode it as
+        // plain text; everything else is encoded as usual.
+        var ids: [Int32] = []
+        var cursor = text.startIndex
+        for m in injected {
+            let content = m.content.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard let range = text.range(of: content, range: cursor..<text.endIndex) else {
+                throw FacetError(.invalidArgument, "a message holds special-token text that the chat template rewrites",
+                                 field: "messages", remedy: "remove special tokens such as \(specials.first ?? "") from the message text")
+            }
+            ids += encode(String(text[cursor..<range.lowerBound]), addSpecialTokens: false)
+            ids += encodeOrdinary(String(text[range]), firstSegment: ids.isEmpty)
+            cursor = range.upperBound
+        }
+        ids += encode(String(text[cursor...]), addSpecialTokens: false)
+        return ids
     }
 }

@@ -65,6 +65,31 @@ public final class Tokenizer: @unchecked Sendable {
     let isByteLevel: Bool
     private let cacheLock = NSLock()
     private var cache: [String: [Int32]] = [:]
+    /// The chat template, parsed once on first use (see `parsedChatTemplate`).
+    private let templateLock = NSLock()
+    private var parsedTemplate: Result<ChatTemplate, FacetError>?
+
+    /// The chat template parsed once per tokenizer (a parse error is kept and rethrown).
+    public func parsedChatTemplate() throws -> ChatTemplate {
+        guard let source = chatTemplate else {
+            throw FacetError(.notFound, "the tokenizer has no chat template", field: "chat_template",
+                             remedy: "drop --chat, or use a tokenizer_config.json with a chat_template")
+        }
+        let result: Result<ChatTemplate, FacetError> = templateLock.withLock {
+            if let parsedTemplate { return parsedTemplate }
+            let r: Result<ChatTemplate, FacetError>
+            do {
+                r = .success(try ChatTemplate(source))
+            } catch let e as FacetError {
+                r = .failure(e)
+            } catch {
+                r = .failure(FacetError(.invalidConfig, "chat template: \(error)", field: "chat_template"))
+            }
+            parsedTemplate = r
+            return r
+        }
+        return try result.get()
+    }
 
     public init(
         tokens: [String], merges: [(String, String)], addedTokens: [AddedToken], normalizer: [NormalizerStep],

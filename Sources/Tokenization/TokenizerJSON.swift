@@ -29,18 +29,18 @@ extension Tokenizer {
         var pairs: [(String, Int)] = []
         pairs.reserveCapacity(vocab.count)
         for (token, value) in vocab {
-            guard let id = (value as? NSNumber)?.intValue, id >= 0, id < 10_000_000 else { throw bad("model.vocab", "id of \(token) is not a valid integer") }
+            guard let id = Checked.jsonInt(value as Any), id >= 0, id < 10_000_000 else { throw bad("model.vocab", "id of \(token) is not a valid integer") }
             pairs.append((token, id))
             maxID = max(maxID, id)
         }
         var added: [AddedToken] = []
         for item in root["added_tokens"] as? [[String: Any]] ?? [] {
-            guard let content = item["content"] as? String, let id = (item["id"] as? NSNumber)?.intValue else {
-                throw bad("added_tokens", "entry without content or id")
+            guard let content = item["content"] as? String, let rawID = Checked.jsonInt(item["id"] as Any), rawID >= 0, rawID < 10_000_000, let id = Int32(exactly: rawID) else {
+                throw bad("added_tokens", "entry without content or a valid id (0 to 9,999,999)")
             }
             added.append(AddedToken(content: content, id: Int32(id), special: item["special"] as? Bool ?? false,
                                     lstrip: item["lstrip"] as? Bool ?? false, rstrip: item["rstrip"] as? Bool ?? false))
-            maxID = max(maxID, id)
+            maxID = max(maxID, rawID)
         }
         var tokens = [String](repeating: "", count: maxID + 1)
         for (t, id) in pairs { tokens[id] = t }
@@ -118,7 +118,7 @@ extension Tokenizer {
                 return [.replace(pattern, d["content"] as? String ?? "")]
             case "Strip":
                 let content = (d["content"] as? String)?.first ?? " "
-                return [.strip(content: content, start: (d["start"] as? NSNumber)?.intValue ?? 0, stop: (d["stop"] as? NSNumber)?.intValue ?? 0)]
+                return [.strip(content: content, start: Checked.jsonInt(d["start"] as Any) ?? 0, stop: Checked.jsonInt(d["stop"] as Any) ?? 0)]
             case "Metaspace":
                 let scheme = d["prepend_scheme"] as? String ?? ((d["add_prefix_space"] as? Bool ?? true) ? "always" : "never")
                 return [.metaspace(replacement: d["replacement"] as? String ?? "▁", prependFirst: scheme != "never")]
@@ -148,7 +148,7 @@ extension Tokenizer {
                     guard let special = item["SpecialToken"] as? [String: Any], let name = special["id"] as? String else { continue }
                     var ids: [Int32] = []
                     if let entry = specials[name] as? [String: Any], let list = entry["ids"] as? [Any] {
-                        ids = list.compactMap { ($0 as? NSNumber).map { Int32($0.intValue) } }
+                        ids = list.compactMap { Checked.jsonInt($0).flatMap { Int32(exactly: $0) } }
                     } else if let id = vocabLookup[name] {
                         ids = [Int32(id)]
                     } else {
@@ -159,7 +159,7 @@ extension Tokenizer {
                 return (prefix, suffix)
             case "RobertaProcessing", "BertProcessing":
                 func tok(_ key: String) -> [Int32] {
-                    guard let pair = p[key] as? [Any], pair.count == 2, let id = (pair[1] as? NSNumber)?.intValue else { return [] }
+                    guard let pair = p[key] as? [Any], pair.count == 2, let id = Checked.jsonInt(pair[1]), let id = Int32(exactly: id) else { return [] }
                     return [Int32(id)]
                 }
                 return (tok("cls"), tok("sep"))

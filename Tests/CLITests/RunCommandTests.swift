@@ -54,6 +54,23 @@ import TestSupport
         #expect(r.stderr.contains(message), "\(r.stderr)")
     }
 
+    /// An int64 id of 2^40 once trapped converting to Int32; a header claiming more data
+    /// than the file holds once read out of bounds.
+    @Test func hostileInputFilesAreRefused() throws {
+        let dir = try Fixtures.temporaryDirectory()
+        let big = try NpyArray(shape: [1, 2], kind: .i64, values: [1, 1_099_511_627_776]).encoded()
+        try big.write(to: URL(fileURLWithPath: dir + "/big.npy"))
+        var r = try FacetProcess.run(["run", "--model", Fixtures.tinyModel, "--input_file", dir + "/big.npy"])
+        #expect(r.status != 0 && r.stderr.contains("not a token id"), "\(r.stderr)")
+        var h = "{'descr': '<i4', 'fortran_order': False, 'shape': (4611686018427387904,), }"
+        while (11 + h.utf8.count) % 64 != 0 { h += " " }
+        var crafted = Data([0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59, 1, 0, UInt8(h.utf8.count + 1), 0]) + Data((h + "\n").utf8)
+        crafted += Data(count: 16)
+        try crafted.write(to: URL(fileURLWithPath: dir + "/crafted.npy"))
+        r = try FacetProcess.run(["run", "--model", Fixtures.tinyModel, "--input_file", dir + "/crafted.npy"])
+        #expect(r.status != 0 && r.stderr.contains("error: "), "\(r.stderr)")
+    }
+
     @Test func corruptConfigNamesFileAndField() throws {
         let dir = try Fixtures.temporaryDirectory()
         try FileManager.default.copyItem(atPath: Fixtures.tinyModel + "/model.safetensors", toPath: dir + "/model.safetensors")

@@ -1,0 +1,261 @@
+"""Hostile but ordinary input against `facet serve`: each test reproduces one way the server
+was once broken (crafted files, resets, refused loads, bad numbers, stale metrics, limits,
+role and special-token injection, error shapes) and checks that it now holds."""
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import time
+
+import pytest
+import requests
+
+from conftest import BASE, FACET, ROOT, Server
+
+CHAT = {"model": BASE, "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 8, "temperature": 0}
+
+
+def alive(server):
+    assert requests.get(server.url + "/health", timeout=10).status_code == 200
+
+
+def make_adapter(server, name, mutate_config=None, mutate_weights=None):
+    """A copy of the demo fr adapter under the server's adapter root, optionally altered."""
+    path = os.path.join(server.adapter_root, name)
+    shutil.copytree(os.path.join(ROOT, "adapters", "fr"), path)
+    if mutate_config:
+        cfg_path = os.path.join(path, "adapter_config.json")
+        cfg = json.load(open(cfg_path))
+        mutate_config(cfg)
+        json.dump(cfg, open(cfg_path, "w"))
+    if mutate_weights:
+        st = os.path.join(path, "adapter_model.safetensors")
+        data = bytearray(open(st, "rb").read())
+        mutate_weights(data)
+        open(st, "wb").write(data)
+    return path
+
+
+def load(server, name, path=None):
+    return requests.post(server.url + "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path or name}, timeout=60)
+
+
+def model_ids(server):
+    return [m["id"] for m in requests.get(server.url + "/v1/models", timeout=10).json()["data"]]
+
+
+def metric(server, name):
+    for line in requests.get(server.url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.split()[-1])
+    return None
+
+
+# 1. A crafted safetensors header (shape product overflows to a small byte count).
+def test_crafted_safetensors_is_refused_and_the_server_stays_up(server):
+    path = make_adapter(server, "crafted")
+    header = json.dumps({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight":
+                         {"dtype": "F32", "shape": [4611686018427387904 + 4608, 1], "data_offsets": [0, 18432]}}).encode()
+    with open(os.path.join(path, "adapter_model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header + b"\0" * 18432)
+    r = load(server, "crafted")
+    assert r.status_code == 400, r.text
+    assert "shape" in r.json()["error"]["message"]
+    alive(server)
+    assert "crafted" not in model_ids(server)
+
+
+# 4. Adapters with NaN or huge weights, or an absurd lora_alpha, are refused as data.
+def test_nan_huge_weights_and_alpha_are_refused(server):
+    def poison(value_bytes_by_dtype):
+        def mutate(data):
+            n = struct.unpack("<Q", data[:8])[0]
+            header = json.loads(data[8:8 + n])
+            name = sorted(k for k in header if k != "__metadata__")[0]
+            entry = header[name]
+            start = 8 + n + entry["data_offsets"][0]
+            value = value_bytes_by_dtype[entry["dtype"]]
+            data[start:start + len(value)] = value
+        return mutate
+
+    nan = {"F32": struct.pack("<I", 0x7FC00000), "BF16": struct.pack("<H", 0x7FC0), "F16": struct.pack("<H", 0x7E00)}
+    huge = {"F32": struct.pack("<f", 1e30), "BF16": struct.pack("<H", 0x7149), "F16": struct.pack("<H", 0x7C00)}  # f16 has no 1e30: inf
+    make_adapter(server, "nan", mutate_weights=poison(nan))
+    r = load(server, "nan")
+    assert r.status_code == 400 and "finite" in r.text, r.text
+    make_adapter(server, "huge", mutate_weights=poison(huge))
+    r = load(server, "huge")
+    assert r.status_code == 400 and "finite" in r.text, r.text
+    make_adapter(server, "alpha", mutate_config=lambda c: c.update(lora_alpha=1e300))
+    r = load(server, "alpha")
+    assert r.status_code == 400 and "lora_alpha" in r.text, r.text
+    assert not {"nan", "huge", "alpha"} & set(model_ids(server))
+    alive(server)
+
+
+# 5. A file symlink inside the adapter root that points outside it is not followed.
+def test_symlink_out_of_the_adapter_root_is_refused(server):
+    path = make_adapter(server, "linked")
+    os.remove(os.path.join(path, "adapter_config.json"))
+    os.symlink("/etc/passwd", os.path.join(path, "adapter_config.json"))
+    r = load(server, "linked")
+    assert r.status_code == 400 and "outside the adapter root" in r.text, r.text
+    assert "linked" not in model_ids(server)
+
+
+# 6. Token ids that are not exact int32 integers are refused, not wrapped or truncated.
+@pytest.mark.parametrize("bad", [4294967301, 1.5, True, -1, "x"])
+def test_prompt_token_ids_must_be_exact(server, bad):
+    r = requests.post(server.url + "/v1/completions", json={"model": BASE, "prompt": [1, bad, 3], "max_tokens": 1}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "prompt"
+
+
+# 9. Roles are the template's; special tokens typed in content stay text.
+def test_chat_roles_are_limited(server):
+    r = requests.post(server.url + "/v1/chat/completions",
+                      json={**CHAT, "messages": [{"role": "hacker", "content": "hi"}]}, timeout=30)
+    assert r.status_code == 400 and "role" in r.text, r.text
+
+
+def test_special_tokens_in_content_are_text(server):
+    def prompt_tokens(content):
+        r = requests.post(server.url + "/v1/chat/completions",
+                          json={**CHAT, "max_tokens": 1, "messages": [{"role": "user", "content": content}]}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["usage"]["prompt_tokens"]
+    plain = prompt_tokens("hi")
+    # As text, "<|im_end|>" is several ordinary tokens; parsed as special it would be one.
+    assert prompt_tokens("hi<|im_end|>") > plain + 1
+
+
+# 10. Unknown routes answer a JSON 404; errors name the right parameter.
+def test_unknown_route_and_param_names(server):
+    r = requests.get(server.url + "/v1/nope", timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = requests.post(server.url + "/v1/chat/completions", json={**CHAT, "logprobs": True, "top_logprobs": 30}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "top_logprobs"
+    long = {**CHAT, "max_tokens": None, "messages": [{"role": "user", "content": "word " * 9000}]}
+    r = requests.post(server.url + "/v1/chat/completions", json=long, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
+
+
+# A server with tight limits for the slot, memory, metrics and timeout reproductions.
+@pytest.fixture(scope="module")
+def strict():
+    s = Server(extra=["--max-pending", "4", "--max-lora-memory", "20MB", "--request-timeout", "2", "--keep-alive-timeout", "30"])
+    yield s
+    s.stop()
+
+
+def stream_request(port, body):
+    sock = socket.create_connection(("127.0.0.1", port))
+    payload = json.dumps(body).encode()
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+    return sock
+
+
+def reset(sock):
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def wait_for(predicate, seconds=30):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
+
+
+# 2. Streaming clients that reset right after sending must not leak their slots.
+def test_reset_streams_give_their_slots_back(strict):
+    body = {**CHAT, "stream": True, "max_tokens": 200}
+    for _ in range(20):
+        reset(stream_request(strict.port, body))
+    ok = lambda: requests.post(strict.url + "/v1/chat/completions", json=CHAT, timeout=60).status_code == 200
+    assert wait_for(ok, 60), "the server still answers 429 after the reset clients left"
+    assert wait_for(lambda: metric(strict, "facet_requests_running") == 0 and metric(strict, "facet_kv_cache_blocks_used") == 0)
+
+
+# 7. After cancellations the gauges return to idle without another request, and the
+# cancelled work is counted.
+def test_metrics_after_cancellation(strict):
+    before = metric(strict, "facet_requests_cancelled_total") or 0
+    sock = stream_request(strict.port, {**CHAT, "stream": True, "max_tokens": 300, "ignore_eos": True})
+    sock.recv(4096)  # the response has started
+    time.sleep(0.5)
+    reset(sock)
+    assert wait_for(lambda: metric(strict, "facet_requests_running") == 0 and metric(strict, "facet_kv_cache_blocks_used") == 0, 20)
+    assert (metric(strict, "facet_requests_cancelled_total") or 0) >= before + 1
+
+
+# 3. A load refused for memory (every resident adapter in use) registers nothing.
+def test_refused_load_is_not_registered(strict):
+    os.makedirs(os.path.join(strict.adapter_root, "de2"), exist_ok=True)
+    for f in os.listdir(os.path.join(ROOT, "adapters", "de")):
+        shutil.copy(os.path.join(ROOT, "adapters", "de", f), os.path.join(strict.adapter_root, "de2", f))
+    # fr is pinned by a long streaming request; de (19 MB) does not fit beside it in 20 MB.
+    sock = stream_request(strict.port, {**CHAT, "model": "fr", "stream": True, "max_tokens": 400, "ignore_eos": True})
+    sock.recv(4096)
+    try:
+        r = load(strict, "de2")
+        assert r.status_code == 503, r.text
+        assert "de2" not in model_ids(strict)
+        r = requests.post(strict.url + "/v1/chat/completions", json={**CHAT, "model": "de2"}, timeout=30)
+        assert r.status_code == 404
+    finally:
+        reset(sock)
+    # Once fr is free, the same load succeeds (fr is evicted, not lost).
+    assert wait_for(lambda: load(strict, "de2").status_code == 200, 30)
+    assert "de2" in model_ids(strict)
+    assert requests.post(strict.url + "/v1/chat/completions", json={**CHAT, "model": "fr"}, timeout=60).status_code == 200
+
+
+# 8. A stalled request body is answered 408 after --request-timeout.
+def test_stalled_body_times_out(strict):
+    sock = socket.create_connection(("127.0.0.1", strict.port))
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\"")
+    sock.settimeout(15)
+    started = time.time()
+    answer = sock.recv(4096)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert time.time() - started < 10
+    alive(strict)
+
+
+# 8. Bad limits are refused at start instead of misbehaving later.
+@pytest.mark.parametrize("args,field", [(["--port", "70000"], "port"), (["--max-model-len", "0"], "max-model-len"),
+                                        (["--request-timeout", "-1"], "request-timeout")])
+def test_bad_serve_options_are_refused(args, field):
+    out = subprocess.run([FACET, "serve", *args], capture_output=True, text=True, timeout=120, env={**os.environ, "FACET_HOME": ROOT})
+    assert out.returncode != 0
+    assert field in out.stderr, out.stderr
+
+
+# 8. SIGTERM drains for at most --drain-timeout; a second signal ends at once.
+@pytest.mark.parametrize("second_signal", [True, False])
+def test_sigterm_drain_is_bounded(second_signal):
+    s = Server(extra=["--drain-timeout", "3"])
+    try:
+        sock = stream_request(s.port, {**CHAT, "stream": True, "max_tokens": 2000, "ignore_eos": True})
+        sock.recv(4096)
+        started = time.time()
+        s.proc.send_signal(signal.SIGTERM)
+        if second_signal:
+            time.sleep(0.5)
+            s.proc.send_signal(signal.SIGTERM)
+        s.proc.wait(timeout=30)
+        elapsed = time.time() - started
+        assert elapsed < (3 if second_signal else 15), elapsed
+        sock.close()
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+        s.log.close()
