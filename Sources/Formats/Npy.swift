@@ -58,7 +58,7 @@ public struct NpyArray: Sendable {
             throw FacetError(.unsupported, "Fortran-ordered arrays are not supported", file: path, field: "fortran_order",
                              remedy: "save with numpy.ascontiguousarray(a)")
         }
-        guard let shapeText = field("shape"), let open = shapeText.firstIndex(of: "("), let close = shapeText.firstIndex(of: ")") else {
+        guard let shapeText = field("shape"), let open = shapeText.firstIndex(of: "("), let close = shapeText[open...].firstIndex(of: ")") else {
             throw FacetError(.invalidFile, "header has no shape", file: path, field: "shape")
         }
         let dims = shapeText[shapeText.index(after: open)..<close].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }

@@ -444,12 +444,16 @@ struct ChunkRenderer: Sendable {
 
     func chatLogprob(_ lp: TokenLogprob) -> [String: Any] {
         let text = tokenText(lp.token)
-        return ["token": text, "logprob": Double(lp.logprob), "bytes": Array(text.utf8).map(Int.init),
+        return ["token": text, "logprob": Self.json(lp.logprob), "bytes": Array(text.utf8).map(Int.init),
                 "top_logprobs": lp.top.map { t in
                     let s = tokenText(t.0)
-                    return ["token": s, "logprob": Double(t.1), "bytes": Array(s.utf8).map(Int.init)] as [String: Any]
+                    return ["token": s, "logprob": Self.json(t.1), "bytes": Array(s.utf8).map(Int.init)] as [String: Any]
                 }]
     }
+
+    /// A log-probability as JSON can carry it: -inf (and NaN, which only a broken model
+    /// gives) become -9999, the floor other OpenAI-compatible servers use.
+    static func json(_ logprob: Float) -> Double { logprob.isFinite ? Double(logprob) : -9999 }
 
     func completionLogprobs(_ lps: [TokenLogprob]) -> [String: Any] {
         var offsets: [Int] = []
@@ -460,8 +464,8 @@ struct ChunkRenderer: Sendable {
         }
         return [
             "tokens": lps.map { tokenText($0.token) },
-            "token_logprobs": lps.map { Double($0.logprob) },
-            "top_logprobs": lps.map { lp in Dictionary(lp.top.map { (tokenText($0.0), Double($0.1)) }, uniquingKeysWith: { a, _ in a }) },
+            "token_logprobs": lps.map { Self.json($0.logprob) },
+            "top_logprobs": lps.map { lp in Dictionary(lp.top.map { (tokenText($0.0), Self.json($0.1)) }, uniquingKeysWith: { a, _ in a }) },
             "text_offset": offsets,
         ]
     }

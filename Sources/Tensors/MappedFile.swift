@@ -10,9 +10,27 @@ public final class MappedFile: @unchecked Sendable {
     public let path: String
     public let count: Int
     public let base: UnsafeRawPointer?
+    /// True when `base` is a heap copy (see `init(copying:path:)`) rather than a mapping.
+    private let owned: Bool
+
+    /// A copy of bytes that did not come from a file (a request body, a fuzzer's input),
+    /// read through the same parsers as a mapped file. `path` names it in errors.
+    public init(copying bytes: UnsafeRawBufferPointer, path: String) {
+        self.path = path
+        count = bytes.count
+        owned = true
+        guard count > 0, let source = bytes.baseAddress else {
+            base = nil
+            return
+        }
+        let copy = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 64)
+        copy.copyMemory(from: source, byteCount: count)
+        base = UnsafeRawPointer(copy)
+    }
 
     public init(path: String) throws {
         self.path = path
+        owned = false
         let fd = open(path, O_RDONLY)
         guard fd >= 0 else {
             throw FacetError(.notFound, "cannot open file (errno \(errno))", file: path,
@@ -38,7 +56,12 @@ public final class MappedFile: @unchecked Sendable {
     }
 
     deinit {
-        if let base { munmap(UnsafeMutableRawPointer(mutating: base), count) }
+        guard let base else { return }
+        if owned {
+            UnsafeMutableRawPointer(mutating: base).deallocate()
+        } else {
+            munmap(UnsafeMutableRawPointer(mutating: base), count)
+        }
     }
 
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }

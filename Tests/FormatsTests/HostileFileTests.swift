@@ -58,6 +58,8 @@ import TestSupport
         "{'descr': '<i8', 'fortran_order': False, 'shape': (2305843009213693952,), }",
         "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,), }",
         "{'descr': '<f4', 'fortran_order': False, 'shape': (1000,), }",
+        // Found by scripts/fuzz: a ')' before the '(' once made an inverted range (a trap).
+        "{'descr': '<f2', 'fortran_order': False, 'shape': ), (2,), }",
     ])
     func npyShapesBeyondTheFileAreRefused(header: String) {
         let data = Self.npy(header, data: 16)

@@ -259,3 +259,55 @@ def test_sigterm_drain_is_bounded(second_signal):
         if s.proc.poll() is None:
             s.proc.kill()
         s.log.close()
+
+
+# Faults: an adapter whose files are removed or corrupted while registered (and evicted)
+# gives a clean error when it must be reloaded, and works again once the files are back.
+def test_adapter_files_removed_or_corrupted_while_registered(strict):
+    path = make_adapter(strict, "fragile")
+    assert load(strict, "fragile").status_code == 200
+    saved = open(os.path.join(path, "adapter_model.safetensors"), "rb").read()
+    # Evict it: a 19 MB adapter needs the whole 20 MB budget.
+    big = os.path.join(strict.adapter_root, "big")
+    if not os.path.exists(big):
+        shutil.copytree(os.path.join(ROOT, "adapters", "de"), big)
+    requests.post(strict.url + "/v1/unload_lora_adapter", json={"lora_name": "big"}, timeout=30)
+    assert wait_for(lambda: load(strict, "big").status_code == 200, 30)
+    ask = lambda: requests.post(strict.url + "/v1/chat/completions", json={**CHAT, "model": "fragile"}, timeout=60)
+    for damage in ("truncate", "remove"):
+        st = os.path.join(path, "adapter_model.safetensors")
+        if damage == "truncate":
+            open(st, "wb").write(saved[:100])
+        else:
+            shutil.rmtree(path)
+        r = ask()
+        assert 400 <= r.status_code < 600 and r.status_code != 500, r.text
+        assert "error" in r.json() and r.json()["error"]["message"]
+        alive(strict)
+        os.makedirs(path, exist_ok=True)
+        shutil.copy(os.path.join(ROOT, "adapters", "fr", "adapter_config.json"), path)
+        open(st, "wb").write(saved)
+        # Put back: reloading works (big is evicted in turn).
+        assert wait_for(lambda: ask().status_code == 200, 30)
+        assert wait_for(lambda: requests.post(strict.url + "/v1/chat/completions", json={**CHAT, "model": "big"},
+                                              timeout=60).status_code == 200, 30)
+
+
+# Faults: a client that never reads its stream holds only its own request.
+def test_client_that_never_reads(strict):
+    sock = stream_request(strict.port, {**CHAT, "stream": True, "max_tokens": 500, "ignore_eos": True})
+    try:
+        r = requests.post(strict.url + "/v1/chat/completions", json=CHAT, timeout=60)
+        assert r.status_code == 200
+    finally:
+        sock.close()
+    assert wait_for(lambda: metric(strict, "facet_requests_running") == 0 and metric(strict, "facet_kv_cache_blocks_used") == 0, 60)
+
+
+# Faults: SIGTERM while the model is still loading ends the process promptly.
+def test_sigterm_during_load():
+    proc = subprocess.Popen([FACET, "serve", "--port", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "FACET_HOME": ROOT})
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)  # raises if the process is still there: a load must not ignore SIGTERM
