@@ -130,7 +130,7 @@ struct RunCommand: ParsableCommand {
         params.repetitionPenalty = repetitionPenalty
         params.seed = randomSeed ?? seed ?? 0
         params.maxTokens = maxOutputLen
-        params.stop = stop
+        params.stop = stop.map(NegativeNumber.restore)
         params.ignoreEOS = ignoreEOS
         if let endID {
             params.stopTokenIDs = [endID]
@@ -146,7 +146,7 @@ struct RunCommand: ParsableCommand {
             prompts = try InputFile.read(inputFile)
             shown = prompts.map { ids in "[" + ids.map(String.init).joined(separator: ", ") + "]" }
         } else if let tokenizer {
-            for text in inputText {
+            for text in inputText.map(NegativeNumber.restore) {
                 if chat {
                     let rendered = try ChatPrompt.render(tokenizer: tokenizer, user: text, system: systemPrompt)
                     prompts.append(tokenizer.encode(rendered, addSpecialTokens: false))

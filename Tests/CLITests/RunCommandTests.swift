@@ -71,6 +71,14 @@ import TestSupport
         #expect(r.status != 0 && r.stderr.contains("error: "), "\(r.stderr)")
     }
 
+    /// Negative numbers are values as in run.py's argparse: the text "-3" stays "-3" (it was
+    /// once sent as U+2212 "−3"), `--end_id -1` is a value, `--lora_task_uids -1` still works.
+    @Test func negativeNumbersAreValues() throws {
+        let r = try FacetProcess.run(["run", "--input_text", "-3", "-12.5", "--max_output_len", "1", "--end_id", "-1", "--stop", "-1"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("Input [Text 0]: \"-3\"") && r.stdout.contains("Input [Text 1]: \"-12.5\""), "\(r.stdout)")
+    }
+
     @Test func corruptConfigNamesFileAndField() throws {
         let dir = try Fixtures.temporaryDirectory()
         try FileManager.default.copyItem(atPath: Fixtures.tinyModel + "/model.safetensors", toPath: dir + "/model.safetensors")

@@ -4,7 +4,7 @@ import Tensors
 import Testing
 import TestSupport
 
-/// GGUF parsing and dequantization against gguf-py (Scripts/fixtures/make_gguf_fixtures.py).
+/// GGUF parsing and dequantization against gguf-py (scripts/fixtures/make_gguf_fixtures.py).
 @Suite struct GGUFTests {
     @Test func dequantizationMatchesGGUFPy() throws {
         let file = try GGUFFile(path: Fixtures.path("gguf/quants.gguf"))

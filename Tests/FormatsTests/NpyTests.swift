@@ -17,7 +17,7 @@ import TestSupport
     }
 
     @Test func readsNumpyWrittenFiles() throws {
-        // Written by numpy (Scripts/fixtures/make_npy_fixtures.py).
+        // Written by numpy (scripts/fixtures/make_npy_fixtures.py).
         let a = try NpyArray.read(path: Fixtures.path("npy/ids_int32.npy"))
         #expect(a.shape == [1, 3] && a.kind == .i32 && a.values == [1, 2, 3])
         let b = try NpyArray.read(path: Fixtures.path("npy/ids_int64_1d.npy"))

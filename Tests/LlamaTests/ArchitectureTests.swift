@@ -7,7 +7,7 @@ import Testing
 import TestSupport
 
 /// Qwen2 (biases, tied embeddings), Mistral (sliding window), llama3 and linear rope scaling,
-/// and bf16/f16 checkpoints, against transformers (Scripts/fixtures/make_arch_fixtures.py).
+/// and bf16/f16 checkpoints, against transformers (scripts/fixtures/make_arch_fixtures.py).
 @Suite struct ArchitectureTests {
     @Test(arguments: ["qwen2_bias", "mistral_window", "llama3_scaled_bf16", "llama_linear_rope_f16"])
     func promptLogitsAndGreedyMatchTransformers(name: String) throws {

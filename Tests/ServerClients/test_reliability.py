@@ -311,3 +311,41 @@ def test_sigterm_during_load():
     time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=20)  # raises if the process is still there: a load must not ignore SIGTERM
+
+
+# Fuzzing of request bodies, structure-aware: every field of the completion and chat
+# schemas gets values of random types and ranges. Whatever arrives, the answer is a 200 or a
+# clean 4xx with OpenAI's error shape, never a 5xx, and the server stays up.
+def test_request_body_fuzz(server):
+    import random
+    rng = random.Random(1234)
+    weird = [None, True, False, -1, 0, 1, 2, 3, 2 ** 31, 2 ** 63, -2 ** 63, 1.5, -0.0, 1e308, "x", "", "\u0000", [], {}, [1, "a"],
+             {"a": 1}, [[1, 2], [3]], "<|im_end|>"]
+    fields = {
+        "model": [BASE, "fr", "nope", ""], "prompt": ["hi", ["a", "b"], [1, 2, 3], [[1, 2], [3]]],
+        "messages": [[{"role": "user", "content": "hi"}], [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                     [{"role": "system"}], [{"content": "x"}], [{"role": "user", "content": [{"type": "image_url"}]}]],
+        "max_tokens": [1, 2, 3], "temperature": [0, 0.5, 2], "top_p": [0.1, 1], "top_k": [-1, 0, 5], "min_p": [0, 0.5],
+        "repetition_penalty": [1, 1.2], "seed": [0, 7], "stop": ["\n", ["a", "b"]], "n": [1, 2], "logprobs": [True, 2],
+        "top_logprobs": [0, 3], "stream": [False, True], "echo": [False], "ignore_eos": [False],
+        "stream_options": [{"include_usage": True}], "frequency_penalty": [0, 0.5], "presence_penalty": [0],
+        "logit_bias": [{}, {"1": 5}], "response_format": [{"type": "text"}, {"type": "json_object"}], "best_of": [1, 2],
+        "lora_task_id": [1], "suffix": ["x"], "tools": [[]], "user": ["u"],
+    }
+    statuses = {}
+    for i in range(300):
+        chat = rng.random() < 0.5
+        body = {"model": BASE, "max_tokens": 2}
+        body["messages" if chat else "prompt"] = "hi" if not chat else [{"role": "user", "content": "hi"}]
+        for key in rng.sample(sorted(fields), rng.randint(0, 6)):
+            body[key] = rng.choice(fields[key] + weird) if rng.random() < 0.5 else rng.choice(fields[key])
+        if isinstance(body.get("max_tokens"), int) and not isinstance(body["max_tokens"], bool) and body["max_tokens"] > 3:
+            body["max_tokens"] = rng.choice([2 ** 31, 10 ** 7])  # too large: refused, never run
+        route = "/v1/chat/completions" if chat else "/v1/completions"
+        r = requests.post(server.url + route, json=body, timeout=120)
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        assert r.status_code < 500, (body, r.text[:300])
+        if r.status_code >= 400:
+            assert "error" in r.json() and r.json()["error"]["message"], (body, r.text[:300])
+    alive(server)
+    assert statuses.get(200, 0) > 10 and sum(v for k, v in statuses.items() if k >= 400) > 10, statuses

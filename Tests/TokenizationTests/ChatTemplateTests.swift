@@ -5,7 +5,7 @@ import TestSupport
 import Tokenization
 
 /// Facet's Jinja subset against jinja2 renders made as transformers does
-/// (Scripts/fixtures/make_chat_template_fixtures.py).
+/// (scripts/fixtures/make_chat_template_fixtures.py).
 @Suite struct ChatTemplateTests {
     nonisolated(unsafe) static let fixture = try! Fixtures.json("chat_templates.json")
     nonisolated(unsafe) static let cases = fixture["cases"] as! [[String: Any]]

@@ -5,7 +5,7 @@ import Tokenization
 import Tensors
 
 /// Tokenizers of the Llama 2 (SentencePiece BPE, byte fallback), Llama 3, Qwen2 and
-/// Metaspace families against Hugging Face `tokenizers` (Scripts/fixtures/make_tokenizer_fixtures.py).
+/// Metaspace families against Hugging Face `tokenizers` (scripts/fixtures/make_tokenizer_fixtures.py).
 @Suite struct TokenizerFamiliesTests {
     @Test(arguments: ["llama2_spm", "llama3_bytelevel", "qwen2_bytelevel", "metaspace_first"])
     func idsAndDecodingMatchHuggingFace(name: String) throws {
