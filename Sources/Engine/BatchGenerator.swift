@@ -1,6 +1,7 @@
 import Foundation
 import Llama
 import PagedKV
+import Scheduling
 import Sampling
 import Tensors
 import Tokenization
@@ -32,15 +33,15 @@ public struct GenerationResult: Sendable {
     public var stepLogits: [[Float]]
 }
 
-/// Runs a fixed set of sequences to completion, all in one flat batch per step: the prompts
-/// are prefilled together (in chunks of at most `prefillChunk` tokens per step), then every
-/// unfinished sequence adds one token per step. Sequences with different adapters share
-/// every step.
+/// Runs a fixed set of sequences to completion through the one step loop (`StepRunner`,
+/// the same Scheduler and step as `facet serve`): prompts are prefilled together, at most
+/// `prefillChunk` tokens per step, then every unfinished sequence adds one token per step.
+/// Sequences with different adapters share every step. Results come back in input order.
 public struct BatchGenerator {
     public let model: LlamaModel
     public let tokenizer: Tokenizer?
     public var blockSize = 16
-    /// Largest number of prompt tokens per step (all sequences together); nil = no limit.
+    /// Largest number of tokens per step (all sequences together); nil = no limit.
     public var prefillChunk: Int?
 
     public init(model: LlamaModel, tokenizer: Tokenizer?, prefillChunk: Int? = nil) {
@@ -49,107 +50,60 @@ public struct BatchGenerator {
         self.prefillChunk = prefillChunk
     }
 
-    struct Active {
-        var request: GenerationRequest
-        var sampler: Sampler
-        var table: BlockTable
-        var cached = 0                 // positions already in the KV cache
-        var output: [Int32] = []
-        var logits: [[Float]] = []
-        var detokenizer: StreamingDetokenizer?
-        var finished: FinishReason?
-        var history: [Int32]
-    }
-
-    /// Generates for every request; `onText(i, piece)` receives streamed text of request i.
+    /// Generates for every request; `onText(i, piece)` receives streamed text of request i
+    /// (text that may start a stop string is held back until it does not).
     public func generate(
         _ requests: [GenerationRequest], deltas: (any LinearDeltas)? = nil, collectLogits: Bool = false,
         onText: (Int, String) -> Void = { _, _ in }
     ) throws -> [GenerationResult] {
-        let c = model.config
-        for (i, r) in requests.enumerated() {
-            try r.parameters.validate()
-            guard !r.promptIDs.isEmpty else {
-                throw FacetError(.invalidArgument, "input \(i) has no tokens", field: "input", remedy: "give a non-empty prompt")
-            }
-            guard r.promptIDs.count + r.parameters.maxTokens <= c.maxPositionEmbeddings else {
-                throw FacetError(.invalidArgument, "input \(i) needs \(r.promptIDs.count + r.parameters.maxTokens) positions but the model has \(c.maxPositionEmbeddings)",
-                                 field: "max_output_len", remedy: "shorten the prompt or lower max_output_len")
-            }
-            let vocabulary = r.adapterSlot >= 0 ? deltas?.vocabularySize(slot: r.adapterSlot) ?? c.vocabSize : c.vocabSize
-            if r.adapterSlot >= Int32(deltas?.slotCount ?? 0) || r.adapterSlot < -1 {
-                throw FacetError(.invalidArgument, "input \(i) asks for adapter \(r.adapterSlot) but \(deltas?.slotCount ?? 0) adapters are loaded",
-                                 field: "lora_task_uids", remedy: "use an index of --lora_dir (0-based), or -1 for the base model")
-            }
-            for id in r.promptIDs where id < 0 || Int(id) >= vocabulary {
-                throw FacetError(.invalidArgument, "input \(i) has token id \(id) outside the vocabulary of \(vocabulary)", field: "input",
-                                 remedy: "use ids from the tokenizer of this model (or of its adapter)")
-            }
+        // Blocks for every sequence at its longest: the scheduler takes them on demand and
+        // never has to preempt.
+        let blocks = requests.reduce(0) { $0 + ($1.promptIDs.count + $1.parameters.maxTokens + blockSize) / blockSize }
+        let limits = SchedulerLimits(maxBatchSize: max(requests.count, 1), maxNumTokens: prefillChunk ?? Int.max / 2,
+                                     maxLoras: Int.max / 2, maxModelLength: model.config.maxPositionEmbeddings)
+        let runner = StepRunner(model: model, tokenizer: tokenizer, limits: limits, blocks: max(blocks, 1), blockSize: blockSize,
+                                adapters: deltas.map { .fixed($0) } ?? .perSequence)
+        if deltas == nil, let i = requests.firstIndex(where: { $0.adapterSlot != -1 }) {
+            throw FacetError(.invalidArgument, "input \(i) asks for adapter \(requests[i].adapterSlot) but no adapters are loaded",
+                             field: "lora_task_uids", remedy: "give --lora_dir, or use -1 for the base model")
         }
-        let totalBlocks = requests.reduce(0) { $0 + ($1.promptIDs.count + $1.parameters.maxTokens + blockSize) / blockSize }
-        var allocator = BlockAllocator(capacity: max(totalBlocks, 1), blockSize: blockSize)
-        let kv = model.makeKVStorage(blocks: max(totalBlocks, 1), blockSize: blockSize)
-        let logits = Logits()
-        var active: [Active] = try requests.map { r in
-            var table = BlockTable()
-            guard table.reserve(tokens: r.promptIDs.count + r.parameters.maxTokens, from: &allocator) else {
-                throw FacetError(.capacity, "KV cache exhausted", remedy: "generate fewer tokens")
-            }
-            return Active(request: r, sampler: Sampler(r.parameters), table: table,
-                          detokenizer: tokenizer.map { StreamingDetokenizer(tokenizer: $0) }, history: r.promptIDs)
+        final class Collected {
+            var output: [Int32] = []
+            var text = ""
+            var reason: FinishReason = .length
+            var logits: [[Float]] = []
+            var error: (any Error)?
         }
-        for i in active.indices where active[i].request.parameters.maxTokens == 0 { active[i].finished = .length }
-
-        while active.contains(where: { $0.finished == nil }) {
-            // Plan this step: prompt chunks first (up to the budget), then one token for
-            // each sequence that is generating.
-            var batch = ForwardBatch(blockTables: active.map(\.table.blocks))
-            var owners: [Int] = []
-            var budget = prefillChunk ?? Int.max
-            for (i, a) in active.enumerated() where a.finished == nil {
-                let known = a.request.promptIDs + a.output
-                let remaining = known.count - a.cached
-                if a.cached < a.request.promptIDs.count {
-                    let take = min(remaining, budget)
-                    if take == 0 { continue }
-                    budget -= take
-                    let run = Array(known[a.cached..<(a.cached + take)])
-                    let complete = a.cached + take == known.count
-                    batch.append(sequence: i, tokens: run, startPosition: a.cached, adapterSlot: a.request.adapterSlot, wantLogits: complete)
-                    if complete { owners.append(i) }
-                    active[i].cached += take
-                } else {
-                    batch.append(sequence: i, tokens: [known[a.cached]], startPosition: a.cached, adapterSlot: a.request.adapterSlot, wantLogits: true)
-                    owners.append(i)
-                    active[i].cached += 1
+        let collected = requests.map { _ in Collected() }
+        try withoutActuallyEscaping(onText) { onText in
+            for (i, r) in requests.enumerated() {
+                let c = collected[i]
+                let sequence = StepRunner.Sequence(promptIDs: r.promptIDs, parameters: r.parameters, slot: r.adapterSlot,
+                                                   collectLogits: collectLogits)
+                let sink = StepRunner.Sink(
+                    event: { event in
+                        switch event {
+                        case .token(let id, let text, _):
+                            c.output.append(id)
+                            c.text += text
+                            if !text.isEmpty { onText(i, text) }
+                        case .finished(let reason, _, _):
+                            c.reason = reason
+                        }
+                    },
+                    ended: { c.error = $0 },
+                    logits: { c.logits.append($0) })
+                do {
+                    try runner.add(id: i, sequence, sink: sink)
+                } catch let e as FacetError {
+                    throw FacetError(e.code, "input \(i): " + e.message, file: e.file, field: e.field, remedy: e.remedy)
                 }
             }
-            try model.forward(batch, kv: kv, deltas: deltas, into: logits)
-            for (row, i) in owners.enumerated() {
-                let token = Int32(active[i].sampler.next(logits: logits[row], history: active[i].history))
-                if collectLogits { active[i].logits.append(logits.array(row)) }
-                active[i].output.append(token)
-                active[i].history.append(token)
-                let p = active[i].request.parameters
-                var piece = ""
-                if active[i].detokenizer != nil { piece = active[i].detokenizer!.append(token) }
-                if !p.ignoreEOS && p.stopTokenIDs.contains(Int(token)) {
-                    active[i].finished = .stop
-                } else if let d = active[i].detokenizer, p.stop.contains(where: { d.text.contains($0) }) {
-                    active[i].finished = .stop
-                } else if active[i].output.count >= p.maxTokens {
-                    active[i].finished = .length
-                }
-                if active[i].finished != nil, active[i].detokenizer != nil { piece += active[i].detokenizer!.finish() }
-                if !piece.isEmpty { onText(i, piece) }
-            }
+            while runner.hasWork { runner.step() }
         }
-        return active.map { a in
-            var text = a.detokenizer?.text
-            if let t = text, let stop = a.request.parameters.stop.compactMap({ t.range(of: $0) }).min(by: { $0.lowerBound < $1.lowerBound }) {
-                text = String(t[..<stop.lowerBound])
-            }
-            return GenerationResult(outputIDs: a.output, text: text, finishReason: a.finished ?? .length, stepLogits: a.logits)
+        if let error = collected.compactMap(\.error).first { throw error }
+        return collected.map { c in
+            GenerationResult(outputIDs: c.output, text: tokenizer == nil ? nil : c.text, finishReason: c.reason, stepLogits: c.logits)
         }
     }
 }

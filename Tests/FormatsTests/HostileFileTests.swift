@@ -58,8 +58,6 @@ import TestSupport
         "{'descr': '<i8', 'fortran_order': False, 'shape': (2305843009213693952,), }",
         "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,), }",
         "{'descr': '<f4', 'fortran_order': False, 'shape': (1000,), }",
-        // Found by scripts/fuzz: a ')' before the '(' once made an inverted range (a trap).
-        "{'descr': '<f2', 'fortran_order': False, 'shape': ), (2,), }",
     ])
     func npyShapesBeyondTheFileAreRefused(header: String) {
         let data = Self.npy(header, data: 16)
@@ -68,6 +66,14 @@ import TestSupport
         } throws: { error in
             (error as? FacetError)?.code == .invalidFile
         }
+    }
+
+    /// Found by scripts/fuzz: a ')' before the '(' once made an inverted range (a trap); the
+    /// shape is the parenthesized one.
+    @Test func npyCloseBeforeOpenParenthesis() throws {
+        let data = Self.npy("{'descr': '<f2', 'fortran_order': False, 'shape': ), (2,), }", data: 4)
+        let a = try data.withUnsafeBytes { try NpyArray.parse($0, path: "fuzzed.npy") }
+        #expect(a.shape == [2])
     }
 
     /// A GGUF whose tensor dims multiply past Int (each below the 2^40 per-dimension cap).

@@ -1,0 +1,314 @@
+import Adapters
+import Foundation
+import Llama
+import PagedKV
+import Sampling
+import Scheduling
+import Tensors
+import Tokenization
+
+/// The one step loop of Facet, shared by `facet serve` (`InferenceEngine`, on its thread)
+/// and `facet run` (`BatchGenerator`, to completion): plan a step with the `Scheduler`,
+/// run one flat forward pass over every scheduled token of every sequence (each with its
+/// adapter), sample, detokenize, handle stop tokens and stop strings, and report.
+///
+/// KV blocks come from the paged cache on demand (the scheduler reserves them as sequences
+/// grow and preempts the newest sequence when they run out). The runner is not thread-safe:
+/// one owner drives it.
+public final class StepRunner {
+    /// Where a step's LoRA deltas come from.
+    public enum Adapters {
+        /// Each sequence brings its own adapter (`Sequence.adapter`); a step gets one slot
+        /// per distinct adapter among its sequences.
+        case perSequence
+        /// One fixed set of deltas for every step; sequences name their slot
+        /// (`Sequence.slot`, -1 = base). `facet run` with `--lora_dir` uses this.
+        case fixed(any LinearDeltas)
+    }
+
+    /// One sequence to run.
+    public struct Sequence {
+        public var promptIDs: [Int32]
+        public var parameters: SamplingParameters
+        /// The sequence's adapter in `.perSequence` mode (nil = base).
+        public var adapter: LoRAAdapter?
+        /// The sequence's slot in `.fixed` mode (-1 = base).
+        public var slot: Int32
+        /// Top alternatives to report with each token's log-probability (nil: none).
+        public var logprobs: Int?
+        /// Keep the logits each token was sampled from (`Sink.logits`).
+        public var collectLogits: Bool
+
+        public init(promptIDs: [Int32], parameters: SamplingParameters, adapter: LoRAAdapter? = nil, slot: Int32 = -1,
+                    logprobs: Int? = nil, collectLogits: Bool = false) {
+            self.promptIDs = promptIDs
+            self.parameters = parameters
+            self.adapter = adapter
+            self.slot = slot
+            self.logprobs = logprobs
+            self.collectLogits = collectLogits
+        }
+    }
+
+    /// Where a sequence's results go. `event` gets every token and the final `.finished`;
+    /// `ended` is called exactly once when the sequence leaves the runner: with nil after
+    /// `.finished`, with nil when cancelled, or with the error that ended it.
+    public struct Sink {
+        public var event: (EngineEvent) -> Void
+        public var ended: ((any Error)?) -> Void
+        /// The logits of each sampled token (first: the last prompt position), when the
+        /// sequence asked for them.
+        public var logits: ([Float]) -> Void
+        public init(event: @escaping (EngineEvent) -> Void, ended: @escaping ((any Error)?) -> Void = { _ in },
+                    logits: @escaping ([Float]) -> Void = { _ in }) {
+            self.event = event
+            self.ended = ended
+            self.logits = logits
+        }
+    }
+
+    struct Live {
+        var sequence: Sequence
+        var sink: Sink
+        var sampler: Sampler
+        var detokenizer: StreamingDetokenizer?
+        var output: [Int32] = []
+        var history: [Int32]
+        var emitted = 0            // characters of detokenizer.text already sent
+        var submitted: Date
+        var firstToken: Date?
+    }
+
+    public let model: LlamaModel
+    public let tokenizer: Tokenizer?
+    public let limits: SchedulerLimits
+    public let totalBlocks: Int
+    public let blockSize: Int
+    public let adapters: Adapters
+    public var observer: (any EngineObserver)?
+    public private(set) var scheduler: Scheduler
+    let kv: KVStorage
+    private var live: [Int: Live] = [:]
+    /// The step's logits, reused from step to step.
+    private let logits = Logits()
+
+    public init(model: LlamaModel, tokenizer: Tokenizer?, limits: SchedulerLimits, blocks: Int, blockSize: Int,
+                adapters: Adapters = .perSequence, observer: (any EngineObserver)? = nil) {
+        self.model = model
+        self.tokenizer = tokenizer
+        self.limits = limits
+        self.totalBlocks = blocks
+        self.blockSize = blockSize
+        self.adapters = adapters
+        self.observer = observer
+        scheduler = Scheduler(limits: limits, blocks: blocks, blockSize: blockSize)
+        kv = model.makeKVStorage(blocks: blocks, blockSize: blockSize)
+    }
+
+    /// The longest sequence (prompt + output) this runner accepts.
+    public var contextLength: Int { min(limits.maxModelLength, model.config.maxPositionEmbeddings) }
+
+    public var hasWork: Bool { scheduler.hasWork }
+    public var liveCount: Int { live.count }
+
+    /// The checks every sequence passes before it is queued; errors name the field.
+    public func validate(_ s: Sequence) throws {
+        try s.parameters.validate()
+        let c = model.config
+        guard !s.promptIDs.isEmpty else {
+            throw FacetError(.invalidArgument, "the prompt is empty", field: "prompt", remedy: "send at least one token")
+        }
+        let vocabulary: Int
+        switch adapters {
+        case .perSequence:
+            vocabulary = s.adapter?.vocabularySize(base: c.vocabSize) ?? c.vocabSize
+        case .fixed(let deltas):
+            guard s.slot >= -1, s.slot < Int32(deltas.slotCount) else {
+                throw FacetError(.invalidArgument, "adapter \(s.slot) does not exist: \(deltas.slotCount) adapters are loaded",
+                                 field: "lora_task_uids", remedy: "use an index of --lora_dir (0-based), or -1 for the base model")
+            }
+            vocabulary = s.slot >= 0 ? deltas.vocabularySize(slot: s.slot) ?? c.vocabSize : c.vocabSize
+        }
+        for id in s.promptIDs where id < 0 || Int(id) >= vocabulary {
+            throw FacetError(.invalidArgument, "token id \(id) is outside the vocabulary of \(vocabulary)", field: "prompt",
+                             remedy: "use ids from the tokenizer of this model (or of its adapter)")
+        }
+        let total = s.promptIDs.count + s.parameters.maxTokens
+        guard total <= contextLength else {
+            throw FacetError(.capacity, "the sequence needs \(total) positions (prompt \(s.promptIDs.count) + max_tokens \(s.parameters.maxTokens)) but the context holds \(contextLength)",
+                             field: "max_tokens", remedy: "shorten the prompt or lower max_tokens")
+        }
+        let capacity = totalBlocks * blockSize
+        guard total <= capacity else {
+            throw FacetError(.capacity, "the sequence needs \(total) cache positions but the whole KV cache holds \(capacity)",
+                             field: "max_tokens", remedy: "lower max_tokens or raise --kv-cache-memory")
+        }
+    }
+
+    /// Queues a validated sequence under `id`. A sequence asking for no tokens finishes at once.
+    public func add(id: Int, _ s: Sequence, sink: Sink) throws {
+        try validate(s)
+        let identity: String? = switch adapters {
+        case .perSequence: s.adapter?.digest
+        case .fixed: s.slot >= 0 ? "slot \(s.slot)" : nil
+        }
+        do {
+            try scheduler.add(id: id, prompt: s.promptIDs, adapter: identity, maxTotal: s.promptIDs.count + s.parameters.maxTokens)
+        } catch {
+            throw FacetError(.capacity, "the scheduler refused the sequence: \(error)", field: "max_tokens")
+        }
+        live[id] = Live(sequence: s, sink: sink, sampler: Sampler(s.parameters),
+                        detokenizer: tokenizer.map { StreamingDetokenizer(tokenizer: $0) }, history: s.promptIDs, submitted: Date())
+        if s.parameters.maxTokens == 0 { finish(id, .length) }
+    }
+
+    /// Ends sequence `id` now (cancelled): frees its blocks. Returns false if it had ended.
+    @discardableResult
+    public func cancel(_ id: Int) -> Bool { finish(id, nil) }
+
+    /// Ends every sequence with `error` (shutdown).
+    public func failAll(_ error: any Error) {
+        for id in Array(live.keys) { finish(id, nil, error: error) }
+    }
+
+    @discardableResult
+    private func finish(_ id: Int, _ reason: FinishReason?, error: (any Error)? = nil) -> Bool {
+        guard let l = live.removeValue(forKey: id) else { return false }
+        scheduler.remove(id)
+        if let error {
+            l.sink.ended(error)
+            return true
+        }
+        let adapterName = l.sequence.adapter?.name
+        if let reason {
+            l.sink.event(.finished(reason: reason, promptTokens: l.sequence.promptIDs.count, completionTokens: l.output.count))
+            let ttft = l.firstToken.map { $0.timeIntervalSince(l.submitted) }
+            let tpot = l.firstToken.flatMap { f in l.output.count > 1 ? Date().timeIntervalSince(f) / Double(l.output.count - 1) : nil }
+            observer?.requestFinished(adapter: adapterName, promptTokens: l.sequence.promptIDs.count,
+                                      completionTokens: l.output.count, timeToFirstToken: ttft, timePerOutputToken: tpot)
+        } else {
+            observer?.requestCancelled(adapter: adapterName, promptTokens: l.sequence.promptIDs.count, completionTokens: l.output.count)
+        }
+        l.sink.ended(nil)
+        return true
+    }
+
+    /// Reports occupancy outside a step (after cancellations).
+    public func reportState() {
+        observer?.stateChanged(running: scheduler.running.count, waiting: scheduler.waiting.count,
+                               kvBlocksUsed: scheduler.allocator.usedCount, kvBlocksTotal: totalBlocks)
+    }
+
+    /// One step: plan, forward, sample, emit. A forward error ends the step's sequences with
+    /// that error; the runner stays usable.
+    public func step() {
+        guard scheduler.hasWork else { return }
+        let started = Date()
+        let plan = scheduler.schedule()
+        if !plan.preempted.isEmpty { observer?.preempted(count: plan.preempted.count) }
+        guard !plan.isEmpty else { return }
+
+        // The flat batch: every scheduled token with its position, sequence and adapter slot.
+        var batch = ForwardBatch()
+        var slotOf: [String: Int32] = [:]
+        var stepAdapters: [LoRAAdapter] = []
+        var samplers: [(id: Int, row: Int)] = []
+        for e in plan.entries {
+            guard let r = scheduler.request(e.request), let l = live[e.request] else { continue }
+            let n = batch.blockTables.count
+            var slot: Int32 = -1
+            switch adapters {
+            case .fixed:
+                slot = l.sequence.slot
+            case .perSequence:
+                if let a = l.sequence.adapter {
+                    if let s = slotOf[a.digest] { slot = s } else {
+                        slot = Int32(stepAdapters.count)
+                        slotOf[a.digest] = slot
+                        stepAdapters.append(a)
+                    }
+                }
+            }
+            batch.blockTables.append(scheduler.blockTable(e.request))
+            batch.append(sequence: n, tokens: Array(r.tokens[e.start..<(e.start + e.count)]), startPosition: e.start,
+                         adapterSlot: slot, wantLogits: e.samples)
+            if e.samples { samplers.append((e.request, batch.logitRows.count - 1)) }
+        }
+        let deltas: (any LinearDeltas)? = switch adapters {
+        case .fixed(let d): d
+        case .perSequence: stepAdapters.isEmpty ? nil : AdapterSet(adapters: stepAdapters, baseVocabulary: model.config.vocabSize)
+        }
+        do {
+            try model.forward(batch, kv: kv, deltas: deltas, into: logits)
+        } catch {
+            for e in plan.entries { finish(e.request, nil, error: error) }
+            return
+        }
+        for (id, row) in samplers {
+            guard var l = live[id] else { continue }
+            let token = Int32(l.sampler.next(logits: logits[row], history: l.history))
+            if l.sequence.collectLogits { l.sink.logits(logits.array(row)) }
+            l.output.append(token)
+            l.history.append(token)
+            if l.firstToken == nil { l.firstToken = Date() }
+            let (text, reason) = Self.text(after: token, of: &l)
+            var logprob: TokenLogprob?
+            if let k = l.sequence.logprobs { logprob = Self.logprob(logits[row], token: token, top: k) }
+            l.sink.event(.token(id: token, text: text, logprob: logprob))
+            live[id] = l
+            if let reason { finish(id, reason) } else { scheduler.append(token, to: id) }
+        }
+        observer?.stepFinished(running: scheduler.running.count, waiting: scheduler.waiting.count, tokens: batch.count,
+                               kvBlocksUsed: scheduler.allocator.usedCount, kvBlocksTotal: totalBlocks,
+                               seconds: Date().timeIntervalSince(started))
+    }
+
+    /// The text a new token adds, and whether the sequence ends with it. Stop strings are
+    /// handled here only: the text is cut before the first stop string, and text that may
+    /// be the start of one is held back until it is not.
+    static func text(after token: Int32, of l: inout Live) -> (String, FinishReason?) {
+        let p = l.sequence.parameters
+        var reason: FinishReason?
+        if !p.ignoreEOS && p.stopTokenIDs.contains(Int(token)) { reason = .stop }
+        var text = ""
+        if l.detokenizer != nil {
+            _ = l.detokenizer!.append(token)
+            if reason != nil || l.output.count >= p.maxTokens { _ = l.detokenizer!.finish() }
+            let full = l.detokenizer!.text
+            if let cut = p.stop.compactMap({ full.range(of: $0)?.lowerBound }).min() {
+                let upTo = full.distance(from: full.startIndex, to: cut)
+                if upTo > l.emitted { text = String(full.dropFirst(l.emitted).prefix(upTo - l.emitted)) }
+                l.emitted = max(l.emitted, upTo)
+                reason = .stop
+            } else {
+                var safe = full.count
+                if reason == nil && l.output.count < p.maxTokens {
+                    for s in p.stop {
+                        for k in stride(from: min(s.count - 1, full.count), to: 0, by: -1) where full.hasSuffix(s.prefix(k)) {
+                            safe = min(safe, full.count - k)
+                            break
+                        }
+                    }
+                }
+                if safe > l.emitted { text = String(full.dropFirst(l.emitted).prefix(safe - l.emitted)) }
+                l.emitted = max(l.emitted, safe)
+            }
+        }
+        if reason == nil && l.output.count >= p.maxTokens { reason = .length }
+        return (text, reason)
+    }
+
+    /// log-softmax of the raw logits at `token`, and the `top` most likely alternatives.
+    static func logprob(_ logits: UnsafeBufferPointer<Float>, token: Int32, top: Int) -> TokenLogprob {
+        let m = logits.max() ?? 0
+        var sum: Double = 0
+        for v in logits { sum += exp(Double(v - m)) }
+        let lse = Float(Double(m) + log(sum))
+        var best: [(Int32, Float)] = []
+        if top > 0 {
+            let order = Sampler.topIndices(logits, top)
+            best = order.map { (Int32($0), logits[$0] - lse) }
+        }
+        return TokenLogprob(token: token, logprob: logits[Int(token)] - lse, top: best)
+    }
+}
