@@ -173,10 +173,21 @@ public struct Sampler: Sendable {
     }
 
     public mutating func next(logits input: UnsafeBufferPointer<Float>, history: [Int32]) -> Int {
-        guard parameters.repetitionPenalty != 1, !history.isEmpty else { return choose(input) }
+        let banned = Self.banned(parameters.badWordIDs, history: history)
+        guard (parameters.repetitionPenalty != 1 && !history.isEmpty) || !banned.isEmpty else { return choose(input) }
         var logits = Array(input)
         Self.penalize(&logits, history: history, penalty: parameters.repetitionPenalty)
+        for t in banned where t >= 0 && Int(t) < logits.count { logits[Int(t)] = -.infinity }
         return logits.withUnsafeBufferPointer { choose($0) }
+    }
+
+    /// The tokens `badWords` forbid next: the last token of each sequence whose other
+    /// tokens end `history` (a one-token bad word is always forbidden).
+    public static func banned(_ badWords: [[Int32]], history: [Int32]) -> [Int32] {
+        badWords.compactMap { word in
+            let prefix = word.dropLast()
+            return history.count >= prefix.count && history.suffix(prefix.count).elementsEqual(prefix) ? word.last : nil
+        }
     }
 
     private mutating func choose(_ logits: UnsafeBufferPointer<Float>) -> Int {

@@ -21,6 +21,9 @@ public struct SamplingParameters: Sendable, Equatable, Codable {
     /// Token ids that end generation (the model's EOS unless `ignoreEOS`).
     public var stopTokenIDs: [Int] = []
     public var ignoreEOS: Bool = false
+    /// Token sequences never to generate (TensorRT-LLM's `bad_words_list`): when the output
+    /// so far ends with all but the last token of one, its last token is excluded.
+    public var badWordIDs: [[Int32]] = []
 
     public init() {}
 
@@ -37,5 +40,6 @@ public struct SamplingParameters: Sendable, Equatable, Codable {
         guard repetitionPenalty > 0, repetitionPenalty.isFinite else { throw bad("repetition_penalty", "must be > 0, got \(repetitionPenalty)") }
         guard maxTokens >= 0 else { throw bad("max_tokens", "must be >= 0, got \(maxTokens)") }
         guard !stop.contains(where: \.isEmpty) else { throw bad("stop", "stop strings must not be empty") }
+        guard !badWordIDs.contains(where: \.isEmpty) else { throw bad("bad_words", "bad words must not be empty") }
     }
 }

@@ -25,7 +25,7 @@ struct APIError: Error, HTTPResponseError {
                 return APIError(status: .notFound, message: text, type: "invalid_request_error", param: "model", code: "model_not_found")
             case .notFound:
                 return APIError(status: .notFound, message: text, type: "invalid_request_error", param: e.field, code: "not_found")
-            case .capacity where e.field == "max_tokens" || e.field == "prompt":
+            case .capacity where e.field == "max_tokens" || e.field == "prompt" || e.field == "messages":
                 return APIError(status: .badRequest, message: text, type: "invalid_request_error", param: e.field, code: "context_length_exceeded")
             case .capacity:
                 return APIError(status: .serviceUnavailable, message: text, type: "server_error", param: e.field, code: "overloaded")

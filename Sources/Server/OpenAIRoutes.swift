@@ -64,19 +64,19 @@ struct OpenAIRoutes {
     // MARK: - Generation
 
     struct Prepared {
-        var prompts: [[Int32]]
-        var parameters: SamplingParameters
-        var n: Int
-        var stream: Bool
-        var includeUsage: Bool
-        var logprobs: Int?
+        var request: PreparedRequest
         var model: String
-        var adapter: String?
+        var prompts: [[Int32]] { request.prompts }
+        var parameters: SamplingParameters { request.parameters }
+        var n: Int { request.n }
+        var stream: Bool { request.stream }
+        var includeUsage: Bool { request.includeUsage }
+        var logprobs: Int? { request.logprobs }
+        var adapter: String? { request.adapter }
     }
 
     func generate(_ request: Request, _ ctx: some RequestContext, chat: Bool) async throws -> Response {
-        let body = try await readJSON(request, ctx)
-        let prepared = try prepare(body, chat: chat)
+        let prepared = try prepare(try await readBody(request, ctx), chat: chat)
         context.metrics.request(model: prepared.model)
         let inFlight = prepared.prompts.count * prepared.n
         guard let ticket = InFlightTicket(count: inFlight, pending: context.pending, limit: context.configuration.maxPendingRequests,
@@ -220,6 +220,11 @@ struct OpenAIRoutes {
     // MARK: - Request parsing
 
     func readJSON(_ request: Request, _ ctx: some RequestContext) async throws -> JSONObject {
+        try JSONObject(try await readBody(request, ctx))
+    }
+
+    /// The whole request body, bounded in size (413) and in time (408).
+    func readBody(_ request: Request, _ ctx: some RequestContext) async throws -> Data {
         let buffer: ByteBuffer
         let limit = context.configuration.maxRequestBytes, timeout = context.configuration.requestBodyTimeout
         do {
@@ -239,28 +244,13 @@ struct OpenAIRoutes {
             throw APIError(status: .contentTooLarge, message: "the request body exceeds \(context.configuration.maxRequestBytes) bytes",
                            type: "invalid_request_error", param: nil, code: "request_too_large")
         }
-        return try JSONObject(Data(buffer.readableBytesView))
+        return Data(buffer.readableBytesView)
     }
 
-    func prepare(_ body: JSONObject, chat: Bool) throws -> Prepared {
-        // Refuse what we would otherwise silently ignore.
-        for key in ["presence_penalty", "frequency_penalty"] {
-            if let v = try body.double(key), v != 0 { throw APIError.badRequest("'\(key)' is not supported (use repetition_penalty)", param: key) }
-        }
-        if let bias = body.values["logit_bias"], !(bias is NSNull), !((bias as? [String: Any])?.isEmpty ?? false) {
-            throw APIError.badRequest("'logit_bias' is not supported", param: "logit_bias")
-        }
-        if try body.bool("echo") == true { throw APIError.badRequest("'echo' is not supported", param: "echo") }
-        if body.has("suffix") { throw APIError.badRequest("'suffix' is not supported", param: "suffix") }
-        if let tools = body.values["tools"] as? [Any], !tools.isEmpty { throw APIError.badRequest("'tools' are not supported", param: "tools") }
-        if let format = try body.object("response_format"), try format.string("type") != "text" {
-            throw APIError.badRequest("only response_format type 'text' is supported", param: "response_format")
-        }
-        if let best = try body.int("best_of"), best != (try body.int("n") ?? 1) {
-            throw APIError.badRequest("'best_of' is not supported", param: "best_of")
-        }
-
-        guard let modelName = try body.string("model") else { throw APIError.badRequest("'model' is required", param: "model") }
+    /// Decodes the body into the typed request and prepares it with the one builder.
+    func prepare(_ data: Data, chat: Bool) throws -> Prepared {
+        let body = try OpenAIRequestBody.decode(data)
+        let modelName = body.model
         let adapter: String?
         if modelName == context.configuration.servedModelName {
             adapter = nil
@@ -270,99 +260,16 @@ struct OpenAIRoutes {
             throw APIError(status: .notFound, message: "The model '\(modelName)' does not exist.", type: "invalid_request_error",
                            param: "model", code: "model_not_found")
         }
-
-        var p = SamplingParameters()
-        p.temperature = Float(try body.double("temperature") ?? 1)
-        p.topP = Float(try body.double("top_p") ?? 1)
-        p.topK = try body.int("top_k") ?? 0
-        if p.topK == -1 { p.topK = 0 }
-        p.minP = Float(try body.double("min_p") ?? 0)
-        p.repetitionPenalty = Float(try body.double("repetition_penalty") ?? 1)
-        if let seed = try body.int("seed") { p.seed = UInt64(bitPattern: Int64(seed)) }
-        p.stop = try body.strings("stop") ?? []
-        p.ignoreEOS = try body.bool("ignore_eos") ?? false
-        guard p.stop.count <= 16 else { throw APIError.badRequest("at most 16 stop strings", param: "stop") }
-        let n = try body.int("n") ?? 1
-        guard n >= 1 && n <= 16 else { throw APIError.badRequest("'n' must be between 1 and 16", param: "n") }
-        let stream = try body.bool("stream") ?? false
-        let includeUsage = try body.object("stream_options")?.bool("include_usage") ?? false
-
-        var logprobs: Int?
-        let logprobsParam = chat ? "top_logprobs" : "logprobs"
-        if chat {
-            if try body.bool("logprobs") == true { logprobs = try body.int("top_logprobs") ?? 0 }
-        } else if let k = try body.int("logprobs") {
-            logprobs = k
-        }
-        if let k = logprobs, k < 0 || k > 20 { throw APIError.badRequest("'\(logprobsParam)' must be between 0 and 20", param: logprobsParam) }
-
+        let request = try body.inferenceRequest(chat: chat, adapter: adapter)
         guard let tokenizer = context.tokenizer else { throw APIError.badRequest("the server has no tokenizer", param: "prompt") }
-        let eos = Set(context.model.config.eosTokenIDs + tokenizer.eosIDs.map(Int.init))
-        p.stopTokenIDs = eos.sorted()
-        var prompts: [[Int32]] = []
-        if chat {
-            guard let raw = body.values["messages"] as? [Any], !raw.isEmpty else {
-                throw APIError.badRequest("'messages' must be a non-empty list", param: "messages")
-            }
-            var messages: [ChatTemplate.Message] = []
-            for (i, item) in raw.enumerated() {
-                guard let m = item as? [String: Any], let role = m["role"] as? String else {
-                    throw APIError.badRequest("messages[\(i)] needs a 'role'", param: "messages")
-                }
-                var content = ""
-                if let s = m["content"] as? String {
-                    content = s
-                } else if let parts = m["content"] as? [Any] {
-                    for part in parts {
-                        guard let d = part as? [String: Any], d["type"] as? String == "text", let t = d["text"] as? String else {
-                            throw APIError.badRequest("messages[\(i)].content: only text parts are supported", param: "messages")
-                        }
-                        content += t
-                    }
-                } else if !(m["content"] is NSNull) && m["content"] != nil {
-                    throw APIError.badRequest("messages[\(i)].content must be a string or a list of text parts", param: "messages")
-                }
-                messages.append(.init(role: role, content: content))
-            }
-            do {
-                prompts = [try tokenizer.encodeChat(messages, addGenerationPrompt: true,
-                                                    parseSpecialInContent: context.configuration.parseSpecialTokensInContent)]
-            } catch {
-                throw APIError.from(error)
-            }
-            let maxTokens = try body.int("max_completion_tokens") ?? body.int("max_tokens")
-            p.maxTokens = maxTokens ?? max(1, maxModelLength - prompts[0].count)
-        } else {
-            let raw = body.values["prompt"]
-            if let s = raw as? String {
-                prompts = [tokenizer.encode(s, addSpecialTokens: true)]
-            } else if let list = raw as? [String], !list.isEmpty {
-                prompts = list.map { tokenizer.encode($0, addSpecialTokens: true) }
-            } else if let ids = raw as? [Any], !ids.isEmpty, !(ids.first is String), !(ids.first is [Any]) {
-                prompts = [try Self.tokenIDs(ids, at: "prompt")]
-            } else if let lists = raw as? [[Any]], !lists.isEmpty {
-                prompts = try lists.enumerated().map { try Self.tokenIDs($0.element, at: "prompt[\($0.offset)]") }
-            } else {
-                throw APIError.badRequest("'prompt' must be a string, a list of strings, or token ids", param: "prompt")
-            }
-            guard prompts.count * n <= 64 else { throw APIError.badRequest("at most 64 prompts x n per request", param: "prompt") }
-            p.maxTokens = try body.int("max_tokens") ?? 16
-        }
-        for prompt in prompts where prompt.isEmpty { throw APIError.badRequest("a prompt is empty", param: "prompt") }
-        let longest = prompts.map(\.count).max() ?? 0
-        if longest + p.maxTokens > maxModelLength {
-            // Blame the prompt when it alone leaves no room for one token, else max_tokens.
-            let param = longest >= maxModelLength ? (chat ? "messages" : "prompt") : "max_tokens"
-            throw APIError.badRequest("This model's maximum context length is \(maxModelLength) tokens. However, you requested \(longest + p.maxTokens) tokens (\(longest) in the prompt, \(p.maxTokens) for the completion).",
-                                      param: param, code: "context_length_exceeded")
-        }
+        var builder = RequestBuilder(tokenizer: tokenizer, eosTokenIDs: context.model.config.eosTokenIDs + tokenizer.eosIDs.map(Int.init),
+                                     contextLength: maxModelLength)
+        builder.parseSpecialTokensInContent = context.configuration.parseSpecialTokensInContent
         do {
-            try p.validate()
-        } catch let e as FacetError {
-            throw APIError.badRequest(e.message, param: e.field)
+            return Prepared(request: try builder.prepare(request), model: modelName)
+        } catch {
+            throw APIError.from(error)
         }
-        return Prepared(prompts: prompts, parameters: p, n: n, stream: stream, includeUsage: includeUsage, logprobs: logprobs,
-                        model: modelName, adapter: adapter)
     }
 }
 

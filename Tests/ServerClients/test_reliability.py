@@ -349,3 +349,18 @@ def test_request_body_fuzz(server):
             assert "error" in r.json() and r.json()["error"]["message"], (body, r.text[:300])
     alive(server)
     assert statuses.get(200, 0) > 10 and sum(v for k, v in statuses.items() if k >= 400) > 10, statuses
+
+
+# One request model: a field that would change the result is refused by name, never ignored.
+@pytest.mark.parametrize("field,value", [("lora_task_id", 1), ("lora_weights", [[1.0]]), ("lora_config", [[0, 0, 8]]),
+                                         ("frequency_penalty", 0.5), ("logit_bias", {"1": 5}), ("min_tokens", 3)])
+def test_unsupported_fields_are_refused_by_name(server, field, value):
+    r = requests.post(server.url + "/v1/chat/completions", json={**CHAT, field: value}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+
+
+def test_bad_words(server):
+    base = requests.post(server.url + "/v1/chat/completions", json=CHAT, timeout=60).json()["choices"][0]["message"]["content"]
+    assert "Paris" in base
+    r = requests.post(server.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 12, "bad_words": [" Paris", "Paris"]}, timeout=60)
+    assert r.status_code == 200 and "Paris" not in r.json()["choices"][0]["message"]["content"], r.text

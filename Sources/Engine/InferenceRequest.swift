@@ -1,0 +1,152 @@
+import Foundation
+import Sampling
+import Tensors
+import Tokenization
+
+/// A generation request, whatever protocol it arrived by (OpenAI routes, the CLI, and
+/// KServe next): prompts as text, chat messages or token ids; the adapter; sampling; stop
+/// strings and stop token ids; bad words; limits; log-probabilities; streaming.
+/// `RequestBuilder` validates it and turns it into token ids and sampling parameters.
+public struct InferenceRequest: Sendable {
+    public enum Prompt: Sendable, Equatable {
+        /// Text, tokenized with the tokenizer's special tokens (e.g. BOS) unless
+        /// `addSpecialTokens` is false.
+        case text(String)
+        /// Chat messages, rendered with the tokenizer's chat template.
+        case chat([ChatTemplate.Message])
+        /// Token ids, used as given.
+        case tokens([Int32])
+    }
+
+    public var prompts: [Prompt]
+    /// The adapter's name (nil: the base model).
+    public var adapter: String?
+    /// Temperature, top-k/p, min-p, repetition penalty, seed, stop strings, ignore-EOS.
+    /// `maxTokens` and the stop token ids are set by the builder from the fields below.
+    public var sampling = SamplingParameters()
+    /// Tokens to generate; nil: the protocol's default (see `RequestBuilder`).
+    public var maxTokens: Int?
+    /// Token ids that end generation besides the model's EOS.
+    public var stopTokenIDs: [Int] = []
+    /// Words never to generate, as text (tokenized without special tokens) or as ids.
+    public var badWords: [String] = []
+    public var badWordIDs: [[Int32]] = []
+    public var addSpecialTokens = true
+    /// Choices per prompt (each with seed + i when a seed is given).
+    public var n = 1
+    /// Top alternatives reported with each token's log-probability (nil: none).
+    public var logprobs: Int?
+    public var stream = false
+    public var includeUsage = false
+
+    public init(prompts: [Prompt], adapter: String? = nil) {
+        self.prompts = prompts
+        self.adapter = adapter
+    }
+}
+
+/// A request turned into what the engine runs: one token sequence per prompt and one
+/// set of sampling parameters.
+public struct PreparedRequest: Sendable {
+    public var prompts: [[Int32]]
+    public var parameters: SamplingParameters
+    public var adapter: String?
+    public var n: Int
+    public var logprobs: Int?
+    public var stream: Bool
+    public var includeUsage: Bool
+    /// The request was a chat (its responses are chat completions).
+    public var chat: Bool
+}
+
+/// The one place a request is validated and tokenized. Every error is a `FacetError`
+/// naming the request field and a remedy.
+public struct RequestBuilder: Sendable {
+    public let tokenizer: Tokenizer?
+    /// The model's end-of-sequence ids (added to every request's stop token ids).
+    public let eosTokenIDs: [Int]
+    /// The longest prompt + completion.
+    public let contextLength: Int
+    public var parseSpecialTokensInContent = false
+    /// Limits on one request.
+    public var maxPromptsTimesN = 64
+    public var maxN = 16
+    public var maxStopStrings = 16
+    public var maxLogprobs = 20
+    /// Completions default to 16 tokens (as OpenAI's legacy API); chats to the rest of the
+    /// context.
+    public var defaultCompletionTokens = 16
+
+    public init(tokenizer: Tokenizer?, eosTokenIDs: [Int], contextLength: Int) {
+        self.tokenizer = tokenizer
+        self.eosTokenIDs = eosTokenIDs
+        self.contextLength = contextLength
+    }
+
+    func bad(_ field: String, _ message: String, _ remedy: String? = nil) -> FacetError {
+        FacetError(.invalidArgument, message, field: field, remedy: remedy)
+    }
+
+    public func prepare(_ r: InferenceRequest) throws -> PreparedRequest {
+        guard !r.prompts.isEmpty else { throw bad("prompt", "no prompt given", "send a prompt or messages") }
+        guard r.n >= 1 && r.n <= maxN else { throw bad("n", "'n' must be between 1 and \(maxN), got \(r.n)") }
+        guard r.prompts.count * r.n <= maxPromptsTimesN else {
+            throw bad("prompt", "at most \(maxPromptsTimesN) prompts x n per request, got \(r.prompts.count * r.n)", "split the request")
+        }
+        guard r.sampling.stop.count <= maxStopStrings else { throw bad("stop", "at most \(maxStopStrings) stop strings") }
+        if let k = r.logprobs, k < 0 || k > maxLogprobs {
+            throw bad("logprobs", "must be between 0 and \(maxLogprobs), got \(k)")
+        }
+        let isChat = r.prompts.contains { if case .chat = $0 { true } else { false } }
+        if isChat && r.prompts.count != 1 { throw bad("messages", "a chat request has one conversation") }
+
+        var prompts: [[Int32]] = []
+        for (i, prompt) in r.prompts.enumerated() {
+            let field = isChat ? "messages" : "prompt"
+            switch prompt {
+            case .tokens(let ids):
+                for id in ids where id < 0 { throw bad(field, "token id \(id) is negative") }
+                prompts.append(ids)
+            case .text(let text):
+                guard let tokenizer else { throw bad(field, "the model has no tokenizer, so prompts must be token ids") }
+                prompts.append(tokenizer.encode(text, addSpecialTokens: r.addSpecialTokens))
+            case .chat(let messages):
+                guard let tokenizer else { throw bad(field, "the model has no tokenizer for chat messages") }
+                guard !messages.isEmpty else { throw bad(field, "'messages' must be a non-empty list") }
+                prompts.append(try tokenizer.encodeChat(messages, addGenerationPrompt: true,
+                                                        parseSpecialInContent: parseSpecialTokensInContent))
+            }
+            guard !prompts[i].isEmpty else { throw bad(field, "prompt \(i) is empty", "send at least one token") }
+        }
+
+        var p = r.sampling
+        let longest = prompts.map(\.count).max() ?? 0
+        if longest >= contextLength {
+            throw FacetError(.capacity, "This model's maximum context length is \(contextLength) tokens, and the prompt alone has \(longest).",
+                             field: isChat ? "messages" : "prompt", remedy: "shorten the prompt")
+        }
+        p.maxTokens = r.maxTokens ?? (isChat ? contextLength - longest : defaultCompletionTokens)
+        guard p.maxTokens >= 0 else { throw bad("max_tokens", "must be >= 0, got \(p.maxTokens)") }
+        if longest + p.maxTokens > contextLength {
+            throw FacetError(.capacity, "This model's maximum context length is \(contextLength) tokens. However, you requested \(longest + p.maxTokens) tokens (\(longest) in the prompt, \(p.maxTokens) for the completion).",
+                             field: "max_tokens", remedy: "lower max_tokens")
+        }
+        for id in r.stopTokenIDs where id < 0 { throw bad("stop_token_ids", "token id \(id) is negative") }
+        p.stopTokenIDs = Set(eosTokenIDs + r.stopTokenIDs).sorted()
+        var badWordIDs = r.badWordIDs
+        for word in r.badWords {
+            guard let tokenizer else { throw bad("bad_words", "the model has no tokenizer: give bad words as token ids") }
+            let ids = tokenizer.encode(word, addSpecialTokens: false)
+            guard !ids.isEmpty else { throw bad("bad_words", "a bad word is empty") }
+            badWordIDs.append(ids)
+        }
+        p.badWordIDs = badWordIDs
+        do {
+            try p.validate()
+        } catch let e as FacetError {
+            throw e
+        }
+        return PreparedRequest(prompts: prompts, parameters: p, adapter: r.adapter, n: r.n, logprobs: r.logprobs, stream: r.stream,
+                               includeUsage: r.includeUsage, chat: isChat)
+    }
+}
