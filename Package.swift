@@ -75,7 +75,7 @@ let package = Package(
         .testTarget(name: "LlamaTests", dependencies: ["Llama", "Loading", "Engine", "Sampling", "PagedKV", "TestSupport", "AllocationCounter", "Kernels", "Adapters"]),
         .testTarget(name: "SamplingTests", dependencies: ["Sampling"]),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling", "PagedKV"]),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "Adapters", "Llama", "Loading", "Sampling", "Scheduling", "Tensors", "TestSupport", "Tokenization"]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "Adapters", "Llama", "Loading", "Sampling", "Scheduling", "Tensors", "TestSupport", "Tokenization", "Formats"]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "Formats"]),
     ]
 )

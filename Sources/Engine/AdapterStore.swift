@@ -10,11 +10,17 @@ import Tensors
 /// Thousands of adapters may be registered; only those in use or recently used stay loaded.
 /// An adapter in use by a request is pinned and never evicted; the least recently used
 /// unpinned ones are evicted when the budget would be exceeded, and reloaded from their
-/// directory when asked for again.
+/// directory when asked for again. An adapter registered from bytes (TensorRT-LLM's
+/// `lora_weights` + `lora_config` sent with a request, or PEFT tensors) has no directory:
+/// once evicted it stays registered but `acquire` refuses it with an error saying to send
+/// its weights again, and `register(name:adapter:)` with the same name puts them back.
 public final class AdapterStore: @unchecked Sendable {
     public struct Entry: Sendable {
         public let name: String
-        public let path: String
+        /// The directory it is reloaded from after eviction; nil for an adapter that came
+        /// as bytes (`register(name:adapter:)`), which its owner must send again once
+        /// evicted.
+        public let path: String?
         /// Loaded through `--adapter-root`: every file must stay inside the root on each (re)load.
         public let confined: Bool
         public var adapter: LoRAAdapter?
@@ -115,6 +121,34 @@ public final class AdapterStore: @unchecked Sendable {
         }
     }
 
+    /// Registers an adapter that arrived as bytes (already parsed), checked against the base
+    /// and under the same byte budget as a file. Re-registering the name of an evicted
+    /// in-memory adapter puts its weights back (the owner re-sending them); any other
+    /// existing name is refused.
+    public func register(name: String, adapter: LoRAAdapter) throws {
+        guard !name.isEmpty, name.count <= 256 else {
+            throw FacetError(.invalidArgument, "adapter name must be 1-256 characters", field: "lora_name")
+        }
+        var a = try AdapterLoader.checked(adapter, base: base).storing(precision)
+        a.name = name
+        try checkLimits(a, source: name)
+        try lock.withLock {
+            let existing = entries[name]
+            if let existing, existing.path != nil || existing.adapter != nil {
+                guard existing.adapter?.digest == a.digest else {
+                    throw FacetError(.invalidArgument, "an adapter named \(name) is already loaded", field: "lora_name",
+                                     remedy: "unload it first, or pick another name")
+                }
+                return   // the same weights again: nothing to do
+            }
+            try evict(keeping: name, incoming: a.byteSize)
+            clock += 1
+            var entry = Entry(name: name, path: nil, confined: false, adapter: a, lastUsed: clock, loads: (existing?.loads ?? 0) + 1)
+            entry.pins = existing?.pins ?? 0
+            entries[name] = entry
+        }
+    }
+
     public func unregister(name: String) throws {
         try lock.withLock {
             guard entries.removeValue(forKey: name) != nil else {
@@ -125,7 +159,7 @@ public final class AdapterStore: @unchecked Sendable {
 
     /// Pins the adapter (loading it again if it was evicted).
     public func acquire(_ name: String) throws -> Lease {
-        let cached: (LoRAAdapter?, String, Bool)? = lock.withLock {
+        let cached: (LoRAAdapter?, String?, Bool)? = lock.withLock {
             guard var e = entries[name] else { return nil }
             clock += 1
             e.lastUsed = clock
@@ -133,10 +167,14 @@ public final class AdapterStore: @unchecked Sendable {
             entries[name] = e
             return (e.adapter, e.path, e.confined)
         }
-        guard let (resident, path, confined) = cached else {
+        guard let (resident, storedPath, confined) = cached else {
             throw FacetError(.notFound, "the model \(name) does not exist", field: "model", remedy: "GET /v1/models lists the base model and the adapters")
         }
         if let resident { return Lease(name: name, adapter: resident) }
+        guard let path = storedPath else {
+            throw FacetError(.notFound, "adapter \(name) was evicted from memory and has no file to reload it from", field: "lora_weights",
+                             remedy: "send its weights (lora_weights and lora_config) again with the request")
+        }
         let adapter = try loadChecked(name: name, path: path, confined: confined)
         return try lock.withLock {
             guard var e = entries[name] else {
@@ -165,15 +203,19 @@ public final class AdapterStore: @unchecked Sendable {
     private func loadChecked(name: String, path: String, confined: Bool) throws -> LoRAAdapter {
         if confined { try checkFilesUnderRoot(path) }
         let adapter = try AdapterLoader.load(directory: path, name: name, base: base, baseEmbedding: baseEmbedding).storing(precision)
+        try checkLimits(adapter, source: path)
+        return adapter
+    }
+
+    private func checkLimits(_ adapter: LoRAAdapter, source: String) throws {
         if let maxRank, adapter.maxRank > maxRank {
-            throw FacetError(.capacity, "adapter rank \(adapter.maxRank) exceeds --max-lora-rank \(maxRank)", file: path, field: "r",
+            throw FacetError(.capacity, "adapter rank \(adapter.maxRank) exceeds --max-lora-rank \(maxRank)", file: source, field: "r",
                              remedy: "raise --max-lora-rank")
         }
         if adapter.byteSize > budgetBytes {
             throw FacetError(.capacity, "adapter needs \(adapter.byteSize) bytes, more than the whole --max-lora-memory of \(budgetBytes)",
-                             file: path, remedy: "raise --max-lora-memory")
+                             file: source, remedy: "raise --max-lora-memory")
         }
-        return adapter
     }
 
     /// Evicts least recently used, unpinned adapters until `incoming` more bytes fit.

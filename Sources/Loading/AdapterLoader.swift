@@ -37,15 +37,44 @@ public enum AdapterLoader {
             case .peft: adapter = try loadPEFT(directory: directory, name: adapterName, base: base, baseEmbedding: baseEmbedding)
             case .tensorrtLLM: adapter = try TensorRTLoRA.load(directory: directory, name: adapterName, base: base)
             }
-            try adapter.validate(against: base)
-            if adapter.pairs.allSatisfy(\.isEmpty) && adapter.embeddingLoRA == nil && adapter.embedTokens == nil && adapter.lmHead == nil {
-                throw FacetError(.invalidFile, "the adapter holds no LoRA weights", remedy: "check that the adapter was saved after training")
-            }
             adapter.name = adapterName
-            return adapter
+            return try checked(adapter, base: base)
         } catch let e as FacetError {
             throw e.inFile(directory)
         }
+    }
+
+    /// The checks every adapter passes, whatever it came from: shapes against the base,
+    /// and at least one weight.
+    public static func checked(_ adapter: LoRAAdapter, base: LlamaConfiguration) throws -> LoRAAdapter {
+        try adapter.validate(against: base)
+        if adapter.pairs.allSatisfy(\.isEmpty) && adapter.embeddingLoRA == nil && adapter.embedTokens == nil && adapter.lmHead == nil {
+            throw FacetError(.invalidFile, "the adapter holds no LoRA weights", remedy: "check that the adapter was saved after training")
+        }
+        return adapter
+    }
+
+    /// A PEFT adapter from bytes (its `adapter_config.json` and `adapter_model.safetensors`
+    /// contents, e.g. sent in a request), checked exactly as a directory would be.
+    public static func loadPEFT(config configData: Data, safetensors: Data, name: String, base: LlamaConfiguration,
+                                baseEmbedding: LinearWeight? = nil) throws -> LoRAAdapter {
+        let config = try decodeJSON(PEFTConfig.self, from: configData, file: "adapter_config.json")
+        try config.validate(file: "adapter_config.json")
+        let file = safetensors.withUnsafeBytes { MappedFile(copying: $0, path: "adapter_model.safetensors") }
+        let st = try SafetensorsFile(file: file)
+        var tensors: [String: (shape: [Int], values: [Float])] = [:]
+        for n in st.names {
+            let values = try st.floats(n)
+            try LoRAAdapter.checkValues(values, tensor: n)
+            tensors[n] = (try st.entry(n).shape, values)
+        }
+        var digest = SHA256()
+        digest.update(file.bytes)
+        digest.update(Array(configData))
+        var adapter = try fromPEFT(config: config, tensors: tensors, digest: digest.finalize(), name: name, base: base,
+                                   baseEmbedding: baseEmbedding)
+        adapter.name = name
+        return try checked(adapter, base: base)
     }
 
     // MARK: - PEFT
@@ -95,6 +124,12 @@ public enum AdapterLoader {
     static func loadPEFT(directory: String, name: String, base: LlamaConfiguration, baseEmbedding: LinearWeight?) throws -> LoRAAdapter {
         let config = try readPEFTConfig(directory: directory)
         let (tensors, digest) = try readPEFTTensors(directory: directory)
+        return try fromPEFT(config: config, tensors: tensors, digest: digest, name: name, base: base, baseEmbedding: baseEmbedding)
+    }
+
+    /// PEFT tensors (by checkpoint name) and config as an adapter.
+    static func fromPEFT(config: PEFTConfig, tensors: [String: (shape: [Int], values: [Float])], digest: [UInt8], name: String,
+                         base: LlamaConfiguration, baseEmbedding: LinearWeight?) throws -> LoRAAdapter {
         var adapter = LoRAAdapter(name: name, digest: digest.map { String(format: "%02x", $0) }.joined(), layers: base.numLayers)
         let roles: [String: LinearRole] = [
             "self_attn.q_proj": .q, "self_attn.k_proj": .k, "self_attn.v_proj": .v, "self_attn.o_proj": .o,

@@ -1,6 +1,7 @@
 import Adapters
 import Engine
 import Foundation
+import Formats
 import Llama
 import Loading
 import Sampling
@@ -88,8 +89,10 @@ import TestSupport
     }
 
     @Test func cancellationFreesTheRequest() async throws {
+        let counter = Counter()
         let engine = try InferenceEngine(model: Self.model, tokenizer: nil,
-                                         configuration: EngineConfiguration(limits: .init(maxModelLength: 256), blockSize: 16, kvCacheBytes: 8 << 20))
+                                         configuration: EngineConfiguration(limits: .init(maxModelLength: 256), blockSize: 16, kvCacheBytes: 8 << 20),
+                                         observer: counter)
         engine.start()
         defer { engine.shutdown() }
         let task = Task {
@@ -99,6 +102,10 @@ import TestSupport
             return n
         }
         #expect(try await task.value == 3)
+        // The cancellation reaches the engine: its blocks come back and it is counted.
+        let deadline = Date().addingTimeInterval(10)
+        while counter.lock.withLock({ counter.cancelled == 0 }) && Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(counter.lock.withLock { counter.cancelled == 1 && counter.lastBlocksUsed == 0 && counter.peakBlocksUsed > 0 })
         // The engine keeps serving afterwards.
         let (ids, reason) = try await Self.collect(try engine.submit(EngineRequest(promptIDs: [1, 2, 3], parameters: Self.params(4))))
         #expect(ids.count == 4 && reason == .length)
@@ -128,12 +135,62 @@ import TestSupport
         #expect(throws: FacetError.self) { try s.resolveUnderRoot("/etc/passwd") }
         #expect(try s.resolveUnderRoot("tiny_llama_untied/adapters/plain_qv").hasSuffix("adapters/plain_qv"))
     }
+
+    /// Adapters from bytes: PEFT tensors give the same adapter as the directory; TensorRT-LLM
+    /// arrays register under the same budget; an evicted in-memory adapter is refused with an
+    /// error asking for its weights, and sending them again brings it back.
+    @Test func adaptersFromBytesAndTheirEviction() throws {
+        let dir = Fixtures.path("tiny_llama_untied/adapters/plain_qv")
+        let fromFile = try AdapterLoader.load(directory: dir, base: Self.model.config)
+        let fromBytes = try AdapterLoader.loadPEFT(
+            config: try Data(contentsOf: URL(fileURLWithPath: dir + "/adapter_config.json")),
+            safetensors: try Data(contentsOf: URL(fileURLWithPath: dir + "/adapter_model.safetensors")),
+            name: "bytes", base: Self.model.config)
+        #expect(fromBytes.digest == fromFile.digest)
+        #expect(fromBytes.pairs[0][.q]?.a.data == fromFile.pairs[0][.q]?.a.data && fromBytes.pairs[1][.v]?.b.data == fromFile.pairs[1][.v]?.b.data)
+
+        let (weights, config) = try TensorRTLoRA.arrays(fromFile, storage: .f32)
+        let trt = try TensorRTLoRA.adapter(weights: weights, config: config, name: "trt", base: Self.model.config)
+        let s = AdapterStore(base: Self.model.config, baseEmbedding: Self.model.weights.embedding, budgetBytes: trt.byteSize + 10,
+                             maxRank: nil, root: nil)
+        try s.register(name: "trt", adapter: trt)
+        try s.register(name: "trt", adapter: trt)                  // the same weights again: accepted, nothing changes
+        #expect(throws: FacetError.self) { try s.register(name: "trt", adapter: fromFile) }   // other weights under a taken name
+        s.release(try s.acquire("trt"))
+        try s.register(name: "file", path: dir)                    // evicts trt: the budget holds one
+        #expect(s.entry("trt") != nil && s.entry("trt")?.adapter == nil)
+        #expect {
+            try s.acquire("trt")
+        } throws: { error in
+            (error as? FacetError)?.field == "lora_weights" && (error as? FacetError)?.remedy?.contains("again") == true
+        }
+        try s.register(name: "trt", adapter: trt)                  // the owner re-sends: back (file is evicted in turn)
+        let lease = try s.acquire("trt")
+        #expect(lease.adapter.digest == trt.digest && s.entry("trt")?.loads == 2)
+        s.release(lease)
+        // A crafted array is refused before it is registered.
+        var nan = weights
+        nan.values[0] = .nan
+        #expect(throws: FacetError.self) { try TensorRTLoRA.adapter(weights: nan, config: config, name: "nan", base: Self.model.config) }
+    }
 }
 
 final class Counter: EngineObserver, @unchecked Sendable {
     let lock = NSLock()
     var preemptions = 0
-    func stepFinished(running: Int, waiting: Int, tokens: Int, kvBlocksUsed: Int, kvBlocksTotal: Int, seconds: Double) {}
+    func stepFinished(running: Int, waiting: Int, tokens: Int, kvBlocksUsed: Int, kvBlocksTotal: Int, seconds: Double) {
+        lock.withLock { peakBlocksUsed = max(peakBlocksUsed, kvBlocksUsed) }
+    }
     func requestFinished(adapter: String?, promptTokens: Int, completionTokens: Int, timeToFirstToken: Double?, timePerOutputToken: Double?) {}
     func preempted(count: Int) { lock.withLock { preemptions += count } }
+    var cancelled = 0
+    var lastBlocksUsed = -1
+    var peakBlocksUsed = 0
+    func stateChanged(running: Int, waiting: Int, kvBlocksUsed: Int, kvBlocksTotal: Int) {
+        lock.withLock {
+            lastBlocksUsed = kvBlocksUsed
+            peakBlocksUsed = max(peakBlocksUsed, kvBlocksUsed)
+        }
+    }
+    func requestCancelled(adapter: String?, promptTokens: Int, completionTokens: Int) { lock.withLock { cancelled += 1 } }
 }
