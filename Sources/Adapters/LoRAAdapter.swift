@@ -81,6 +81,16 @@ public struct LoRAAdapter: Sendable {
         self.pairs = Array(repeating: [:], count: layers)
     }
 
+    /// Only the adapter's full tables (`modules_to_save` embed_tokens / lm_head), without its
+    /// low-rank deltas: what a TensorRT-LLM engine built with this adapter's vocabulary runs
+    /// for uid -1.
+    public func tablesOnly() -> LoRAAdapter {
+        var copy = LoRAAdapter(name: name + " (tables only)", digest: digest + "-tables", layers: pairs.count)
+        copy.embedTokens = embedTokens
+        copy.lmHead = lmHead
+        return copy
+    }
+
     /// Vocabulary of sequences using this adapter (larger than the base's when it extends it).
     public func vocabularySize(base: Int) -> Int { max(embedTokens?.rows ?? base, lmHead?.rows ?? base) }
 

@@ -92,6 +92,18 @@ struct RunCommand: ParsableCommand {
     @Flag(name: .customLong("streaming"), help: "Print tokens as they are generated (single input only).")
     var streaming = false
 
+    @Flag(name: [.customLong("use_py_session"), .customLong("use-py-session")],
+          help: "Accepted for TensorRT-LLM run.py compatibility; has no effect (Facet has one session type).")
+    var usePySession = false
+
+    @Option(name: [.customLong("max_lora_rank"), .customLong("max-lora-rank")],
+            help: "Refuse adapters of a higher rank (as TensorRT-LLM's engine limit).")
+    var maxLoraRank: Int?
+
+    @Option(name: [.customLong("lora_target_modules"), .customLong("lora-target-modules")], parsing: .upToNextOption,
+            help: "Modules adapters may target (TensorRT-LLM names attn_q attn_k attn_v attn_qkv attn_dense mlp_h_to_4h mlp_gate mlp_4h_to_h, or q_proj ... down_proj); an adapter beyond them is refused.")
+    var loraTargetModules: [String] = []
+
     mutating func validate() throws {
         guard !inputText.isEmpty || inputFile != nil else {
             throw ValidationError("give --input_text or --input_file")
@@ -103,6 +115,10 @@ struct RunCommand: ParsableCommand {
         if chat && inputFile != nil { throw ValidationError("--chat applies to --input_text, not token ids") }
         if streaming && inputText.count + (inputFile == nil ? 0 : 1) > 1 { throw ValidationError("--streaming needs a single input") }
         if !loraTaskUIDs.isEmpty && loraDir.isEmpty { throw ValidationError("--lora_task_uids needs --lora_dir") }
+        if let r = maxLoraRank, r <= 0 { throw ValidationError("--max_lora_rank must be positive") }
+        for m in loraTargetModules where LoRALimits.roles(of: m) == nil {
+            throw ValidationError("--lora_target_modules: unknown module \(m) (use attn_q, attn_k, attn_v, attn_qkv, attn_dense, mlp_h_to_4h, mlp_gate, mlp_4h_to_h, or q_proj ... down_proj)")
+        }
         for uid in loraTaskUIDs {
             guard let v = Int(NegativeNumber.restore(uid)), v >= -1 else {
                 throw ValidationError("--lora_task_uids takes integers >= -1, got \(NegativeNumber.restore(uid))")
@@ -164,12 +180,26 @@ struct RunCommand: ParsableCommand {
                              remedy: "give one uid per input, or a single uid for all")
         }
         var deltas: AdapterSet?
+        var baseSlot: Int32 = -1
         if !loraDir.isEmpty {
-            let adapters = try loraDir.map { dir in
+            let limits = LoRALimits(maxRank: maxLoraRank, targetModules: loraTargetModules)
+            var adapters = try loraDir.map { dir in
                 let a = try AdapterLoader.load(directory: dir, base: model.config, baseEmbedding: model.weights.embedding)
                     .storing(modelOptions.loraPrecision)
+                try limits.check(a, directory: dir)
                 FileHandle.standardError.write(Data("[facet] adapter \(loraDir.firstIndex(of: dir)!): \(a.name) (rank \(a.maxRank), \(a.targetRoles.joined(separator: ",")))\n".utf8))
                 return a
+            }
+            // TensorRT-LLM bakes an extended-vocabulary adapter's embedding and lm_head into
+            // the engine, so uid -1 runs with those tables and no low-rank deltas. Do the
+            // same when the tokenizer (or an id) needs more than the base's vocabulary.
+            let minusOne = prompts.enumerated().filter { i, _ in (uids.isEmpty ? -1 : uids.count == 1 ? uids[0] : uids[i]) == -1 }
+            let needed = max(tokenizer?.vocabularySize ?? 0, (minusOne.flatMap(\.element).max().map { Int($0) + 1 }) ?? 0)
+            if needed > model.config.vocabSize,
+               let k = adapters.firstIndex(where: { ($0.embedTokens != nil || $0.lmHead != nil) && $0.vocabularySize(base: model.config.vocabSize) >= needed }) {
+                adapters.append(adapters[k].tablesOnly())
+                baseSlot = Int32(adapters.count - 1)
+                FileHandle.standardError.write(Data("[facet] uid -1 uses adapter \(k)'s embedding and lm_head (vocabulary \(adapters[k].vocabularySize(base: model.config.vocabSize))) without its LoRA deltas, as a TensorRT-LLM engine built with it does\n".utf8))
             }
             deltas = AdapterSet(adapters: adapters, baseVocabulary: model.config.vocabSize)
         }
@@ -180,7 +210,7 @@ struct RunCommand: ParsableCommand {
         }
         let requests = prompts.enumerated().map { i, ids in
             let slot: Int32 = uids.isEmpty ? -1 : uids.count == 1 ? uids[0] : uids[i]
-            return GenerationRequest(promptIDs: ids, parameters: params, adapterSlot: slot)
+            return GenerationRequest(promptIDs: ids, parameters: params, adapterSlot: slot == -1 ? baseSlot : slot)
         }
         let start = Date()
         let results = try generator.generate(requests, deltas: deltas, collectLogits: outputLogitsNpy != nil) { _, piece in
@@ -203,5 +233,42 @@ struct RunCommand: ParsableCommand {
         if let outputCSV { try OutputFiles.writeCSV(results.map(\.outputIDs), to: outputCSV) }
         if let outputNpy { try OutputFiles.writeIDs(results.map(\.outputIDs), pad: pad, to: outputNpy) }
         if let outputLogitsNpy { try OutputFiles.writeLogits(results.map(\.stepLogits), to: outputLogitsNpy) }
+    }
+}
+
+/// TensorRT-LLM's engine limits on adapters (`--max_lora_rank`, `--lora_target_modules`),
+/// applied when adapters load: one beyond them is refused, never truncated.
+struct LoRALimits {
+    var maxRank: Int?
+    var targetModules: [String]
+
+    /// The roles a module name covers (TensorRT-LLM's or Hugging Face's spelling).
+    static func roles(of module: String) -> [String]? {
+        switch module {
+        case "attn_q", "q_proj": ["q_proj"]
+        case "attn_k", "k_proj": ["k_proj"]
+        case "attn_v", "v_proj": ["v_proj"]
+        case "attn_qkv": ["q_proj", "k_proj", "v_proj"]
+        case "attn_dense", "o_proj": ["o_proj"]
+        case "mlp_h_to_4h", "gate_proj": ["gate_proj"]
+        case "mlp_gate", "up_proj": ["up_proj"]
+        case "mlp_4h_to_h", "down_proj": ["down_proj"]
+        case "embed_tokens": ["embed_tokens"]
+        default: nil
+        }
+    }
+
+    func check(_ adapter: LoRAAdapter, directory: String) throws {
+        if let maxRank, adapter.maxRank > maxRank {
+            throw FacetError(.invalidArgument, "adapter rank \(adapter.maxRank) exceeds --max_lora_rank \(maxRank)", file: directory,
+                             field: "max_lora_rank", remedy: "raise --max_lora_rank to at least \(adapter.maxRank)")
+        }
+        guard !targetModules.isEmpty else { return }
+        let allowed = Set(targetModules.flatMap { Self.roles(of: $0) ?? [] })
+        let outside = adapter.targetRoles.filter { !allowed.contains($0) }
+        if !outside.isEmpty {
+            throw FacetError(.invalidArgument, "adapter targets \(outside.joined(separator: ", ")), outside --lora_target_modules \(targetModules.joined(separator: " "))",
+                             file: directory, field: "lora_target_modules", remedy: "add those modules to --lora_target_modules")
+        }
     }
 }
