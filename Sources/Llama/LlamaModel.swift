@@ -58,6 +58,26 @@ public enum LinearRole: String, CaseIterable, Sendable, Codable {
     case q = "q_proj", k = "k_proj", v = "v_proj", o = "o_proj", gate = "gate_proj", up = "up_proj", down = "down_proj"
 }
 
+/// One named intermediate activation of a forward step (as llama.cpp's per-tensor
+/// callback sees it): `rows` tokens of `cols` values, valid only during the call.
+///
+/// Names, in order: `embed` (layer nil); per layer `attn_norm`, `q`, `k`, `v` (after the
+/// projections and LoRA deltas, before RoPE), `attn_out` (attention, before `o_proj`),
+/// `attn_proj` (after it), `ffn_norm`, `gate`, `up` (before SiLU), `mlp_out` (after
+/// `down_proj`), `residual` (the stream after the block); then `final_norm` (layer nil,
+/// the logit rows only).
+public struct ForwardTap {
+    public let name: String
+    public let layer: Int?
+    public let rows: Int
+    public let cols: Int
+    public let values: UnsafeBufferPointer<Float>
+}
+
+/// Receives every `ForwardTap` of a step. Off (nil) by default, which costs one branch per
+/// tap; used by tests now, by tensor parallelism and training next.
+public typealias ForwardHook = (ForwardTap) -> Void
+
 /// A Llama-family decoder: embeddings, L blocks of (RMSNorm, GQA attention with RoPE,
 /// RMSNorm, SwiGLU MLP) with residuals, final RMSNorm and `lm_head`.
 /// Port of the math in transformers' `modeling_llama.py` (eager attention, fp32).
@@ -106,7 +126,8 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// `forward` writing the logits into `logits`, storage the caller reuses from step to
     /// step (it grows to the largest step seen, then the step allocates no buffers).
-    public func forward(_ batch: ForwardBatch, kv: KVStorage, deltas: (any LinearDeltas)?, into logits: Logits) throws {
+    public func forward(_ batch: ForwardBatch, kv: KVStorage, deltas: (any LinearDeltas)?, into logits: Logits,
+                        hook: ForwardHook? = nil) throws {
         let T = batch.count
         logits.reset(rows: 0, width: 0)
         guard T > 0 else { return }
@@ -147,24 +168,32 @@ public final class LlamaModel: @unchecked Sendable {
                     }
                     row.update(from: baseRow.p, count: D)
                 }
+                func tap(_ name: String, _ layer: Int?, _ p: UnsafeMutablePointer<Float>, _ cols: Int) {
+                    hook?(ForwardTap(name: name, layer: layer, rows: T, cols: cols, values: UnsafeBufferPointer(start: p, count: T * cols)))
+                }
+                if hook != nil { tap("embed", nil, x.p, D) }
 
                 for (l, w) in weights.layers.enumerated() {
                     // --- attention block ---
                     rms(x.p, w.attnNorm, h.p, T, D)
                     linears(h.p, T, Out(w.wq, w.bq, q.p, .q), Out(w.wk, w.bk, k.p, .k), Out(w.wv, w.bv, v.p, .v), deltas: deltas, layer: l, slots: slotPtr.baseAddress!)
+                    if hook != nil { tap("attn_norm", l, h.p, D); tap("q", l, q.p, QD); tap("k", l, k.p, KVD); tap("v", l, v.p, KVD) }
                     rope.apply(q.p, tokens: T, heads: Hq, positions: posPtr.baseAddress!)
                     rope.apply(k.p, tokens: T, heads: Hkv, positions: posPtr.baseAddress!)
                     writeCache(batch, kv: kv, layer: l, k: k.p, v: v.p)
                     attend(batch, kv: kv, layer: l, q: q.p, out: attn.p)
                     linears(attn.p, T, Out(w.wo, w.bo, proj.p, .o), deltas: deltas, layer: l, slots: slotPtr.baseAddress!)
+                    if hook != nil { tap("attn_out", l, attn.p, QD); tap("attn_proj", l, proj.p, D) }
                     add(x.p, proj.p, T * D)
 
                     // --- MLP block: down(silu(gate(h)) * up(h)) ---
                     rms(x.p, w.ffnNorm, h.p, T, D)
                     linears(h.p, T, Out(w.wGate, w.bGate, gate.p, .gate), Out(w.wUp, w.bUp, up.p, .up), deltas: deltas, layer: l, slots: slotPtr.baseAddress!)
+                    if hook != nil { tap("ffn_norm", l, h.p, D); tap("gate", l, gate.p, I); tap("up", l, up.p, I) }
                     Activation.siluMul(gate: gate.p, up: up.p, count: T * I)
                     linears(gate.p, T, Out(w.wDown, w.bDown, proj.p, .down), deltas: deltas, layer: l, slots: slotPtr.baseAddress!)
                     add(x.p, proj.p, T * D)
+                    if hook != nil { tap("mlp_out", l, proj.p, D); tap("residual", l, x.p, D) }
                 }
             }
         }
@@ -176,6 +205,7 @@ public final class LlamaModel: @unchecked Sendable {
             (finalHidden.p + r * D).update(from: x.p + t * D, count: D)
         }
         rms(finalHidden.p, weights.finalNorm, finalHidden.p, R, D)
+        hook?(ForwardTap(name: "final_norm", layer: nil, rows: R, cols: D, values: UnsafeBufferPointer(start: finalHidden.p, count: R * D)))
         let V = c.vocabSize
         // Adapter heads first (rare: they allocate their rows), so the width is known.
         var custom: [(row: Int, values: [Float])] = []
