@@ -45,6 +45,32 @@ public struct LlamaLayerWeights: Sendable {
         self.bUp = bUp
         self.bDown = bDown
     }
+
+    /// The weight of a linear role.
+    public func linear(_ role: LinearRole) -> LinearWeight {
+        switch role {
+        case .q: wq
+        case .k: wk
+        case .v: wv
+        case .o: wo
+        case .gate: wGate
+        case .up: wUp
+        case .down: wDown
+        }
+    }
+
+    /// The bias of a linear role (Qwen2 has q/k/v biases; Llama none).
+    public func bias(_ role: LinearRole) -> [Float]? {
+        switch role {
+        case .q: bq
+        case .k: bk
+        case .v: bv
+        case .o: bo
+        case .gate: bGate
+        case .up: bUp
+        case .down: bDown
+        }
+    }
 }
 
 /// All weights of a Llama-family model.

@@ -131,17 +131,14 @@ public enum AdapterLoader {
     static func fromPEFT(config: PEFTConfig, tensors: [String: (shape: [Int], values: [Float])], digest: [UInt8], name: String,
                          base: LlamaConfiguration, baseEmbedding: LinearWeight?) throws -> LoRAAdapter {
         var adapter = LoRAAdapter(name: name, digest: digest.map { String(format: "%02x", $0) }.joined(), layers: base.numLayers)
-        let roles: [String: LinearRole] = [
-            "self_attn.q_proj": .q, "self_attn.k_proj": .k, "self_attn.v_proj": .v, "self_attn.o_proj": .o,
-            "mlp.gate_proj": .gate, "mlp.up_proj": .up, "mlp.down_proj": .down,
-        ]
+        let roles = Dictionary(uniqueKeysWithValues: WeightNames.linearModule.map { ($1, $0) })
         var halves: [String: (a: (shape: [Int], values: [Float])?, b: (shape: [Int], values: [Float])?)] = [:]
         var embA: (shape: [Int], values: [Float])?, embB: (shape: [Int], values: [Float])?
         for (key, tensor) in tensors.sorted(by: { $0.key < $1.key }) {
             // Keys look like base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight
             // (older files may carry the adapter name: ...lora_A.default.weight).
             var k = key
-            for prefix in ["base_model.model.", "base_model."] where k.hasPrefix(prefix) {
+            for prefix in [WeightNames.peftPrefix, "base_model."] where k.hasPrefix(prefix) {
                 k.removeFirst(prefix.count)
                 break
             }
@@ -156,13 +153,13 @@ public enum AdapterLoader {
                 continue
             }
             switch k {
-            case "model.embed_tokens.lora_embedding_A": embA = tensor
-            case "model.embed_tokens.lora_embedding_B": embB = tensor
-            case "model.embed_tokens.weight", "model.embed_tokens.modules_to_save.weight":
+            case WeightNames.hfEmbeddingModule + ".lora_embedding_A": embA = tensor
+            case WeightNames.hfEmbeddingModule + ".lora_embedding_B": embB = tensor
+            case WeightNames.hfEmbedding, WeightNames.hfEmbeddingModule + ".modules_to_save.weight":
                 adapter.embedTokens = try matrix(tensor, key)
-            case "lm_head.weight", "lm_head.modules_to_save.weight":
+            case WeightNames.hfLMHead, WeightNames.hfLMHeadModule + ".modules_to_save.weight":
                 adapter.lmHead = try matrix(tensor, key)
-            case "model.embed_tokens.base_layer.weight":
+            case WeightNames.hfEmbeddingModule + ".base_layer.weight":
                 // PEFT saves the embedding it was trained with when it targets embed_tokens;
                 // it is the adapter's table if it differs from the base's.
                 let table = try matrix(tensor, key)
@@ -208,7 +205,7 @@ public enum AdapterLoader {
             guard a.rows == b.cols else {
                 throw FacetError(.shapeMismatch, "lora_embedding_A rank \(a.rows) != lora_embedding_B rank \(b.cols)", field: "embed_tokens")
             }
-            adapter.embeddingLoRA = .init(aT: a.transposed(), b: b, scale: try scale(config: config, module: "model.embed_tokens", rank: a.rows))
+            adapter.embeddingLoRA = .init(aT: a.transposed(), b: b, scale: try scale(config: config, module: WeightNames.hfEmbeddingModule, rank: a.rows))
         }
         return adapter
     }

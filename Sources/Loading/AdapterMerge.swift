@@ -74,22 +74,23 @@ public enum AdapterMerge {
                                         dtype: SafetensorsFile.DType = .f32) throws {
         try createDirectory(directory)
         var tensors: [SafetensorsWriter.Tensor] = [
-            .init(name: "model.embed_tokens.weight", shape: [w.embedding.rows, w.embedding.cols], values: w.embedding.dequantized().data),
-            .init(name: "model.norm.weight", shape: [w.finalNorm.count], values: w.finalNorm),
+            .init(name: WeightNames.hfEmbedding, shape: [w.embedding.rows, w.embedding.cols], values: w.embedding.dequantized().data),
+            .init(name: WeightNames.hfFinalNorm, shape: [w.finalNorm.count], values: w.finalNorm),
         ]
-        if !c.tieWordEmbeddings { tensors.append(.init(name: "lm_head.weight", shape: [w.lmHead.rows, w.lmHead.cols], values: w.lmHead.dequantized().data)) }
+        if !c.tieWordEmbeddings {
+            tensors.append(.init(name: WeightNames.hfLMHead, shape: [w.lmHead.rows, w.lmHead.cols], values: w.lmHead.dequantized().data))
+        }
         for (l, layer) in w.layers.enumerated() {
-            let p = "model.layers.\(l)."
-            func m(_ n: String, _ x: LinearWeight) { tensors.append(.init(name: p + n, shape: [x.rows, x.cols], values: x.dequantized().data)) }
-            func v(_ n: String, _ x: [Float]?) { if let x { tensors.append(.init(name: p + n, shape: [x.count], values: x)) } }
-            v("input_layernorm.weight", layer.attnNorm)
-            v("post_attention_layernorm.weight", layer.ffnNorm)
-            m("self_attn.q_proj.weight", layer.wq); m("self_attn.k_proj.weight", layer.wk)
-            m("self_attn.v_proj.weight", layer.wv); m("self_attn.o_proj.weight", layer.wo)
-            v("self_attn.q_proj.bias", layer.bq); v("self_attn.k_proj.bias", layer.bk)
-            v("self_attn.v_proj.bias", layer.bv); v("self_attn.o_proj.bias", layer.bo)
-            m("mlp.gate_proj.weight", layer.wGate); m("mlp.up_proj.weight", layer.wUp); m("mlp.down_proj.weight", layer.wDown)
-            v("mlp.gate_proj.bias", layer.bGate); v("mlp.up_proj.bias", layer.bUp); v("mlp.down_proj.bias", layer.bDown)
+            func v(_ role: LayerWeightRole, _ x: [Float]?) {
+                if let x { tensors.append(.init(name: WeightNames.hf(layer: l, role), shape: [x.count], values: x)) }
+            }
+            v(.attnNorm, layer.attnNorm)
+            v(.ffnNorm, layer.ffnNorm)
+            for (role, weight, bias) in WeightNames.linearWeights {
+                let x = layer.linear(role)
+                tensors.append(.init(name: WeightNames.hf(layer: l, weight), shape: [x.rows, x.cols], values: x.dequantized().data))
+                v(bias, layer.bias(role))
+            }
         }
         try write(try SafetensorsWriter.encode(tensors, dtype: dtype, metadata: ["format": "pt"]), to: directory + "/model.safetensors")
         let encoder = JSONEncoder()
@@ -101,18 +102,16 @@ public enum AdapterMerge {
     /// Each pair keeps its own rank (rank_pattern) and scale (alpha_pattern).
     public static func writePEFT(_ adapter: LoRAAdapter, to directory: String, baseModel: String?) throws {
         try createDirectory(directory)
-        let roleModule: [LinearRole: String] = [.q: "self_attn.q_proj", .k: "self_attn.k_proj", .v: "self_attn.v_proj", .o: "self_attn.o_proj",
-                                                .gate: "mlp.gate_proj", .up: "mlp.up_proj", .down: "mlp.down_proj"]
         var tensors: [SafetensorsWriter.Tensor] = []
         var ranks: [Int] = []
         var rankPattern: [String: Int] = [:], alphaPattern: [String: Double] = [:]
         let r = adapter.maxRank
         for (l, pairs) in adapter.pairs.enumerated() {
             for (role, p) in pairs {
-                let module = "model.layers.\(l).\(roleModule[role]!)"
+                let module = WeightNames.hfModule(layer: l, role)
                 let a = p.a, b = p.b
-                tensors.append(.init(name: "base_model.model.\(module).lora_A.weight", shape: [a.rows, a.cols], values: a.data))
-                tensors.append(.init(name: "base_model.model.\(module).lora_B.weight", shape: [b.rows, b.cols], values: b.data))
+                tensors.append(.init(name: WeightNames.peftPrefix + module + ".lora_A.weight", shape: [a.rows, a.cols], values: a.data))
+                tensors.append(.init(name: WeightNames.peftPrefix + module + ".lora_B.weight", shape: [b.rows, b.cols], values: b.data))
                 ranks.append(p.rank)
                 if p.rank != r { rankPattern[module] = p.rank }
                 let alpha = Double(p.scale) * Double(p.rank)
@@ -121,18 +120,19 @@ public enum AdapterMerge {
         }
         if let e = adapter.embeddingLoRA {
             let a = e.aT.transposed()
-            tensors.append(.init(name: "base_model.model.model.embed_tokens.lora_embedding_A", shape: [a.rows, a.cols], values: a.data))
-            tensors.append(.init(name: "base_model.model.model.embed_tokens.lora_embedding_B", shape: [e.b.rows, e.b.cols], values: e.b.data))
-            if a.rows != r { rankPattern["model.embed_tokens"] = a.rows }
-            alphaPattern["model.embed_tokens"] = Double(e.scale) * Double(a.rows)
+            let module = WeightNames.hfEmbeddingModule
+            tensors.append(.init(name: WeightNames.peftPrefix + module + ".lora_embedding_A", shape: [a.rows, a.cols], values: a.data))
+            tensors.append(.init(name: WeightNames.peftPrefix + module + ".lora_embedding_B", shape: [e.b.rows, e.b.cols], values: e.b.data))
+            if a.rows != r { rankPattern[module] = a.rows }
+            alphaPattern[module] = Double(e.scale) * Double(a.rows)
         }
         var modulesToSave: [String] = []
         if let t = adapter.embedTokens {
-            tensors.append(.init(name: "base_model.model.model.embed_tokens.weight", shape: [t.rows, t.cols], values: t.data))
+            tensors.append(.init(name: WeightNames.peftPrefix + WeightNames.hfEmbedding, shape: [t.rows, t.cols], values: t.data))
             modulesToSave.append("embed_tokens")
         }
         if let t = adapter.lmHead {
-            tensors.append(.init(name: "base_model.model.lm_head.weight", shape: [t.rows, t.cols], values: t.data))
+            tensors.append(.init(name: WeightNames.peftPrefix + WeightNames.hfLMHead, shape: [t.rows, t.cols], values: t.data))
             modulesToSave.append("lm_head")
         }
         // One alpha for all when every scale agrees, else per-module patterns.

@@ -27,6 +27,23 @@ enum WeightNames {
     static let hfFinalNorm = "model.norm.weight"
     static let hfLMHead = "lm_head.weight"
 
+    /// Module paths, as PEFT names what it adapts (`model.layers.3.self_attn.q_proj`).
+    static let linearModule: [LinearRole: String] = [
+        .q: "self_attn.q_proj", .k: "self_attn.k_proj", .v: "self_attn.v_proj", .o: "self_attn.o_proj",
+        .gate: "mlp.gate_proj", .up: "mlp.up_proj", .down: "mlp.down_proj",
+    ]
+    static func hfModule(layer l: Int, _ role: LinearRole) -> String { "model.layers.\(l)." + linearModule[role]! }
+    static let hfEmbeddingModule = "model.embed_tokens"
+    static let hfLMHeadModule = "lm_head"
+    /// What PEFT puts before a module path in its checkpoints.
+    static let peftPrefix = "base_model.model."
+
+    /// The weight and the bias of each linear role, in `hf(layer:_:)`'s terms.
+    static let linearWeights: [(LinearRole, weight: LayerWeightRole, bias: LayerWeightRole)] = [
+        (.q, .q, .qBias), (.k, .k, .kBias), (.v, .v, .vBias), (.o, .o, .oBias),
+        (.gate, .gate, .gateBias), (.up, .up, .upBias), (.down, .down, .downBias),
+    ]
+
     static func gguf(layer l: Int, _ role: LayerWeightRole) -> String {
         let p = "blk.\(l)."
         switch role {
