@@ -87,6 +87,23 @@ public struct RequestBuilder: Sendable {
         FacetError(.invalidArgument, message, field: field, remedy: remedy)
     }
 
+    /// A prompt's token ids: text with or without the tokenizer's special tokens, chat
+    /// messages through the chat template (parsed once per tokenizer), ids as given.
+    public func tokenize(_ prompt: InferenceRequest.Prompt, addSpecialTokens: Bool = true) throws -> [Int32] {
+        switch prompt {
+        case .tokens(let ids):
+            for id in ids where id < 0 { throw bad("prompt", "token id \(id) is negative") }
+            return ids
+        case .text(let text):
+            guard let tokenizer else { throw bad("prompt", "the model has no tokenizer, so prompts must be token ids") }
+            return tokenizer.encode(text, addSpecialTokens: addSpecialTokens)
+        case .chat(let messages):
+            guard let tokenizer else { throw bad("messages", "the model has no tokenizer for chat messages") }
+            guard !messages.isEmpty else { throw bad("messages", "'messages' must be a non-empty list") }
+            return try tokenizer.encodeChat(messages, addGenerationPrompt: true, parseSpecialInContent: parseSpecialTokensInContent)
+        }
+    }
+
     public func prepare(_ r: InferenceRequest) throws -> PreparedRequest {
         guard !r.prompts.isEmpty else { throw bad("prompt", "no prompt given", "send a prompt or messages") }
         guard r.n >= 1 && r.n <= maxN else { throw bad("n", "'n' must be between 1 and \(maxN), got \(r.n)") }
@@ -102,21 +119,8 @@ public struct RequestBuilder: Sendable {
 
         var prompts: [[Int32]] = []
         for (i, prompt) in r.prompts.enumerated() {
-            let field = isChat ? "messages" : "prompt"
-            switch prompt {
-            case .tokens(let ids):
-                for id in ids where id < 0 { throw bad(field, "token id \(id) is negative") }
-                prompts.append(ids)
-            case .text(let text):
-                guard let tokenizer else { throw bad(field, "the model has no tokenizer, so prompts must be token ids") }
-                prompts.append(tokenizer.encode(text, addSpecialTokens: r.addSpecialTokens))
-            case .chat(let messages):
-                guard let tokenizer else { throw bad(field, "the model has no tokenizer for chat messages") }
-                guard !messages.isEmpty else { throw bad(field, "'messages' must be a non-empty list") }
-                prompts.append(try tokenizer.encodeChat(messages, addGenerationPrompt: true,
-                                                        parseSpecialInContent: parseSpecialTokensInContent))
-            }
-            guard !prompts[i].isEmpty else { throw bad(field, "prompt \(i) is empty", "send at least one token") }
+            prompts.append(try tokenize(prompt, addSpecialTokens: r.addSpecialTokens))
+            guard !prompts[i].isEmpty else { throw bad(isChat ? "messages" : "prompt", "prompt \(i) is empty", "send at least one token") }
         }
 
         var p = r.sampling

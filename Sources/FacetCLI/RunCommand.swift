@@ -162,13 +162,15 @@ struct RunCommand: ParsableCommand {
             prompts = try InputFile.read(inputFile)
             shown = prompts.map { ids in "[" + ids.map(String.init).joined(separator: ", ") + "]" }
         } else if let tokenizer {
+            // The same tokenization as the server's (one RequestBuilder); the command line is
+            // trusted, so special-token text in a --chat input is parsed as special tokens.
+            var builder = RequestBuilder(tokenizer: tokenizer, eosTokenIDs: model.config.eosTokenIDs, contextLength: model.config.maxPositionEmbeddings)
+            builder.parseSpecialTokensInContent = true
             for text in inputText.map(NegativeNumber.restore) {
-                if chat {
-                    let rendered = try ChatPrompt.render(tokenizer: tokenizer, user: text, system: systemPrompt)
-                    prompts.append(tokenizer.encode(rendered, addSpecialTokens: false))
-                } else {
-                    prompts.append(tokenizer.encode(text, addSpecialTokens: !noAddSpecialTokens))
-                }
+                var messages: [ChatTemplate.Message] = []
+                if let systemPrompt { messages.append(.init(role: "system", content: systemPrompt)) }
+                messages.append(.init(role: "user", content: text))
+                prompts.append(try builder.tokenize(chat ? .chat(messages) : .text(text), addSpecialTokens: !noAddSpecialTokens))
                 shown.append(text)
             }
         }
