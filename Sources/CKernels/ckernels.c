@@ -259,15 +259,20 @@ AVX2 static void matmul_half_avx2(int bf, const float *x, const uint16_t *w, int
 }
 #endif
 
-static int avx2_state = -1;
-void fk_set_vector_path(int enabled) { avx2_state = enabled ? -1 : 0; }
+// Whether the CPU has AVX2/FMA/F16C (read once), and a per-thread switch to the scalar
+// path for the twin tests. The pool hands a caller's switch to the workers that run its
+// tasks (fk_pool_run), so a test that asks for the scalar path gets it in every task of
+// its calls, while other threads keep theirs.
+static int cpu_avx2 = -1;
+_Thread_local int fk_scalar_only = 0;
+void fk_set_vector_path(int enabled) { fk_scalar_only = !enabled; }
 int fk_has_avx2(void) {
 #if defined(__x86_64__)
-    if (avx2_state < 0) {
+    if (cpu_avx2 < 0) {
         __builtin_cpu_init();
-        avx2_state = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        cpu_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     }
-    return avx2_state;
+    return cpu_avx2 && !fk_scalar_only;
 #else
     return 0;
 #endif

@@ -314,7 +314,9 @@ public struct LinearWeight: Sendable {
 
     public var isCompact: Bool { dense == nil }
 
-    /// Tests only: run the compact kernels' portable scalar path instead of AVX2.
+    /// Tests only: run the kernels' portable scalar path instead of AVX2 on the calling
+    /// thread (and in the pool tasks its calls start); other threads are not affected, so
+    /// twin tests running in parallel cannot switch each other's path.
     public static func useVectorKernels(_ enabled: Bool) { fk_set_vector_path(enabled ? 1 : 0) }
 
     /// Quantizes an fp32 matrix into a compact format (tests and conversions; the encoding
