@@ -52,6 +52,8 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // Benchmark code (facet bench): engine throughput and numerics accuracy.
+        .target(name: "Benchmarks", dependencies: ["Adapters", "Kernels", "Llama", "PagedKV", "Sampling", "Tensors", "Engine"], swiftSettings: kernelFlags),
         .target(
             name: "ServingBench",
             dependencies: ["Sampling", .product(name: "AsyncHTTPClient", package: "async-http-client")]
@@ -61,7 +63,7 @@ let package = Package(
         .executableTarget(
             name: "FacetCLI",
             dependencies: [
-                "Engine", "Loading", "Formats", "Tokenization", "Sampling", "Llama", "Adapters", "Server", "Scheduling", "Kernels", "ServingBench",
+                "Engine", "Loading", "Formats", "Tokenization", "Sampling", "Llama", "Adapters", "Server", "Scheduling", "Kernels", "ServingBench", "Benchmarks",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -72,7 +74,7 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Tensors", "Formats", "TestSupport"]),
         .testTarget(name: "FormatsTests", dependencies: ["Formats", "Tensors", "TestSupport"]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "Tensors", "Loading", "TestSupport"]),
-        .testTarget(name: "LlamaTests", dependencies: ["Llama", "Loading", "Engine", "Sampling", "PagedKV", "TestSupport", "AllocationCounter", "Kernels", "Adapters"]),
+        .testTarget(name: "LlamaTests", dependencies: ["Llama", "Loading", "Engine", "Benchmarks", "Sampling", "PagedKV", "TestSupport", "AllocationCounter", "Kernels", "Adapters"]),
         .testTarget(name: "SamplingTests", dependencies: ["Sampling"]),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling", "PagedKV"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Adapters", "Llama", "Loading", "Sampling", "Scheduling", "Tensors", "TestSupport", "Tokenization", "Formats"]),

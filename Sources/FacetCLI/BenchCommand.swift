@@ -1,6 +1,7 @@
 import Adapters
 import ArgumentParser
 import Engine
+import Benchmarks
 import Foundation
 import Kernels
 import Llama

@@ -1,4 +1,5 @@
 import Engine
+import Benchmarks
 import Foundation
 import Kernels
 import Llama

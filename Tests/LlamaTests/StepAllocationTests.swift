@@ -1,6 +1,7 @@
 import AllocationCounter
 import Adapters
 import Engine
+import Benchmarks
 import Foundation
 import Kernels
 import Llama
