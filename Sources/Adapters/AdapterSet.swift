@@ -10,22 +10,22 @@ import Tensors
 /// `y[t] += scale_s * ((x[t] A_s^T) B_s^T)`. Tokens are grouped by slot and each group runs
 /// as two small matmuls (shrink to rank r, expand to the output); since every row of
 /// `MatMul.nt` is computed alone, grouping never changes a token's result.
-public final class AdapterSet: LinearDeltas, @unchecked Sendable {
-    public let adapters: [LoRAAdapter]
-    public let baseVocabulary: Int
+package final class AdapterSet: LinearDeltas, @unchecked Sendable {
+    package let adapters: [LoRAAdapter]
+    package let baseVocabulary: Int
 
-    public init(adapters: [LoRAAdapter], baseVocabulary: Int) {
+    package init(adapters: [LoRAAdapter], baseVocabulary: Int) {
         self.adapters = adapters
         self.baseVocabulary = baseVocabulary
     }
 
-    public var slotCount: Int { adapters.count }
+    package var slotCount: Int { adapters.count }
 
-    public func vocabularySize(slot: Int32) -> Int {
+    package func vocabularySize(slot: Int32) -> Int {
         slot >= 0 && Int(slot) < adapters.count ? adapters[Int(slot)].vocabularySize(base: baseVocabulary) : baseVocabulary
     }
 
-    public func add(layer: Int, x: UnsafePointer<Float>, inDim: Int, outputs: UnsafeBufferPointer<DeltaOutput>, slots: UnsafePointer<Int32>, tokens: Int) {
+    package func add(layer: Int, x: UnsafePointer<Float>, inDim: Int, outputs: UnsafeBufferPointer<DeltaOutput>, slots: UnsafePointer<Int32>, tokens: Int) {
         let plan = groups(slots: slots, tokens: tokens)
         // One task per (output, adapter group) that has a pair, listed on the stack as
         // index pairs (each task looks its pair up once).
@@ -74,7 +74,7 @@ public final class AdapterSet: LinearDeltas, @unchecked Sendable {
         Int(slot) < adapters.count ? adapters[Int(slot)].pairs[layer][role] : nil
     }
 
-    public func weightRegions(layer: Int, role: LinearRole, slots: UnsafePointer<Int32>, tokens: Int,
+    package func weightRegions(layer: Int, role: LinearRole, slots: UnsafePointer<Int32>, tokens: Int,
                               into regions: UnsafeMutableBufferPointer<UnsafeRawBufferPointer>, count: inout Int) {
         for g in groups(slots: slots, tokens: tokens) where count + 2 <= regions.count {
             guard let pair = pair(g.slot, layer, role) else { continue }
@@ -121,7 +121,7 @@ public final class AdapterSet: LinearDeltas, @unchecked Sendable {
         }
     }
 
-    public func embed(token: Int32, slot: Int32, base: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, dim: Int) -> Bool {
+    package func embed(token: Int32, slot: Int32, base: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, dim: Int) -> Bool {
         guard Int(slot) < adapters.count else { return false }
         let adapter = adapters[Int(slot)]
         let id = Int(token)
@@ -149,7 +149,7 @@ public final class AdapterSet: LinearDeltas, @unchecked Sendable {
         return true
     }
 
-    public func logits(hidden: UnsafePointer<Float>, dim: Int, slot: Int32) -> [Float]? {
+    package func logits(hidden: UnsafePointer<Float>, dim: Int, slot: Int32) -> [Float]? {
         guard Int(slot) < adapters.count, let head = adapters[Int(slot)].lmHead else { return nil }
         var out = [Float](repeating: 0, count: head.rows)
         head.data.withUnsafeBufferPointer { w in

@@ -7,20 +7,20 @@ import Tensors
 /// The factors are held as the kernels read them (`LowRankMatrix`: A as `[r, in]`, B
 /// transposed as `[r, out]`, each in the narrowest exact precision); `a` and `b` give
 /// them back as fp32 in checkpoint orientation for converters.
-public struct LoRAPair: Sendable {
-    public let packedA: LowRankMatrix     // [r, in]
-    public let packedBT: LowRankMatrix    // [r, out]
-    public var scale: Float
-    public var rank: Int { packedA.rows }
+package struct LoRAPair: Sendable {
+    package let packedA: LowRankMatrix     // [r, in]
+    package let packedBT: LowRankMatrix    // [r, out]
+    package var scale: Float
+    package var rank: Int { packedA.rows }
     /// `A: [r, in]` (a copy).
-    public var a: Matrix { packedA.matrix }
+    package var a: Matrix { packedA.matrix }
     /// `B: [out, r]`, the checkpoint orientation (a copy).
-    public var b: Matrix { packedBT.matrix.transposed() }
-    public var inDim: Int { packedA.cols }
-    public var outDim: Int { packedBT.cols }
-    public var byteSize: Int { packedA.byteSize + packedBT.byteSize }
+    package var b: Matrix { packedBT.matrix.transposed() }
+    package var inDim: Int { packedA.cols }
+    package var outDim: Int { packedBT.cols }
+    package var byteSize: Int { packedA.byteSize + packedBT.byteSize }
 
-    public init(a: Matrix, b: Matrix, scale: Float) {
+    package init(a: Matrix, b: Matrix, scale: Float) {
         precondition(a.rows == b.cols, "LoRA A rows must equal B columns")
         self.packedA = LowRankMatrix(a)
         self.packedBT = LowRankMatrix(b.transposed())
@@ -34,7 +34,7 @@ public struct LoRAPair: Sendable {
     }
 
     /// The pair with both factors rounded to `precision` (a no-op when already there).
-    public func stored(in precision: LowRankMatrix.Precision) -> LoRAPair {
+    package func stored(in precision: LowRankMatrix.Precision) -> LoRAPair {
         func convert(_ m: LowRankMatrix) -> LowRankMatrix { m.precision == precision ? m : LowRankMatrix(m.matrix, precision: precision) }
         return LoRAPair(packedA: convert(packedA), packedBT: convert(packedBT), scale: scale)
     }
@@ -45,37 +45,37 @@ public struct LoRAPair: Sendable {
 ///   results are those of the file's values (16-bit files stay 16-bit).
 /// - `bf16` / `f16` (opt-in): factors are rounded to 16 bits (round to nearest even): half
 ///   the memory and memory traffic of fp32 adapters, at a small accuracy cost.
-public enum LoRAPrecision: String, Sendable, CaseIterable, Codable {
+package enum LoRAPrecision: String, Sendable, CaseIterable, Codable {
     case exact, bf16, f16
 }
 
 /// A LoRA adapter in memory, independent of its file format. Weights are fp32, in the base
 /// model's Hugging Face orientation, never merged into the base.
-public struct LoRAAdapter: Sendable {
+package struct LoRAAdapter: Sendable {
     /// A display name (directory name or the name given at registration).
-    public var name: String
+    package var name: String
     /// SHA-256 of the adapter's weight and config bytes: its identity in caches.
-    public var digest: String
+    package var digest: String
     /// `pairs[layer][role]`.
-    public var pairs: [[LinearRole: LoRAPair]]
+    package var pairs: [[LinearRole: LoRAPair]]
     /// Embedding LoRA: `embed(id) += scale * B A[:, id]`; stored as `A^T: [vocab, r]`, `B: [D, r]`.
-    public var embeddingLoRA: EmbeddingLoRA?
+    package var embeddingLoRA: EmbeddingLoRA?
     /// Full replacement tables (PEFT `modules_to_save`), possibly with more rows than the base.
-    public var embedTokens: Matrix?    // [V', D]
-    public var lmHead: Matrix?         // [V', D]
+    package var embedTokens: Matrix?    // [V', D]
+    package var lmHead: Matrix?         // [V', D]
 
-    public struct EmbeddingLoRA: Sendable {
-        public var aT: Matrix          // [vocab, r]
-        public var b: Matrix           // [D, r]
-        public var scale: Float
-        public init(aT: Matrix, b: Matrix, scale: Float) {
+    package struct EmbeddingLoRA: Sendable {
+        package var aT: Matrix          // [vocab, r]
+        package var b: Matrix           // [D, r]
+        package var scale: Float
+        package init(aT: Matrix, b: Matrix, scale: Float) {
             self.aT = aT
             self.b = b
             self.scale = scale
         }
     }
 
-    public init(name: String, digest: String, layers: Int) {
+    package init(name: String, digest: String, layers: Int) {
         self.name = name
         self.digest = digest
         self.pairs = Array(repeating: [:], count: layers)
@@ -84,7 +84,7 @@ public struct LoRAAdapter: Sendable {
     /// Only the adapter's full tables (`modules_to_save` embed_tokens / lm_head), without its
     /// low-rank deltas: what a TensorRT-LLM engine built with this adapter's vocabulary runs
     /// for uid -1.
-    public func tablesOnly() -> LoRAAdapter {
+    package func tablesOnly() -> LoRAAdapter {
         var copy = LoRAAdapter(name: name + " (tables only)", digest: digest + "-tables", layers: pairs.count)
         copy.embedTokens = embedTokens
         copy.lmHead = lmHead
@@ -92,11 +92,11 @@ public struct LoRAAdapter: Sendable {
     }
 
     /// Vocabulary of sequences using this adapter (larger than the base's when it extends it).
-    public func vocabularySize(base: Int) -> Int { max(embedTokens?.rows ?? base, lmHead?.rows ?? base) }
+    package func vocabularySize(base: Int) -> Int { max(embedTokens?.rows ?? base, lmHead?.rows ?? base) }
 
     /// The adapter with its low-rank factors kept in `precision` (embedding LoRA and full
     /// replacement tables stay fp32).
-    public func storing(_ precision: LoRAPrecision) -> LoRAAdapter {
+    package func storing(_ precision: LoRAPrecision) -> LoRAAdapter {
         guard precision != .exact else { return self }
         let target: LowRankMatrix.Precision = precision == .bf16 ? .bf16 : .f16
         var copy = self
@@ -104,17 +104,17 @@ public struct LoRAAdapter: Sendable {
         return copy
     }
 
-    public var maxRank: Int { pairs.flatMap { $0.values.map(\.rank) }.max() ?? embeddingLoRA?.aT.cols ?? 0 }
+    package var maxRank: Int { pairs.flatMap { $0.values.map(\.rank) }.max() ?? embeddingLoRA?.aT.cols ?? 0 }
 
     /// Bytes of weights held.
-    public var byteSize: Int {
+    package var byteSize: Int {
         var n = pairs.reduce(0) { $0 + $1.values.reduce(0) { $0 + $1.byteSize } }
         if let e = embeddingLoRA { n += (e.aT.data.count + e.b.data.count) * 4 }
         n += (embedTokens?.data.count ?? 0) * 4 + (lmHead?.data.count ?? 0) * 4
         return n
     }
 
-    public var targetRoles: [String] {
+    package var targetRoles: [String] {
         var roles = Set<String>()
         for layer in pairs { for r in layer.keys { roles.insert(r.rawValue) } }
         if embeddingLoRA != nil { roles.insert("embed_tokens") }
@@ -124,11 +124,11 @@ public struct LoRAAdapter: Sendable {
     /// The largest weight magnitude accepted in an adapter file (the largest fp16 value, the
     /// precision TensorRT-LLM keeps adapters in). Trained factors are orders of magnitude
     /// smaller; a file beyond it is corrupt or hostile and would turn every logit into NaN.
-    public static let maxWeightMagnitude: Float = 65504
+    package static let maxWeightMagnitude: Float = 65504
 
     /// Refuses NaN, infinite or absurdly large weights: an adapter is validated as data, not
     /// only by shape.
-    public static func checkValues(_ values: [Float], tensor: String) throws {
+    package static func checkValues(_ values: [Float], tensor: String) throws {
         for (i, v) in values.enumerated() where !(v.magnitude <= maxWeightMagnitude) {
             throw FacetError(.invalidFile, "element \(i) is \(v): adapter weights must be finite and at most \(maxWeightMagnitude) in magnitude",
                              field: tensor, remedy: "the adapter is corrupt or diverged in training; retrain or export it again")
@@ -136,7 +136,7 @@ public struct LoRAAdapter: Sendable {
     }
 
     /// Refuses a scale (alpha / r) that is not finite or beyond the weight bound.
-    public static func checkScale(_ scale: Double, module: String) throws {
+    package static func checkScale(_ scale: Double, module: String) throws {
         guard scale.isFinite, scale.magnitude <= Double(maxWeightMagnitude) else {
             throw FacetError(.invalidConfig, "LoRA scale (lora_alpha / r) is \(scale) for \(module)", field: "lora_alpha",
                              remedy: "set lora_alpha to a value near r (scales are usually between 0.1 and 16)")
@@ -144,7 +144,7 @@ public struct LoRAAdapter: Sendable {
     }
 
     /// Checks every tensor against the base model's shapes.
-    public func validate(against c: LlamaConfiguration) throws {
+    package func validate(against c: LlamaConfiguration) throws {
         func mismatch(_ what: String, _ got: [Int], _ want: [Int]) -> FacetError {
             FacetError(.shapeMismatch, "\(what) has shape \(got) but the base model needs \(want)", field: what,
                        remedy: "adapter made for another base model? It must match \(c.architecture) with hidden size \(c.hiddenSize)")

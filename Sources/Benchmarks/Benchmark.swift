@@ -7,23 +7,23 @@ import Sampling
 import Tensors
 
 /// Throughput measurements of the forward pass (what `facet bench` reports).
-public struct Benchmark {
-    public let model: LlamaModel
+package struct Benchmark {
+    package let model: LlamaModel
 
-    public init(model: LlamaModel) { self.model = model }
+    package init(model: LlamaModel) { self.model = model }
 
-    public struct Result: Sendable, Codable {
-        public var name: String
-        public var tokensPerSecond: Double
-        public var tokens: Int
-        public var seconds: Double
+    package struct Result: Sendable, Codable {
+        package var name: String
+        package var tokensPerSecond: Double
+        package var tokens: Int
+        package var seconds: Double
         /// The numerics mode measured (nil: not mode-specific, e.g. adapter loads).
-        public var mode: String?
+        package var mode: String?
         /// Throughput relative to the same batch without adapters.
-        public var ratioToBase: Double?
+        package var ratioToBase: Double?
         /// The per-round ratios behind `ratioToBase` when it was measured in rounds.
-        public var ratioRounds: [Double]?
-        public init(name: String, tokensPerSecond: Double, tokens: Int, seconds: Double) {
+        package var ratioRounds: [Double]?
+        package init(name: String, tokensPerSecond: Double, tokens: Int, seconds: Double) {
             self.name = name
             self.tokensPerSecond = tokensPerSecond
             self.tokens = tokens
@@ -34,7 +34,7 @@ public struct Benchmark {
     /// `count` random adapters of rank `rank` on every linear layer (small weights), for
     /// measuring the cost of mixed-adapter batches. `precision` is the precision their
     /// values were saved in (bf16/f16: as an adapter trained or saved in 16 bits).
-    public func syntheticAdapters(count: Int, rank: Int, precision: LowRankMatrix.Precision = .f32, seed: UInt64 = 1) -> [LoRAAdapter] {
+    package func syntheticAdapters(count: Int, rank: Int, precision: LowRankMatrix.Precision = .f32, seed: UInt64 = 1) -> [LoRAAdapter] {
         let c = model.config
         var random = SeededRandom(seed: seed)
         func next() -> Float {
@@ -62,7 +62,7 @@ public struct Benchmark {
     }
 
     /// Prefill of one prompt of `length` tokens, in chunks of `chunk`.
-    public func prefill(length: Int, chunk: Int = 512, repeats: Int = 3) throws -> Result {
+    package func prefill(length: Int, chunk: Int = 512, repeats: Int = 3) throws -> Result {
         let bs = 16
         let kv = model.makeKVStorage(blocks: (length + bs) / bs + 1, blockSize: bs)
         let table = (0..<Int32((length + bs) / bs + 1)).map { $0 }
@@ -86,7 +86,7 @@ public struct Benchmark {
     /// `steps` decode steps of `batchSize` sequences after a `prompt`-token prefill; the
     /// sequences use `adapters` round-robin (none: base model), with the base model as one
     /// more choice in the rotation when `includeBase`.
-    public func decode(batchSize: Int, steps: Int, prompt: Int = 32, adapters: [LoRAAdapter] = [], includeBase: Bool = false,
+    package func decode(batchSize: Int, steps: Int, prompt: Int = 32, adapters: [LoRAAdapter] = [], includeBase: Bool = false,
                        name: String? = nil) throws -> Result {
         let run = try DecodeRun(model: model, batchSize: batchSize, steps: steps, prompt: prompt, adapters: adapters, includeBase: includeBase)
         var seconds = 0.0
@@ -100,7 +100,7 @@ public struct Benchmark {
     /// the machine's drift (tens of percent over minutes here) touches both alike. Each of
     /// `rounds` rounds gives one ratio of the two total times; the result is the round with
     /// the median ratio, and all ratios are kept.
-    public func decodeAgainstBase(batchSize: Int, steps: Int, prompt: Int = 32, adapters: [LoRAAdapter], includeBase: Bool = false,
+    package func decodeAgainstBase(batchSize: Int, steps: Int, prompt: Int = 32, adapters: [LoRAAdapter], includeBase: Bool = false,
                                   rounds: Int, name: String) throws -> Result {
         var paired: [(ratio: Double, result: Result)] = []
         for _ in 0..<max(rounds, 1) {
@@ -171,21 +171,21 @@ final class DecodeRun {
 }
 
 /// The accuracy cost of a faster numerics mode, measured against the default one.
-public struct NumericsAccuracy: Sendable, Codable {
+package struct NumericsAccuracy: Sendable, Codable {
     /// Prompts whose free-running greedy continuation is token-for-token the reference's.
-    public var identicalContinuations: Int
-    public var prompts: Int
+    package var identicalContinuations: Int
+    package var prompts: Int
     /// Positions (teacher-forced on the reference continuation) whose argmax agrees.
-    public var tokenAgreement: Double
+    package var tokenAgreement: Double
     /// Mean KL(reference || candidate) of the next-token distributions, in nats.
-    public var meanKL: Double
-    public var maxKL: Double
+    package var meanKL: Double
+    package var maxKL: Double
 }
 
 extension Benchmark {
     /// Greedy agreement and KL divergence of `candidate` against `reference` (same
     /// weights, another compute mode) over `prompts`, `newTokens` tokens each.
-    public static func accuracy(reference: LlamaModel, candidate: LlamaModel, prompts: [[Int32]], newTokens: Int) throws -> NumericsAccuracy {
+    package static func accuracy(reference: LlamaModel, candidate: LlamaModel, prompts: [[Int32]], newTokens: Int) throws -> NumericsAccuracy {
         var identical = 0, agree = 0, positions = 0
         var klSum = 0.0, klMax = 0.0
         for prompt in prompts {

@@ -14,41 +14,41 @@ import Tensors
 /// `lora_weights` + `lora_config` sent with a request, or PEFT tensors) has no directory:
 /// once evicted it stays registered but `acquire` refuses it with an error saying to send
 /// its weights again, and `register(name:adapter:)` with the same name puts them back.
-public final class AdapterStore: @unchecked Sendable {
-    public struct Entry: Sendable {
-        public let name: String
+package final class AdapterStore: @unchecked Sendable {
+    package struct Entry: Sendable {
+        package let name: String
         /// The directory it is reloaded from after eviction; nil for an adapter that came
         /// as bytes (`register(name:adapter:)`), which its owner must send again once
         /// evicted.
-        public let path: String?
+        package let path: String?
         /// Loaded through `--adapter-root`: every file must stay inside the root on each (re)load.
-        public let confined: Bool
-        public var adapter: LoRAAdapter?
-        public var pins = 0
-        public var lastUsed: UInt64 = 0
-        public var loads = 0
+        package let confined: Bool
+        package var adapter: LoRAAdapter?
+        package var pins = 0
+        package var lastUsed: UInt64 = 0
+        package var loads = 0
     }
 
     /// A pinned adapter; give it back with `release`.
-    public struct Lease: Sendable {
-        public let name: String
-        public let adapter: LoRAAdapter
+    package struct Lease: Sendable {
+        package let name: String
+        package let adapter: LoRAAdapter
     }
 
-    public let base: LlamaConfiguration
+    package let base: LlamaConfiguration
     let baseEmbedding: LinearWeight
-    public let budgetBytes: Int
-    public let maxRank: Int?
+    package let budgetBytes: Int
+    package let maxRank: Int?
     /// Runtime loads by path must stay under this directory (nil = runtime loads by path refused).
-    public let root: String?
+    package let root: String?
     private let lock = NSLock()
     private var entries: [String: Entry] = [:]
     private var clock: UInt64 = 0
 
     /// How loaded adapters keep their factors (see `LoRAPrecision`).
-    public let precision: LoRAPrecision
+    package let precision: LoRAPrecision
 
-    public init(base: LlamaConfiguration, baseEmbedding: LinearWeight, budgetBytes: Int, maxRank: Int?, root: String?,
+    package init(base: LlamaConfiguration, baseEmbedding: LinearWeight, budgetBytes: Int, maxRank: Int?, root: String?,
                 precision: LoRAPrecision = .exact) {
         self.precision = precision
         self.base = base
@@ -58,16 +58,16 @@ public final class AdapterStore: @unchecked Sendable {
         self.root = root.map { URL(fileURLWithPath: $0).standardizedFileURL.resolvingSymlinksInPath().path }
     }
 
-    public var names: [String] { lock.withLock { entries.keys.sorted() } }
+    package var names: [String] { lock.withLock { entries.keys.sorted() } }
 
-    public var residentCount: Int { lock.withLock { entries.values.filter { $0.adapter != nil }.count } }
-    public var residentBytes: Int { lock.withLock { entries.values.reduce(0) { $0 + ($1.adapter?.byteSize ?? 0) } } }
+    package var residentCount: Int { lock.withLock { entries.values.filter { $0.adapter != nil }.count } }
+    package var residentBytes: Int { lock.withLock { entries.values.reduce(0) { $0 + ($1.adapter?.byteSize ?? 0) } } }
 
-    public func entry(_ name: String) -> Entry? { lock.withLock { entries[name] } }
+    package func entry(_ name: String) -> Entry? { lock.withLock { entries[name] } }
 
     /// Checks that a runtime-given path lies inside the adapter root (no traversal, no
     /// symlinks out of it) and returns its resolved form.
-    public func resolveUnderRoot(_ path: String) throws -> String {
+    package func resolveUnderRoot(_ path: String) throws -> String {
         guard let root else {
             throw FacetError(.invalidArgument, "loading adapters by path at runtime is disabled", field: "lora_path",
                              remedy: "start the server with --adapter-root DIR")
@@ -101,7 +101,7 @@ public final class AdapterStore: @unchecked Sendable {
     /// Registers `name` -> `path`, loading it once to check it fits the base model.
     /// `confined`: the path came through `resolveUnderRoot`, and its files are checked
     /// against the root again whenever the adapter is reloaded.
-    public func register(name: String, path: String, confined: Bool = false) throws {
+    package func register(name: String, path: String, confined: Bool = false) throws {
         guard !name.isEmpty, name.count <= 256 else {
             throw FacetError(.invalidArgument, "adapter name must be 1-256 characters", field: "lora_name")
         }
@@ -125,7 +125,7 @@ public final class AdapterStore: @unchecked Sendable {
     /// and under the same byte budget as a file. Re-registering the name of an evicted
     /// in-memory adapter puts its weights back (the owner re-sending them); any other
     /// existing name is refused.
-    public func register(name: String, adapter: LoRAAdapter) throws {
+    package func register(name: String, adapter: LoRAAdapter) throws {
         guard !name.isEmpty, name.count <= 256 else {
             throw FacetError(.invalidArgument, "adapter name must be 1-256 characters", field: "lora_name")
         }
@@ -149,7 +149,7 @@ public final class AdapterStore: @unchecked Sendable {
         }
     }
 
-    public func unregister(name: String) throws {
+    package func unregister(name: String) throws {
         try lock.withLock {
             guard entries.removeValue(forKey: name) != nil else {
                 throw FacetError(.notFound, "no adapter named \(name)", field: "lora_name")
@@ -158,7 +158,7 @@ public final class AdapterStore: @unchecked Sendable {
     }
 
     /// Pins the adapter (loading it again if it was evicted).
-    public func acquire(_ name: String) throws -> Lease {
+    package func acquire(_ name: String) throws -> Lease {
         let cached: (LoRAAdapter?, String?, Bool)? = lock.withLock {
             guard var e = entries[name] else { return nil }
             clock += 1
@@ -191,7 +191,7 @@ public final class AdapterStore: @unchecked Sendable {
         }
     }
 
-    public func release(_ lease: Lease) {
+    package func release(_ lease: Lease) {
         lock.withLock {
             if var e = entries[lease.name], e.pins > 0 {
                 e.pins -= 1

@@ -7,44 +7,44 @@ import Tensors
 import Tokenization
 
 /// One sequence to generate.
-public struct GenerationRequest: Sendable {
-    public var promptIDs: [Int32]
-    public var parameters: SamplingParameters
+package struct GenerationRequest: Sendable {
+    package var promptIDs: [Int32]
+    package var parameters: SamplingParameters
     /// Adapter slot for every token of this sequence; -1 is the base model.
-    public var adapterSlot: Int32
+    package var adapterSlot: Int32
 
-    public init(promptIDs: [Int32], parameters: SamplingParameters, adapterSlot: Int32 = -1) {
+    package init(promptIDs: [Int32], parameters: SamplingParameters, adapterSlot: Int32 = -1) {
         self.promptIDs = promptIDs
         self.parameters = parameters
         self.adapterSlot = adapterSlot
     }
 }
 
-public enum FinishReason: String, Sendable {
+package enum FinishReason: String, Sendable {
     case length, stop
 }
 
-public struct GenerationResult: Sendable {
-    public var outputIDs: [Int32]
-    public var text: String?
-    public var finishReason: FinishReason
+package struct GenerationResult: Sendable {
+    package var outputIDs: [Int32]
+    package var text: String?
+    package var finishReason: FinishReason
     /// The logits each generated token was chosen from (first: the last prompt position),
     /// when requested.
-    public var stepLogits: [[Float]]
+    package var stepLogits: [[Float]]
 }
 
 /// Runs a fixed set of sequences to completion through the one step loop (`StepRunner`,
 /// the same Scheduler and step as `facet serve`): prompts are prefilled together, at most
 /// `prefillChunk` tokens per step, then every unfinished sequence adds one token per step.
 /// Sequences with different adapters share every step. Results come back in input order.
-public struct BatchGenerator {
-    public let model: LlamaModel
-    public let tokenizer: Tokenizer?
-    public var blockSize = 16
+package struct BatchGenerator {
+    package let model: LlamaModel
+    package let tokenizer: Tokenizer?
+    package var blockSize = 16
     /// Largest number of tokens per step (all sequences together); nil = no limit.
-    public var prefillChunk: Int?
+    package var prefillChunk: Int?
 
-    public init(model: LlamaModel, tokenizer: Tokenizer?, prefillChunk: Int? = nil) {
+    package init(model: LlamaModel, tokenizer: Tokenizer?, prefillChunk: Int? = nil) {
         self.model = model
         self.tokenizer = tokenizer
         self.prefillChunk = prefillChunk
@@ -52,7 +52,7 @@ public struct BatchGenerator {
 
     /// Generates for every request; `onText(i, piece)` receives streamed text of request i
     /// (text that may start a stop string is held back until it does not).
-    public func generate(
+    package func generate(
         _ requests: [GenerationRequest], deltas: (any LinearDeltas)? = nil, collectLogits: Bool = false,
         onText: (Int, String) -> Void = { _, _ in }
     ) throws -> [GenerationResult] {

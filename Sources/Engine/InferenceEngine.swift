@@ -8,13 +8,13 @@ import Tensors
 import Tokenization
 
 /// Settings of a serving engine.
-public struct EngineConfiguration: Sendable {
-    public var limits: SchedulerLimits
-    public var blockSize: Int = 16
+package struct EngineConfiguration: Sendable {
+    package var limits: SchedulerLimits
+    package var blockSize: Int = 16
     /// Bytes of KV cache to allocate.
-    public var kvCacheBytes: Int
+    package var kvCacheBytes: Int
 
-    public init(limits: SchedulerLimits = SchedulerLimits(), blockSize: Int = 16, kvCacheBytes: Int = 512 << 20) {
+    package init(limits: SchedulerLimits = SchedulerLimits(), blockSize: Int = 16, kvCacheBytes: Int = 512 << 20) {
         self.limits = limits
         self.blockSize = blockSize
         self.kvCacheBytes = kvCacheBytes
@@ -22,15 +22,15 @@ public struct EngineConfiguration: Sendable {
 }
 
 /// One request to the engine.
-public struct EngineRequest: Sendable {
-    public var promptIDs: [Int32]
-    public var parameters: SamplingParameters
+package struct EngineRequest: Sendable {
+    package var promptIDs: [Int32]
+    package var parameters: SamplingParameters
     /// The pinned adapter, or nil for the base model; released when the request ends.
-    public var adapter: AdapterStore.Lease?
+    package var adapter: AdapterStore.Lease?
     /// Number of top alternatives to report with each token's log-probability (nil: none).
-    public var logprobs: Int?
+    package var logprobs: Int?
 
-    public init(promptIDs: [Int32], parameters: SamplingParameters, adapter: AdapterStore.Lease? = nil, logprobs: Int? = nil) {
+    package init(promptIDs: [Int32], parameters: SamplingParameters, adapter: AdapterStore.Lease? = nil, logprobs: Int? = nil) {
         self.promptIDs = promptIDs
         self.parameters = parameters
         self.adapter = adapter
@@ -38,16 +38,16 @@ public struct EngineRequest: Sendable {
     }
 }
 
-public struct TokenLogprob: Sendable, Equatable {
-    public var token: Int32
-    public var logprob: Float
-    public var top: [(Int32, Float)]
-    public static func == (a: TokenLogprob, b: TokenLogprob) -> Bool {
+package struct TokenLogprob: Sendable, Equatable {
+    package var token: Int32
+    package var logprob: Float
+    package var top: [(Int32, Float)]
+    package static func == (a: TokenLogprob, b: TokenLogprob) -> Bool {
         a.token == b.token && a.logprob == b.logprob && a.top.map(\.0) == b.top.map(\.0) && a.top.map(\.1) == b.top.map(\.1)
     }
 }
 
-public enum EngineEvent: Sendable {
+package enum EngineEvent: Sendable {
     /// New text (possibly empty while a character or a possible stop string is incomplete)
     /// for one generated token.
     case token(id: Int32, text: String, logprob: TokenLogprob?)
@@ -55,7 +55,7 @@ public enum EngineEvent: Sendable {
 }
 
 /// Observations for metrics, reported from the engine thread.
-public protocol EngineObserver: Sendable {
+package protocol EngineObserver: Sendable {
     func stepFinished(running: Int, waiting: Int, tokens: Int, kvBlocksUsed: Int, kvBlocksTotal: Int, seconds: Double)
     func requestFinished(adapter: String?, promptTokens: Int, completionTokens: Int, timeToFirstToken: Double?, timePerOutputToken: Double?)
     func preempted(count: Int)
@@ -65,7 +65,7 @@ public protocol EngineObserver: Sendable {
     func requestCancelled(adapter: String?, promptTokens: Int, completionTokens: Int)
 }
 
-public extension EngineObserver {
+package extension EngineObserver {
     func stateChanged(running: Int, waiting: Int, kvBlocksUsed: Int, kvBlocksTotal: Int) {}
     func requestCancelled(adapter: String?, promptTokens: Int, completionTokens: Int) {}
 }
@@ -75,11 +75,11 @@ public extension EngineObserver {
 /// A dedicated thread drives the one `StepRunner` (plan with the Scheduler → forward over
 /// one flat batch, every adapter → sample → emit). Submitting and cancelling only enqueue
 /// commands; the loop owns all state.
-public final class InferenceEngine: @unchecked Sendable {
-    public let model: LlamaModel
-    public let tokenizer: Tokenizer?
-    public let configuration: EngineConfiguration
-    public let totalBlocks: Int
+package final class InferenceEngine: @unchecked Sendable {
+    package let model: LlamaModel
+    package let tokenizer: Tokenizer?
+    package let configuration: EngineConfiguration
+    package let totalBlocks: Int
     let observer: (any EngineObserver)?
     let adapterStore: AdapterStore?
     /// Owned by the engine thread once started.
@@ -96,7 +96,7 @@ public final class InferenceEngine: @unchecked Sendable {
         case cancel(Int)
     }
 
-    public init(model: LlamaModel, tokenizer: Tokenizer?, configuration: EngineConfiguration,
+    package init(model: LlamaModel, tokenizer: Tokenizer?, configuration: EngineConfiguration,
                 adapterStore: AdapterStore? = nil, observer: (any EngineObserver)? = nil) throws {
         self.model = model
         self.tokenizer = tokenizer
@@ -114,7 +114,7 @@ public final class InferenceEngine: @unchecked Sendable {
                             blockSize: configuration.blockSize, adapters: .perSequence, observer: observer)
     }
 
-    public func start() {
+    package func start() {
         let t = Thread { [self] in loop() }
         t.name = "facet-engine"
         t.stackSize = 8 << 20
@@ -123,7 +123,7 @@ public final class InferenceEngine: @unchecked Sendable {
     }
 
     /// Stops the loop; requests still running finish with an error.
-    public func shutdown() {
+    package func shutdown() {
         condition.lock()
         stopping = true
         condition.signal()
@@ -136,17 +136,17 @@ public final class InferenceEngine: @unchecked Sendable {
 
     /// Queues a request; the stream yields its tokens and ends with `.finished`.
     /// Cancelling the consuming task (or a client disconnect) frees its cache at once.
-    public func submit(_ request: EngineRequest) throws -> AsyncThrowingStream<EngineEvent, any Error> {
+    package func submit(_ request: EngineRequest) throws -> AsyncThrowingStream<EngineEvent, any Error> {
         try submitTracked(request).stream
     }
 
     /// Cancels request `id` (from `submitTracked`): frees its blocks and adapter pin and ends
     /// its stream. A request that already ended is left alone.
-    public func cancel(id: Int) { enqueue(.cancel(id)) }
+    package func cancel(id: Int) { enqueue(.cancel(id)) }
 
     /// `submit`, also returning the request's id for `cancel(id:)`: for owners that may drop
     /// the stream without ever iterating it (a client that resets before its response starts).
-    public func submitTracked(_ request: EngineRequest) throws -> (id: Int, stream: AsyncThrowingStream<EngineEvent, any Error>) {
+    package func submitTracked(_ request: EngineRequest) throws -> (id: Int, stream: AsyncThrowingStream<EngineEvent, any Error>) {
         // The runner's checks are pure (they read only its configuration): safe from any thread.
         try runner.validate(Self.sequence(request))
         let (stream, continuation) = AsyncThrowingStream<EngineEvent, any Error>.makeStream()

@@ -7,8 +7,8 @@ import Tokenization
 /// KServe next): prompts as text, chat messages or token ids; the adapter; sampling; stop
 /// strings and stop token ids; bad words; limits; log-probabilities; streaming.
 /// `RequestBuilder` validates it and turns it into token ids and sampling parameters.
-public struct InferenceRequest: Sendable {
-    public enum Prompt: Sendable, Equatable {
+package struct InferenceRequest: Sendable {
+    package enum Prompt: Sendable, Equatable {
         /// Text, tokenized with the tokenizer's special tokens (e.g. BOS) unless
         /// `addSpecialTokens` is false.
         case text(String)
@@ -18,28 +18,28 @@ public struct InferenceRequest: Sendable {
         case tokens([Int32])
     }
 
-    public var prompts: [Prompt]
+    package var prompts: [Prompt]
     /// The adapter's name (nil: the base model).
-    public var adapter: String?
+    package var adapter: String?
     /// Temperature, top-k/p, min-p, repetition penalty, seed, stop strings, ignore-EOS.
     /// `maxTokens` and the stop token ids are set by the builder from the fields below.
-    public var sampling = SamplingParameters()
+    package var sampling = SamplingParameters()
     /// Tokens to generate; nil: the protocol's default (see `RequestBuilder`).
-    public var maxTokens: Int?
+    package var maxTokens: Int?
     /// Token ids that end generation besides the model's EOS.
-    public var stopTokenIDs: [Int] = []
+    package var stopTokenIDs: [Int] = []
     /// Words never to generate, as text (tokenized without special tokens) or as ids.
-    public var badWords: [String] = []
-    public var badWordIDs: [[Int32]] = []
-    public var addSpecialTokens = true
+    package var badWords: [String] = []
+    package var badWordIDs: [[Int32]] = []
+    package var addSpecialTokens = true
     /// Choices per prompt (each with seed + i when a seed is given).
-    public var n = 1
+    package var n = 1
     /// Top alternatives reported with each token's log-probability (nil: none).
-    public var logprobs: Int?
-    public var stream = false
-    public var includeUsage = false
+    package var logprobs: Int?
+    package var stream = false
+    package var includeUsage = false
 
-    public init(prompts: [Prompt], adapter: String? = nil) {
+    package init(prompts: [Prompt], adapter: String? = nil) {
         self.prompts = prompts
         self.adapter = adapter
     }
@@ -47,37 +47,37 @@ public struct InferenceRequest: Sendable {
 
 /// A request turned into what the engine runs: one token sequence per prompt and one
 /// set of sampling parameters.
-public struct PreparedRequest: Sendable {
-    public var prompts: [[Int32]]
-    public var parameters: SamplingParameters
-    public var adapter: String?
-    public var n: Int
-    public var logprobs: Int?
-    public var stream: Bool
-    public var includeUsage: Bool
+package struct PreparedRequest: Sendable {
+    package var prompts: [[Int32]]
+    package var parameters: SamplingParameters
+    package var adapter: String?
+    package var n: Int
+    package var logprobs: Int?
+    package var stream: Bool
+    package var includeUsage: Bool
     /// The request was a chat (its responses are chat completions).
-    public var chat: Bool
+    package var chat: Bool
 }
 
 /// The one place a request is validated and tokenized. Every error is a `FacetError`
 /// naming the request field and a remedy.
-public struct RequestBuilder: Sendable {
-    public let tokenizer: Tokenizer?
+package struct RequestBuilder: Sendable {
+    package let tokenizer: Tokenizer?
     /// The model's end-of-sequence ids (added to every request's stop token ids).
-    public let eosTokenIDs: [Int]
+    package let eosTokenIDs: [Int]
     /// The longest prompt + completion.
-    public let contextLength: Int
-    public var parseSpecialTokensInContent = false
+    package let contextLength: Int
+    package var parseSpecialTokensInContent = false
     /// Limits on one request.
-    public var maxPromptsTimesN = 64
-    public var maxN = 16
-    public var maxStopStrings = 16
-    public var maxLogprobs = 20
+    package var maxPromptsTimesN = 64
+    package var maxN = 16
+    package var maxStopStrings = 16
+    package var maxLogprobs = 20
     /// Completions default to 16 tokens (as OpenAI's legacy API); chats to the rest of the
     /// context.
-    public var defaultCompletionTokens = 16
+    package var defaultCompletionTokens = 16
 
-    public init(tokenizer: Tokenizer?, eosTokenIDs: [Int], contextLength: Int) {
+    package init(tokenizer: Tokenizer?, eosTokenIDs: [Int], contextLength: Int) {
         self.tokenizer = tokenizer
         self.eosTokenIDs = eosTokenIDs
         self.contextLength = contextLength
@@ -89,7 +89,7 @@ public struct RequestBuilder: Sendable {
 
     /// A prompt's token ids: text with or without the tokenizer's special tokens, chat
     /// messages through the chat template (parsed once per tokenizer), ids as given.
-    public func tokenize(_ prompt: InferenceRequest.Prompt, addSpecialTokens: Bool = true) throws -> [Int32] {
+    package func tokenize(_ prompt: InferenceRequest.Prompt, addSpecialTokens: Bool = true) throws -> [Int32] {
         switch prompt {
         case .tokens(let ids):
             for id in ids where id < 0 { throw bad("prompt", "token id \(id) is negative") }
@@ -104,7 +104,7 @@ public struct RequestBuilder: Sendable {
         }
     }
 
-    public func prepare(_ r: InferenceRequest) throws -> PreparedRequest {
+    package func prepare(_ r: InferenceRequest) throws -> PreparedRequest {
         guard !r.prompts.isEmpty else { throw bad("prompt", "no prompt given", "send a prompt or messages") }
         guard r.n >= 1 && r.n <= maxN else { throw bad("n", "'n' must be between 1 and \(maxN), got \(r.n)") }
         guard r.prompts.count * r.n <= maxPromptsTimesN else {

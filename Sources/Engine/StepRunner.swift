@@ -15,9 +15,9 @@ import Tokenization
 /// KV blocks come from the paged cache on demand (the scheduler reserves them as sequences
 /// grow and preempts the newest sequence when they run out). The runner is not thread-safe:
 /// one owner drives it.
-public final class StepRunner {
+package final class StepRunner {
     /// Where a step's LoRA deltas come from.
-    public enum Adapters {
+    package enum Adapters {
         /// Each sequence brings its own adapter (`Sequence.adapter`); a step gets one slot
         /// per distinct adapter among its sequences.
         case perSequence
@@ -27,19 +27,19 @@ public final class StepRunner {
     }
 
     /// One sequence to run.
-    public struct Sequence {
-        public var promptIDs: [Int32]
-        public var parameters: SamplingParameters
+    package struct Sequence {
+        package var promptIDs: [Int32]
+        package var parameters: SamplingParameters
         /// The sequence's adapter in `.perSequence` mode (nil = base).
-        public var adapter: LoRAAdapter?
+        package var adapter: LoRAAdapter?
         /// The sequence's slot in `.fixed` mode (-1 = base).
-        public var slot: Int32
+        package var slot: Int32
         /// Top alternatives to report with each token's log-probability (nil: none).
-        public var logprobs: Int?
+        package var logprobs: Int?
         /// Keep the logits each token was sampled from (`Sink.logits`).
-        public var collectLogits: Bool
+        package var collectLogits: Bool
 
-        public init(promptIDs: [Int32], parameters: SamplingParameters, adapter: LoRAAdapter? = nil, slot: Int32 = -1,
+        package init(promptIDs: [Int32], parameters: SamplingParameters, adapter: LoRAAdapter? = nil, slot: Int32 = -1,
                     logprobs: Int? = nil, collectLogits: Bool = false) {
             self.promptIDs = promptIDs
             self.parameters = parameters
@@ -53,13 +53,13 @@ public final class StepRunner {
     /// Where a sequence's results go. `event` gets every token and the final `.finished`;
     /// `ended` is called exactly once when the sequence leaves the runner: with nil after
     /// `.finished`, with nil when cancelled, or with the error that ended it.
-    public struct Sink {
-        public var event: (EngineEvent) -> Void
-        public var ended: ((any Error)?) -> Void
+    package struct Sink {
+        package var event: (EngineEvent) -> Void
+        package var ended: ((any Error)?) -> Void
         /// The logits of each sampled token (first: the last prompt position), when the
         /// sequence asked for them.
-        public var logits: ([Float]) -> Void
-        public init(event: @escaping (EngineEvent) -> Void, ended: @escaping ((any Error)?) -> Void = { _ in },
+        package var logits: ([Float]) -> Void
+        package init(event: @escaping (EngineEvent) -> Void, ended: @escaping ((any Error)?) -> Void = { _ in },
                     logits: @escaping ([Float]) -> Void = { _ in }) {
             self.event = event
             self.ended = ended
@@ -79,20 +79,20 @@ public final class StepRunner {
         var firstToken: Date?
     }
 
-    public let model: LlamaModel
-    public let tokenizer: Tokenizer?
-    public let limits: SchedulerLimits
-    public let totalBlocks: Int
-    public let blockSize: Int
-    public let adapters: Adapters
-    public var observer: (any EngineObserver)?
-    public private(set) var scheduler: Scheduler
+    package let model: LlamaModel
+    package let tokenizer: Tokenizer?
+    package let limits: SchedulerLimits
+    package let totalBlocks: Int
+    package let blockSize: Int
+    package let adapters: Adapters
+    package var observer: (any EngineObserver)?
+    package private(set) var scheduler: Scheduler
     let kv: KVStorage
     private var live: [Int: Live] = [:]
     /// The step's logits, reused from step to step.
     private let logits = Logits()
 
-    public init(model: LlamaModel, tokenizer: Tokenizer?, limits: SchedulerLimits, blocks: Int, blockSize: Int,
+    package init(model: LlamaModel, tokenizer: Tokenizer?, limits: SchedulerLimits, blocks: Int, blockSize: Int,
                 adapters: Adapters = .perSequence, observer: (any EngineObserver)? = nil) {
         self.model = model
         self.tokenizer = tokenizer
@@ -106,13 +106,13 @@ public final class StepRunner {
     }
 
     /// The longest sequence (prompt + output) this runner accepts.
-    public var contextLength: Int { min(limits.maxModelLength, model.config.maxPositionEmbeddings) }
+    package var contextLength: Int { min(limits.maxModelLength, model.config.maxPositionEmbeddings) }
 
-    public var hasWork: Bool { scheduler.hasWork }
-    public var liveCount: Int { live.count }
+    package var hasWork: Bool { scheduler.hasWork }
+    package var liveCount: Int { live.count }
 
     /// The checks every sequence passes before it is queued; errors name the field.
-    public func validate(_ s: Sequence) throws {
+    package func validate(_ s: Sequence) throws {
         try s.parameters.validate()
         let c = model.config
         guard !s.promptIDs.isEmpty else {
@@ -146,7 +146,7 @@ public final class StepRunner {
     }
 
     /// Queues a validated sequence under `id`. A sequence asking for no tokens finishes at once.
-    public func add(id: Int, _ s: Sequence, sink: Sink) throws {
+    package func add(id: Int, _ s: Sequence, sink: Sink) throws {
         try validate(s)
         let identity: String? = switch adapters {
         case .perSequence: s.adapter?.digest
@@ -164,10 +164,10 @@ public final class StepRunner {
 
     /// Ends sequence `id` now (cancelled): frees its blocks. Returns false if it had ended.
     @discardableResult
-    public func cancel(_ id: Int) -> Bool { finish(id, nil) }
+    package func cancel(_ id: Int) -> Bool { finish(id, nil) }
 
     /// Ends every sequence with `error` (shutdown).
-    public func failAll(_ error: any Error) {
+    package func failAll(_ error: any Error) {
         for id in Array(live.keys) { finish(id, nil, error: error) }
     }
 
@@ -194,14 +194,14 @@ public final class StepRunner {
     }
 
     /// Reports occupancy outside a step (after cancellations).
-    public func reportState() {
+    package func reportState() {
         observer?.stateChanged(running: scheduler.running.count, waiting: scheduler.waiting.count,
                                kvBlocksUsed: scheduler.allocator.usedCount, kvBlocksTotal: totalBlocks)
     }
 
     /// One step: plan, forward, sample, emit. A forward error ends the step's sequences with
     /// that error; the runner stays usable.
-    public func step() {
+    package func step() {
         guard scheduler.hasWork else { return }
         let started = Date()
         let plan = scheduler.schedule()

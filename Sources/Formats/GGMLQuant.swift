@@ -1,11 +1,11 @@
 import Tensors
 
 /// ggml tensor types Facet reads, with their block geometry.
-public enum GGMLType: UInt32, Sendable, CustomStringConvertible {
+package enum GGMLType: UInt32, Sendable, CustomStringConvertible {
     case f32 = 0, f16 = 1, q4_0 = 2, q4_1 = 3, q8_0 = 8, q4_K = 12, q6_K = 14, bf16 = 30
 
     /// Elements per block.
-    public var blockSize: Int {
+    package var blockSize: Int {
         switch self {
         case .f32, .f16, .bf16: 1
         case .q4_0, .q4_1, .q8_0: 32
@@ -14,7 +14,7 @@ public enum GGMLType: UInt32, Sendable, CustomStringConvertible {
     }
 
     /// Bytes per block.
-    public var blockBytes: Int {
+    package var blockBytes: Int {
         switch self {
         case .f32: 4
         case .f16, .bf16: 2
@@ -26,7 +26,7 @@ public enum GGMLType: UInt32, Sendable, CustomStringConvertible {
         }
     }
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .f32: "F32"
         case .f16: "F16"
@@ -41,8 +41,8 @@ public enum GGMLType: UInt32, Sendable, CustomStringConvertible {
 }
 
 /// Dequantization of ggml blocks to fp32 (layouts as in ggml's `ggml-common.h`).
-public enum GGMLQuant {
-    public static func dequantize(_ raw: UnsafeRawBufferPointer, type: GGMLType, count: Int) -> [Float] {
+package enum GGMLQuant {
+    package static func dequantize(_ raw: UnsafeRawBufferPointer, type: GGMLType, count: Int) -> [Float] {
         [Float](unsafeUninitializedCapacity: count) { out, n in
             let blocks = count / type.blockSize
             for b in 0..<blocks {
@@ -60,7 +60,7 @@ public enum GGMLQuant {
     }
 
     /// Dequantizes one block of `type` at `src` into `type.blockSize` floats.
-    public static func dequantizeBlock(_ src: UnsafeRawPointer, type: GGMLType, into y: UnsafeMutablePointer<Float>) {
+    package static func dequantizeBlock(_ src: UnsafeRawPointer, type: GGMLType, into y: UnsafeMutablePointer<Float>) {
         let u8 = src.assumingMemoryBound(to: UInt8.self)
         switch type {
         case .f32:

@@ -5,11 +5,11 @@ import Tensors
 ///
 /// Dimensions follow ggml: `dims[0]` is the contiguous one, so a 2-D tensor with
 /// `dims = [cols, rows]` is a row-major `[rows, cols]` matrix, i.e. HF's `[out, in]`.
-public struct GGUFFile: Sendable {
-    public indirect enum Value: Sendable, Equatable {
+package struct GGUFFile: Sendable {
+    package indirect enum Value: Sendable, Equatable {
         case uint(UInt64), int(Int64), float(Double), bool(Bool), string(String), array([Value])
 
-        public var int: Int? {
+        package var int: Int? {
             switch self {
             case .uint(let v): Int(exactly: v)
             case .int(let v): Int(exactly: v)
@@ -17,7 +17,7 @@ public struct GGUFFile: Sendable {
             default: nil
             }
         }
-        public var double: Double? {
+        package var double: Double? {
             switch self {
             case .uint(let v): Double(v)
             case .int(let v): Double(v)
@@ -25,34 +25,34 @@ public struct GGUFFile: Sendable {
             default: nil
             }
         }
-        public var string: String? { if case .string(let s) = self { s } else { nil } }
-        public var bool: Bool? { if case .bool(let b) = self { b } else { nil } }
-        public var array: [Value]? { if case .array(let a) = self { a } else { nil } }
+        package var string: String? { if case .string(let s) = self { s } else { nil } }
+        package var bool: Bool? { if case .bool(let b) = self { b } else { nil } }
+        package var array: [Value]? { if case .array(let a) = self { a } else { nil } }
     }
 
-    public struct TensorInfo: Sendable {
-        public let name: String
+    package struct TensorInfo: Sendable {
+        package let name: String
         /// ggml order: `dims[0]` is contiguous.
-        public let dims: [Int]
-        public let type: GGMLType
+        package let dims: [Int]
+        package let type: GGMLType
         /// Absolute byte range inside the file.
-        public let range: Range<Int>
+        package let range: Range<Int>
         /// Checked when the file was read (the product fits and the data lies in the file).
-        public var elementCount: Int { Checked.product(dims) ?? 0 }
+        package var elementCount: Int { Checked.product(dims) ?? 0 }
     }
 
-    public let path: String
-    public let file: MappedFile
-    public let version: UInt32
-    public let metadata: [String: Value]
-    public let tensors: [String: TensorInfo]
-    public let tensorOrder: [String]
+    package let path: String
+    package let file: MappedFile
+    package let version: UInt32
+    package let metadata: [String: Value]
+    package let tensors: [String: TensorInfo]
+    package let tensorOrder: [String]
 
-    public init(path: String) throws {
+    package init(path: String) throws {
         try self.init(file: try MappedFile(path: path))
     }
 
-    public init(file: MappedFile) throws {
+    package init(file: MappedFile) throws {
         self.file = file
         self.path = file.path
         var c = ByteCursor(file.bytes, path: file.path)
@@ -166,7 +166,7 @@ public struct GGUFFile: Sendable {
         }
     }
 
-    public func tensor(_ name: String) throws -> TensorInfo {
+    package func tensor(_ name: String) throws -> TensorInfo {
         guard let t = tensors[name] else {
             throw FacetError(.notFound, "tensor not found", file: path, field: name,
                              remedy: "the GGUF does not hold this architecture's weights")
@@ -175,13 +175,13 @@ public struct GGUFFile: Sendable {
     }
 
     /// The tensor dequantized to fp32, in ggml order (row-major with `dims[0]` contiguous).
-    public func floats(_ name: String) throws -> [Float] {
+    package func floats(_ name: String) throws -> [Float] {
         let t = try tensor(name)
         let raw = UnsafeRawBufferPointer(rebasing: file.bytes[t.range])
         return GGMLQuant.dequantize(raw, type: t.type, count: t.elementCount)
     }
 
-    public func string(_ key: String) -> String? { metadata[key]?.string }
-    public func int(_ key: String) -> Int? { metadata[key]?.int }
-    public func double(_ key: String) -> Double? { metadata[key]?.double }
+    package func string(_ key: String) -> String? { metadata[key]?.string }
+    package func int(_ key: String) -> Int? { metadata[key]?.int }
+    package func double(_ key: String) -> Double? { metadata[key]?.double }
 }

@@ -2,31 +2,31 @@ import Foundation
 import Tensors
 
 /// NumPy `.npy` arrays (format versions 1-3, little-endian, C order).
-public struct NpyArray: Sendable {
-    public enum Kind: String, Sendable {
+package struct NpyArray: Sendable {
+    package enum Kind: String, Sendable {
         case f32 = "<f4", f16 = "<f2", f64 = "<f8", bf16 = "|V2"
         case i8 = "|i1", u8 = "|u1", i16 = "<i2", u16 = "<u2", i32 = "<i4", u32 = "<u4", i64 = "<i8", u64 = "<u8"
     }
 
-    public var shape: [Int]
-    public var kind: Kind
+    package var shape: [Int]
+    package var kind: Kind
     /// Values widened to Double (exact for every integer below 2^53 and every float kind).
-    public var values: [Double]
+    package var values: [Double]
 
-    public init(shape: [Int], kind: Kind, values: [Double]) {
+    package init(shape: [Int], kind: Kind, values: [Double]) {
         self.shape = shape
         self.kind = kind
         self.values = values
     }
 
-    public var isInteger: Bool { ![.f32, .f16, .f64, .bf16].contains(kind) }
+    package var isInteger: Bool { ![.f32, .f16, .f64, .bf16].contains(kind) }
 
-    public static func read(path: String) throws -> NpyArray {
+    package static func read(path: String) throws -> NpyArray {
         let file = try MappedFile(path: path)
         return try parse(file.bytes, path: path)
     }
 
-    public static func parse(_ bytes: UnsafeRawBufferPointer, path: String) throws -> NpyArray {
+    package static func parse(_ bytes: UnsafeRawBufferPointer, path: String) throws -> NpyArray {
         var c = ByteCursor(bytes, path: path)
         let magic = try c.readBytes(6, "magic")
         guard Array(magic) == [0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59] else {
@@ -103,7 +103,7 @@ public struct NpyArray: Sendable {
     }
 
     /// Encodes as a version 1.0 `.npy` (f32, f16, bf16 as |V2, i32 or i64).
-    public func encoded() throws -> Data {
+    package func encoded() throws -> Data {
         let shapeText = shape.count == 1 ? "(\(shape[0]),)" : "(" + shape.map(String.init).joined(separator: ", ") + ")"
         var header = "{'descr': '\(kind.rawValue)', 'fortran_order': False, 'shape': \(shapeText), }"
         let total = 10 + header.utf8.count + 1

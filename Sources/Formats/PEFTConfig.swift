@@ -3,17 +3,17 @@ import Tensors
 
 /// Hugging Face PEFT's `adapter_config.json` for LoRA, typed. Options Facet does not
 /// implement are refused by name in `validate()`, never ignored.
-public struct PEFTConfig: Codable, Sendable, Equatable {
+package struct PEFTConfig: Codable, Sendable, Equatable {
     /// `target_modules` may be a list of names or one regular expression.
-    public enum Targets: Codable, Sendable, Equatable {
+    package enum Targets: Codable, Sendable, Equatable {
         case names([String])
         case regex(String)
 
-        public init(from decoder: any Decoder) throws {
+        package init(from decoder: any Decoder) throws {
             let c = try decoder.singleValueContainer()
             if let s = try? c.decode(String.self) { self = .regex(s) } else { self = .names(try c.decode([String].self)) }
         }
-        public func encode(to encoder: any Encoder) throws {
+        package func encode(to encoder: any Encoder) throws {
             var c = encoder.singleValueContainer()
             switch self {
             case .names(let n): try c.encode(n)
@@ -22,36 +22,36 @@ public struct PEFTConfig: Codable, Sendable, Equatable {
         }
     }
 
-    public enum Layers: Codable, Sendable, Equatable {
+    package enum Layers: Codable, Sendable, Equatable {
         case list([Int])
-        public init(from decoder: any Decoder) throws {
+        package init(from decoder: any Decoder) throws {
             let c = try decoder.singleValueContainer()
             if let i = try? c.decode(Int.self) { self = .list([i]) } else { self = .list(try c.decode([Int].self)) }
         }
-        public func encode(to encoder: any Encoder) throws {
+        package func encode(to encoder: any Encoder) throws {
             var c = encoder.singleValueContainer()
             if case .list(let l) = self { try c.encode(l) }
         }
-        public var values: [Int] { if case .list(let l) = self { l } else { [] } }
+        package var values: [Int] { if case .list(let l) = self { l } else { [] } }
     }
 
-    public var peftType: String?
-    public var r: Int
-    public var loraAlpha: Double
-    public var targetModules: Targets?
-    public var useRSLoRA: Bool?
-    public var modulesToSave: [String]?
-    public var rankPattern: [String: Int]?
-    public var alphaPattern: [String: Double]?
-    public var layersToTransform: Layers?
-    public var bias: String?
-    public var useDoRA: Bool?
-    public var fanInFanOut: Bool?
-    public var loraBias: Bool?
-    public var baseModelNameOrPath: String?
-    public var taskType: String?
-    public var targetParameters: [String]?
-    public var layerReplication: [[Int]]?
+    package var peftType: String?
+    package var r: Int
+    package var loraAlpha: Double
+    package var targetModules: Targets?
+    package var useRSLoRA: Bool?
+    package var modulesToSave: [String]?
+    package var rankPattern: [String: Int]?
+    package var alphaPattern: [String: Double]?
+    package var layersToTransform: Layers?
+    package var bias: String?
+    package var useDoRA: Bool?
+    package var fanInFanOut: Bool?
+    package var loraBias: Bool?
+    package var baseModelNameOrPath: String?
+    package var taskType: String?
+    package var targetParameters: [String]?
+    package var layerReplication: [[Int]]?
 
     enum CodingKeys: String, CodingKey {
         case peftType = "peft_type", r, loraAlpha = "lora_alpha", targetModules = "target_modules", useRSLoRA = "use_rslora"
@@ -61,7 +61,7 @@ public struct PEFTConfig: Codable, Sendable, Equatable {
         case targetParameters = "target_parameters", layerReplication = "layer_replication"
     }
 
-    public init(r: Int, loraAlpha: Double, targetModules: [String], baseModel: String? = nil) {
+    package init(r: Int, loraAlpha: Double, targetModules: [String], baseModel: String? = nil) {
         self.peftType = "LORA"
         self.r = r
         self.loraAlpha = loraAlpha
@@ -77,7 +77,7 @@ public struct PEFTConfig: Codable, Sendable, Equatable {
     }
 
     /// Refuses configurations whose meaning Facet would not reproduce.
-    public func validate(file: String) throws {
+    package func validate(file: String) throws {
         func unsupported(_ field: String, _ message: String, _ remedy: String) -> FacetError {
             FacetError(.unsupported, message, file: file, field: field, remedy: remedy)
         }

@@ -4,12 +4,12 @@ import Tensors
 /// A safetensors file: `u64 little-endian header length N`, `N` bytes of JSON header
 /// (`name -> {dtype, shape, data_offsets: [begin, end]}` plus optional `__metadata__`),
 /// then the data. Offsets are relative to the end of the header.
-public struct SafetensorsFile: Sendable {
-    public enum DType: String, Sendable {
+package struct SafetensorsFile: Sendable {
+    package enum DType: String, Sendable {
         case f32 = "F32", f16 = "F16", bf16 = "BF16", f64 = "F64"
         case i64 = "I64", i32 = "I32", i16 = "I16", i8 = "I8", u8 = "U8", bool = "BOOL"
 
-        public var byteSize: Int {
+        package var byteSize: Int {
             switch self {
             case .f64, .i64: 8
             case .f32, .i32: 4
@@ -19,27 +19,27 @@ public struct SafetensorsFile: Sendable {
         }
     }
 
-    public struct Entry: Sendable {
-        public let name: String
-        public let dtype: DType
-        public let shape: [Int]
+    package struct Entry: Sendable {
+        package let name: String
+        package let dtype: DType
+        package let shape: [Int]
         /// Absolute byte range inside the file.
-        public let range: Range<Int>
+        package let range: Range<Int>
         /// Checked when the entry was read: the product fits and matches the byte range.
-        public var elementCount: Int { Checked.product(shape) ?? 0 }
+        package var elementCount: Int { Checked.product(shape) ?? 0 }
     }
 
-    public let path: String
-    public let file: MappedFile
-    public let entries: [String: Entry]
-    public let metadata: [String: String]
+    package let path: String
+    package let file: MappedFile
+    package let entries: [String: Entry]
+    package let metadata: [String: String]
 
-    public init(path: String) throws {
+    package init(path: String) throws {
         let file = try MappedFile(path: path)
         try self.init(file: file)
     }
 
-    public init(file: MappedFile) throws {
+    package init(file: MappedFile) throws {
         self.file = file
         self.path = file.path
         let bytes = file.bytes
@@ -104,9 +104,9 @@ public struct SafetensorsFile: Sendable {
         return v
     }
 
-    public var names: [String] { entries.keys.sorted() }
+    package var names: [String] { entries.keys.sorted() }
 
-    public func entry(_ name: String) throws -> Entry {
+    package func entry(_ name: String) throws -> Entry {
         guard let e = entries[name] else {
             throw FacetError(.notFound, "tensor not found", file: path, field: name,
                              remedy: "the checkpoint does not match the expected architecture")
@@ -115,7 +115,7 @@ public struct SafetensorsFile: Sendable {
     }
 
     /// The tensor's values widened to Float (F32, F16, BF16, F64 and integer types).
-    public func floats(_ name: String) throws -> [Float] {
+    package func floats(_ name: String) throws -> [Float] {
         let e = try entry(name)
         return Self.convert(file.bytes, e)
     }
@@ -141,19 +141,19 @@ public struct SafetensorsFile: Sendable {
 }
 
 /// Writes tensors as a safetensors file (F32, F16 or BF16), names sorted, 8-byte aligned header.
-public enum SafetensorsWriter {
-    public struct Tensor {
-        public var name: String
-        public var shape: [Int]
-        public var values: [Float]
-        public init(name: String, shape: [Int], values: [Float]) {
+package enum SafetensorsWriter {
+    package struct Tensor {
+        package var name: String
+        package var shape: [Int]
+        package var values: [Float]
+        package init(name: String, shape: [Int], values: [Float]) {
             self.name = name
             self.shape = shape
             self.values = values
         }
     }
 
-    public static func encode(_ tensors: [Tensor], dtype: SafetensorsFile.DType = .f32, metadata: [String: String] = [:]) throws -> Data {
+    package static func encode(_ tensors: [Tensor], dtype: SafetensorsFile.DType = .f32, metadata: [String: String] = [:]) throws -> Data {
         guard [.f32, .f16, .bf16].contains(dtype) else {
             throw FacetError(.unsupported, "writing \(dtype.rawValue) is not supported", remedy: "use F32, F16 or BF16")
         }

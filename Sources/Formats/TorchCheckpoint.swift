@@ -3,13 +3,13 @@ import Tensors
 /// Reads a PyTorch `torch.save` checkpoint (a ZIP with `data.pkl` and raw storages) holding a
 /// flat dict of tensors, WITHOUT running pickle code: a restricted interpreter rebuilds only
 /// dicts, tuples, lists, scalars and tensors, and refuses every other global by name.
-public enum TorchCheckpoint {
-    public struct Tensor: Sendable {
-        public var shape: [Int]
-        public var values: [Float]
+package enum TorchCheckpoint {
+    package struct Tensor: Sendable {
+        package var shape: [Int]
+        package var values: [Float]
     }
 
-    public static func read(_ file: MappedFile) throws -> [String: Tensor] {
+    package static func read(_ file: MappedFile) throws -> [String: Tensor] {
         let zip = try ZipArchive(file.bytes, path: file.path)
         guard let pickleName = zip.entries.keys.first(where: { $0.hasSuffix("/data.pkl") || $0 == "data.pkl" }) else {
             throw FacetError(.invalidFile, "no data.pkl inside the archive", file: file.path,

@@ -1,16 +1,16 @@
 import Foundation
 
 /// Causal attention of one query token over its sequence's cached keys and values.
-public enum Attention {
+package enum Attention {
     /// A layer's K or V storage laid out as pages: `[blocks, blockSize, kvHeads, headDim]`.
-    public struct PagedLayer {
-        public let keys: UnsafePointer<Float>
-        public let values: UnsafePointer<Float>
-        public let blockSize: Int
-        public let kvHeads: Int
-        public let headDim: Int
+    package struct PagedLayer {
+        package let keys: UnsafePointer<Float>
+        package let values: UnsafePointer<Float>
+        package let blockSize: Int
+        package let kvHeads: Int
+        package let headDim: Int
 
-        public init(keys: UnsafePointer<Float>, values: UnsafePointer<Float>, blockSize: Int, kvHeads: Int, headDim: Int) {
+        package init(keys: UnsafePointer<Float>, values: UnsafePointer<Float>, blockSize: Int, kvHeads: Int, headDim: Int) {
             self.keys = keys
             self.values = values
             self.blockSize = blockSize
@@ -35,7 +35,7 @@ public enum Attention {
     ///
     /// The heads sharing a kv head are handled together and the cache is walked block by
     /// block, so each key and value row is loaded once per group.
-    public static func attend(
+    package static func attend(
         query q: UnsafePointer<Float>, heads: Int, layer: PagedLayer, blockTable: UnsafePointer<Int32>,
         first: Int, last: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
         out: UnsafeMutablePointer<Float>, groups: Range<Int>? = nil

@@ -5,7 +5,7 @@
 /// fixed tree, then the tail `k >= 16 * (n / 16)` added in order. Every caller gets the
 /// bit-identical result for the same inputs, which is what makes batching invisible.
 @inline(__always)
-public func fold16(_ v: SIMD16<Float>) -> Float {
+package func fold16(_ v: SIMD16<Float>) -> Float {
     let a = v.lowHalf + v.highHalf          // 8
     let b = a.lowHalf + a.highHalf          // 4
     let c = b.lowHalf + b.highHalf          // 2
@@ -13,7 +13,7 @@ public func fold16(_ v: SIMD16<Float>) -> Float {
 }
 
 @inline(__always)
-public func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+package func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
     dot(a, UnsafeRawPointer(b), n, F32Row.self)
 }
 
@@ -37,11 +37,11 @@ func dot<F: RowFormat>(_ a: UnsafePointer<Float>, _ b: UnsafeRawPointer, _ n: In
 }
 
 @inline(__always)
-public func load16(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
+package func load16(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
     UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
 }
 
 @inline(__always)
-public func store16(_ v: SIMD16<Float>, _ p: UnsafeMutablePointer<Float>) {
+package func store16(_ v: SIMD16<Float>, _ p: UnsafeMutablePointer<Float>) {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD16<Float>.self)
 }

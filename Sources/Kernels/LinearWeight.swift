@@ -2,14 +2,14 @@ internal import CKernels
 import Tensors
 
 /// Storage formats a linear weight can stay in at run time.
-public enum WeightFormat: String, Sendable, CaseIterable {
+package enum WeightFormat: String, Sendable, CaseIterable {
     case f32, f16, bf16, q4_0, q4_1, q8_0, q4_k = "q4_K", q6_k = "q6_K"
 
     /// Values per quantization block (a row must hold whole blocks).
-    public var blockValues: Int { self == .q4_k || self == .q6_k ? 256 : 32 }
+    package var blockValues: Int { self == .q4_k || self == .q6_k ? 256 : 32 }
 
     /// Bytes of one row of `cols` values.
-    public func rowBytes(_ cols: Int) -> Int {
+    package func rowBytes(_ cols: Int) -> Int {
         switch self {
         case .f32: cols * 4
         case .f16, .bf16: cols * 2
@@ -39,25 +39,25 @@ public enum WeightFormat: String, Sendable, CaseIterable {
 /// - `int8` (opt-in, faster): for Q4_0/Q4_1/Q8_0 weights, activations are rounded to 8 bits
 ///   per block of 32 (as llama.cpp does) and blocks are multiplied as exact integer dot
 ///   products; other formats keep fp32. Still batch invariant: each token is rounded alone.
-public enum ComputeMode: String, Sendable, CaseIterable, Codable {
+package enum ComputeMode: String, Sendable, CaseIterable, Codable {
     case fp32, int8
 }
 
 /// Raw bytes kept alive by whatever owns them (a memory-mapped file, or a copy).
-public final class ByteStore: @unchecked Sendable {
-    public let bytes: UnsafeRawBufferPointer
+package final class ByteStore: @unchecked Sendable {
+    package let bytes: UnsafeRawBufferPointer
     private let owner: AnyObject?
     private let owned: UnsafeMutableRawBufferPointer?
 
     /// Bytes inside memory owned by `owner` (e.g. a `MappedFile`).
-    public init(bytes: UnsafeRawBufferPointer, owner: AnyObject) {
+    package init(bytes: UnsafeRawBufferPointer, owner: AnyObject) {
         self.bytes = bytes
         self.owner = owner
         self.owned = nil
     }
 
     /// A private, 64-byte aligned copy.
-    public init(copying source: UnsafeRawBufferPointer) {
+    package init(copying source: UnsafeRawBufferPointer) {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(source.count, 1), alignment: 64)
         if source.count > 0 { buffer.baseAddress!.copyMemory(from: source.baseAddress!, byteCount: source.count) }
         owned = buffer
@@ -73,14 +73,14 @@ public final class ByteStore: @unchecked Sendable {
 /// Semantics of `matmul`: `y[t, o] = sum_k x[t, k] * W[o, k] (+ bias[o])`. The reduction
 /// order of each output is fixed per format (see `Dot.swift` for f32 and `ckernels.h` for
 /// the compact formats), so a row of `y` never depends on the batch around it.
-public struct LinearWeight: Sendable {
-    public let rows: Int
-    public let cols: Int
-    public let format: WeightFormat
+package struct LinearWeight: Sendable {
+    package let rows: Int
+    package let cols: Int
+    package let format: WeightFormat
     let dense: [Float]?
     let store: ByteStore?
 
-    public init(_ m: Matrix) {
+    package init(_ m: Matrix) {
         rows = m.rows
         cols = m.cols
         format = .f32
@@ -88,7 +88,7 @@ public struct LinearWeight: Sendable {
         store = nil
     }
 
-    public init(format: WeightFormat, rows: Int, cols: Int, store: ByteStore) throws {
+    package init(format: WeightFormat, rows: Int, cols: Int, store: ByteStore) throws {
         guard format != .f32 else {
             throw FacetError(.invalidArgument, "f32 weights are built from a Matrix", field: "format")
         }
@@ -106,19 +106,19 @@ public struct LinearWeight: Sendable {
     }
 
     /// Bytes the weight occupies.
-    public var byteSize: Int { format == .f32 ? rows * cols * 4 : store!.bytes.count }
+    package var byteSize: Int { format == .f32 ? rows * cols * 4 : store!.bytes.count }
 
-    public func matmul(x: UnsafePointer<Float>, t T: Int, y: UnsafeMutablePointer<Float>, bias: [Float]? = nil,
+    package func matmul(x: UnsafePointer<Float>, t T: Int, y: UnsafeMutablePointer<Float>, bias: [Float]? = nil,
                        compute: ComputeMode = .fp32) {
         LinearWeight.matmul(sharing: x, t: T, compute: compute, [Product(self, y: y, bias: bias)])
     }
 
     /// One product of a shared input: `y = x W^T (+ bias)`.
-    public struct Product {
-        public let weight: LinearWeight
-        public let y: UnsafeMutablePointer<Float>
-        public let bias: [Float]?     // [rows], added as y[t, o] + bias[o]
-        public init(_ weight: LinearWeight, y: UnsafeMutablePointer<Float>, bias: [Float]? = nil) {
+    package struct Product {
+        package let weight: LinearWeight
+        package let y: UnsafeMutablePointer<Float>
+        package let bias: [Float]?     // [rows], added as y[t, o] + bias[o]
+        package init(_ weight: LinearWeight, y: UnsafeMutablePointer<Float>, bias: [Float]? = nil) {
             self.weight = weight
             self.y = y
             self.bias = bias
@@ -132,7 +132,7 @@ public struct LinearWeight: Sendable {
     /// `prefetch`: memory the caller reads next (e.g. LoRA weights); the regions are dealt
     /// out to the tasks, which pull them into L2 a few lines per row while they compute,
     /// so the transfer overlaps with the product's arithmetic. Results never change.
-    public static func matmul(sharing x: UnsafePointer<Float>, t T: Int, compute: ComputeMode, _ products: [Product],
+    package static func matmul(sharing x: UnsafePointer<Float>, t T: Int, compute: ComputeMode, _ products: [Product],
                               prefetch: [UnsafeRawBufferPointer] = []) {
         products.withUnsafeBufferPointer { p in
             prefetch.withUnsafeBufferPointer { matmul(sharing: x, t: T, compute: compute, p, prefetch: $0) }
@@ -141,7 +141,7 @@ public struct LinearWeight: Sendable {
 
     /// `matmul(sharing:)` over products and prefetch regions the caller keeps (e.g. on its
     /// stack): nothing is allocated.
-    public static func matmul(sharing x: UnsafePointer<Float>, t T: Int, compute: ComputeMode, _ products: UnsafeBufferPointer<Product>,
+    package static func matmul(sharing x: UnsafePointer<Float>, t T: Int, compute: ComputeMode, _ products: UnsafeBufferPointer<Product>,
                               prefetch: UnsafeBufferPointer<UnsafeRawBufferPointer>) {
         guard T > 0, let K = products.first?.weight.cols else { return }
         precondition(products.allSatisfy { $0.weight.cols == K }, "products sharing an input must have the same input width")
@@ -271,7 +271,7 @@ public struct LinearWeight: Sendable {
     }
 
     /// The int8 mode's rounding of `x: [T, K]` (`q: [T, K]`, `d` and `s`: `[T, K/32]`).
-    public static func quantizeActivations(_ x: [Float], t: Int, k: Int) -> (q: [Int8], d: [Float], s: [Float]) {
+    package static func quantizeActivations(_ x: [Float], t: Int, k: Int) -> (q: [Int8], d: [Float], s: [Float]) {
         var q = [Int8](repeating: 0, count: t * k)
         var d = [Float](repeating: 0, count: t * k / 32), s = d
         q.withUnsafeMutableBufferPointer { qp in
@@ -285,7 +285,7 @@ public struct LinearWeight: Sendable {
     }
 
     /// Row `r` as floats (embedding lookups).
-    public func row(_ r: Int, into out: UnsafeMutablePointer<Float>) {
+    package func row(_ r: Int, into out: UnsafeMutablePointer<Float>) {
         if let dense {
             dense.withUnsafeBufferPointer { out.update(from: $0.baseAddress! + r * cols, count: cols) }
             return
@@ -303,7 +303,7 @@ public struct LinearWeight: Sendable {
     }
 
     /// The whole weight as fp32 (for merging, conversion and references).
-    public func dequantized() -> Matrix {
+    package func dequantized() -> Matrix {
         if let dense { return Matrix(rows: rows, cols: cols, data: dense) }
         var m = Matrix(zeros: rows, cols)
         m.data.withUnsafeMutableBufferPointer { p in
@@ -312,16 +312,16 @@ public struct LinearWeight: Sendable {
         return m
     }
 
-    public var isCompact: Bool { dense == nil }
+    package var isCompact: Bool { dense == nil }
 
     /// Tests only: run the kernels' portable scalar path instead of AVX2 on the calling
     /// thread (and in the pool tasks its calls start); other threads are not affected, so
     /// twin tests running in parallel cannot switch each other's path.
-    public static func useVectorKernels(_ enabled: Bool) { fk_set_vector_path(enabled ? 1 : 0) }
+    package static func useVectorKernels(_ enabled: Bool) { fk_set_vector_path(enabled ? 1 : 0) }
 
     /// Quantizes an fp32 matrix into a compact format (tests and conversions; the encoding
     /// follows ggml's reference quantizers for Q4_0, Q4_1 and Q8_0).
-    public static func quantize(_ m: Matrix, to format: WeightFormat) throws -> LinearWeight {
+    package static func quantize(_ m: Matrix, to format: WeightFormat) throws -> LinearWeight {
         guard format != .f32 else { return LinearWeight(m) }
         guard format.blockValues == 32 else {
             throw FacetError(.unsupported, "quantizing to \(format.rawValue) is not implemented", field: "format",

@@ -3,20 +3,20 @@ import Tensors
 /// A LoRA factor held in the narrowest of f32/f16/bf16 that represents every value exactly
 /// (adapters trained or saved in 16 bits stay 16 bits: half the memory traffic per step
 /// and half the cache budget, with bitwise the same results as their fp32 expansion).
-public struct LowRankMatrix: Sendable {
-    public enum Precision: String, Sendable, CaseIterable, Codable {
+package struct LowRankMatrix: Sendable {
+    package enum Precision: String, Sendable, CaseIterable, Codable {
         case f32, f16, bf16
-        public var bytes: Int { self == .f32 ? 4 : 2 }
+        package var bytes: Int { self == .f32 ? 4 : 2 }
     }
 
-    public let rows: Int
-    public let cols: Int
-    public let precision: Precision
+    package let rows: Int
+    package let cols: Int
+    package let precision: Precision
     let floats: [Float]     // f32 storage
     let halves: [UInt16]    // f16/bf16 storage
 
     /// Keeps `m` in the narrowest precision that holds all of its values exactly.
-    public init(_ m: Matrix) {
+    package init(_ m: Matrix) {
         rows = m.rows
         cols = m.cols
         if m.data.allSatisfy({ HalfFloat.fromBF16(HalfFloat.toBF16($0)).bitPattern == $0.bitPattern }) {
@@ -36,7 +36,7 @@ public struct LowRankMatrix: Sendable {
 
     /// `m` stored in `precision`, rounding to nearest even when it is narrower than the
     /// values (a lossy, explicit choice).
-    public init(_ m: Matrix, precision: Precision) {
+    package init(_ m: Matrix, precision: Precision) {
         rows = m.rows
         cols = m.cols
         self.precision = precision
@@ -48,7 +48,7 @@ public struct LowRankMatrix: Sendable {
     }
 
     /// The values as fp32 (exact).
-    public var matrix: Matrix {
+    package var matrix: Matrix {
         switch precision {
         case .f32: Matrix(rows: rows, cols: cols, data: floats)
         case .f16: Matrix(rows: rows, cols: cols, data: halves.map(HalfFloat.fromF16))
@@ -56,10 +56,10 @@ public struct LowRankMatrix: Sendable {
         }
     }
 
-    public var byteSize: Int { rows * cols * precision.bytes }
+    package var byteSize: Int { rows * cols * precision.bytes }
 
     /// The storage bytes (valid while the matrix lives; its arrays are never mutated).
-    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+    package func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         precision == .f32 ? try floats.withUnsafeBytes(body) : try halves.withUnsafeBytes(body)
     }
 }
@@ -111,9 +111,9 @@ enum F16Row: RowFormat {
 /// factors' storage precision): `u[i, j]` is `dot(x[i], A[j])` exactly as in `Dot.swift`;
 /// `delta[o] = fma(u[r-1], Bt[r-1][o], ... fma(u[1], Bt[1][o], u[0] * Bt[0][o]))`, then
 /// `y[o] = y[o] + delta[o] * scale`.
-public enum LowRank {
+package enum LowRank {
     /// `u[i, j] = dot(x[i], a[j])`: `x: [n, inDim]`, `a: [r, inDim]`, `u: [n, r]`.
-    public static func shrink(x: UnsafePointer<Float>, a: LowRankMatrix, u: UnsafeMutablePointer<Float>, n: Int) {
+    package static func shrink(x: UnsafePointer<Float>, a: LowRankMatrix, u: UnsafeMutablePointer<Float>, n: Int) {
         a.withBytes { raw in
             let p = raw.baseAddress!
             switch a.precision {
@@ -126,7 +126,7 @@ public enum LowRank {
 
     /// `y[rows[i], o] += scale * sum_j u[i, j] * bT[j, o]` for `i in 0..<n`.
     /// `u: [n, r]`, `bT: [r, outDim]`, `y: [*, outDim]`, `rows: [n]` (row of `y` for each `i`).
-    public static func expandAdd(u: UnsafePointer<Float>, bT: LowRankMatrix, scale: Float, y: UnsafeMutablePointer<Float>,
+    package static func expandAdd(u: UnsafePointer<Float>, bT: LowRankMatrix, scale: Float, y: UnsafeMutablePointer<Float>,
                                  rows: UnsafePointer<Int32>, n: Int) {
         bT.withBytes { raw in
             let p = raw.baseAddress!

@@ -1,12 +1,12 @@
 /// Dense fp32 matrix products with a batch-invariant reduction order.
-public enum MatMul {
+package enum MatMul {
     /// Semantics: `y[t, o] = sum_k x[t, k] * w[o, k]` (+ `bias[o]` when given), i.e.
     /// `y = x W^T` with `x: [T, K]`, `w: [O, K]` (checkpoint orientation), `y: [T, O]`.
     ///
     /// Every `y[t, o]` is `dot(x[t], w[o])` from `Dot.swift`: the tiling below only decides
     /// which dot products share loads, never how one is summed, so a row of `y` is bitwise
     /// the same for any `T` and any neighbours.
-    public static func nt(
+    package static func nt(
         x: UnsafePointer<Float>, w: UnsafePointer<Float>, bias: UnsafePointer<Float>? = nil,
         y: UnsafeMutablePointer<Float>, t T: Int, k K: Int, o O: Int
     ) {
@@ -108,12 +108,12 @@ func finish(
 }
 
 /// Raw pointers carried into parallel closures; the caller guarantees disjoint writes.
-public struct SendablePointer: @unchecked Sendable {
-    public let p: UnsafePointer<Float>
-    public init(_ p: UnsafePointer<Float>) { self.p = p }
+package struct SendablePointer: @unchecked Sendable {
+    package let p: UnsafePointer<Float>
+    package init(_ p: UnsafePointer<Float>) { self.p = p }
 }
 
-public struct SendableMutablePointer: @unchecked Sendable {
-    public let p: UnsafeMutablePointer<Float>
-    public init(_ p: UnsafeMutablePointer<Float>) { self.p = p }
+package struct SendableMutablePointer: @unchecked Sendable {
+    package let p: UnsafeMutablePointer<Float>
+    package init(_ p: UnsafeMutablePointer<Float>) { self.p = p }
 }

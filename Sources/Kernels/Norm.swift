@@ -1,11 +1,11 @@
 import Foundation
 internal import CKernels
 
-public enum Norm {
+package enum Norm {
     /// Semantics: for each row t of `x: [T, D]`,
     /// `y[t, d] = x[t, d] / sqrt(mean_d(x[t]^2) + eps) * weight[d]` (Llama RMSNorm, fp32).
     /// `y` may alias `x`.
-    public static func rms(
+    package static func rms(
         x: UnsafePointer<Float>, weight: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
         rows T: Int, dim D: Int, eps: Float
     ) {
@@ -35,10 +35,10 @@ public enum Norm {
     }
 }
 
-public enum Activation {
+package enum Activation {
     /// Semantics: `gate[i] = silu(gate[i]) * up[i]` with `silu(v) = v / (1 + exp(-v))`,
     /// `exp` being `VectorMath.exp` (every element the same arithmetic).
-    public static func siluMul(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int) {
+    package static func siluMul(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int) {
         // Elementwise, so splitting across threads changes no result.
         let job = SiluJob(gate: gate, up: up, split: Parallel.Split(count, granule: 256, work: count * 8))
         Parallel.run(job.split.parts, job)

@@ -6,9 +6,9 @@ internal import CKernels
 /// Work is split by *outputs* only, so every output element is produced by exactly one
 /// thread with the same instruction sequence whatever the split: results never depend on
 /// the thread count or the batch size.
-public enum Parallel {
+package enum Parallel {
     /// Number of worker threads; `FACET_THREADS` overrides the core count.
-    public static let threadCount: Int = {
+    package static let threadCount: Int = {
         if let text = getenvString("FACET_THREADS"), let n = Int(text), n > 0 { return n }
         return max(1, ProcessInfoLite.activeProcessorCount)
     }()
@@ -18,7 +18,7 @@ public enum Parallel {
     ///
     /// The caller's closure context stays on its stack; the one heap allocation per call is
     /// Swift's `withoutActuallyEscaping` check (a small thunk).
-    public static func forEach(_ chunks: Int, _ body: (Int) -> Void) {
+    package static func forEach(_ chunks: Int, _ body: (Int) -> Void) {
         if chunks <= 1 || threadCount == 1 {
             for c in 0..<chunks { body(c) }
             return
@@ -54,7 +54,7 @@ public enum Parallel {
     /// `serial`), and waits. The job is a value in the caller's frame reached through a C
     /// entry point, so unlike a closure nothing is allocated: the step loop's hot regions
     /// (products, attention, norms, activations) use this.
-    public static func run<J: ParallelJob>(_ tasks: Int, serial: Bool = false, _ job: J) {
+    package static func run<J: ParallelJob>(_ tasks: Int, serial: Bool = false, _ job: J) {
         if serial || tasks <= 1 || threadCount == 1 {
             for task in 0..<tasks { job.run(task) }
             return
@@ -68,7 +68,7 @@ public enum Parallel {
 
     /// Splits `0..<count` into about `threadCount * 2` ranges aligned to `granule` and runs
     /// them in parallel when `work` (an estimate of multiply-adds) is large enough to pay.
-    public static func ranges(_ count: Int, granule: Int = 1, work: Int, _ body: (Range<Int>) -> Void) {
+    package static func ranges(_ count: Int, granule: Int = 1, work: Int, _ body: (Range<Int>) -> Void) {
         let split = Split(count, granule: granule, work: work)
         if split.parts <= 1 {
             if split.parts == 1 { body(0..<count) }
@@ -80,22 +80,22 @@ public enum Parallel {
     /// How `ranges` cuts `0..<count`: about `threadCount * 2` (or `* 6` for large `work`)
     /// pieces aligned to `granule`, or one piece when `work` (an estimate of multiply-adds)
     /// is too small to pay for a fork-join.
-    public struct Split: Sendable {
-        public let count: Int, per: Int, parts: Int
+    package struct Split: Sendable {
+        package let count: Int, per: Int, parts: Int
 
-        public init(_ count: Int, granule: Int = 1, work: Int) {
+        package init(_ count: Int, granule: Int = 1, work: Int) {
             self.count = count
             let wanted = work < 16_384 || threadCount == 1 ? 1 : min(threadCount * (work < 4_000_000 ? 2 : 6), (count + granule - 1) / granule)
             per = wanted <= 1 ? max(count, 1) : ((count + wanted - 1) / wanted + granule - 1) / granule * granule
             parts = count == 0 ? 0 : (count + per - 1) / per
         }
 
-        public func range(_ i: Int) -> Range<Int> { (i * per)..<min(count, (i + 1) * per) }
+        package func range(_ i: Int) -> Range<Int> { (i * per)..<min(count, (i + 1) * per) }
     }
 }
 
 /// A parallel loop body whose state lives in the caller's frame (see `Parallel.run`).
-public protocol ParallelJob {
+package protocol ParallelJob {
     func run(_ task: Int)
     /// The C entry point: `{ job, task in job!.assumingMemoryBound(to: Self.self).pointee.run(Int(task)) }`
     /// written with the conforming type's name.

@@ -1,15 +1,15 @@
 import Foundation
 
 /// Rotary position embedding tables, Hugging Face "rotate_half" convention.
-public struct RopeTable: Sendable {
+package struct RopeTable: Sendable {
     /// `invFreq[i]` for `i in 0..<headDim/2`, already adjusted for any rope scaling.
-    public let invFreq: [Float]
-    public let headDim: Int
+    package let invFreq: [Float]
+    package let headDim: Int
     /// Multiplier applied to cos/sin (1 except for scaling schemes that change attention
     /// temperature, none of which we support yet).
-    public let attentionFactor: Float
+    package let attentionFactor: Float
 
-    public init(invFreq: [Float], headDim: Int, attentionFactor: Float = 1) {
+    package init(invFreq: [Float], headDim: Int, attentionFactor: Float = 1) {
         self.invFreq = invFreq
         self.headDim = headDim
         self.attentionFactor = attentionFactor
@@ -19,7 +19,7 @@ public struct RopeTable: Sendable {
     /// `f_i = positions[t] * invFreq[i]`, `half = headDim / 2`, `i in 0..<half`:
     /// `x1 = x[t,h,i]`, `x2 = x[t,h,i+half]`;
     /// `x[t,h,i] = x1 cos f_i - x2 sin f_i`, `x[t,h,i+half] = x2 cos f_i + x1 sin f_i`.
-    public func apply(_ x: UnsafeMutablePointer<Float>, tokens T: Int, heads: Int, positions: UnsafePointer<Int32>) {
+    package func apply(_ x: UnsafeMutablePointer<Float>, tokens T: Int, heads: Int, positions: UnsafePointer<Int32>) {
         let half = headDim / 2
         let rowStride = heads * headDim
         // The tables live on the stack: a step does not allocate here.

@@ -4,18 +4,18 @@ internal import CKernels
 /// nothing once it has seen its sizes (see `fk_thread_scratch`). Contents are unspecified:
 /// callers write before they read. Each slot has one owner; a slot is never used twice at
 /// once on one thread.
-public enum Scratch {
-    public enum Slot: Int32 {
+package enum Scratch {
+    package enum Slot: Int32 {
         case blockSums = 0, int8Activations, int8Scales, attentionScores
         case loraInput, loraRank
         case activations, finalHidden, logitInput, logitOutput, embeddingRow, logitRowIndex
     }
 
-    public static func floats(_ slot: Slot, _ count: Int) -> UnsafeMutablePointer<Float> {
+    package static func floats(_ slot: Slot, _ count: Int) -> UnsafeMutablePointer<Float> {
         raw(slot, max(count, 1) * MemoryLayout<Float>.stride).assumingMemoryBound(to: Float.self)
     }
 
-    public static func raw(_ slot: Slot, _ bytes: Int) -> UnsafeMutableRawPointer {
+    package static func raw(_ slot: Slot, _ bytes: Int) -> UnsafeMutableRawPointer {
         guard let p = fk_thread_scratch(slot.rawValue, UInt(max(bytes, 1))) else {
             preconditionFailure("out of memory for \(bytes) bytes of scratch")
         }

@@ -4,15 +4,15 @@
 /// `blockTables`), using adapter slot `adapterSlots[t]` (-1 = base model). A sequence's
 /// tokens in one batch must have consecutive positions following what is already cached.
 /// `logitRows` lists the tokens whose next-token logits are wanted, in output order.
-public struct ForwardBatch: Sendable {
-    public var tokens: [Int32]
-    public var positions: [Int32]
-    public var sequences: [Int32]
-    public var adapterSlots: [Int32]
-    public var blockTables: [[Int32]]
-    public var logitRows: [Int]
+package struct ForwardBatch: Sendable {
+    package var tokens: [Int32]
+    package var positions: [Int32]
+    package var sequences: [Int32]
+    package var adapterSlots: [Int32]
+    package var blockTables: [[Int32]]
+    package var logitRows: [Int]
 
-    public init(tokens: [Int32] = [], positions: [Int32] = [], sequences: [Int32] = [], adapterSlots: [Int32] = [],
+    package init(tokens: [Int32] = [], positions: [Int32] = [], sequences: [Int32] = [], adapterSlots: [Int32] = [],
                 blockTables: [[Int32]] = [], logitRows: [Int] = []) {
         self.tokens = tokens
         self.positions = positions
@@ -22,10 +22,10 @@ public struct ForwardBatch: Sendable {
         self.logitRows = logitRows
     }
 
-    public var count: Int { tokens.count }
+    package var count: Int { tokens.count }
 
     /// Appends a run of tokens of one sequence; `wantLogits` asks for the last token's logits.
-    public mutating func append(sequence: Int, tokens run: [Int32], startPosition: Int, adapterSlot: Int32, wantLogits: Bool) {
+    package mutating func append(sequence: Int, tokens run: [Int32], startPosition: Int, adapterSlot: Int32, wantLogits: Bool) {
         for (i, tok) in run.enumerated() {
             tokens.append(tok)
             positions.append(Int32(startPosition + i))

@@ -4,16 +4,16 @@ import PagedKV
 /// The floats of a paged KV cache: per layer, keys and values laid out as
 /// `[blocks, blockSize, kvHeads, headDim]`. Which block belongs to which sequence is
 /// `PagedKV`'s business; this type only stores.
-public final class KVStorage: @unchecked Sendable {
-    public let blocks: Int
-    public let blockSize: Int
-    public let kvHeads: Int
-    public let headDim: Int
-    public let layers: Int
+package final class KVStorage: @unchecked Sendable {
+    package let blocks: Int
+    package let blockSize: Int
+    package let kvHeads: Int
+    package let headDim: Int
+    package let layers: Int
     let keys: [UnsafeMutablePointer<Float>]
     let values: [UnsafeMutablePointer<Float>]
 
-    public init(layers: Int, blocks: Int, blockSize: Int, kvHeads: Int, headDim: Int) {
+    package init(layers: Int, blocks: Int, blockSize: Int, kvHeads: Int, headDim: Int) {
         self.layers = layers
         self.blocks = blocks
         self.blockSize = blockSize
@@ -33,7 +33,7 @@ public final class KVStorage: @unchecked Sendable {
     }
 
     /// Bytes one token occupies across all layers.
-    public static func bytesPerToken(layers: Int, kvHeads: Int, headDim: Int) -> Int { 2 * layers * kvHeads * headDim * 4 }
+    package static func bytesPerToken(layers: Int, kvHeads: Int, headDim: Int) -> Int { 2 * layers * kvHeads * headDim * 4 }
 
     deinit {
         for p in keys { p.deallocate() }

@@ -3,8 +3,8 @@ import Tensors
 
 /// Hyper-parameters of a Llama-family decoder (Llama 1-3, Mistral, Qwen2, SmolLM), decoded
 /// from a Hugging Face `config.json` and validated once, here.
-public struct LlamaConfiguration: Codable, Sendable, Equatable {
-    public enum RopeScaling: Sendable, Equatable, Codable {
+package struct LlamaConfiguration: Codable, Sendable, Equatable {
+    package enum RopeScaling: Sendable, Equatable, Codable {
         case none
         /// Positions divided by `factor`.
         case linear(factor: Double)
@@ -14,28 +14,28 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         case frequencyFactors([Float])
     }
 
-    public var architecture: String
-    public var vocabSize: Int
-    public var hiddenSize: Int
-    public var intermediateSize: Int
-    public var numLayers: Int
-    public var numHeads: Int
-    public var numKVHeads: Int
-    public var headDim: Int
-    public var rmsNormEps: Float
-    public var ropeTheta: Double
-    public var ropeScaling: RopeScaling
-    public var maxPositionEmbeddings: Int
-    public var tieWordEmbeddings: Bool
+    package var architecture: String
+    package var vocabSize: Int
+    package var hiddenSize: Int
+    package var intermediateSize: Int
+    package var numLayers: Int
+    package var numHeads: Int
+    package var numKVHeads: Int
+    package var headDim: Int
+    package var rmsNormEps: Float
+    package var ropeTheta: Double
+    package var ropeScaling: RopeScaling
+    package var maxPositionEmbeddings: Int
+    package var tieWordEmbeddings: Bool
     /// Bias on the q, k, v projections (Qwen2; Llama's `attention_bias` also biases o).
-    public var qkvBias: Bool
-    public var outputBias: Bool
-    public var mlpBias: Bool
-    public var slidingWindow: Int?
-    public var bosTokenID: Int?
-    public var eosTokenIDs: [Int]
+    package var qkvBias: Bool
+    package var outputBias: Bool
+    package var mlpBias: Bool
+    package var slidingWindow: Int?
+    package var bosTokenID: Int?
+    package var eosTokenIDs: [Int]
 
-    public init(
+    package init(
         architecture: String = "LlamaForCausalLM", vocabSize: Int, hiddenSize: Int, intermediateSize: Int, numLayers: Int,
         numHeads: Int, numKVHeads: Int, headDim: Int? = nil, rmsNormEps: Float = 1e-5, ropeTheta: Double = 10000,
         ropeScaling: RopeScaling = .none, maxPositionEmbeddings: Int = 2048, tieWordEmbeddings: Bool = false,
@@ -63,10 +63,10 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         self.eosTokenIDs = eosTokenIDs
     }
 
-    public static let supportedArchitectures = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"]
+    package static let supportedArchitectures = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"]
 
     /// Checks the invariants the forward pass relies on; errors name the field.
-    public func validate(file: String? = nil) throws {
+    package func validate(file: String? = nil) throws {
         func bad(_ field: String, _ message: String) -> FacetError {
             FacetError(.invalidConfig, message, file: file, field: field, remedy: "fix config.json or use the model's original config")
         }
@@ -92,7 +92,7 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
     /// Rotary inverse frequencies, `1 / theta^(2i / headDim)`, with the scaling applied.
     /// Computed in Float, step by step as transformers computes them in float32, so that
     /// the phases match the reference to the last bit where the math allows.
-    public func ropeInverseFrequencies() -> [Float] {
+    package func ropeInverseFrequencies() -> [Float] {
         let half = headDim / 2
         let base = Float(ropeTheta)
         var inv = (0..<half).map { i in 1 / powf(base, Float(2 * i) / Float(headDim)) }
@@ -155,7 +155,7 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         }
     }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         let archs = try c.decodeIfPresent([String].self, forKey: .architectures) ?? []
         let modelType = try c.decodeIfPresent(String.self, forKey: .modelType)
@@ -228,7 +228,7 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         try validate()
     }
 
-    public func encode(to encoder: any Encoder) throws {
+    package func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode([architecture], forKey: .architectures)
         try c.encode(architecture == "Qwen2ForCausalLM" ? "qwen2" : architecture == "MistralForCausalLM" ? "mistral" : "llama", forKey: .modelType)

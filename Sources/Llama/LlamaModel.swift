@@ -8,7 +8,7 @@ import Tensors
 /// an implementation adds its deltas to the rows whose slot it owns and leaves slot -1 rows
 /// alone. Implementations must compute each row from that row alone so that batching never
 /// changes a result.
-public protocol LinearDeltas: Sendable {
+package protocol LinearDeltas: Sendable {
     /// For each output (role, y): `y[t] += delta_role(x[t])` for each token t with
     /// `slots[t] >= 0`. `x: [T, inDim]`, `y: [T, outDim]`. The outputs share the input (e.g.
     /// q, k and v), so an implementation can run them as one parallel region.
@@ -37,16 +37,16 @@ public protocol LinearDeltas: Sendable {
 }
 
 extension LinearDeltas {
-    public func weightRegions(layer: Int, role: LinearRole, slots: UnsafePointer<Int32>, tokens: Int,
+    package func weightRegions(layer: Int, role: LinearRole, slots: UnsafePointer<Int32>, tokens: Int,
                               into regions: UnsafeMutableBufferPointer<UnsafeRawBufferPointer>, count: inout Int) {}
 }
 
 /// One linear output that receives adapter deltas: `y: [T, outDim]` of `role`.
-public struct DeltaOutput: @unchecked Sendable {
-    public let role: LinearRole
-    public let y: UnsafeMutablePointer<Float>
-    public let outDim: Int
-    public init(role: LinearRole, y: UnsafeMutablePointer<Float>, outDim: Int) {
+package struct DeltaOutput: @unchecked Sendable {
+    package let role: LinearRole
+    package let y: UnsafeMutablePointer<Float>
+    package let outDim: Int
+    package init(role: LinearRole, y: UnsafeMutablePointer<Float>, outDim: Int) {
         self.role = role
         self.y = y
         self.outDim = outDim
@@ -54,7 +54,7 @@ public struct DeltaOutput: @unchecked Sendable {
 }
 
 /// The linear layers adapters can target, named as in Hugging Face checkpoints.
-public enum LinearRole: String, CaseIterable, Sendable, Codable {
+package enum LinearRole: String, CaseIterable, Sendable, Codable {
     case q = "q_proj", k = "k_proj", v = "v_proj", o = "o_proj", gate = "gate_proj", up = "up_proj", down = "down_proj"
 }
 
@@ -66,29 +66,29 @@ public enum LinearRole: String, CaseIterable, Sendable, Codable {
 /// `attn_proj` (after it), `ffn_norm`, `gate`, `up` (before SiLU), `mlp_out` (after
 /// `down_proj`), `residual` (the stream after the block); then `final_norm` (layer nil,
 /// the logit rows only).
-public struct ForwardTap {
-    public let name: String
-    public let layer: Int?
-    public let rows: Int
-    public let cols: Int
-    public let values: UnsafeBufferPointer<Float>
+package struct ForwardTap {
+    package let name: String
+    package let layer: Int?
+    package let rows: Int
+    package let cols: Int
+    package let values: UnsafeBufferPointer<Float>
 }
 
 /// Receives every `ForwardTap` of a step. Off (nil) by default, which costs one branch per
 /// tap; used by tests now, by tensor parallelism and training next.
-public typealias ForwardHook = (ForwardTap) -> Void
+package typealias ForwardHook = (ForwardTap) -> Void
 
 /// A Llama-family decoder: embeddings, L blocks of (RMSNorm, GQA attention with RoPE,
 /// RMSNorm, SwiGLU MLP) with residuals, final RMSNorm and `lm_head`.
 /// Port of the math in transformers' `modeling_llama.py` (eager attention, fp32).
-public final class LlamaModel: @unchecked Sendable {
-    public let config: LlamaConfiguration
-    public let weights: LlamaWeights
+package final class LlamaModel: @unchecked Sendable {
+    package let config: LlamaConfiguration
+    package let weights: LlamaWeights
     /// How products with compact weights treat activations (`ComputeMode`).
-    public let compute: ComputeMode
+    package let compute: ComputeMode
     let rope: RopeTable
 
-    public init(config: LlamaConfiguration, weights: LlamaWeights, compute: ComputeMode = .fp32) throws {
+    package init(config: LlamaConfiguration, weights: LlamaWeights, compute: ComputeMode = .fp32) throws {
         try config.validate()
         try weights.validate(against: config)
         self.config = config
@@ -98,7 +98,7 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     /// The same weights (shared, not copied) under another compute mode.
-    public func with(compute: ComputeMode) -> LlamaModel {
+    package func with(compute: ComputeMode) -> LlamaModel {
         LlamaModel(validated: self, compute: compute)
     }
 
@@ -110,7 +110,7 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     /// Allocates cache storage for `blocks` blocks of `blockSize` positions.
-    public func makeKVStorage(blocks: Int, blockSize: Int) -> KVStorage {
+    package func makeKVStorage(blocks: Int, blockSize: Int) -> KVStorage {
         KVStorage(layers: config.numLayers, blocks: blocks, blockSize: blockSize, kvHeads: config.numKVHeads, headDim: config.headDim)
     }
 
@@ -118,7 +118,7 @@ public final class LlamaModel: @unchecked Sendable {
     /// next-token logits of `batch.logitRows` (each `[vocab]`, the adapter's vocabulary when
     /// it brings its own `lm_head`). Allocates the result; steps in a loop use
     /// `forward(_:kv:deltas:into:)`.
-    public func forward(_ batch: ForwardBatch, kv: KVStorage, deltas: (any LinearDeltas)? = nil) throws -> [[Float]] {
+    package func forward(_ batch: ForwardBatch, kv: KVStorage, deltas: (any LinearDeltas)? = nil) throws -> [[Float]] {
         let logits = Logits()
         try forward(batch, kv: kv, deltas: deltas, into: logits)
         return (0..<logits.rows).map { logits.array($0) }
@@ -126,7 +126,7 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// `forward` writing the logits into `logits`, storage the caller reuses from step to
     /// step (it grows to the largest step seen, then the step allocates no buffers).
-    public func forward(_ batch: ForwardBatch, kv: KVStorage, deltas: (any LinearDeltas)?, into logits: Logits,
+    package func forward(_ batch: ForwardBatch, kv: KVStorage, deltas: (any LinearDeltas)?, into logits: Logits,
                         hook: ForwardHook? = nil) throws {
         let T = batch.count
         logits.reset(rows: 0, width: 0)

@@ -2,30 +2,30 @@ import Kernels
 import Tensors
 
 /// Role of a weight inside a decoder layer; the one place checkpoint names map to.
-public enum LayerWeightRole: String, CaseIterable, Sendable {
+package enum LayerWeightRole: String, CaseIterable, Sendable {
     case attnNorm, q, k, v, o, qBias, kBias, vBias, oBias, ffnNorm, gate, up, down, gateBias, upBias, downBias
 }
 
 /// The weights of one decoder layer. Linear weights are `[out, in]` (checkpoint order).
-public struct LlamaLayerWeights: Sendable {
-    public var attnNorm: [Float]     // [D]
-    public var wq: LinearWeight          // [Hq*hd, D]
-    public var wk: LinearWeight          // [Hkv*hd, D]
-    public var wv: LinearWeight          // [Hkv*hd, D]
-    public var wo: LinearWeight          // [D, Hq*hd]
-    public var bq: [Float]?          // [Hq*hd]   (Qwen2)
-    public var bk: [Float]?          // [Hkv*hd]
-    public var bv: [Float]?          // [Hkv*hd]
-    public var bo: [Float]?          // [D]
-    public var ffnNorm: [Float]      // [D]
-    public var wGate: LinearWeight       // [I, D]
-    public var wUp: LinearWeight         // [I, D]
-    public var wDown: LinearWeight       // [D, I]
-    public var bGate: [Float]?       // [I]
-    public var bUp: [Float]?         // [I]
-    public var bDown: [Float]?       // [D]
+package struct LlamaLayerWeights: Sendable {
+    package var attnNorm: [Float]     // [D]
+    package var wq: LinearWeight          // [Hq*hd, D]
+    package var wk: LinearWeight          // [Hkv*hd, D]
+    package var wv: LinearWeight          // [Hkv*hd, D]
+    package var wo: LinearWeight          // [D, Hq*hd]
+    package var bq: [Float]?          // [Hq*hd]   (Qwen2)
+    package var bk: [Float]?          // [Hkv*hd]
+    package var bv: [Float]?          // [Hkv*hd]
+    package var bo: [Float]?          // [D]
+    package var ffnNorm: [Float]      // [D]
+    package var wGate: LinearWeight       // [I, D]
+    package var wUp: LinearWeight         // [I, D]
+    package var wDown: LinearWeight       // [D, I]
+    package var bGate: [Float]?       // [I]
+    package var bUp: [Float]?         // [I]
+    package var bDown: [Float]?       // [D]
 
-    public init(attnNorm: [Float], wq: LinearWeight, wk: LinearWeight, wv: LinearWeight, wo: LinearWeight, bq: [Float]? = nil, bk: [Float]? = nil,
+    package init(attnNorm: [Float], wq: LinearWeight, wk: LinearWeight, wv: LinearWeight, wo: LinearWeight, bq: [Float]? = nil, bk: [Float]? = nil,
                 bv: [Float]? = nil, bo: [Float]? = nil, ffnNorm: [Float], wGate: LinearWeight, wUp: LinearWeight, wDown: LinearWeight,
                 bGate: [Float]? = nil, bUp: [Float]? = nil, bDown: [Float]? = nil) {
         self.attnNorm = attnNorm
@@ -47,7 +47,7 @@ public struct LlamaLayerWeights: Sendable {
     }
 
     /// The weight of a linear role.
-    public func linear(_ role: LinearRole) -> LinearWeight {
+    package func linear(_ role: LinearRole) -> LinearWeight {
         switch role {
         case .q: wq
         case .k: wk
@@ -60,7 +60,7 @@ public struct LlamaLayerWeights: Sendable {
     }
 
     /// The bias of a linear role (Qwen2 has q/k/v biases; Llama none).
-    public func bias(_ role: LinearRole) -> [Float]? {
+    package func bias(_ role: LinearRole) -> [Float]? {
         switch role {
         case .q: bq
         case .k: bk
@@ -74,13 +74,13 @@ public struct LlamaLayerWeights: Sendable {
 }
 
 /// All weights of a Llama-family model.
-public struct LlamaWeights: Sendable {
-    public var embedding: LinearWeight           // [V, D]
-    public var layers: [LlamaLayerWeights]   // [L]
-    public var finalNorm: [Float]            // [D]
-    public var lmHead: LinearWeight              // [V, D] (the embedding itself when tied)
+package struct LlamaWeights: Sendable {
+    package var embedding: LinearWeight           // [V, D]
+    package var layers: [LlamaLayerWeights]   // [L]
+    package var finalNorm: [Float]            // [D]
+    package var lmHead: LinearWeight              // [V, D] (the embedding itself when tied)
 
-    public init(embedding: LinearWeight, layers: [LlamaLayerWeights], finalNorm: [Float], lmHead: LinearWeight) {
+    package init(embedding: LinearWeight, layers: [LlamaLayerWeights], finalNorm: [Float], lmHead: LinearWeight) {
         self.embedding = embedding
         self.layers = layers
         self.finalNorm = finalNorm
@@ -88,7 +88,7 @@ public struct LlamaWeights: Sendable {
     }
 
     /// Checks every shape against the configuration; errors name the tensor.
-    public func validate(against c: LlamaConfiguration, file: String? = nil) throws {
+    package func validate(against c: LlamaConfiguration, file: String? = nil) throws {
         func check(_ name: String, _ m: LinearWeight, _ rows: Int, _ cols: Int) throws {
             guard m.rows == rows, m.cols == cols else {
                 throw FacetError(.shapeMismatch, "shape [\(m.rows), \(m.cols)] but the config implies [\(rows), \(cols)]",

@@ -4,14 +4,14 @@
 /// vocabulary, or an adapter's extended one). The storage grows to the largest step seen
 /// and is then reused, so a step loop does not allocate its logits. Not thread-safe: one
 /// owner (e.g. the engine thread) fills and reads it.
-public final class Logits: @unchecked Sendable {
+package final class Logits: @unchecked Sendable {
     private var storage: UnsafeMutablePointer<Float>
     private var capacity: Int
     private var widths: [Int] = []
-    public private(set) var rows = 0
+    package private(set) var rows = 0
     private var stride = 0
 
-    public init() {
+    package init() {
         capacity = 0
         storage = UnsafeMutablePointer<Float>.allocate(capacity: 1)
     }
@@ -19,13 +19,13 @@ public final class Logits: @unchecked Sendable {
     deinit { storage.deallocate() }
 
     /// The logits of row `r` (valid until the next step writes this object).
-    public subscript(_ r: Int) -> UnsafeBufferPointer<Float> {
+    package subscript(_ r: Int) -> UnsafeBufferPointer<Float> {
         precondition(r >= 0 && r < rows, "logit row \(r) of \(rows)")
         return UnsafeBufferPointer(start: storage + r * stride, count: widths[r])
     }
 
     /// Row `r` copied into an array.
-    public func array(_ r: Int) -> [Float] { Array(self[r]) }
+    package func array(_ r: Int) -> [Float] { Array(self[r]) }
 
     /// Makes room for `rows` rows of at most `width` values (contents unspecified).
     func reset(rows: Int, width: Int) {

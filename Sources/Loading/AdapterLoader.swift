@@ -7,13 +7,13 @@ import Tensors
 
 /// Reads LoRA adapters (Hugging Face PEFT directories and TensorRT-LLM's converted .npy
 /// pairs) and checks each one against the base model it will run with.
-public enum AdapterLoader {
-    public enum Format: String, Sendable {
+package enum AdapterLoader {
+    package enum Format: String, Sendable {
         case peft, tensorrtLLM = "tensorrt-llm"
     }
 
     /// Which format the directory holds, or an error saying what is missing.
-    public static func detect(directory: String) throws -> Format {
+    package static func detect(directory: String) throws -> Format {
         let fm = FileManager.default
         func has(_ name: String) -> Bool { fm.fileExists(atPath: (directory as NSString).appendingPathComponent(name)) }
         var isDirectory: ObjCBool = false
@@ -28,7 +28,7 @@ public enum AdapterLoader {
     }
 
     /// Loads the adapter in `directory` for `base` (checked against its shapes).
-    public static func load(directory: String, name: String? = nil, base: LlamaConfiguration,
+    package static func load(directory: String, name: String? = nil, base: LlamaConfiguration,
                             baseEmbedding: LinearWeight? = nil) throws -> LoRAAdapter {
         let adapterName = name ?? (directory as NSString).lastPathComponent
         do {
@@ -46,7 +46,7 @@ public enum AdapterLoader {
 
     /// The checks every adapter passes, whatever it came from: shapes against the base,
     /// and at least one weight.
-    public static func checked(_ adapter: LoRAAdapter, base: LlamaConfiguration) throws -> LoRAAdapter {
+    package static func checked(_ adapter: LoRAAdapter, base: LlamaConfiguration) throws -> LoRAAdapter {
         try adapter.validate(against: base)
         if adapter.pairs.allSatisfy(\.isEmpty) && adapter.embeddingLoRA == nil && adapter.embedTokens == nil && adapter.lmHead == nil {
             throw FacetError(.invalidFile, "the adapter holds no LoRA weights", remedy: "check that the adapter was saved after training")
@@ -56,7 +56,7 @@ public enum AdapterLoader {
 
     /// A PEFT adapter from bytes (its `adapter_config.json` and `adapter_model.safetensors`
     /// contents, e.g. sent in a request), checked exactly as a directory would be.
-    public static func loadPEFT(config configData: Data, safetensors: Data, name: String, base: LlamaConfiguration,
+    package static func loadPEFT(config configData: Data, safetensors: Data, name: String, base: LlamaConfiguration,
                                 baseEmbedding: LinearWeight? = nil) throws -> LoRAAdapter {
         let config = try decodeJSON(PEFTConfig.self, from: configData, file: "adapter_config.json")
         try config.validate(file: "adapter_config.json")
@@ -79,7 +79,7 @@ public enum AdapterLoader {
 
     // MARK: - PEFT
 
-    public static func readPEFTConfig(directory: String) throws -> PEFTConfig {
+    package static func readPEFTConfig(directory: String) throws -> PEFTConfig {
         let path = (directory as NSString).appendingPathComponent("adapter_config.json")
         guard let data = FileManager.default.contents(atPath: path) else {
             throw FacetError(.notFound, "adapter_config.json is missing", file: path, remedy: "save the adapter with PEFT's save_pretrained")

@@ -7,9 +7,9 @@ import Tensors
 
 /// Baking an adapter into base weights (`W + scale * B A`), and writing models and adapters
 /// in Hugging Face layouts.
-public enum AdapterMerge {
+package enum AdapterMerge {
     /// A copy of `weights` with `adapter` merged in. Extended vocabularies replace the tables.
-    public static func merge(_ adapter: LoRAAdapter, into weights: LlamaWeights, config: LlamaConfiguration) throws -> (LlamaWeights, LlamaConfiguration) {
+    package static func merge(_ adapter: LoRAAdapter, into weights: LlamaWeights, config: LlamaConfiguration) throws -> (LlamaWeights, LlamaConfiguration) {
         try adapter.validate(against: config)
         var w = weights
         var c = config
@@ -70,7 +70,7 @@ public enum AdapterMerge {
     }
 
     /// Writes `config.json` and `model.safetensors` (names as transformers saves them).
-    public static func writeHuggingFace(weights w: LlamaWeights, config c: LlamaConfiguration, to directory: String,
+    package static func writeHuggingFace(weights w: LlamaWeights, config c: LlamaConfiguration, to directory: String,
                                         dtype: SafetensorsFile.DType = .f32) throws {
         try createDirectory(directory)
         var tensors: [SafetensorsWriter.Tensor] = [
@@ -100,7 +100,7 @@ public enum AdapterMerge {
 
     /// Writes a PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
     /// Each pair keeps its own rank (rank_pattern) and scale (alpha_pattern).
-    public static func writePEFT(_ adapter: LoRAAdapter, to directory: String, baseModel: String?) throws {
+    package static func writePEFT(_ adapter: LoRAAdapter, to directory: String, baseModel: String?) throws {
         try createDirectory(directory)
         var tensors: [SafetensorsWriter.Tensor] = []
         var ranks: [Int] = []
@@ -149,7 +149,7 @@ public enum AdapterMerge {
     }
 
 
-    public static func createDirectory(_ path: String) throws {
+    package static func createDirectory(_ path: String) throws {
         do {
             try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         } catch {
@@ -157,7 +157,7 @@ public enum AdapterMerge {
         }
     }
 
-    public static func write(_ data: Data, to path: String) throws {
+    package static func write(_ data: Data, to path: String) throws {
         do {
             try data.write(to: URL(fileURLWithPath: path))
         } catch {

@@ -5,11 +5,11 @@ import Llama
 import Tensors
 
 /// Where a model came from, for messages and for finding its tokenizer.
-public enum ModelSource: Sendable, Equatable {
+package enum ModelSource: Sendable, Equatable {
     case huggingFace(directory: String)
     case gguf(file: String)
 
-    public var path: String {
+    package var path: String {
         switch self {
         case .huggingFace(let d): d
         case .gguf(let f): f
@@ -18,10 +18,10 @@ public enum ModelSource: Sendable, Equatable {
 }
 
 /// Reads model weights from a Hugging Face directory or a GGUF file.
-public enum ModelLoader {
+package enum ModelLoader {
     /// Loads the model at `path` (a directory with config.json + *.safetensors, or a .gguf).
     /// `progress` receives short human-readable status lines.
-    public static func load(path: String, progress: (String) -> Void = { _ in }) throws -> (LlamaModel, ModelSource) {
+    package static func load(path: String, progress: (String) -> Void = { _ in }) throws -> (LlamaModel, ModelSource) {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw FacetError(.notFound, "model path does not exist", file: path,
@@ -35,7 +35,7 @@ public enum ModelLoader {
 
     // MARK: - Hugging Face
 
-    public static func readConfig(directory: String) throws -> LlamaConfiguration {
+    package static func readConfig(directory: String) throws -> LlamaConfiguration {
         let configPath = (directory as NSString).appendingPathComponent("config.json")
         guard let data = FileManager.default.contents(atPath: configPath) else {
             throw FacetError(.notFound, "config.json is missing", file: configPath,
@@ -44,7 +44,7 @@ public enum ModelLoader {
         return try decodeJSON(LlamaConfiguration.self, from: data, file: configPath)
     }
 
-    public static func loadHuggingFace(directory: String, progress: (String) -> Void = { _ in }) throws -> LlamaModel {
+    package static func loadHuggingFace(directory: String, progress: (String) -> Void = { _ in }) throws -> LlamaModel {
         let config = try readConfig(directory: directory)
         let names = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".safetensors") }.sorted()
         guard !names.isEmpty else {
@@ -63,7 +63,7 @@ public enum ModelLoader {
 
     // MARK: - GGUF
 
-    public static func ggufConfig(_ file: GGUFFile) throws -> LlamaConfiguration {
+    package static func ggufConfig(_ file: GGUFFile) throws -> LlamaConfiguration {
         let arch = file.string("general.architecture") ?? "llama"
         let architecture: String
         switch arch {
@@ -115,7 +115,7 @@ public enum ModelLoader {
         return config
     }
 
-    public static func loadGGUF(file: GGUFFile, progress: (String) -> Void = { _ in }) throws -> LlamaModel {
+    package static func loadGGUF(file: GGUFFile, progress: (String) -> Void = { _ in }) throws -> LlamaModel {
         let config = try ggufConfig(file)
         progress("Loading \(config.architecture) (\(config.numLayers) layers, hidden \(config.hiddenSize)) from \(file.path)")
         // llama.cpp's converter permutes the rows of Q and K for its interleaved RoPE on
@@ -192,7 +192,7 @@ public enum ModelLoader {
 
 /// Decodes JSON into a typed configuration, turning decoding errors into `FacetError`s
 /// that name the file and the field.
-public func decodeJSON<T: Decodable>(_ type: T.Type, from data: Data, file: String) throws -> T {
+package func decodeJSON<T: Decodable>(_ type: T.Type, from data: Data, file: String) throws -> T {
     do {
         return try JSONDecoder().decode(T.self, from: data)
     } catch let error as FacetError {

@@ -7,10 +7,10 @@ import Tensors
 /// TensorRT-LLM's converted LoRA form (`hf_lora_convert.py`): `model.lora_config.npy`
 /// `[1, rows, 3]` of `[module_id, layer, rank]` and `model.lora_weights.npy`
 /// `[1, rows, max_row]`, each row `A [r, in]` then `B [out, r]` (B already scaled), flattened.
-public enum TensorRTLoRA {
+package enum TensorRTLoRA {
     /// TensorRT-LLM's module ids for Llama. Note the MLP naming: `mlp_h_to_4h` is HF's
     /// gate_proj and `mlp_gate` is HF's up_proj.
-    public static let moduleIDs: [(id: Int, name: String, role: LinearRole?)] = [
+    package static let moduleIDs: [(id: Int, name: String, role: LinearRole?)] = [
         (0, "attn_qkv", nil), (1, "attn_q", .q), (2, "attn_k", .k), (3, "attn_v", .v), (4, "attn_dense", .o),
         (5, "mlp_h_to_4h", .gate), (6, "mlp_4h_to_h", .down), (7, "mlp_gate", .up),
     ]
@@ -30,7 +30,7 @@ public enum TensorRTLoRA {
 
     /// Builds an adapter from the two arrays (as loaded from the files or sent by a Triton
     /// client), checked against `base`.
-    public static func adapter(weights: NpyArray, config: NpyArray, name: String, base c: LlamaConfiguration,
+    package static func adapter(weights: NpyArray, config: NpyArray, name: String, base c: LlamaConfiguration,
                                source: String = "lora_weights") throws -> LoRAAdapter {
         func bad(_ field: String, _ message: String) -> FacetError {
             FacetError(.invalidArgument, message, field: field, remedy: "send the arrays exactly as hf_lora_convert.py wrote them")
@@ -102,7 +102,7 @@ public enum TensorRTLoRA {
         return adapter
     }
 
-    public static func load(directory: String, name: String, base: LlamaConfiguration) throws -> LoRAAdapter {
+    package static func load(directory: String, name: String, base: LlamaConfiguration) throws -> LoRAAdapter {
         let weightsPath = (directory as NSString).appendingPathComponent("model.lora_weights.npy")
         let configPath = (directory as NSString).appendingPathComponent("model.lora_config.npy")
         let weights = try NpyArray.read(path: weightsPath)
@@ -116,7 +116,7 @@ public enum TensorRTLoRA {
 
     /// The adapter as TensorRT-LLM arrays: scale folded into B, rows per layer in HF
     /// module order, zero-padded to the longest row.
-    public static func arrays(_ adapter: LoRAAdapter, storage: NpyArray.Kind = .f16) throws -> (weights: NpyArray, config: NpyArray) {
+    package static func arrays(_ adapter: LoRAAdapter, storage: NpyArray.Kind = .f16) throws -> (weights: NpyArray, config: NpyArray) {
         if adapter.embeddingLoRA != nil || adapter.embedTokens != nil || adapter.lmHead != nil {
             throw FacetError(.unsupported, "TensorRT-LLM's LoRA arrays cannot hold embedding LoRA or modules_to_save tables",
                              field: adapter.name, remedy: "keep this adapter in PEFT format")

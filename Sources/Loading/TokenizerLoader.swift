@@ -5,10 +5,10 @@ import Tokenization
 
 /// Finds and builds tokenizers: Hugging Face files in a directory, or the vocabulary
 /// embedded in a GGUF file.
-public enum TokenizerLoader {
+package enum TokenizerLoader {
     /// The tokenizer in `directory` (tokenizer.json, with tokenizer_config.json and
     /// chat_template.jinja when present), or nil when it has no tokenizer.json.
-    public static func loadHuggingFace(directory: String) throws -> Tokenizer? {
+    package static func loadHuggingFace(directory: String) throws -> Tokenizer? {
         let fm = FileManager.default
         let path = (directory as NSString).appendingPathComponent("tokenizer.json")
         guard let json = fm.contents(atPath: path) else {
@@ -25,7 +25,7 @@ public enum TokenizerLoader {
     }
 
     /// The tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
-    public static func loadGGUF(_ file: GGUFFile) throws -> Tokenizer {
+    package static func loadGGUF(_ file: GGUFFile) throws -> Tokenizer {
         func bad(_ key: String, _ message: String) -> FacetError {
             FacetError(.invalidFile, message, file: file.path, field: key, remedy: "use a GGUF with an embedded tokenizer, or pass --tokenizer_dir")
         }

@@ -3,10 +3,10 @@ import Kernels
 
 /// A small, fast, seedable generator (SplitMix64): each request owns one, so a seed gives
 /// the same tokens whatever else runs in the batch.
-public struct SeededRandom: RandomNumberGenerator, Sendable {
+package struct SeededRandom: RandomNumberGenerator, Sendable {
     private var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
+    package init(seed: UInt64) { state = seed }
+    package mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -14,26 +14,26 @@ public struct SeededRandom: RandomNumberGenerator, Sendable {
         return z ^ (z >> 31)
     }
     /// Uniform in [0, 1) with 24 bits.
-    public mutating func unit() -> Float { Float(next() >> 40) / Float(1 << 24) }
+    package mutating func unit() -> Float { Float(next() >> 40) / Float(1 << 24) }
 }
 
 /// Picks tokens from logits for one request: repetition penalty, temperature, top-k,
 /// top-p, min-p, then a draw from this request's own random stream.
-public struct Sampler: Sendable {
-    public let parameters: SamplingParameters
+package struct Sampler: Sendable {
+    package let parameters: SamplingParameters
     private var random: SeededRandom
 
-    public init(_ parameters: SamplingParameters) {
+    package init(_ parameters: SamplingParameters) {
         self.parameters = parameters
         random = SeededRandom(seed: parameters.seed ?? UInt64.random(in: 0...UInt64.max))
     }
 
     /// Index of the largest logit (the first one on ties, like torch.argmax).
-    public static func argmax(_ logits: [Float]) -> Int {
+    package static func argmax(_ logits: [Float]) -> Int {
         logits.withUnsafeBufferPointer { argmax($0) }
     }
 
-    public static func argmax(_ logits: UnsafeBufferPointer<Float>) -> Int {
+    package static func argmax(_ logits: UnsafeBufferPointer<Float>) -> Int {
         var best = 0
         var bestValue = -Float.infinity
         for (i, v) in logits.enumerated() where v > bestValue {
@@ -44,7 +44,7 @@ public struct Sampler: Sendable {
     }
 
     /// Applies the repetition penalty over `history` (HF semantics: each distinct token once).
-    public static func penalize(_ logits: inout [Float], history: [Int32], penalty: Float) {
+    package static func penalize(_ logits: inout [Float], history: [Int32], penalty: Float) {
         guard penalty != 1 else { return }
         var seen = Set<Int32>()
         for t in history where seen.insert(t).inserted && Int(t) < logits.count && t >= 0 {
@@ -55,7 +55,7 @@ public struct Sampler: Sendable {
 
     /// The indices of the `k` largest values, largest first (ties: lower index first), in
     /// O(n log k): a bounded min-heap instead of sorting all n.
-    public static func topIndices(_ values: UnsafeBufferPointer<Float>, _ k: Int) -> [Int] {
+    package static func topIndices(_ values: UnsafeBufferPointer<Float>, _ k: Int) -> [Int] {
         let k = min(k, values.count)
         guard k > 0 else { return [] }
         // "a ranks below b": smaller value, or equal value and larger index.
@@ -160,7 +160,7 @@ public struct Sampler: Sendable {
 
     /// The probability distribution actually sampled from, as (token, probability) pairs
     /// sorted by decreasing probability; exposed for tests and logprobs.
-    public static func candidates(_ logits: [Float], _ p: SamplingParameters) -> [(Int, Float)] {
+    package static func candidates(_ logits: [Float], _ p: SamplingParameters) -> [(Int, Float)] {
         let pool = logits.withUnsafeBufferPointer { Self.pool($0, p) }
         var pairs = zip(pool.tokens ?? Array(pool.weights.indices), pool.weights.map { $0 / pool.total }).map { ($0, $1) }
         if !pool.sorted { pairs.sort { $0.1 > $1.1 || ($0.1 == $1.1 && $0.0 < $1.0) } }
@@ -168,11 +168,11 @@ public struct Sampler: Sendable {
     }
 
     /// Chooses the next token given the logits and the tokens so far (prompt + output).
-    public mutating func next(logits input: [Float], history: [Int32]) -> Int {
+    package mutating func next(logits input: [Float], history: [Int32]) -> Int {
         input.withUnsafeBufferPointer { next(logits: $0, history: history) }
     }
 
-    public mutating func next(logits input: UnsafeBufferPointer<Float>, history: [Int32]) -> Int {
+    package mutating func next(logits input: UnsafeBufferPointer<Float>, history: [Int32]) -> Int {
         let banned = Self.banned(parameters.badWordIDs, history: history)
         guard (parameters.repetitionPenalty != 1 && !history.isEmpty) || !banned.isEmpty else { return choose(input) }
         var logits = Array(input)
@@ -183,7 +183,7 @@ public struct Sampler: Sendable {
 
     /// The tokens `badWords` forbid next: the last token of each sequence whose other
     /// tokens end `history` (a one-token bad word is always forbidden).
-    public static func banned(_ badWords: [[Int32]], history: [Int32]) -> [Int32] {
+    package static func banned(_ badWords: [[Int32]], history: [Int32]) -> [Int32] {
         badWords.compactMap { word in
             let prefix = word.dropLast()
             return history.count >= prefix.count && history.suffix(prefix.count).elementsEqual(prefix) ? word.last : nil

@@ -1,35 +1,35 @@
 import Tensors
 
 /// How one request picks its next tokens. Validated once, where it enters (CLI or API).
-public struct SamplingParameters: Sendable, Equatable, Codable {
+package struct SamplingParameters: Sendable, Equatable, Codable {
     /// 0 means greedy (argmax).
-    public var temperature: Float = 1
+    package var temperature: Float = 1
     /// Keep only the k most likely tokens; 0 disables. 1 is greedy.
-    public var topK: Int = 0
+    package var topK: Int = 0
     /// Keep the smallest set whose probability reaches p; 1 (or 0, as in TensorRT-LLM) disables.
-    public var topP: Float = 1
+    package var topP: Float = 1
     /// Drop tokens whose probability is below `minP` times the top probability; 0 disables.
-    public var minP: Float = 0
+    package var minP: Float = 0
     /// Divides positive (multiplies negative) logits of tokens already seen; 1 disables.
-    public var repetitionPenalty: Float = 1
+    package var repetitionPenalty: Float = 1
     /// Seed of this request's own random stream; nil takes one from the system.
-    public var seed: UInt64?
-    public var maxTokens: Int = 16
+    package var seed: UInt64?
+    package var maxTokens: Int = 16
     /// Generation stops after a token whose text completes one of these strings, which are
     /// removed from the output.
-    public var stop: [String] = []
+    package var stop: [String] = []
     /// Token ids that end generation (the model's EOS unless `ignoreEOS`).
-    public var stopTokenIDs: [Int] = []
-    public var ignoreEOS: Bool = false
+    package var stopTokenIDs: [Int] = []
+    package var ignoreEOS: Bool = false
     /// Token sequences never to generate (TensorRT-LLM's `bad_words_list`): when the output
     /// so far ends with all but the last token of one, its last token is excluded.
-    public var badWordIDs: [[Int32]] = []
+    package var badWordIDs: [[Int32]] = []
 
-    public init() {}
+    package init() {}
 
-    public var isGreedy: Bool { temperature == 0 || topK == 1 }
+    package var isGreedy: Bool { temperature == 0 || topK == 1 }
 
-    public func validate() throws {
+    package func validate() throws {
         func bad(_ field: String, _ message: String) -> FacetError {
             FacetError(.invalidArgument, message, field: field)
         }

@@ -1,17 +1,17 @@
 import PagedKV
 
 /// Limits the scheduler enforces on every step.
-public struct SchedulerLimits: Sendable, Equatable {
+package struct SchedulerLimits: Sendable, Equatable {
     /// Sequences running at once.
-    public var maxBatchSize: Int
+    package var maxBatchSize: Int
     /// Tokens (prompt chunks + decode tokens) in one forward step.
-    public var maxNumTokens: Int
+    package var maxNumTokens: Int
     /// Distinct adapters in one step (the base model does not count).
-    public var maxLoras: Int
+    package var maxLoras: Int
     /// Longest sequence (prompt + output).
-    public var maxModelLength: Int
+    package var maxModelLength: Int
 
-    public init(maxBatchSize: Int = 64, maxNumTokens: Int = 512, maxLoras: Int = 16, maxModelLength: Int = 2048) {
+    package init(maxBatchSize: Int = 64, maxNumTokens: Int = 512, maxLoras: Int = 16, maxModelLength: Int = 2048) {
         self.maxBatchSize = maxBatchSize
         self.maxNumTokens = maxNumTokens
         self.maxLoras = maxLoras
@@ -22,23 +22,23 @@ public struct SchedulerLimits: Sendable, Equatable {
 /// What one forward step computes: for each entry, tokens `start..<start+count` of the
 /// request's known tokens (prompt, then outputs); when `samples` is true the step's last
 /// token yields the request's next token.
-public struct StepPlan: Sendable, Equatable {
-    public struct Entry: Sendable, Equatable {
-        public var request: Int
-        public var start: Int
-        public var count: Int
-        public var samples: Bool
-        public init(request: Int, start: Int, count: Int, samples: Bool) {
+package struct StepPlan: Sendable, Equatable {
+    package struct Entry: Sendable, Equatable {
+        package var request: Int
+        package var start: Int
+        package var count: Int
+        package var samples: Bool
+        package init(request: Int, start: Int, count: Int, samples: Bool) {
             self.request = request
             self.start = start
             self.count = count
             self.samples = samples
         }
     }
-    public var entries: [Entry] = []
+    package var entries: [Entry] = []
     /// Requests that lost their KV blocks this step and will be recomputed later.
-    public var preempted: [Int] = []
-    public var isEmpty: Bool { entries.isEmpty }
+    package var preempted: [Int] = []
+    package var isEmpty: Bool { entries.isEmpty }
 }
 
 /// Continuous batching over a paged KV cache.
@@ -50,41 +50,41 @@ public struct StepPlan: Sendable, Equatable {
 /// the cache runs out, the newest running request is preempted: its blocks are freed and it
 /// is recomputed from its prompt and outputs later (its results do not change: every step is
 /// batch-invariant). The scheduler only does bookkeeping; it never touches the model.
-public struct Scheduler: Sendable {
-    public struct Request: Sendable {
-        public let id: Int
+package struct Scheduler: Sendable {
+    package struct Request: Sendable {
+        package let id: Int
         /// Adapter identity (nil = base); used to count distinct adapters per step.
-        public let adapter: String?
-        public var tokens: [Int32]
-        public let promptCount: Int
-        public var computed = 0
-        public var table = BlockTable()
-        public let arrival: Int
-        public var preemptions = 0
-        public var outputCount: Int { tokens.count - promptCount }
+        package let adapter: String?
+        package var tokens: [Int32]
+        package let promptCount: Int
+        package var computed = 0
+        package var table = BlockTable()
+        package let arrival: Int
+        package var preemptions = 0
+        package var outputCount: Int { tokens.count - promptCount }
     }
 
-    public let limits: SchedulerLimits
-    public private(set) var allocator: BlockAllocator
-    public private(set) var waiting: [Request] = []
-    public private(set) var running: [Request] = []
+    package let limits: SchedulerLimits
+    package private(set) var allocator: BlockAllocator
+    package private(set) var waiting: [Request] = []
+    package private(set) var running: [Request] = []
     private var arrivals = 0
 
-    public init(limits: SchedulerLimits, blocks: Int, blockSize: Int) {
+    package init(limits: SchedulerLimits, blocks: Int, blockSize: Int) {
         self.limits = limits
         self.allocator = BlockAllocator(capacity: blocks, blockSize: blockSize)
     }
 
-    public var hasWork: Bool { !waiting.isEmpty || !running.isEmpty }
+    package var hasWork: Bool { !waiting.isEmpty || !running.isEmpty }
 
-    public enum AdmissionError: Error, Equatable {
+    package enum AdmissionError: Error, Equatable {
         case tooLong(tokens: Int, limit: Int)
         case exceedsCache(tokens: Int, capacity: Int)
         case duplicateID
     }
 
     /// Queues a request whose prompt is `prompt` and that may grow to `maxTotal` tokens.
-    public mutating func add(id: Int, prompt: [Int32], adapter: String?, maxTotal: Int) throws(AdmissionError) {
+    package mutating func add(id: Int, prompt: [Int32], adapter: String?, maxTotal: Int) throws(AdmissionError) {
         guard maxTotal <= limits.maxModelLength else { throw .tooLong(tokens: maxTotal, limit: limits.maxModelLength) }
         let capacity = allocator.capacity * allocator.blockSize
         guard maxTotal <= capacity else { throw .exceedsCache(tokens: maxTotal, capacity: capacity) }
@@ -93,12 +93,12 @@ public struct Scheduler: Sendable {
         arrivals += 1
     }
 
-    public func request(_ id: Int) -> Request? {
+    package func request(_ id: Int) -> Request? {
         running.first { $0.id == id } ?? waiting.first { $0.id == id }
     }
 
     /// Removes a request (finished, cancelled or disconnected) and frees its blocks at once.
-    public mutating func remove(_ id: Int) {
+    package mutating func remove(_ id: Int) {
         if let i = running.firstIndex(where: { $0.id == id }) {
             running[i].table.release(to: &allocator)
             running.remove(at: i)
@@ -109,11 +109,11 @@ public struct Scheduler: Sendable {
     }
 
     /// Records the token sampled for `id` at the end of a step.
-    public mutating func append(_ token: Int32, to id: Int) {
+    package mutating func append(_ token: Int32, to id: Int) {
         if let i = running.firstIndex(where: { $0.id == id }) { running[i].tokens.append(token) }
     }
 
-    public mutating func schedule() -> StepPlan {
+    package mutating func schedule() -> StepPlan {
         var plan = StepPlan()
         var budget = limits.maxNumTokens
         var adapters = Set<String>()
@@ -178,5 +178,5 @@ public struct Scheduler: Sendable {
         waiting.insert(victim, at: 0)
     }
 
-    public func blockTable(_ id: Int) -> [Int32] { running.first { $0.id == id }?.table.blocks ?? [] }
+    package func blockTable(_ id: Int) -> [Int32] { running.first { $0.id == id }?.table.blocks ?? [] }
 }

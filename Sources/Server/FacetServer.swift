@@ -8,35 +8,35 @@ import ServiceLifecycle
 import Tensors
 import Tokenization
 
-public struct ServerConfiguration: Sendable {
-    public var host = "127.0.0.1"
-    public var port = 8000
+package struct ServerConfiguration: Sendable {
+    package var host = "127.0.0.1"
+    package var port = 8000
     /// Name of the base model in the API (`model` field, `/v1/models`).
-    public var servedModelName = "facet"
-    public var apiKey: String?
-    public var maxRequestBytes = 4 << 20
+    package var servedModelName = "facet"
+    package var apiKey: String?
+    package var maxRequestBytes = 4 << 20
     /// Requests in flight (running + waiting) beyond which new ones get 429.
-    public var maxPendingRequests = 256
+    package var maxPendingRequests = 256
     /// Parse special-token text inside chat message content as special tokens (off: a user
     /// typing `<|im_end|>` gets those characters, not a turn boundary).
-    public var parseSpecialTokensInContent = false
+    package var parseSpecialTokensInContent = false
     /// Seconds a client may take to send its whole request body.
-    public var requestBodyTimeout: Double = 30
+    package var requestBodyTimeout: Double = 30
     /// Seconds an idle keep-alive connection (or one stalled mid-request) stays open.
-    public var idleTimeout: Double = 60
-    public init() {}
+    package var idleTimeout: Double = 60
+    package init() {}
 }
 
 /// Shared state of the HTTP handlers.
-public final class ServingContext: Sendable {
-    public let engine: InferenceEngine
-    public let store: AdapterStore
-    public let metrics: ServerMetrics
-    public let configuration: ServerConfiguration
-    public let created = Int(Date().timeIntervalSince1970)
+package final class ServingContext: Sendable {
+    package let engine: InferenceEngine
+    package let store: AdapterStore
+    package let metrics: ServerMetrics
+    package let configuration: ServerConfiguration
+    package let created = Int(Date().timeIntervalSince1970)
     let pending = Atomic()
 
-    public init(engine: InferenceEngine, store: AdapterStore, metrics: ServerMetrics, configuration: ServerConfiguration) {
+    package init(engine: InferenceEngine, store: AdapterStore, metrics: ServerMetrics, configuration: ServerConfiguration) {
         self.engine = engine
         self.store = store
         self.metrics = metrics
@@ -65,9 +65,9 @@ struct EngineService: Service {
     }
 }
 
-public enum FacetServer {
+package enum FacetServer {
     /// Builds the application: OpenAI-compatible routes, health, metrics.
-    public static func makeApplication(context: ServingContext, logger: Logger) -> some ApplicationProtocol {
+    package static func makeApplication(context: ServingContext, logger: Logger) -> some ApplicationProtocol {
         let router = Router()
         router.add(middleware: LogRequestsMiddleware(.info))
         router.add(middleware: ErrorCountingMiddleware(metrics: context.metrics))

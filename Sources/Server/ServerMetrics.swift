@@ -5,8 +5,8 @@ import Prometheus
 
 /// Prometheus metrics of one server (its own registry, so several servers can live in one
 /// process), fed by the engine loop and the request handlers.
-public final class ServerMetrics: EngineObserver, @unchecked Sendable {
-    public let registry = PrometheusCollectorRegistry()
+package final class ServerMetrics: EngineObserver, @unchecked Sendable {
+    package let registry = PrometheusCollectorRegistry()
     let factory: PrometheusMetricsFactory
     let running: CoreMetrics.Gauge
     let waiting: CoreMetrics.Gauge
@@ -27,7 +27,7 @@ public final class ServerMetrics: EngineObserver, @unchecked Sendable {
     private var perModel: [String: CoreMetrics.Counter] = [:]
     private var failures: [String: CoreMetrics.Counter] = [:]
 
-    public init() {
+    package init() {
         var f = PrometheusMetricsFactory(registry: registry)
         let latency: [Duration] = [.milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
                                    .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10), .seconds(30)]
@@ -50,22 +50,22 @@ public final class ServerMetrics: EngineObserver, @unchecked Sendable {
         stepTime = CoreMetrics.Timer(label: "facet_step_duration_seconds", factory: f)
     }
 
-    public func stepFinished(running r: Int, waiting w: Int, tokens: Int, kvBlocksUsed: Int, kvBlocksTotal: Int, seconds: Double) {
+    package func stepFinished(running r: Int, waiting w: Int, tokens: Int, kvBlocksUsed: Int, kvBlocksTotal: Int, seconds: Double) {
         stateChanged(running: r, waiting: w, kvBlocksUsed: kvBlocksUsed, kvBlocksTotal: kvBlocksTotal)
         if seconds > 0 { tokensPerSecond.record(Double(tokens) / seconds) }
         stepTime.recordSeconds(seconds)
     }
 
-    public func requestFinished(adapter: String?, promptTokens p: Int, completionTokens c: Int, timeToFirstToken: Double?, timePerOutputToken: Double?) {
+    package func requestFinished(adapter: String?, promptTokens p: Int, completionTokens c: Int, timeToFirstToken: Double?, timePerOutputToken: Double?) {
         promptTokens.increment(by: p)
         generationTokens.increment(by: c)
         if let t = timeToFirstToken { ttft.recordSeconds(t) }
         if let t = timePerOutputToken { tpot.recordSeconds(t) }
     }
 
-    public func preempted(count: Int) { preemptions.increment(by: count) }
+    package func preempted(count: Int) { preemptions.increment(by: count) }
 
-    public func stateChanged(running r: Int, waiting w: Int, kvBlocksUsed: Int, kvBlocksTotal: Int) {
+    package func stateChanged(running r: Int, waiting w: Int, kvBlocksUsed: Int, kvBlocksTotal: Int) {
         running.record(r)
         waiting.record(w)
         kvUsed.record(kvBlocksUsed)
@@ -73,7 +73,7 @@ public final class ServerMetrics: EngineObserver, @unchecked Sendable {
         kvUsage.record(Double(kvBlocksUsed) / Double(max(kvBlocksTotal, 1)))
     }
 
-    public func requestCancelled(adapter: String?, promptTokens p: Int, completionTokens c: Int) {
+    package func requestCancelled(adapter: String?, promptTokens p: Int, completionTokens c: Int) {
         cancelled.increment()
         promptTokens.increment(by: p)
         generationTokens.increment(by: c)

@@ -6,33 +6,33 @@ import Sampling
 /// Drives an OpenAI-compatible server (`facet serve`, or any other) with streaming
 /// completions arriving as a Poisson process at rising rates, and reports throughput, time
 /// to first token (TTFT), time per output token (TPOT) and end-to-end latency percentiles.
-public struct ServingBenchmark: Sendable {
-    public struct Configuration: Sendable {
-        public var baseURL: String
+package struct ServingBenchmark: Sendable {
+    package struct Configuration: Sendable {
+        package var baseURL: String
         /// Models (adapters) used round-robin; empty: every model the server lists.
-        public var models: [String] = []
+        package var models: [String] = []
         /// Requests per second; `.infinity` sends them all at once.
-        public var rates: [Double] = [1, 2, 4, 8, .infinity]
-        public var requestsPerRate = 32
-        public var promptWords = 96
-        public var maxTokens = 64
+        package var rates: [Double] = [1, 2, 4, 8, .infinity]
+        package var requestsPerRate = 32
+        package var promptWords = 96
+        package var maxTokens = 64
         /// Sampling temperature of every request (0: greedy; OpenAI clients default to 1).
-        public var temperature: Double = 0
-        public var seed: UInt64 = 1
-        public var apiKey: String?
-        public var timeoutSeconds: Int64 = 600
+        package var temperature: Double = 0
+        package var seed: UInt64 = 1
+        package var apiKey: String?
+        package var timeoutSeconds: Int64 = 600
 
-        public init(baseURL: String) { self.baseURL = baseURL }
+        package init(baseURL: String) { self.baseURL = baseURL }
     }
 
-    public struct Percentiles: Codable, Sendable {
-        public var mean: Double
-        public var p50: Double
-        public var p90: Double
-        public var p99: Double
+    package struct Percentiles: Codable, Sendable {
+        package var mean: Double
+        package var p50: Double
+        package var p90: Double
+        package var p99: Double
 
         /// Nearest-rank percentiles of `values` (zeros when empty).
-        public init(_ values: [Double]) {
+        package init(_ values: [Double]) {
             let v = values.sorted()
             func rank(_ p: Double) -> Double { v.isEmpty ? 0 : v[min(v.count - 1, max(0, Int((p * Double(v.count)).rounded(.up)) - 1))] }
             mean = v.isEmpty ? 0 : v.reduce(0, +) / Double(v.count)
@@ -42,19 +42,19 @@ public struct ServingBenchmark: Sendable {
         }
     }
 
-    public struct RateResult: Codable, Sendable {
+    package struct RateResult: Codable, Sendable {
         /// Offered requests per second (nil: all at once).
-        public var rate: Double?
-        public var requests: Int
-        public var failed: Int
-        public var seconds: Double
-        public var requestsPerSecond: Double
-        public var outputTokensPerSecond: Double
+        package var rate: Double?
+        package var requests: Int
+        package var failed: Int
+        package var seconds: Double
+        package var requestsPerSecond: Double
+        package var outputTokensPerSecond: Double
         /// Milliseconds.
-        public var ttft: Percentiles
-        public var tpot: Percentiles
-        public var latency: Percentiles
-        public var firstError: String?
+        package var ttft: Percentiles
+        package var tpot: Percentiles
+        package var latency: Percentiles
+        package var firstError: String?
     }
 
     struct Outcome: Sendable {
@@ -65,12 +65,12 @@ public struct ServingBenchmark: Sendable {
         var error: String?
     }
 
-    public let configuration: Configuration
+    package let configuration: Configuration
 
-    public init(_ configuration: Configuration) { self.configuration = configuration }
+    package init(_ configuration: Configuration) { self.configuration = configuration }
 
     /// Runs every rate in turn; `progress` gets one line per finished rate.
-    public func run(progress: @Sendable (RateResult) -> Void = { _ in }) async throws -> [RateResult] {
+    package func run(progress: @Sendable (RateResult) -> Void = { _ in }) async throws -> [RateResult] {
         let client = HTTPClient(eventLoopGroupProvider: .singleton)
         do {
             var models = configuration.models
@@ -91,7 +91,7 @@ public struct ServingBenchmark: Sendable {
     }
 
     /// Polls `GET /health` until it answers 200; false when `seconds` pass or `alive` turns false.
-    public static func waitUntilHealthy(baseURL: String, seconds: Double, alive: @Sendable () -> Bool) async -> Bool {
+    package static func waitUntilHealthy(baseURL: String, seconds: Double, alive: @Sendable () -> Bool) async -> Bool {
         let client = HTTPClient(eventLoopGroupProvider: .singleton)
         defer { _ = client.shutdown() }
         let deadline = ContinuousClock.now + .milliseconds(Int64(seconds * 1000))
@@ -215,7 +215,7 @@ public struct ServingBenchmark: Sendable {
     }
 }
 
-public struct ServingBenchError: Error, CustomStringConvertible, Sendable {
-    public let description: String
+package struct ServingBenchError: Error, CustomStringConvertible, Sendable {
+    package let description: String
     init(_ message: String) { description = message }
 }

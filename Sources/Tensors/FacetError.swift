@@ -2,8 +2,8 @@
 ///
 /// Each error says what went wrong, where (a file and a field when known), and how the user
 /// may remedy it. `Server` maps `code` to a status; the CLI prints `description`.
-public struct FacetError: Error, CustomStringConvertible, Sendable, Equatable {
-    public enum Code: String, Sendable {
+package struct FacetError: Error, CustomStringConvertible, Sendable, Equatable {
+    package enum Code: String, Sendable {
         case invalidFile          // a file is truncated, corrupt or of an unexpected layout
         case unsupported          // a valid input that Facet does not support (yet)
         case invalidConfig        // a config field is missing or out of range
@@ -14,13 +14,13 @@ public struct FacetError: Error, CustomStringConvertible, Sendable, Equatable {
         case io                   // the operating system refused a read or write
     }
 
-    public var code: Code
-    public var message: String
-    public var remedy: String?
-    public var file: String?
-    public var field: String?
+    package var code: Code
+    package var message: String
+    package var remedy: String?
+    package var file: String?
+    package var field: String?
 
-    public init(_ code: Code, _ message: String, file: String? = nil, field: String? = nil, remedy: String? = nil) {
+    package init(_ code: Code, _ message: String, file: String? = nil, field: String? = nil, remedy: String? = nil) {
         self.code = code
         self.message = message
         self.file = file
@@ -28,7 +28,7 @@ public struct FacetError: Error, CustomStringConvertible, Sendable, Equatable {
         self.remedy = remedy
     }
 
-    public var description: String {
+    package var description: String {
         var text = ""
         if let file { text += "\(file): " }
         if let field { text += "[\(field)] " }
@@ -38,7 +38,7 @@ public struct FacetError: Error, CustomStringConvertible, Sendable, Equatable {
     }
 
     /// The same error, attributed to `file` if it names none yet.
-    public func inFile(_ path: String) -> FacetError {
+    package func inFile(_ path: String) -> FacetError {
         var copy = self
         if copy.file == nil { copy.file = path }
         return copy

@@ -1,9 +1,9 @@
 /// Conversions between IEEE half, bfloat16 and Float, done on bit patterns so that they behave
 /// the same on every platform (Swift's `Float16` is not available everywhere).
-public enum HalfFloat {
+package enum HalfFloat {
     /// IEEE 754 binary16 bits -> Float (exact).
     @inline(__always)
-    public static func fromF16(_ h: UInt16) -> Float {
+    package static func fromF16(_ h: UInt16) -> Float {
         let sign = UInt32(h & 0x8000) << 16
         let exponent = UInt32(h >> 10) & 0x1F
         let mantissa = UInt32(h & 0x03FF)
@@ -20,7 +20,7 @@ public enum HalfFloat {
     }
 
     /// Float -> IEEE binary16 bits, round to nearest even.
-    public static func toF16(_ value: Float) -> UInt16 {
+    package static func toF16(_ value: Float) -> UInt16 {
         let bits = value.bitPattern
         let sign = UInt16((bits >> 16) & 0x8000)
         let exponent = Int((bits >> 23) & 0xFF)
@@ -47,12 +47,12 @@ public enum HalfFloat {
 
     /// bfloat16 bits -> Float (exact).
     @inline(__always)
-    public static func fromBF16(_ b: UInt16) -> Float {
+    package static func fromBF16(_ b: UInt16) -> Float {
         Float(bitPattern: UInt32(b) << 16)
     }
 
     /// Float -> bfloat16 bits, round to nearest even (NaN stays NaN).
-    public static func toBF16(_ value: Float) -> UInt16 {
+    package static func toBF16(_ value: Float) -> UInt16 {
         let bits = value.bitPattern
         if value.isNaN { return UInt16(bits >> 16) | 0x40 }
         let rounding = ((bits >> 16) & 1) + 0x7FFF

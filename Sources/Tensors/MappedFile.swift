@@ -6,16 +6,16 @@ import Darwin
 
 /// A read-only memory-mapped file. Weights point into it without copying; it stays mapped
 /// as long as any reader holds it.
-public final class MappedFile: @unchecked Sendable {
-    public let path: String
-    public let count: Int
-    public let base: UnsafeRawPointer?
+package final class MappedFile: @unchecked Sendable {
+    package let path: String
+    package let count: Int
+    package let base: UnsafeRawPointer?
     /// True when `base` is a heap copy (see `init(copying:path:)`) rather than a mapping.
     private let owned: Bool
 
     /// A copy of bytes that did not come from a file (a request body, a fuzzer's input),
     /// read through the same parsers as a mapped file. `path` names it in errors.
-    public init(copying bytes: UnsafeRawBufferPointer, path: String) {
+    package init(copying bytes: UnsafeRawBufferPointer, path: String) {
         self.path = path
         count = bytes.count
         owned = true
@@ -28,7 +28,7 @@ public final class MappedFile: @unchecked Sendable {
         base = UnsafeRawPointer(copy)
     }
 
-    public init(path: String) throws {
+    package init(path: String) throws {
         self.path = path
         owned = false
         let fd = open(path, O_RDONLY)
@@ -64,5 +64,5 @@ public final class MappedFile: @unchecked Sendable {
         }
     }
 
-    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
+    package var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
 }

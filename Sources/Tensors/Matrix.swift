@@ -1,33 +1,33 @@
 /// A dense row-major fp32 matrix: `rows x cols`, element (r, c) at `data[r * cols + c]`.
 /// Linear weights use the checkpoint's `[out_features, in_features]` orientation.
-public struct Matrix: Sendable {
-    public let rows: Int
-    public let cols: Int
-    public var data: [Float]
+package struct Matrix: Sendable {
+    package let rows: Int
+    package let cols: Int
+    package var data: [Float]
 
-    public init(rows: Int, cols: Int, data: [Float]) {
+    package init(rows: Int, cols: Int, data: [Float]) {
         precondition(data.count == rows * cols, "Matrix data count \(data.count) != \(rows)x\(cols)")
         self.rows = rows
         self.cols = cols
         self.data = data
     }
 
-    public init(zeros rows: Int, _ cols: Int) {
+    package init(zeros rows: Int, _ cols: Int) {
         self.init(rows: rows, cols: cols, data: [Float](repeating: 0, count: rows * cols))
     }
 
-    public subscript(row: Int, col: Int) -> Float {
+    package subscript(row: Int, col: Int) -> Float {
         get { data[row * cols + col] }
         set { data[row * cols + col] = newValue }
     }
 
     /// The transpose, `[cols, rows]`.
-    public func transposed() -> Matrix {
+    package func transposed() -> Matrix {
         var out = Matrix(zeros: cols, rows)
         for r in 0..<rows { for c in 0..<cols { out.data[c * rows + r] = data[r * cols + c] } }
         return out
     }
 
     /// A copy of one row.
-    public func row(_ r: Int) -> ArraySlice<Float> { data[(r * cols)..<((r + 1) * cols)] }
+    package func row(_ r: Int) -> ArraySlice<Float> { data[(r * cols)..<((r + 1) * cols)] }
 }

@@ -4,7 +4,7 @@ import Tensors
 extension Tokenizer {
     /// Renders `messages` with the tokenizer's chat template, with the named special tokens
     /// (bos_token, eos_token, ...) defined as Hugging Face does. The template is parsed once.
-    public func applyChatTemplate(_ messages: [ChatTemplate.Message], addGenerationPrompt: Bool = true) throws -> String {
+    package func applyChatTemplate(_ messages: [ChatTemplate.Message], addGenerationPrompt: Bool = true) throws -> String {
         let template = try parsedChatTemplate()
         var variables: [String: TemplateValue] = [:]
         for (k, v) in templateTokens { variables[k] = .string(v) }
@@ -13,7 +13,7 @@ extension Tokenizer {
 
     /// The roles a chat may use with this tokenizer's template: system, user and assistant,
     /// plus tool where the template mentions it.
-    public var chatRoles: [String] {
+    package var chatRoles: [String] {
         var roles = ["system", "user", "assistant"]
         if chatTemplate?.contains("tool") == true { roles.append("tool") }
         return roles
@@ -24,7 +24,7 @@ extension Tokenizer {
     /// as ordinary text) unless `parseSpecialInContent`, so a user cannot fake a turn. When
     /// no message holds such text the result is exactly `encode(rendered, addSpecialTokens:
     /// false)`, which is what Hugging Face's `apply_chat_template(tokenize=True)` gives.
-    public func encodeChat(_ messages: [ChatTemplate.Message], addGenerationPrompt: Bool = true,
+    package func encodeChat(_ messages: [ChatTemplate.Message], addGenerationPrompt: Bool = true,
                            parseSpecialInContent: Bool = false) throws -> [Int32] {
         let allowed = chatRoles
         for (i, m) in messages.enumerated() where !allowed.contains(m.role) {

@@ -3,7 +3,7 @@
 /// The regular expressions of GPT-2, Llama 3 and Qwen2 are implemented as hand-written
 /// scanners over Unicode scalars (with Unicode's White_Space, L* and N* classes), so they do
 /// not depend on the platform's regex engine.
-public enum SplitPattern: Sendable, Equatable {
+package enum SplitPattern: Sendable, Equatable {
     /// `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
     case gpt2
     /// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
@@ -16,7 +16,7 @@ public enum SplitPattern: Sendable, Equatable {
     static let qwen2Regex = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
 
     /// The scanner for a regex from tokenizer.json, or nil when it is not one we know.
-    public static func recognize(_ regex: String) -> SplitPattern? {
+    package static func recognize(_ regex: String) -> SplitPattern? {
         switch regex {
         case gpt2Regex, gpt2Regex + "|\\s+": .gpt2
         case llama3Regex: .llama3
@@ -26,7 +26,7 @@ public enum SplitPattern: Sendable, Equatable {
     }
 }
 
-public enum PreTokenizerStep: Sendable, Equatable {
+package enum PreTokenizerStep: Sendable, Equatable {
     /// Byte-level: optional regex split, then bytes mapped to printable characters.
     case byteLevel(addPrefixSpace: Bool, useRegex: Bool)
     /// Splits on a pattern, keeping the matches as pieces (`behavior: Isolated`); with
@@ -152,8 +152,8 @@ extension SplitPattern {
 }
 
 /// GPT-2's reversible map from bytes to printable Unicode characters.
-public enum ByteMap {
-    public static let byteToScalar: [Unicode.Scalar] = {
+package enum ByteMap {
+    package static let byteToScalar: [Unicode.Scalar] = {
         var bs: [Int] = Array(33...126) + Array(161...172) + Array(174...255)
         var cs = bs
         var n = 0
@@ -167,13 +167,13 @@ public enum ByteMap {
         return table
     }()
 
-    public static let scalarToByte: [UInt32: UInt8] = {
+    package static let scalarToByte: [UInt32: UInt8] = {
         var map: [UInt32: UInt8] = [:]
         for (b, s) in byteToScalar.enumerated() { map[s.value] = UInt8(b) }
         return map
     }()
 
-    public static func encode(_ bytes: some Sequence<UInt8>) -> String {
+    package static func encode(_ bytes: some Sequence<UInt8>) -> String {
         var s = String.UnicodeScalarView()
         for b in bytes { s.append(byteToScalar[Int(b)]) }
         return String(s)

@@ -1,19 +1,19 @@
 /// Turns a stream of token ids into text pieces that are always whole UTF-8: bytes of a
 /// character split across tokens are held back until the character is complete.
-public struct StreamingDetokenizer: Sendable {
+package struct StreamingDetokenizer: Sendable {
     let tokenizer: Tokenizer
     let skipSpecialTokens: Bool
     private var pending: [UInt8] = []
     private var first = true
-    public private(set) var text = ""
+    package private(set) var text = ""
 
-    public init(tokenizer: Tokenizer, skipSpecialTokens: Bool = true) {
+    package init(tokenizer: Tokenizer, skipSpecialTokens: Bool = true) {
         self.tokenizer = tokenizer
         self.skipSpecialTokens = skipSpecialTokens
     }
 
     /// Adds one token; returns the newly completed text (possibly empty).
-    public mutating func append(_ id: Int32) -> String {
+    package mutating func append(_ id: Int32) -> String {
         if skipSpecialTokens && tokenizer.isSpecial(id) { return "" }
         pending.append(contentsOf: tokenizer.bytes(of: id, first: first))
         first = false
@@ -26,7 +26,7 @@ public struct StreamingDetokenizer: Sendable {
     }
 
     /// Emits whatever is held back (an incomplete character becomes U+FFFD).
-    public mutating func finish() -> String {
+    package mutating func finish() -> String {
         guard !pending.isEmpty else { return "" }
         let piece = String(decoding: pending, as: UTF8.self)
         pending.removeAll()

@@ -3,13 +3,13 @@ import Tensors
 
 /// A token the tokenizer matches verbatim in text before any splitting (special and added
 /// tokens such as `<|im_end|>`).
-public struct AddedToken: Sendable, Equatable {
-    public var content: String
-    public var id: Int32
-    public var special: Bool
-    public var lstrip: Bool = false
-    public var rstrip: Bool = false
-    public init(content: String, id: Int32, special: Bool, lstrip: Bool = false, rstrip: Bool = false) {
+package struct AddedToken: Sendable, Equatable {
+    package var content: String
+    package var id: Int32
+    package var special: Bool
+    package var lstrip: Bool = false
+    package var rstrip: Bool = false
+    package init(content: String, id: Int32, special: Bool, lstrip: Bool = false, rstrip: Bool = false) {
         self.content = content
         self.id = id
         self.special = special
@@ -18,13 +18,13 @@ public struct AddedToken: Sendable, Equatable {
     }
 }
 
-public enum NormalizerStep: Sendable, Equatable {
+package enum NormalizerStep: Sendable, Equatable {
     case prepend(String)
     case replace(String, String)
     case nfc, nfkc, nfd, nfkd, lowercase
 }
 
-public enum DecoderStep: Sendable, Equatable {
+package enum DecoderStep: Sendable, Equatable {
     /// Byte-level tokens: characters map back to bytes.
     case byteLevel
     /// `<0xAB>` tokens are the byte 0xAB.
@@ -40,10 +40,10 @@ public enum DecoderStep: Sendable, Equatable {
 /// A byte-pair-encoding tokenizer (byte-level as in GPT-2 / Llama 3 / SmolLM2, or
 /// SentencePiece-style with byte fallback as in Llama 2), built from tokenizer.json or from
 /// a GGUF file's embedded vocabulary.
-public final class Tokenizer: @unchecked Sendable {
-    public let vocabulary: [String: Int32]
-    public let tokens: [String]                  // id -> token string
-    public let addedTokens: [AddedToken]
+package final class Tokenizer: @unchecked Sendable {
+    package let vocabulary: [String: Int32]
+    package let tokens: [String]                  // id -> token string
+    package let addedTokens: [AddedToken]
     let merges: [UInt64: (rank: Int32, id: Int32)]
     let normalizer: [NormalizerStep]
     let preTokenizer: [PreTokenizerStep]
@@ -52,13 +52,13 @@ public final class Tokenizer: @unchecked Sendable {
     let unknownID: Int32?
     let ignoreMerges: Bool
     /// Ids added before/after a single sequence when special tokens are requested.
-    public let prefixIDs: [Int32]
-    public let suffixIDs: [Int32]
-    public let bosID: Int32?
-    public let eosIDs: [Int32]
-    public let chatTemplate: String?
+    package let prefixIDs: [Int32]
+    package let suffixIDs: [Int32]
+    package let bosID: Int32?
+    package let eosIDs: [Int32]
+    package let chatTemplate: String?
     /// Named special tokens of the chat template (bos_token, eos_token, ...).
-    public let templateTokens: [String: String]
+    package let templateTokens: [String: String]
 
     let specialIDs: Set<Int32>
     let byteTokenIDs: [Int32?]                   // byte -> <0xXX> token id
@@ -70,7 +70,7 @@ public final class Tokenizer: @unchecked Sendable {
     private var parsedTemplate: Result<ChatTemplate, FacetError>?
 
     /// The chat template parsed once per tokenizer (a parse error is kept and rethrown).
-    public func parsedChatTemplate() throws -> ChatTemplate {
+    package func parsedChatTemplate() throws -> ChatTemplate {
         guard let source = chatTemplate else {
             throw FacetError(.notFound, "the tokenizer has no chat template", field: "chat_template",
                              remedy: "drop --chat, or use a tokenizer_config.json with a chat_template")
@@ -91,7 +91,7 @@ public final class Tokenizer: @unchecked Sendable {
         return try result.get()
     }
 
-    public init(
+    package init(
         tokens: [String], merges: [(String, String)], addedTokens: [AddedToken], normalizer: [NormalizerStep],
         preTokenizer: [PreTokenizerStep], decoder: [DecoderStep], byteFallback: Bool, unknownToken: String?,
         ignoreMerges: Bool = false, prefixIDs: [Int32] = [], suffixIDs: [Int32] = [], bosID: Int32?, eosIDs: [Int32],
@@ -138,16 +138,16 @@ public final class Tokenizer: @unchecked Sendable {
         self.isByteLevel = preTokenizer.contains { if case .byteLevel = $0 { true } else { false } } || decoder.contains(.byteLevel)
     }
 
-    public var vocabularySize: Int { tokens.count }
+    package var vocabularySize: Int { tokens.count }
 
-    public func isSpecial(_ id: Int32) -> Bool { specialIDs.contains(id) }
+    package func isSpecial(_ id: Int32) -> Bool { specialIDs.contains(id) }
 
-    public func id(of token: String) -> Int32? { vocabulary[token] }
+    package func id(of token: String) -> Int32? { vocabulary[token] }
 
     // MARK: - Encoding
 
     /// Token ids of `text`. `addSpecialTokens` adds the post-processor's tokens (e.g. BOS).
-    public func encode(_ text: String, addSpecialTokens: Bool = true) -> [Int32] {
+    package func encode(_ text: String, addSpecialTokens: Bool = true) -> [Int32] {
         var ids: [Int32] = addSpecialTokens ? prefixIDs : []
         for (n, segment) in splitOnAddedTokens(text).enumerated() {
             switch segment {
@@ -349,7 +349,7 @@ public final class Tokenizer: @unchecked Sendable {
     /// The bytes a token contributes to decoded text. `first` marks the first token of a
     /// decode, where SentencePiece-style decoders drop the prefix space (HF's Metaspace
     /// decoder drops every replacement character of that token).
-    public func bytes(of id: Int32, first: Bool = false) -> [UInt8] {
+    package func bytes(of id: Int32, first: Bool = false) -> [UInt8] {
         guard id >= 0, Int(id) < tokens.count else { return [] }
         let token = tokens[Int(id)]
         if decoderSteps.contains(.byteFallback), token.utf8.count == 6, token.hasPrefix("<0x"), token.hasSuffix(">"),
@@ -383,7 +383,7 @@ public final class Tokenizer: @unchecked Sendable {
     }
 
     /// Text of `ids`. Invalid UTF-8 is replaced by U+FFFD, as Hugging Face does.
-    public func decode(_ ids: [Int32], skipSpecialTokens: Bool = false) -> String {
+    package func decode(_ ids: [Int32], skipSpecialTokens: Bool = false) -> String {
         var out: [UInt8] = []
         var first = true
         for id in ids {

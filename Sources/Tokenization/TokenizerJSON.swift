@@ -5,7 +5,7 @@ import Tensors
 /// `tokenizer_config.json` for the chat template and named special tokens).
 /// Every component type we do not implement is refused by name.
 extension Tokenizer {
-    public static func fromHuggingFace(tokenizerJSON: Data, tokenizerConfig: Data? = nil, chatTemplate: String? = nil,
+    package static func fromHuggingFace(tokenizerJSON: Data, tokenizerConfig: Data? = nil, chatTemplate: String? = nil,
                                        source: String) throws -> Tokenizer {
         func bad(_ field: String, _ message: String) -> FacetError {
             FacetError(.invalidFile, message, file: source, field: field, remedy: "the tokenizer.json is corrupt or from an unsupported tokenizer")

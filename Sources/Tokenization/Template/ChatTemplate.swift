@@ -4,20 +4,20 @@ import Tensors
 /// A chat template (the Jinja text from tokenizer_config.json or a GGUF), parsed once and
 /// rendered with Hugging Face's conventions: `trim_blocks`, `lstrip_blocks`, `messages`,
 /// `add_generation_prompt`, the named special tokens and `raise_exception`.
-public struct ChatTemplate: Sendable {
-    public struct Message: Sendable, Equatable {
-        public var role: String
-        public var content: String
-        public init(role: String, content: String) {
+package struct ChatTemplate: Sendable {
+    package struct Message: Sendable, Equatable {
+        package var role: String
+        package var content: String
+        package init(role: String, content: String) {
             self.role = role
             self.content = content
         }
     }
 
     nonisolated(unsafe) let nodes: [Node]
-    public let source: String
+    package let source: String
 
-    public init(_ source: String) throws {
+    package init(_ source: String) throws {
         // Jinja drops one trailing newline of the template (keep_trailing_newline=False).
         var text = source
         if text.hasSuffix("\n") { text.removeLast() }
@@ -26,7 +26,7 @@ public struct ChatTemplate: Sendable {
         self.source = source
     }
 
-    public func render(messages: [Message], addGenerationPrompt: Bool, variables: [String: TemplateValue] = [:]) throws -> String {
+    package func render(messages: [Message], addGenerationPrompt: Bool, variables: [String: TemplateValue] = [:]) throws -> String {
         var globals = variables
         globals["messages"] = .array(messages.map { .dict([("role", .string($0.role)), ("content", .string($0.content))]) })
         globals["add_generation_prompt"] = .bool(addGenerationPrompt)

@@ -2,7 +2,7 @@ import Foundation
 
 /// A value inside a chat template: the subset of Jinja's (Python's) data model that chat
 /// templates use.
-public indirect enum TemplateValue: Sendable, Equatable {
+package indirect enum TemplateValue: Sendable, Equatable {
     case undefined
     case none
     case bool(Bool)
@@ -15,7 +15,7 @@ public indirect enum TemplateValue: Sendable, Equatable {
     /// A `namespace()` object: mutable attributes shared by reference.
     case namespace(NamespaceBox)
 
-    public static func == (a: TemplateValue, b: TemplateValue) -> Bool {
+    package static func == (a: TemplateValue, b: TemplateValue) -> Bool {
         switch (a, b) {
         case (.undefined, .undefined), (.none, .none): true
         case (.bool(let x), .bool(let y)): x == y
@@ -30,7 +30,7 @@ public indirect enum TemplateValue: Sendable, Equatable {
         }
     }
 
-    public var truthy: Bool {
+    package var truthy: Bool {
         switch self {
         case .undefined, .none: false
         case .bool(let b): b
@@ -44,7 +44,7 @@ public indirect enum TemplateValue: Sendable, Equatable {
     }
 
     /// Python's `str()` of the value, as `{{ }}` prints it.
-    public var rendered: String {
+    package var rendered: String {
         switch self {
         case .undefined: ""
         case .none: "None"
@@ -64,7 +64,7 @@ public indirect enum TemplateValue: Sendable, Equatable {
     }
 
     /// JSON text as Hugging Face's `tojson` writes it: `json.dumps(ensure_ascii=False)`.
-    public func json(indent: Int? = nil, level: Int = 0) -> String {
+    package func json(indent: Int? = nil, level: Int = 0) -> String {
         switch self {
         case .undefined, .none: return "null"
         case .bool(let b): return b ? "true" : "false"
@@ -111,7 +111,7 @@ public indirect enum TemplateValue: Sendable, Equatable {
     }
 
     /// Converts JSON-like Foundation values (from JSONSerialization) to template values.
-    public init(json: Any?) {
+    package init(json: Any?) {
         switch json {
         case nil, is NSNull: self = .none
         case let s as String: self = .string(s)
@@ -132,7 +132,7 @@ public indirect enum TemplateValue: Sendable, Equatable {
     }
 }
 
-public final class NamespaceBox: @unchecked Sendable {
+package final class NamespaceBox: @unchecked Sendable {
     var values: [String: TemplateValue]
     init(_ values: [String: TemplateValue]) { self.values = values }
 }
