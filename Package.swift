@@ -74,7 +74,7 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Tensors", "Formats", "TestSupport"]),
         .testTarget(name: "FormatsTests", dependencies: ["Formats", "Tensors", "TestSupport"]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "Tensors", "Loading", "TestSupport"]),
-        .testTarget(name: "LlamaTests", dependencies: ["Llama", "Loading", "Engine", "Benchmarks", "Sampling", "PagedKV", "TestSupport", "AllocationCounter", "Kernels", "Adapters"]),
+        .testTarget(name: "LlamaTests", dependencies: ["Llama", "Loading", "Engine", "Benchmarks", "Scheduling", "Sampling", "PagedKV", "TestSupport", "AllocationCounter", "Kernels", "Adapters"]),
         .testTarget(name: "SamplingTests", dependencies: ["Sampling"]),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling", "PagedKV"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Adapters", "Llama", "Loading", "Sampling", "Scheduling", "Tensors", "TestSupport", "Tokenization", "Formats"]),

@@ -91,6 +91,13 @@ package final class StepRunner {
     private var live: [Int: Live] = [:]
     /// The step's logits, reused from step to step.
     private let logits = Logits()
+    // Per-step storage reused from step to step: a steady decode step allocates nothing.
+    private var plan = StepPlan()
+    private var batch = ForwardBatch()
+    private var samplers: [(id: Int, row: Int)] = []
+    private var stepAdapters: [LoRAAdapter] = []
+    /// The last step's adapter set, reused while the step's adapters stay the same.
+    private var cachedSet: (digests: [String], set: AdapterSet)?
 
     package init(model: LlamaModel, tokenizer: Tokenizer?, limits: SchedulerLimits, blocks: Int, blockSize: Int,
                 adapters: Adapters = .perSequence, observer: (any EngineObserver)? = nil) {
@@ -157,8 +164,11 @@ package final class StepRunner {
         } catch {
             throw FacetError(.capacity, "the scheduler refused the sequence: \(error)", field: "max_tokens")
         }
-        live[id] = Live(sequence: s, sink: sink, sampler: Sampler(s.parameters),
-                        detokenizer: tokenizer.map { StreamingDetokenizer(tokenizer: $0) }, history: s.promptIDs, submitted: Date())
+        var l = Live(sequence: s, sink: sink, sampler: Sampler(s.parameters),
+                     detokenizer: tokenizer.map { StreamingDetokenizer(tokenizer: $0) }, history: s.promptIDs, submitted: Date())
+        l.output.reserveCapacity(s.parameters.maxTokens)
+        l.history.reserveCapacity(s.promptIDs.count + s.parameters.maxTokens)
+        live[id] = l
         if s.parameters.maxTokens == 0 { finish(id, .length) }
     }
 
@@ -200,19 +210,21 @@ package final class StepRunner {
     }
 
     /// One step: plan, forward, sample, emit. A forward error ends the step's sequences with
-    /// that error; the runner stays usable.
+    /// that error; the runner stays usable. In steady state (the same sequences and adapters
+    /// as the step before, no new KV block) it allocates nothing of its own: the plan, the
+    /// batch, the sampler list and the adapter set are reused (`StepAllocationTests`).
     package func step() {
         guard scheduler.hasWork else { return }
         let started = Date()
-        let plan = scheduler.schedule()
+        // Release last step's references to the block tables before the scheduler grows them.
+        batch.removeAll()
+        scheduler.schedule(into: &plan)
         if !plan.preempted.isEmpty { observer?.preempted(count: plan.preempted.count) }
         guard !plan.isEmpty else { return }
 
         // The flat batch: every scheduled token with its position, sequence and adapter slot.
-        var batch = ForwardBatch()
-        var slotOf: [String: Int32] = [:]
-        var stepAdapters: [LoRAAdapter] = []
-        var samplers: [(id: Int, row: Int)] = []
+        samplers.removeAll(keepingCapacity: true)
+        stepAdapters.removeAll(keepingCapacity: true)
         for e in plan.entries {
             guard let r = scheduler.request(e.request), let l = live[e.request] else { continue }
             let n = batch.blockTables.count
@@ -222,21 +234,31 @@ package final class StepRunner {
                 slot = l.sequence.slot
             case .perSequence:
                 if let a = l.sequence.adapter {
-                    if let s = slotOf[a.digest] { slot = s } else {
+                    if let s = stepAdapters.firstIndex(where: { $0.digest == a.digest }) { slot = Int32(s) } else {
                         slot = Int32(stepAdapters.count)
-                        slotOf[a.digest] = slot
                         stepAdapters.append(a)
                     }
                 }
             }
-            batch.blockTables.append(scheduler.blockTable(e.request))
-            batch.append(sequence: n, tokens: Array(r.tokens[e.start..<(e.start + e.count)]), startPosition: e.start,
+            batch.blockTables.append(r.table.blocks)
+            batch.append(sequence: n, tokens: r.tokens[e.start..<(e.start + e.count)], startPosition: e.start,
                          adapterSlot: slot, wantLogits: e.samples)
             if e.samples { samplers.append((e.request, batch.logitRows.count - 1)) }
         }
-        let deltas: (any LinearDeltas)? = switch adapters {
-        case .fixed(let d): d
-        case .perSequence: stepAdapters.isEmpty ? nil : AdapterSet(adapters: stepAdapters, baseVocabulary: model.config.vocabSize)
+        let deltas: (any LinearDeltas)?
+        switch adapters {
+        case .fixed(let d):
+            deltas = d
+        case .perSequence:
+            if stepAdapters.isEmpty {
+                deltas = nil
+            } else if let cached = cachedSet, Self.same(cached.digests, stepAdapters) {
+                deltas = cached.set
+            } else {
+                let set = AdapterSet(adapters: stepAdapters, baseVocabulary: model.config.vocabSize)
+                cachedSet = (stepAdapters.map(\.digest), set)
+                deltas = set
+            }
         }
         do {
             try model.forward(batch, kv: kv, deltas: deltas, into: logits)
@@ -245,23 +267,36 @@ package final class StepRunner {
             return
         }
         for (id, row) in samplers {
-            guard var l = live[id] else { continue }
-            let token = Int32(l.sampler.next(logits: logits[row], history: l.history))
-            if l.sequence.collectLogits { l.sink.logits(logits.array(row)) }
-            l.output.append(token)
-            l.history.append(token)
-            if l.firstToken == nil { l.firstToken = Date() }
-            let (text, reason) = Self.text(after: token, of: &l)
-            var logprob: TokenLogprob?
-            if let k = l.sequence.logprobs { logprob = Self.logprob(logits[row], token: token, top: k) }
-            l.sink.event(.token(id: token, text: text, logprob: logprob))
-            live[id] = l
+            guard live[id] != nil else { continue }
+            // The sequence is changed in place (a copy would copy its token arrays).
+            let token = Int32(live[id]!.sampler.next(logits: logits[row], history: live[id]!.history))
+            let reason: FinishReason? = withLive(id) { l in
+                if l.sequence.collectLogits { l.sink.logits(logits.array(row)) }
+                l.output.append(token)
+                l.history.append(token)
+                if l.firstToken == nil { l.firstToken = Date() }
+                let (text, reason) = Self.text(after: token, of: &l)
+                var logprob: TokenLogprob?
+                if let k = l.sequence.logprobs { logprob = Self.logprob(logits[row], token: token, top: k) }
+                l.sink.event(.token(id: token, text: text, logprob: logprob))
+                return reason
+            }
             if let reason { finish(id, reason) } else { scheduler.append(token, to: id) }
         }
         observer?.stepFinished(running: scheduler.running.count, waiting: scheduler.waiting.count, tokens: batch.count,
                                kvBlocksUsed: scheduler.allocator.usedCount, kvBlocksTotal: totalBlocks,
                                seconds: Date().timeIntervalSince(started))
     }
+
+    /// Whether `adapters` are, in order, the ones whose digests are `digests`.
+    private static func same(_ digests: [String], _ adapters: [LoRAAdapter]) -> Bool {
+        guard digests.count == adapters.count else { return false }
+        for i in digests.indices where digests[i] != adapters[i].digest { return false }
+        return true
+    }
+
+    /// Runs `body` on sequence `id` in place.
+    private func withLive<T>(_ id: Int, _ body: (inout Live) -> T) -> T { body(&live[id]!) }
 
     /// The text a new token adds, and whether the sequence ends with it. Stop strings are
     /// handled here only: the text is cut before the first stop string, and text that may

@@ -24,13 +24,31 @@ package struct ForwardBatch: Sendable {
 
     package var count: Int { tokens.count }
 
+    /// Empties the batch, keeping its storage for the next step.
+    package mutating func removeAll() {
+        tokens.removeAll(keepingCapacity: true)
+        positions.removeAll(keepingCapacity: true)
+        sequences.removeAll(keepingCapacity: true)
+        adapterSlots.removeAll(keepingCapacity: true)
+        blockTables.removeAll(keepingCapacity: true)
+        logitRows.removeAll(keepingCapacity: true)
+    }
+
     /// Appends a run of tokens of one sequence; `wantLogits` asks for the last token's logits.
     package mutating func append(sequence: Int, tokens run: [Int32], startPosition: Int, adapterSlot: Int32, wantLogits: Bool) {
-        for (i, tok) in run.enumerated() {
+        append(sequence: sequence, tokens: run[...], startPosition: startPosition, adapterSlot: adapterSlot, wantLogits: wantLogits)
+    }
+
+    /// The same for a slice of a longer sequence (no copy; concrete, so it allocates nothing
+    /// once the batch has the capacity).
+    package mutating func append(sequence: Int, tokens run: ArraySlice<Int32>, startPosition: Int, adapterSlot: Int32, wantLogits: Bool) {
+        var position = Int32(startPosition)
+        for tok in run {
             tokens.append(tok)
-            positions.append(Int32(startPosition + i))
+            positions.append(position)
             sequences.append(Int32(sequence))
             adapterSlots.append(adapterSlot)
+            position += 1
         }
         if wantLogits, !run.isEmpty { logitRows.append(tokens.count - 1) }
     }

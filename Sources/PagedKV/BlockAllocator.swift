@@ -29,6 +29,15 @@ package struct BlockAllocator: Sendable {
         return taken
     }
 
+    /// Takes `n` blocks and appends them to `table` (in `allocate`'s order), or returns
+    /// false and takes none. Allocates nothing when `table` has the capacity.
+    package mutating func allocate(_ n: Int, appendingTo table: inout [Int32]) -> Bool {
+        guard n <= free.count else { return false }
+        for i in 0..<n { table.append(free[free.count - 1 - i]) }
+        free.removeLast(n)
+        return true
+    }
+
     package mutating func release(_ blocks: [Int32]) {
         free.append(contentsOf: blocks.reversed())
     }
@@ -44,13 +53,11 @@ package struct BlockTable: Sendable, Equatable {
     package mutating func reserve(tokens: Int, from allocator: inout BlockAllocator) -> Bool {
         let need = allocator.blocksNeeded(tokens: tokens) - blocks.count
         if need <= 0 { return true }
-        guard let more = allocator.allocate(need) else { return false }
-        blocks.append(contentsOf: more)
-        return true
+        return allocator.allocate(need, appendingTo: &blocks)
     }
 
     package mutating func release(to allocator: inout BlockAllocator) {
         allocator.release(blocks)
-        blocks.removeAll()
+        blocks.removeAll(keepingCapacity: true)
     }
 }

@@ -39,6 +39,7 @@ package struct StepPlan: Sendable, Equatable {
     /// Requests that lost their KV blocks this step and will be recomputed later.
     package var preempted: [Int] = []
     package var isEmpty: Bool { entries.isEmpty }
+    package init() {}
 }
 
 /// Continuous batching over a paged KV cache.
@@ -69,6 +70,8 @@ package struct Scheduler: Sendable {
     package private(set) var waiting: [Request] = []
     package private(set) var running: [Request] = []
     private var arrivals = 0
+    /// The distinct adapters of the step being planned (storage reused).
+    private var stepAdapters: [String] = []
 
     package init(limits: SchedulerLimits, blocks: Int, blockSize: Int) {
         self.limits = limits
@@ -89,7 +92,11 @@ package struct Scheduler: Sendable {
         let capacity = allocator.capacity * allocator.blockSize
         guard maxTotal <= capacity else { throw .exceedsCache(tokens: maxTotal, capacity: capacity) }
         guard request(id) == nil else { throw .duplicateID }
-        waiting.append(Request(id: id, adapter: adapter, tokens: prompt, promptCount: prompt.count, arrival: arrivals))
+        var r = Request(id: id, adapter: adapter, tokens: prompt, promptCount: prompt.count, arrival: arrivals)
+        // Room for the whole sequence up front: growing it never allocates during steps.
+        r.tokens.reserveCapacity(maxTotal)
+        r.table.blocks.reserveCapacity(allocator.blocksNeeded(tokens: maxTotal))
+        waiting.append(r)
         arrivals += 1
     }
 
@@ -115,21 +122,35 @@ package struct Scheduler: Sendable {
 
     package mutating func schedule() -> StepPlan {
         var plan = StepPlan()
+        schedule(into: &plan)
+        return plan
+    }
+
+    /// `schedule()` into a plan whose storage is reused from step to step (no allocation
+    /// in steady state).
+    package mutating func schedule(into plan: inout StepPlan) {
+        plan.entries.removeAll(keepingCapacity: true)
+        plan.preempted.removeAll(keepingCapacity: true)
         var budget = limits.maxNumTokens
-        var adapters = Set<String>()
+        var adapters = stepAdapters
+        stepAdapters = []
+        adapters.removeAll(keepingCapacity: true)
+        defer { stepAdapters = adapters }
         func adapterFits(_ a: String?) -> Bool { a == nil || adapters.contains(a!) || adapters.count < limits.maxLoras }
 
         // Running requests, oldest first.
         var i = 0
         while i < running.count && budget > 0 {
-            let r = running[i]
-            let need = r.tokens.count - r.computed
-            guard need > 0, adapterFits(r.adapter) else {
+            // Fields, not a copy of the request: a copy would share its block table, and
+            // growing the table would then copy it.
+            let (id, computed, known, adapter) = (running[i].id, running[i].computed, running[i].tokens.count, running[i].adapter)
+            let need = known - computed
+            guard need > 0, adapterFits(adapter) else {
                 i += 1
                 continue
             }
             let n = min(need, budget)
-            var reserved = running[i].table.reserve(tokens: r.computed + n, from: &allocator)
+            var reserved = running[i].table.reserve(tokens: computed + n, from: &allocator)
             while !reserved {
                 // Preempt the newest running request (possibly this one).
                 let victim = running.indices.max { running[$0].arrival < running[$1].arrival }!
@@ -139,8 +160,8 @@ package struct Scheduler: Sendable {
                 reserved = running[i].table.reserve(tokens: running[i].computed + n, from: &allocator)
             }
             guard reserved else { continue }  // request i was preempted itself; index i now holds the next one
-            if let a = r.adapter { adapters.insert(a) }
-            plan.entries.append(.init(request: r.id, start: r.computed, count: n, samples: r.computed + n == r.tokens.count))
+            if let a = adapter, !adapters.contains(a) { adapters.append(a) }
+            plan.entries.append(.init(request: id, start: computed, count: n, samples: computed + n == known))
             running[i].computed += n
             budget -= n
             i += 1
@@ -159,13 +180,12 @@ package struct Scheduler: Sendable {
             guard table.reserve(tokens: r.computed + n, from: &allocator) else { break }
             var admitted = waiting.remove(at: w)
             admitted.table = table
-            if let a = r.adapter { adapters.insert(a) }
+            if let a = r.adapter, !adapters.contains(a) { adapters.append(a) }
             plan.entries.append(.init(request: r.id, start: r.computed, count: n, samples: r.computed + n == r.tokens.count))
             admitted.computed += n
             budget -= n
             running.append(admitted)
         }
-        return plan
     }
 
     private mutating func preempt(at index: Int, into plan: inout StepPlan) {

@@ -6,6 +6,8 @@ import Foundation
 import Kernels
 import Llama
 import Loading
+import Sampling
+import Scheduling
 import Testing
 import TestSupport
 
@@ -92,6 +94,41 @@ import TestSupport
             let counts = try Self.allocations(model, batch: 10, adapters: set)
             #expect(counts.allSatisfy { $0 == 0 }, "\(precision): allocations per step \(counts)")
         }
+    }
+
+    /// The engine's whole step (`StepRunner.step`: scheduler plan, flat batch, adapter set,
+    /// forward, sampling, events), as `facet serve` and `facet run` drive it: a batch of 10
+    /// sequences over the base and four adapters decodes without allocating once it is
+    /// running (prompts prefilled, KV blocks for the whole sequences reserved at admission).
+    @Test func theEnginesWholeStepAllocatesNothing() throws {
+        let model = try ModelLoader.load(path: Fixtures.tinyModel).0
+        let adapters = Benchmark(model: model).syntheticAdapters(count: 4, rank: 8, precision: .f32)
+        let runner = StepRunner(model: model, tokenizer: nil, limits: SchedulerLimits(maxBatchSize: 16, maxNumTokens: 256, maxLoras: 8,
+                                                                                     maxModelLength: 256),
+                                blocks: 64, blockSize: 16)
+        final class Events { var tokens = 0, ended = 0 }
+        let events = Events()
+        var p = SamplingParameters()
+        p.temperature = 0
+        p.maxTokens = 40
+        p.ignoreEOS = true
+        for s in 0..<10 {
+            let prompt = (0..<(5 + s)).map { Int32(($0 * 7 + s * 3 + 1) % 300) }
+            let sequence = StepRunner.Sequence(promptIDs: prompt, parameters: p, adapter: s % 5 == 0 ? nil : adapters[s % 5 - 1])
+            try runner.add(id: s, sequence, sink: .init(event: { if case .token = $0 { events.tokens += 1 } }, ended: { _ in events.ended += 1 }))
+        }
+        for _ in 0..<4 { runner.step() }          // prefill, then decode steps that size the scratch
+        var counts: [Int] = []
+        counts.reserveCapacity(16)
+        for _ in 0..<16 {
+            facet_alloc_count_begin()
+            runner.step()
+            counts.append(facet_alloc_count_end())
+        }
+        #expect(events.tokens == 200 && events.ended == 0)
+        #expect(counts.allSatisfy { $0 == 0 }, "allocations per step \(counts)")
+        while runner.hasWork { runner.step() }
+        #expect(events.ended == 10 && runner.scheduler.allocator.usedCount == 0)
     }
 
     /// The counter itself: it sees an allocation when there is one.
