@@ -81,6 +81,11 @@ package enum FacetServer {
         }
         let v1 = router.group("v1").add(middleware: APIKeyMiddleware(key: context.configuration.apiKey))
         OpenAIRoutes(context: context).register(on: v1)
+        // Triton's KServe v2 protocol (HTTP), with TensorRT-LLM's models and LoRA tensors.
+        router.get("v2") { _, _ in
+            try jsonResponse(["name": "facet", "version": "2.0.0", "extensions": ["binary_tensor_data", "generate", "model_configuration"]])
+        }
+        KServeRoutes(context: context).register(on: router.group("v2").add(middleware: APIKeyMiddleware(key: context.configuration.apiKey)))
         return Application(
             router: router,
             server: .http1(configuration: .init(idleTimeout: .milliseconds(Int64(context.configuration.idleTimeout * 1000)))),
