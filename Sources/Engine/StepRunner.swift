@@ -305,6 +305,9 @@ package final class StepRunner {
         let p = l.sequence.parameters
         var reason: FinishReason?
         if !p.ignoreEOS && p.stopTokenIDs.contains(Int(token)) { reason = .stop }
+        for word in p.stopTokenSequences where l.output.count >= word.count && l.output.suffix(word.count).elementsEqual(word) {
+            reason = .stop
+        }
         var text = ""
         if l.detokenizer != nil {
             _ = l.detokenizer!.append(token)

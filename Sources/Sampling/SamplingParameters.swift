@@ -24,6 +24,9 @@ package struct SamplingParameters: Sendable, Equatable, Codable {
     /// Token sequences never to generate (TensorRT-LLM's `bad_words_list`): when the output
     /// so far ends with all but the last token of one, its last token is excluded.
     package var badWordIDs: [[Int32]] = []
+    /// Token sequences that end generation once the output ends with one (TensorRT-LLM's
+    /// `stop_words_list`); the sequence's tokens stay in the output ids.
+    package var stopTokenSequences: [[Int32]] = []
 
     package init() {}
 
@@ -41,5 +44,6 @@ package struct SamplingParameters: Sendable, Equatable, Codable {
         guard maxTokens >= 0 else { throw bad("max_tokens", "must be >= 0, got \(maxTokens)") }
         guard !stop.contains(where: \.isEmpty) else { throw bad("stop", "stop strings must not be empty") }
         guard !badWordIDs.contains(where: \.isEmpty) else { throw bad("bad_words", "bad words must not be empty") }
+        guard !stopTokenSequences.contains(where: \.isEmpty) else { throw bad("stop_words_list", "stop words must not be empty") }
     }
 }

@@ -229,15 +229,7 @@ struct KServeRoutes {
                 throw KServeError("'streaming' needs a decoupled transport: use /v2/models/\(model)/generate_stream")
             }
             r.badWordIDs = try Self.wordList(i["bad_words_list"])
-            // Stop words as ids: handled as bad-word style sequences would not stop; refuse
-            // what cannot be honoured exactly.
-            if let stops = i["stop_words_list"], !(try Self.wordList(stops)).isEmpty {
-                let words = try Self.wordList(stops)
-                guard words.allSatisfy({ $0.count == 1 }) else {
-                    throw KServeError("stop_words_list with multi-token words is not supported; give them as single token ids or use the ensemble's stop_words")
-                }
-                r.stopTokenIDs += words.map { Int($0[0]) }
-            }
+            p.stopTokenSequences = try Self.wordList(i["stop_words_list"])
         } else {
             let texts = try required("text_input").strings()
             guard texts.count == 1 else { throw KServeError("text_input must hold one prompt (a batch of 1), found \(texts.count)") }

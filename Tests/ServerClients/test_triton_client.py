@@ -77,6 +77,14 @@ def test_tensorrt_llm_ids_in_and_out(triton):
     assert list(out[0, 0, :ids.shape[1]]) == list(ids[0])         # input included, as TensorRT-LLM's default
     excluded = triton.infer("tensorrt_llm", inputs + [tensor("exclude_input_in_output", np.array([[True]]), "BOOL")])
     assert list(excluded.as_numpy("output_ids")[0, 0]) == list(out[0, 0, ids.shape[1]:])
+    # A two-token stop word (TensorRT-LLM's [1, 2, N] list: ids, then end offsets) ends the
+    # output right after it.
+    generated = [int(v) for v in out[0, 0, ids.shape[1]:]]
+    word = generated[2:4]
+    stops = np.array([[word, [2, -1]]], dtype=np.int32)
+    stopped = triton.infer("tensorrt_llm", inputs + [tensor("exclude_input_in_output", np.array([[True]]), "BOOL"),
+                                                     tensor("stop_words_list", stops, "INT32")])
+    assert [int(v) for v in stopped.as_numpy("output_ids")[0, 0]] == generated[:4]
 
 
 def test_per_request_lora_weights_then_task_id(triton, server):
