@@ -108,13 +108,7 @@ struct OpenAIRequestBody: Decodable {
 
     /// Decodes a body, refusing unsupported fields by name.
     static func decode(_ data: Data) throws -> OpenAIRequestBody {
-        let raw: Any
-        do {
-            raw = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
-        } catch {
-            throw APIError.badRequest("the request body is not valid JSON: \(error.localizedDescription)")
-        }
-        guard let object = raw as? [String: Any] else { throw APIError.badRequest("the request body must be a JSON object") }
+        let object = try JSONObject(data).values   // a JSON object, or a 400 saying why not
         for (field, neutral, remedy) in unsupported {
             if let value = object[field], !neutral(value) {
                 throw APIError.badRequest("'\(field)' is not supported (remedy: \(remedy))", param: field)
