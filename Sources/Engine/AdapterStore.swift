@@ -149,6 +149,46 @@ package final class AdapterStore: @unchecked Sendable {
         }
     }
 
+    /// With an adapter root: registers `ROOT/NAME` the first time a request names it, once
+    /// however many requests ask at the same moment (the others wait for that load).
+    /// Returns false when there is no root or no such adapter directory (the caller then
+    /// answers "model not found"); load errors (bad files, memory full) are thrown.
+    package func registerOnFirstUse(name: String) throws -> Bool {
+        guard let root, !name.isEmpty, name != ".", name != "..", !name.contains("/"), !name.contains("\0") else { return false }
+        var isDirectory: ObjCBool = false
+        let path = (root as NSString).appendingPathComponent(name)
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue else { return false }
+        loading.lock()
+        while loadingNames.contains(name) { loading.wait() }
+        if entry(name) != nil {
+            loading.unlock()
+            return true
+        }
+        loadingNames.insert(name)
+        loading.unlock()
+        defer {
+            loading.lock()
+            loadingNames.remove(name)
+            loading.broadcast()
+            loading.unlock()
+        }
+        try register(name: name, path: try resolveUnderRoot(name), confined: true)
+        firstUseLoads.add(1)
+        return true
+    }
+
+    private let loading = NSCondition()
+    private var loadingNames = Set<String>()
+    /// Adapters registered by `registerOnFirstUse` (for tests and metrics).
+    package let firstUseLoads = Counter()
+
+    package final class Counter: @unchecked Sendable {
+        private let lock = NSLock()
+        private var value = 0
+        func add(_ n: Int) { lock.withLock { value += n } }
+        package var current: Int { lock.withLock { value } }
+    }
+
     package func unregister(name: String) throws {
         try lock.withLock {
             guard entries.removeValue(forKey: name) != nil else {

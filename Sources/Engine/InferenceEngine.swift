@@ -63,11 +63,14 @@ package protocol EngineObserver: Sendable {
     func stateChanged(running: Int, waiting: Int, kvBlocksUsed: Int, kvBlocksTotal: Int)
     /// A request ended by cancellation (client gone, or shutdown) after this much work.
     func requestCancelled(adapter: String?, promptTokens: Int, completionTokens: Int)
+    /// The adapters of the running and of the waiting requests changed (names, sorted).
+    func adaptersInUse(running: [String], waiting: [String])
 }
 
 package extension EngineObserver {
     func stateChanged(running: Int, waiting: Int, kvBlocksUsed: Int, kvBlocksTotal: Int) {}
     func requestCancelled(adapter: String?, promptTokens: Int, completionTokens: Int) {}
+    func adaptersInUse(running: [String], waiting: [String]) {}
 }
 
 /// The serving loop: requests join and leave the running batch at every step.

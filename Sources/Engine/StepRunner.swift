@@ -207,6 +207,7 @@ package final class StepRunner {
     package func reportState() {
         observer?.stateChanged(running: scheduler.running.count, waiting: scheduler.waiting.count,
                                kvBlocksUsed: scheduler.allocator.usedCount, kvBlocksTotal: totalBlocks)
+        reportAdapters()
     }
 
     /// One step: plan, forward, sample, emit. A forward error ends the step's sequences with
@@ -286,6 +287,21 @@ package final class StepRunner {
         observer?.stepFinished(running: scheduler.running.count, waiting: scheduler.waiting.count, tokens: batch.count,
                                kvBlocksUsed: scheduler.allocator.usedCount, kvBlocksTotal: totalBlocks,
                                seconds: Date().timeIntervalSince(started))
+        reportAdapters()
+    }
+
+    /// The adapter names of the running and waiting sequences, reported when they change
+    /// (only with an observer: the names cost allocations).
+    private var reportedAdapters: (running: [String], waiting: [String]) = ([], [])
+    private func reportAdapters() {
+        guard let observer, case .perSequence = adapters else { return }
+        func names(_ requests: [Scheduler.Request]) -> [String] {
+            Set(requests.compactMap { live[$0.id]?.sequence.adapter?.name }).sorted()
+        }
+        let now = (names(scheduler.running), names(scheduler.waiting))
+        guard now.0 != reportedAdapters.running || now.1 != reportedAdapters.waiting else { return }
+        reportedAdapters = now
+        observer.adaptersInUse(running: now.0, waiting: now.1)
     }
 
     /// Whether `adapters` are, in order, the ones whose digests are `digests`.

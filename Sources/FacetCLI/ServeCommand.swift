@@ -95,6 +95,7 @@ struct ServeCommand: AsyncParsableCommand {
             logger.info("adapter \(name) loaded from \(dir)")
         }
         let metrics = ServerMetrics()
+        metrics.maxLoras = maxLoras
         let engine = try InferenceEngine(model: model, tokenizer: tokenizer,
                                          configuration: EngineConfiguration(limits: limits, blockSize: blockSize, kvCacheBytes: kvBytes),
                                          adapterStore: store, observer: metrics)

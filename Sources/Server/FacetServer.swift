@@ -76,7 +76,8 @@ package enum FacetServer {
         }
         router.get("/metrics") { _, _ in
             context.metrics.adapters(resident: context.store.residentCount, registered: context.store.names.count)
-            let text = context.metrics.registry.emitToString()
+            let text = context.metrics.registry.emitToString() + context.metrics.gatewayText()
+                + "# TYPE facet_lora_first_use_loads_total counter\nfacet_lora_first_use_loads_total \(context.store.firstUseLoads.current)\n"
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: text)))
         }
         let v1 = router.group("v1").add(middleware: APIKeyMiddleware(key: context.configuration.apiKey))

@@ -247,6 +247,15 @@ struct OpenAIRoutes {
         return Data(buffer.readableBytesView)
     }
 
+    /// An adapter under `--adapter-root` named by a request is loaded then (once).
+    func loadOnFirstUse(_ name: String) throws -> Bool {
+        do {
+            return try context.store.registerOnFirstUse(name: name)
+        } catch {
+            throw APIError.from(error)
+        }
+    }
+
     /// Decodes the body into the typed request and prepares it with the one builder.
     func prepare(_ data: Data, chat: Bool) throws -> Prepared {
         let body = try OpenAIRequestBody.decode(data)
@@ -255,6 +264,8 @@ struct OpenAIRoutes {
         if modelName == context.configuration.servedModelName {
             adapter = nil
         } else if context.store.entry(modelName) != nil {
+            adapter = modelName
+        } else if try loadOnFirstUse(modelName) {
             adapter = modelName
         } else {
             throw APIError(status: .notFound, message: "The model '\(modelName)' does not exist.", type: "invalid_request_error",

@@ -24,6 +24,12 @@ package final class ServerMetrics: EngineObserver, @unchecked Sendable {
     let tpot: CoreMetrics.Timer
     let stepTime: CoreMetrics.Timer
     private let lock = NSLock()
+    // What the Kubernetes Gateway API Inference Extension's endpoint picker reads, under
+    // vLLM's names (written by `gatewayText`).
+    private var gauges = (running: 0, waiting: 0, kvUsage: 0.0)
+    private var loraInfo = (running: [String](), waiting: [String](), updated: Date().timeIntervalSince1970)
+    /// `--max-loras`: adapters one step can serve (the LoRA info gauge's `max_lora`).
+    package var maxLoras = 16
     private var perModel: [String: CoreMetrics.Counter] = [:]
     private var failures: [String: CoreMetrics.Counter] = [:]
 
@@ -65,7 +71,33 @@ package final class ServerMetrics: EngineObserver, @unchecked Sendable {
 
     package func preempted(count: Int) { preemptions.increment(by: count) }
 
+    package func adaptersInUse(running: [String], waiting: [String]) {
+        lock.withLock { loraInfo = (running, waiting, Date().timeIntervalSince1970) }
+    }
+
+    /// vLLM's metric names, as the inference gateway's endpoint picker scrapes them:
+    /// requests waiting and running, KV-cache usage as a fraction (under its current and
+    /// its older name), and the LoRA info gauge (value: the time it last changed).
+    package func gatewayText() -> String {
+        let (g, l) = lock.withLock { (gauges, loraInfo) }
+        func label(_ s: String) -> String { s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") }
+        return """
+        # TYPE vllm:num_requests_running gauge
+        vllm:num_requests_running \(g.running)
+        # TYPE vllm:num_requests_waiting gauge
+        vllm:num_requests_waiting \(g.waiting)
+        # TYPE vllm:kv_cache_usage_perc gauge
+        vllm:kv_cache_usage_perc \(g.kvUsage)
+        # TYPE vllm:gpu_cache_usage_perc gauge
+        vllm:gpu_cache_usage_perc \(g.kvUsage)
+        # TYPE vllm:lora_requests_info gauge
+        vllm:lora_requests_info{max_lora="\(maxLoras)",running_lora_adapters="\(label(l.running.joined(separator: ",")))",waiting_lora_adapters="\(label(l.waiting.joined(separator: ",")))"} \(l.updated)
+
+        """
+    }
+
     package func stateChanged(running r: Int, waiting w: Int, kvBlocksUsed: Int, kvBlocksTotal: Int) {
+        lock.withLock { gauges = (r, w, Double(kvBlocksUsed) / Double(max(kvBlocksTotal, 1))) }
         running.record(r)
         waiting.record(w)
         kvUsed.record(kvBlocksUsed)

@@ -364,3 +364,34 @@ def test_bad_words(server):
     assert "Paris" in base
     r = requests.post(server.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 12, "bad_words": [" Paris", "Paris"]}, timeout=60)
     assert r.status_code == 200 and "Paris" not in r.json()["choices"][0]["message"]["content"], r.text
+
+
+# Scale-out groundwork: adapters under --adapter-root load on first use (once, however many
+# requests ask together), and /metrics carries the names the inference gateway reads.
+def test_adapters_load_on_first_use_once(server):
+    import concurrent.futures
+    shutil.copytree(os.path.join(ROOT, "adapters", "de"), os.path.join(server.adapter_root, "firstuse"))
+    body = {**CHAT, "model": "firstuse"}
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(lambda _: requests.post(server.url + "/v1/chat/completions", json=body, timeout=120).status_code, range(6)))
+    assert codes == [200] * 6, codes
+    assert "firstuse" in model_ids(server)
+    assert metric(server, "facet_lora_first_use_loads_total") == 1
+    for name in ["nope", "..", "../firstuse"]:
+        r = requests.post(server.url + "/v1/chat/completions", json={**CHAT, "model": name}, timeout=30)
+        assert r.status_code == 404, (name, r.text)
+
+
+def test_gateway_metrics(server):
+    sock = stream_request(server.port, {**CHAT, "model": "fr", "stream": True, "max_tokens": 300, "ignore_eos": True})
+    sock.recv(4096)
+    try:
+        assert wait_for(lambda: 'running_lora_adapters="fr"' in requests.get(server.url + "/metrics", timeout=10).text, 20)
+        text = requests.get(server.url + "/metrics", timeout=10).text
+        for name in ["vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc",
+                     'vllm:lora_requests_info{max_lora="16"']:
+            assert name in text, name
+        assert metric(server, "vllm:num_requests_running") >= 1 and 0 < metric(server, "vllm:kv_cache_usage_perc") <= 1
+    finally:
+        reset(sock)
+    assert wait_for(lambda: 'running_lora_adapters=""' in requests.get(server.url + "/metrics", timeout=10).text, 20)
