@@ -89,6 +89,8 @@ package struct BatchGenerator {
                             if !text.isEmpty { onText(i, text) }
                         case .finished(let reason, _, _):
                             c.reason = reason
+                        case .promptLogprob:
+                            break
                         }
                     },
                     ended: { c.error = $0 },

@@ -29,6 +29,8 @@ package struct EngineRequest: Sendable {
     package var adapter: AdapterStore.Lease?
     /// Number of top alternatives to report with each token's log-probability (nil: none).
     package var logprobs: Int?
+    /// Report each prompt token's log-probability with this many alternatives (nil: none).
+    package var promptLogprobs: Int?
 
     package init(promptIDs: [Int32], parameters: SamplingParameters, adapter: AdapterStore.Lease? = nil, logprobs: Int? = nil) {
         self.promptIDs = promptIDs
@@ -52,6 +54,9 @@ package enum EngineEvent: Sendable {
     /// for one generated token.
     case token(id: Int32, text: String, logprob: TokenLogprob?)
     case finished(reason: FinishReason, promptTokens: Int, completionTokens: Int)
+    /// The log-probability of prompt token `index` (1...) given the tokens before it, when
+    /// the request asked for prompt log-probabilities; sent in order, before any `.token`.
+    case promptLogprob(index: Int, logprob: TokenLogprob)
 }
 
 /// Observations for metrics, reported from the engine thread.
@@ -134,7 +139,8 @@ package final class InferenceEngine: @unchecked Sendable {
     }
 
     static func sequence(_ r: EngineRequest) -> StepRunner.Sequence {
-        StepRunner.Sequence(promptIDs: r.promptIDs, parameters: r.parameters, adapter: r.adapter?.adapter, logprobs: r.logprobs)
+        StepRunner.Sequence(promptIDs: r.promptIDs, parameters: r.parameters, adapter: r.adapter?.adapter, logprobs: r.logprobs,
+                            promptLogprobs: r.promptLogprobs)
     }
 
     /// Queues a request; the stream yields its tokens and ends with `.finished`.

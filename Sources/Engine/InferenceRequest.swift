@@ -38,6 +38,9 @@ package struct InferenceRequest: Sendable {
     package var logprobs: Int?
     package var stream = false
     package var includeUsage = false
+    /// Return the prompt before the completion, and with `logprobs` each prompt token's
+    /// log-probability (OpenAI's legacy `echo`).
+    package var echo = false
 
     package init(prompts: [Prompt], adapter: String? = nil) {
         self.prompts = prompts
@@ -57,6 +60,7 @@ package struct PreparedRequest: Sendable {
     package var includeUsage: Bool
     /// The request was a chat (its responses are chat completions).
     package var chat: Bool
+    package var echo = false
 }
 
 /// The one place a request is validated and tokenized. Every error is a `FacetError`
@@ -150,7 +154,9 @@ package struct RequestBuilder: Sendable {
         } catch let e as FacetError {
             throw e
         }
+        if r.echo && isChat { throw bad("echo", "'echo' applies to completions, not chat") }
+        if r.echo && r.stream { throw bad("echo", "'echo' with 'stream' is not supported", "send echo requests without stream") }
         return PreparedRequest(prompts: prompts, parameters: p, adapter: r.adapter, n: r.n, logprobs: r.logprobs, stream: r.stream,
-                               includeUsage: r.includeUsage, chat: isChat)
+                               includeUsage: r.includeUsage, chat: isChat, echo: r.echo)
     }
 }

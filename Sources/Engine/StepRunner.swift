@@ -38,15 +38,19 @@ package final class StepRunner {
         package var logprobs: Int?
         /// Keep the logits each token was sampled from (`Sink.logits`).
         package var collectLogits: Bool
+        /// Report every prompt token's log-probability (`EngineEvent.promptLogprob`) with
+        /// this many alternatives; the prompt's logits are computed only then.
+        package var promptLogprobs: Int?
 
         package init(promptIDs: [Int32], parameters: SamplingParameters, adapter: LoRAAdapter? = nil, slot: Int32 = -1,
-                    logprobs: Int? = nil, collectLogits: Bool = false) {
+                    logprobs: Int? = nil, collectLogits: Bool = false, promptLogprobs: Int? = nil) {
             self.promptIDs = promptIDs
             self.parameters = parameters
             self.adapter = adapter
             self.slot = slot
             self.logprobs = logprobs
             self.collectLogits = collectLogits
+            self.promptLogprobs = promptLogprobs
         }
     }
 
@@ -77,6 +81,9 @@ package final class StepRunner {
         var emitted = 0            // characters of detokenizer.text already sent
         var submitted: Date
         var firstToken: Date?
+        /// Prompt tokens whose log-probability has been sent (a recomputed prompt after a
+        /// preemption does not send them again).
+        var promptScored = 1
     }
 
     package let model: LlamaModel
@@ -95,6 +102,8 @@ package final class StepRunner {
     private var plan = StepPlan()
     private var batch = ForwardBatch()
     private var samplers: [(id: Int, row: Int)] = []
+    /// Logit rows of prompt positions whose next token is scored: (sequence, position, row).
+    private var promptRows: [(id: Int, position: Int, row: Int)] = []
     private var stepAdapters: [LoRAAdapter] = []
     /// The last step's adapter set, reused while the step's adapters stay the same.
     private var cachedSet: (digests: [String], set: AdapterSet)?
@@ -169,7 +178,7 @@ package final class StepRunner {
         l.output.reserveCapacity(s.parameters.maxTokens)
         l.history.reserveCapacity(s.promptIDs.count + s.parameters.maxTokens)
         live[id] = l
-        if s.parameters.maxTokens == 0 { finish(id, .length) }
+        if s.parameters.maxTokens == 0 && s.promptLogprobs == nil { finish(id, .length) }
     }
 
     /// Ends sequence `id` now (cancelled): frees its blocks. Returns false if it had ended.
@@ -225,6 +234,7 @@ package final class StepRunner {
 
         // The flat batch: every scheduled token with its position, sequence and adapter slot.
         samplers.removeAll(keepingCapacity: true)
+        promptRows.removeAll(keepingCapacity: true)
         stepAdapters.removeAll(keepingCapacity: true)
         for e in plan.entries {
             guard let r = scheduler.request(e.request), let l = live[e.request] else { continue }
@@ -242,9 +252,21 @@ package final class StepRunner {
                 }
             }
             batch.blockTables.append(r.table.blocks)
-            batch.append(sequence: n, tokens: r.tokens[e.start..<(e.start + e.count)], startPosition: e.start,
-                         adapterSlot: slot, wantLogits: e.samples)
-            if e.samples { samplers.append((e.request, batch.logitRows.count - 1)) }
+            if l.sequence.promptLogprobs != nil && e.start < r.promptCount - 1 {
+                // Logits of every prompt position in this chunk that predicts a later prompt
+                // token, then the step's usual last row.
+                let scored = min(e.start + e.count, r.promptCount - 1)
+                for p in e.start..<(e.start + e.count) {
+                    batch.append(sequence: n, tokens: r.tokens[p...p], startPosition: p, adapterSlot: slot,
+                                 wantLogits: p < scored || (p == e.start + e.count - 1 && e.samples))
+                    if p < scored { promptRows.append((e.request, p, batch.logitRows.count - 1)) }
+                }
+                if e.samples { samplers.append((e.request, batch.logitRows.count - 1)) }
+            } else {
+                batch.append(sequence: n, tokens: r.tokens[e.start..<(e.start + e.count)], startPosition: e.start,
+                             adapterSlot: slot, wantLogits: e.samples)
+                if e.samples { samplers.append((e.request, batch.logitRows.count - 1)) }
+            }
         }
         let deltas: (any LinearDeltas)?
         switch adapters {
@@ -267,8 +289,18 @@ package final class StepRunner {
             for e in plan.entries { finish(e.request, nil, error: error) }
             return
         }
+        for (id, position, row) in promptRows {
+            guard let l = live[id], position + 1 >= l.promptScored, let k = l.sequence.promptLogprobs else { continue }
+            let next = l.sequence.promptIDs[position + 1]
+            l.sink.event(.promptLogprob(index: position + 1, logprob: Self.logprob(logits[row], token: next, top: k)))
+            live[id]!.promptScored = position + 2
+        }
         for (id, row) in samplers {
             guard live[id] != nil else { continue }
+            if live[id]!.sequence.parameters.maxTokens == 0 {
+                finish(id, .length)    // the prompt was only scored
+                continue
+            }
             // The sequence is changed in place (a copy would copy its token arrays).
             let token = Int32(live[id]!.sampler.next(logits: logits[row], history: live[id]!.history))
             let reason: FinishReason? = withLive(id) { l in

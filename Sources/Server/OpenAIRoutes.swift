@@ -93,8 +93,9 @@ struct OpenAIRoutes {
                     if let seed = p.seed { p.seed = seed &+ UInt64(i) }
                     let lease = try prepared.adapter.map { try context.store.acquire($0) }
                     do {
-                        let (requestID, stream) = try context.engine.submitTracked(
-                            EngineRequest(promptIDs: prompt, parameters: p, adapter: lease, logprobs: prepared.logprobs))
+                        var engineRequest = EngineRequest(promptIDs: prompt, parameters: p, adapter: lease, logprobs: prepared.logprobs)
+                        if prepared.request.echo { engineRequest.promptLogprobs = prepared.logprobs }
+                        let (requestID, stream) = try context.engine.submitTracked(engineRequest)
                         ticket.track(requestID)
                         streams.append(stream)
                     } catch {
@@ -125,7 +126,7 @@ struct OpenAIRoutes {
         var choices: [[String: Any]] = []
         var promptTokens = 0, completionTokens = 0
         for (index, stream) in streams.enumerated() {
-            var text = "", reason = "length", tokens: [Int32] = [], logprobs: [TokenLogprob] = []
+            var text = "", reason = "length", tokens: [Int32] = [], logprobs: [TokenLogprob] = [], promptLogprobs: [TokenLogprob] = []
             do {
                 for try await event in stream {
                     switch event {
@@ -137,6 +138,8 @@ struct OpenAIRoutes {
                         reason = r.rawValue
                         completionTokens += c
                         if index % prepared.n == 0 { promptTokens += p }
+                    case .promptLogprob(_, let lp):
+                        promptLogprobs.append(lp)
                     }
                 }
             } catch {
@@ -147,6 +150,12 @@ struct OpenAIRoutes {
             if chat {
                 choice["message"] = ["role": "assistant", "content": text]
                 choice["logprobs"] = prepared.logprobs == nil ? NSNull() : ["content": logprobs.map(renderer.chatLogprob)]
+            } else if prepared.request.echo {
+                // The prompt's own text and tokens first (its first token has no log-probability).
+                let promptIDs = prepared.prompts[index / prepared.n]
+                choice["text"] = (context.tokenizer?.decode(promptIDs) ?? "") + text
+                choice["logprobs"] = prepared.logprobs == nil ? NSNull()
+                    : renderer.completionLogprobs(logprobs, echo: (promptIDs, promptLogprobs))
             } else {
                 choice["text"] = text
                 choice["logprobs"] = prepared.logprobs == nil ? NSNull() : renderer.completionLogprobs(logprobs)
@@ -202,6 +211,8 @@ struct OpenAIRoutes {
                     promptTokens += p
                     completionTokens += c
                     try await send(renderer.chunk(index: i, role: false, text: nil, logprob: nil, finish: reason.rawValue))
+                case .promptLogprob:
+                    break   // echo is refused with stream`
                 }
             }
         } catch {
@@ -373,19 +384,25 @@ struct ChunkRenderer: Sendable {
     /// gives) become -9999, the floor other OpenAI-compatible servers use.
     static func json(_ logprob: Float) -> Double { logprob.isFinite ? Double(logprob) : -9999 }
 
-    func completionLogprobs(_ lps: [TokenLogprob]) -> [String: Any] {
-        var offsets: [Int] = []
+    /// OpenAI's legacy completion logprobs; with `echo`, the prompt's tokens come first:
+    /// the first with null log-probability and alternatives, as OpenAI shapes them.
+    func completionLogprobs(_ lps: [TokenLogprob], echo: (ids: [Int32], logprobs: [TokenLogprob])? = nil) -> [String: Any] {
+        var tokens: [String] = [], values: [Any] = [], tops: [Any] = [], offsets: [Int] = []
         var offset = 0
-        for lp in lps {
+        func add(_ token: Int32, _ lp: TokenLogprob?) {
+            let text = tokenText(token)
+            tokens.append(text)
             offsets.append(offset)
-            offset += tokenText(lp.token).count
+            offset += text.count
+            values.append(lp.map { Self.json($0.logprob) as Any } ?? NSNull())
+            tops.append(lp.map { lp in Dictionary(lp.top.map { (tokenText($0.0), Self.json($0.1)) }, uniquingKeysWith: { a, _ in a }) as Any }
+                        ?? NSNull())
         }
-        return [
-            "tokens": lps.map { tokenText($0.token) },
-            "token_logprobs": lps.map { Self.json($0.logprob) },
-            "top_logprobs": lps.map { lp in Dictionary(lp.top.map { (tokenText($0.0), Self.json($0.1)) }, uniquingKeysWith: { a, _ in a }) },
-            "text_offset": offsets,
-        ]
+        if let echo {
+            for (i, id) in echo.ids.enumerated() { add(id, i == 0 ? nil : (i - 1 < echo.logprobs.count ? echo.logprobs[i - 1] : nil)) }
+        }
+        for lp in lps { add(lp.token, lp) }
+        return ["tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets]
     }
 }
 

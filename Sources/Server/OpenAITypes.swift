@@ -147,7 +147,6 @@ struct OpenAIRequestBody: Decodable {
     /// The typed request, for the route (`chat`) it came by; `maxModelLength` bounds
     /// max_tokens as OpenAI reports it.
     func inferenceRequest(chat: Bool, adapter: String?) throws -> InferenceRequest {
-        if echo == true { throw APIError.badRequest("'echo' is not supported", param: "echo") }
         if suffix != nil { throw APIError.badRequest("'suffix' is not supported", param: "suffix") }
         for (name, value) in [("frequency_penalty", frequency_penalty), ("presence_penalty", presence_penalty)] {
             if let v = value, v != 0 { throw APIError.badRequest("'\(name)' is not supported (use repetition_penalty)", param: name) }
@@ -202,6 +201,7 @@ struct OpenAIRequestBody: Decodable {
         r.badWords = bad_words ?? []
         r.addSpecialTokens = add_special_tokens ?? true
         r.n = n ?? 1
+        r.echo = echo ?? false
         r.stream = stream ?? false
         r.includeUsage = stream_options?.include_usage ?? false
         let logprobsParam = chat ? "top_logprobs" : "logprobs"

@@ -39,6 +39,7 @@ import TestSupport
             switch e {
             case .token(let id, _, _): ids.append(id)
             case .finished(let r, _, _): reason = r
+            case .promptLogprob: break
             }
         }
         return (ids, reason)

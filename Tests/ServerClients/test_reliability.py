@@ -395,3 +395,34 @@ def test_gateway_metrics(server):
     finally:
         reset(sock)
     assert wait_for(lambda: 'running_lora_adapters=""' in requests.get(server.url + "/metrics", timeout=10).text, 20)
+
+
+# Evaluation groundwork: echo with prompt log-probabilities, as lm-evaluation-harness's
+# local-completions model sends it (max_tokens 0, logprobs 1, text or token-id prompts).
+def test_echo_prompt_logprobs(server):
+    import concurrent.futures
+    prompt = "The capital of France is Paris"
+    body = {"model": BASE, "prompt": prompt, "echo": True, "logprobs": 1, "max_tokens": 0, "temperature": 0}
+    r = requests.post(server.url + "/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    lp = choice["logprobs"]
+    assert choice["text"] == prompt and "".join(lp["tokens"]) == prompt
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert all(isinstance(v, float) and v <= 0 for v in lp["token_logprobs"][1:])
+    assert all(len(t) == 1 for t in lp["top_logprobs"][1:]) and lp["text_offset"][0] == 0
+    # Bitwise the same while other requests share the batch.
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        noise = [pool.submit(requests.post, server.url + "/v1/completions",
+                             json={"model": m, "prompt": "Once upon a time", "max_tokens": 24, "temperature": 0}, timeout=120)
+                 for m in (BASE, "fr", BASE)]
+        again = pool.submit(requests.post, server.url + "/v1/completions", json=body, timeout=120).result()
+        for f in noise:
+            assert f.result().status_code == 200
+    assert again.json()["choices"][0]["logprobs"] == lp
+    # Token ids in, and a completion after the echoed prompt.
+    ids = requests.post(server.url + "/v1/completions", json={**body, "prompt": [504, 3575, 282, 4649], "max_tokens": 3}, timeout=60).json()
+    t = ids["choices"][0]["logprobs"]
+    assert len(t["tokens"]) == 4 + 3 and t["token_logprobs"][0] is None and t["token_logprobs"][4] is not None
+    r = requests.post(server.url + "/v1/completions", json={**body, "stream": True}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "echo"
