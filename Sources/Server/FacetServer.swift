@@ -82,6 +82,7 @@ package enum FacetServer {
         }
         let v1 = router.group("v1").add(middleware: APIKeyMiddleware(key: context.configuration.apiKey))
         OpenAIRoutes(context: context).register(on: v1)
+        OpenAIRoutes(context: context).registerTokenizerRoutes(on: router.group("").add(middleware: APIKeyMiddleware(key: context.configuration.apiKey)))
         // Triton's KServe v2 protocol (HTTP), with TensorRT-LLM's models and LoRA tensors.
         router.get("v2") { _, _ in
             try jsonResponse(["name": "facet", "version": "2.0.0", "extensions": ["binary_tensor_data", "generate", "model_configuration"]])

@@ -258,6 +258,53 @@ struct OpenAIRoutes {
         return Data(buffer.readableBytesView)
     }
 
+    /// vLLM's `/tokenize` (`prompt` text, or chat `messages`) and `/detokenize` (`tokens`),
+    /// for the base model or an adapter (which share the model's tokenizer).
+    func registerTokenizerRoutes<C: RequestContext>(on group: RouterGroup<C>) {
+        group.post("tokenize") { request, ctx in
+            let body = try JSONObject(try await readBody(request, ctx))
+            try checkModel(try body.string("model"))
+            guard let tokenizer = context.tokenizer else { throw APIError.badRequest("the server has no tokenizer", param: "prompt") }
+            var builder = RequestBuilder(tokenizer: tokenizer, eosTokenIDs: [], contextLength: maxModelLength)
+            builder.parseSpecialTokensInContent = context.configuration.parseSpecialTokensInContent
+            let ids: [Int32]
+            do {
+                if let text = try body.string("prompt") {
+                    ids = try builder.tokenize(.text(text), addSpecialTokens: try body.bool("add_special_tokens") ?? true)
+                } else if body.has("messages") {
+                    let decoded = try OpenAIRequestBody.decode(try JSONSerialization.data(withJSONObject: ["model": "", "messages": body.values["messages"]!]))
+                    guard case .chat(let messages)? = try decoded.inferenceRequest(chat: true, adapter: nil).prompts.first else {
+                        throw APIError.badRequest("'messages' must be a list of messages", param: "messages")
+                    }
+                    ids = try builder.tokenize(.chat(messages))
+                } else {
+                    throw APIError.badRequest("'prompt' (text) or 'messages' is required", param: "prompt")
+                }
+            } catch {
+                throw APIError.from(error)
+            }
+            return try jsonResponse(["count": ids.count, "max_model_len": maxModelLength, "tokens": ids.map(Int.init)])
+        }
+        group.post("detokenize") { request, ctx in
+            let body = try JSONObject(try await readBody(request, ctx))
+            try checkModel(try body.string("model"))
+            guard let tokenizer = context.tokenizer else { throw APIError.badRequest("the server has no tokenizer", param: "tokens") }
+            guard let raw = body.values["tokens"] as? [Any] else { throw APIError.badRequest("'tokens' must be a list of token ids", param: "tokens") }
+            let ids = try Self.tokenIDs(raw, at: "tokens", param: "tokens")
+            for id in ids where Int(id) >= tokenizer.vocabularySize {
+                throw APIError.badRequest("token id \(id) is outside the vocabulary of \(tokenizer.vocabularySize)", param: "tokens")
+            }
+            return try jsonResponse(["prompt": tokenizer.decode(ids)])
+        }
+    }
+
+    /// A `model` field, when given, must name the base model or an adapter.
+    func checkModel(_ name: String?) throws {
+        guard let name, name != context.configuration.servedModelName, context.store.entry(name) == nil else { return }
+        throw APIError(status: .notFound, message: "The model '\(name)' does not exist.", type: "invalid_request_error",
+                       param: "model", code: "model_not_found")
+    }
+
     /// An adapter under `--adapter-root` named by a request is loaded then (once).
     func loadOnFirstUse(_ name: String) throws -> Bool {
         do {
@@ -336,10 +383,10 @@ final class InFlightTicket: @unchecked Sendable {
 extension OpenAIRoutes {
     /// Token ids sent as JSON: each must be an integer exactly (not 1.5, not `true`) within
     /// Int32; the vocabulary check comes later, per adapter.
-    static func tokenIDs(_ raw: [Any], at param: String) throws -> [Int32] {
+    static func tokenIDs(_ raw: [Any], at field: String, param: String = "prompt") throws -> [Int32] {
         try raw.enumerated().map { i, value in
             guard let v = Checked.jsonInt(value), let id = Int32(exactly: v), id >= 0 else {
-                throw APIError.badRequest("\(param)[\(i)] must be a token id (a non-negative integer), found \(value)", param: "prompt")
+                throw APIError.badRequest("\(field)[\(i)] must be a token id (a non-negative integer), found \(value)", param: param)
             }
             return id
         }

@@ -426,3 +426,22 @@ def test_echo_prompt_logprobs(server):
     assert len(t["tokens"]) == 4 + 3 and t["token_logprobs"][0] is None and t["token_logprobs"][4] is not None
     r = requests.post(server.url + "/v1/completions", json={**body, "stream": True}, timeout=60)
     assert r.status_code == 400 and r.json()["error"]["param"] == "echo"
+
+
+def test_tokenize_and_detokenize(server):
+    r = requests.post(server.url + "/tokenize", json={"model": BASE, "prompt": "The capital of France is Paris"}, timeout=30)
+    assert r.status_code == 200, r.text
+    ids = r.json()["tokens"]
+    assert r.json()["count"] == len(ids) > 3 and r.json()["max_model_len"] > 0
+    # The same ids the completion route uses: an echo of the text gives as many tokens.
+    echo = requests.post(server.url + "/v1/completions", json={"model": BASE, "prompt": "The capital of France is Paris", "echo": True,
+                                                               "logprobs": 0, "max_tokens": 0}, timeout=60).json()
+    assert len(echo["choices"][0]["logprobs"]["tokens"]) == len(ids)
+    r = requests.post(server.url + "/detokenize", json={"model": "fr", "tokens": ids}, timeout=30)
+    assert r.status_code == 200 and r.json()["prompt"] == "The capital of France is Paris"
+    chat = requests.post(server.url + "/tokenize", json={"model": BASE, "messages": [{"role": "user", "content": "hi"}]}, timeout=30).json()
+    assert chat["count"] > 3
+    for bad, param in [({"model": "nope", "prompt": "x"}, "model"), ({"model": BASE, "tokens": [1, -2]}, "tokens"),
+                       ({"model": BASE, "tokens": [10 ** 9]}, "tokens")]:
+        r = requests.post(server.url + ("/tokenize" if "prompt" in bad else "/detokenize"), json=bad, timeout=30)
+        assert 400 <= r.status_code < 500 and r.json()["error"]["param"] == param, r.text
