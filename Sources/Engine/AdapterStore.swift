@@ -116,6 +116,7 @@ package final class AdapterStore: @unchecked Sendable {
             }
             // Make room first: a load refused for lack of memory registers nothing.
             try evict(keeping: name, incoming: adapter.byteSize)
+            unloaded.remove(name)
             clock += 1
             entries[name] = Entry(name: name, path: path, confined: confined, adapter: adapter, lastUsed: clock, loads: 1)
         }
@@ -155,6 +156,8 @@ package final class AdapterStore: @unchecked Sendable {
     /// answers "model not found"); load errors (bad files, memory full) are thrown.
     package func registerOnFirstUse(name: String) throws -> Bool {
         guard let root, !name.isEmpty, name != ".", name != "..", !name.contains("/"), !name.contains("\0") else { return false }
+        // An adapter the operator unloaded stays unloaded until loaded again explicitly.
+        guard !lock.withLock({ unloaded.contains(name) }) else { return false }
         var isDirectory: ObjCBool = false
         let path = (root as NSString).appendingPathComponent(name)
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue else { return false }
@@ -177,6 +180,8 @@ package final class AdapterStore: @unchecked Sendable {
         return true
     }
 
+    /// Names unloaded with `unregister`: not loaded on first use again.
+    private var unloaded = Set<String>()
     private let loading = NSCondition()
     private var loadingNames = Set<String>()
     /// Adapters registered by `registerOnFirstUse` (for tests and metrics).
@@ -194,6 +199,7 @@ package final class AdapterStore: @unchecked Sendable {
             guard entries.removeValue(forKey: name) != nil else {
                 throw FacetError(.notFound, "no adapter named \(name)", field: "lora_name")
             }
+            unloaded.insert(name)
         }
     }
 

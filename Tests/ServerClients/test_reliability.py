@@ -207,8 +207,10 @@ def test_refused_load_is_not_registered(strict):
         r = load(strict, "de2")
         assert r.status_code == 503, r.text
         assert "de2" not in model_ids(strict)
+        # Asking for it by name tries the same load on first use: refused the same way.
         r = requests.post(strict.url + "/v1/chat/completions", json={**CHAT, "model": "de2"}, timeout=30)
-        assert r.status_code == 404
+        assert r.status_code == 503, r.text
+        assert "de2" not in model_ids(strict)
     finally:
         reset(sock)
     # Once fr is free, the same load succeeds (fr is evicted, not lost).
@@ -371,12 +373,16 @@ def test_bad_words(server):
 def test_adapters_load_on_first_use_once(server):
     import concurrent.futures
     shutil.copytree(os.path.join(ROOT, "adapters", "de"), os.path.join(server.adapter_root, "firstuse"))
+    before = metric(server, "facet_lora_first_use_loads_total")
     body = {**CHAT, "model": "firstuse"}
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         codes = list(pool.map(lambda _: requests.post(server.url + "/v1/chat/completions", json=body, timeout=120).status_code, range(6)))
     assert codes == [200] * 6, codes
     assert "firstuse" in model_ids(server)
-    assert metric(server, "facet_lora_first_use_loads_total") == 1
+    assert metric(server, "facet_lora_first_use_loads_total") == before + 1
+    # Unloaded by the operator: not loaded on first use again until loaded explicitly.
+    assert requests.post(server.url + "/v1/unload_lora_adapter", json={"lora_name": "firstuse"}, timeout=30).status_code == 200
+    assert requests.post(server.url + "/v1/chat/completions", json=body, timeout=60).status_code == 404
     for name in ["nope", "..", "../firstuse"]:
         r = requests.post(server.url + "/v1/chat/completions", json={**CHAT, "model": name}, timeout=30)
         assert r.status_code == 404, (name, r.text)
