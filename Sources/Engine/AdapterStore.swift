@@ -5,6 +5,16 @@ import Llama
 import Loading
 import Tensors
 
+/// An integer shared between threads.
+package final class LockedCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    package init() {}
+    /// Adds `n` and returns the new value.
+    @discardableResult package func add(_ n: Int) -> Int { lock.withLock { value += n; return value } }
+    package var current: Int { lock.withLock { value } }
+}
+
 /// The adapters a server knows, by name, with a resident cache bounded in bytes.
 ///
 /// Thousands of adapters may be registered; only those in use or recently used stay loaded.
@@ -185,14 +195,7 @@ package final class AdapterStore: @unchecked Sendable {
     private let loading = NSCondition()
     private var loadingNames = Set<String>()
     /// Adapters registered by `registerOnFirstUse` (for tests and metrics).
-    package let firstUseLoads = Counter()
-
-    package final class Counter: @unchecked Sendable {
-        private let lock = NSLock()
-        private var value = 0
-        func add(_ n: Int) { lock.withLock { value += n } }
-        package var current: Int { lock.withLock { value } }
-    }
+    package let firstUseLoads = LockedCounter()
 
     package func unregister(name: String) throws {
         try lock.withLock {

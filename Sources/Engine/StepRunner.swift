@@ -173,6 +173,7 @@ package final class StepRunner {
         } catch {
             throw FacetError(.capacity, "the scheduler refused the sequence: \(error)", field: "max_tokens")
         }
+        membershipChanged = true
         var l = Live(sequence: s, sink: sink, sampler: Sampler(s.parameters),
                      detokenizer: tokenizer.map { StreamingDetokenizer(tokenizer: $0) }, history: s.promptIDs, submitted: Date())
         l.output.reserveCapacity(s.parameters.maxTokens)
@@ -194,6 +195,7 @@ package final class StepRunner {
     private func finish(_ id: Int, _ reason: FinishReason?, error: (any Error)? = nil) -> Bool {
         guard let l = live.removeValue(forKey: id) else { return false }
         scheduler.remove(id)
+        membershipChanged = true
         if let error {
             l.sink.ended(error)
             return true
@@ -228,7 +230,9 @@ package final class StepRunner {
         let started = Date()
         // Release last step's references to the block tables before the scheduler grows them.
         batch.removeAll()
+        let waitingBefore = scheduler.waiting.count
         scheduler.schedule(into: &plan)
+        if scheduler.waiting.count != waitingBefore || !plan.preempted.isEmpty { membershipChanged = true }
         if !plan.preempted.isEmpty { observer?.preempted(count: plan.preempted.count) }
         guard !plan.isEmpty else { return }
 
@@ -302,8 +306,8 @@ package final class StepRunner {
                 continue
             }
             // The sequence is changed in place (a copy would copy its token arrays).
-            let token = Int32(live[id]!.sampler.next(logits: logits[row], history: live[id]!.history))
-            let reason: FinishReason? = withLive(id) { l in
+            let (token, reason): (Int32, FinishReason?) = withLive(id) { l in
+                let token = Int32(l.sampler.next(logits: logits[row], history: l.history))
                 if l.sequence.collectLogits { l.sink.logits(logits.array(row)) }
                 l.output.append(token)
                 l.history.append(token)
@@ -312,7 +316,7 @@ package final class StepRunner {
                 var logprob: TokenLogprob?
                 if let k = l.sequence.logprobs { logprob = Self.logprob(logits[row], token: token, top: k) }
                 l.sink.event(.token(id: token, text: text, logprob: logprob))
-                return reason
+                return (token, reason)
             }
             if let reason { finish(id, reason) } else { scheduler.append(token, to: id) }
         }
@@ -325,8 +329,12 @@ package final class StepRunner {
     /// The adapter names of the running and waiting sequences, reported when they change
     /// (only with an observer: the names cost allocations).
     private var reportedAdapters: (running: [String], waiting: [String]) = ([], [])
+    /// Set when a sequence arrives, leaves, or moves between waiting and running: only then
+    /// can the reported adapters change (a steady step computes no names).
+    private var membershipChanged = false
     private func reportAdapters() {
-        guard let observer, case .perSequence = adapters else { return }
+        guard let observer, case .perSequence = adapters, membershipChanged else { return }
+        membershipChanged = false
         func names(_ requests: [Scheduler.Request]) -> [String] {
             Set(requests.compactMap { live[$0.id]?.sequence.adapter?.name }).sorted()
         }

@@ -244,20 +244,14 @@ struct LoRALimits {
     var maxRank: Int?
     var targetModules: [String]
 
-    /// The roles a module name covers (TensorRT-LLM's or Hugging Face's spelling).
+    /// The roles a module name covers: TensorRT-LLM's module names (`TensorRTLoRA.moduleIDs`,
+    /// where `attn_qkv` is q, k and v) or Hugging Face's (`LinearRole`), as
+    /// `LoRAAdapter.targetRoles` spells them.
     static func roles(of module: String) -> [String]? {
-        switch module {
-        case "attn_q", "q_proj": ["q_proj"]
-        case "attn_k", "k_proj": ["k_proj"]
-        case "attn_v", "v_proj": ["v_proj"]
-        case "attn_qkv": ["q_proj", "k_proj", "v_proj"]
-        case "attn_dense", "o_proj": ["o_proj"]
-        case "mlp_h_to_4h", "gate_proj": ["gate_proj"]
-        case "mlp_gate", "up_proj": ["up_proj"]
-        case "mlp_4h_to_h", "down_proj": ["down_proj"]
-        case "embed_tokens": ["embed_tokens"]
-        default: nil
-        }
+        if module == "embed_tokens" { return [module] }
+        if let role = LinearRole(rawValue: module) { return [role.rawValue] }
+        guard let m = TensorRTLoRA.moduleIDs.first(where: { $0.name == module }) else { return nil }
+        return (m.role.map { [$0] } ?? [.q, .k, .v]).map(\.rawValue)
     }
 
     func check(_ adapter: LoRAAdapter, directory: String) throws {

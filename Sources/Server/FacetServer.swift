@@ -45,14 +45,39 @@ package final class ServingContext: Sendable {
 
     var tokenizer: Tokenizer? { engine.tokenizer }
     var model: LlamaModel { engine.model }
+
+    /// The longest prompt + completion a request may ask for.
+    var contextLength: Int { min(engine.configuration.limits.maxModelLength, model.config.maxPositionEmbeddings) }
+
+    /// The one request builder of every protocol: the model's EOS ids, the context length,
+    /// the server's special-token setting.
+    func requestBuilder() throws -> RequestBuilder {
+        guard let tokenizer else {
+            throw FacetError(.invalidArgument, "the server has no tokenizer", field: "prompt", remedy: "serve a model with a tokenizer")
+        }
+        var builder = RequestBuilder(tokenizer: tokenizer, eosTokenIDs: model.config.eosTokenIDs + tokenizer.eosIDs.map(Int.init),
+                                     contextLength: contextLength)
+        builder.parseSpecialTokensInContent = configuration.parseSpecialTokensInContent
+        return builder
+    }
+
+    /// Pins `adapter` (nil: the base model) for the request's lifetime and submits it;
+    /// `ticket` learns the request so that a vanished client cancels it.
+    func submit(_ request: EngineRequest, adapter: String?, ticket: InFlightTicket) throws -> AsyncThrowingStream<EngineEvent, any Error> {
+        var request = request
+        request.adapter = try adapter.map { try store.acquire($0) }
+        do {
+            let (id, stream) = try engine.submitTracked(request)
+            ticket.track(id)
+            return stream
+        } catch {
+            if let lease = request.adapter { store.release(lease) }
+            throw error
+        }
+    }
 }
 
-final class Atomic: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = 0
-    func add(_ n: Int) -> Int { lock.withLock { value += n; return value } }
-    var current: Int { lock.withLock { value } }
-}
+typealias Atomic = LockedCounter
 
 /// Runs the engine loop for the lifetime of the service group; on graceful shutdown (after
 /// the HTTP server has drained), stops it.

@@ -94,16 +94,20 @@ struct KServeRoutes {
     }
 
     func handle(_ body: () throws -> Response) throws -> Response {
-        do { return try body() } catch let e as KServeError { return Self.errorResponse(e) } catch let e as FacetError {
-            return Self.errorResponse(KServeError(e.description, status: APIError.from(e).status.code))
-        }
+        do { return try body() } catch { return try Self.errorResponse(error) }
     }
 
     func handleAsync(_ body: () async throws -> Response) async throws -> Response {
-        do { return try await body() } catch let e as KServeError { return Self.errorResponse(e) } catch let e as FacetError {
-            return Self.errorResponse(KServeError(e.description, status: APIError.from(e).status.code))
-        } catch let e as APIError {
-            return Self.errorResponse(KServeError(e.message, status: e.status.code))
+        do { return try await body() } catch { return try Self.errorResponse(error) }
+    }
+
+    /// KServe's `{"error": "..."}` for the errors a route throws (others propagate).
+    static func errorResponse(_ error: any Error) throws -> Response {
+        switch error {
+        case let e as KServeError: return errorResponse(e)
+        case let e as FacetError: return errorResponse(KServeError(e.description, status: APIError.from(e).status.code))
+        case let e as APIError: return errorResponse(KServeError(e.message, status: e.status.code))
+        default: throw error
         }
     }
 
@@ -370,28 +374,14 @@ struct KServeRoutes {
 
     /// Runs one typed request on the engine (one sequence), calling `onToken` per token.
     func run(_ typed: InferenceRequest, onToken: (String) async throws -> Void = { _ in }) async throws -> RunResult {
-        guard let tokenizer = context.tokenizer else { throw KServeError("the server has no tokenizer", status: 500) }
-        let contextLength = min(context.engine.configuration.limits.maxModelLength, context.model.config.maxPositionEmbeddings)
-        var builder = RequestBuilder(tokenizer: tokenizer, eosTokenIDs: context.model.config.eosTokenIDs + tokenizer.eosIDs.map(Int.init),
-                                     contextLength: contextLength)
-        builder.parseSpecialTokensInContent = context.configuration.parseSpecialTokensInContent
-        let prepared = try builder.prepare(typed)
+        let prepared = try context.requestBuilder().prepare(typed)
         guard let ticket = InFlightTicket(count: 1, pending: context.pending, limit: context.configuration.maxPendingRequests,
                                           engine: context.engine) else {
             throw KServeError("the server is at capacity (\(context.configuration.maxPendingRequests) requests in flight); retry shortly", status: 429)
         }
         defer { ticket.release() }
-        let lease = try prepared.adapter.map { try context.store.acquire($0) }
-        let stream: AsyncThrowingStream<EngineEvent, any Error>
-        do {
-            let (id, s) = try context.engine.submitTracked(EngineRequest(promptIDs: prepared.prompts[0], parameters: prepared.parameters,
-                                                                         adapter: lease))
-            ticket.track(id)
-            stream = s
-        } catch {
-            if let lease { context.store.release(lease) }
-            throw error
-        }
+        let stream = try context.submit(EngineRequest(promptIDs: prepared.prompts[0], parameters: prepared.parameters),
+                                        adapter: prepared.adapter, ticket: ticket)
         context.metrics.request(model: prepared.adapter ?? context.configuration.servedModelName)
         var result = RunResult()
         for try await event in stream {

@@ -59,7 +59,7 @@ struct OpenAIRoutes {
         return ["object": "list", "data": data]
     }
 
-    var maxModelLength: Int { min(context.engine.configuration.limits.maxModelLength, context.model.config.maxPositionEmbeddings) }
+    var maxModelLength: Int { context.contextLength }
 
     // MARK: - Generation
 
@@ -91,17 +91,9 @@ struct OpenAIRoutes {
                 for i in 0..<prepared.n {
                     var p = prepared.parameters
                     if let seed = p.seed { p.seed = seed &+ UInt64(i) }
-                    let lease = try prepared.adapter.map { try context.store.acquire($0) }
-                    do {
-                        var engineRequest = EngineRequest(promptIDs: prompt, parameters: p, adapter: lease, logprobs: prepared.logprobs)
-                        if prepared.request.echo { engineRequest.promptLogprobs = prepared.logprobs }
-                        let (requestID, stream) = try context.engine.submitTracked(engineRequest)
-                        ticket.track(requestID)
-                        streams.append(stream)
-                    } catch {
-                        if let lease { context.store.release(lease) }
-                        throw error
-                    }
+                    var engineRequest = EngineRequest(promptIDs: prompt, parameters: p, logprobs: prepared.logprobs)
+                    if prepared.request.echo { engineRequest.promptLogprobs = prepared.logprobs }
+                    streams.append(try context.submit(engineRequest, adapter: prepared.adapter, ticket: ticket))
                 }
             }
         } catch {
@@ -264,11 +256,9 @@ struct OpenAIRoutes {
         group.post("tokenize") { request, ctx in
             let body = try JSONObject(try await readBody(request, ctx))
             try checkModel(try body.string("model"))
-            guard let tokenizer = context.tokenizer else { throw APIError.badRequest("the server has no tokenizer", param: "prompt") }
-            var builder = RequestBuilder(tokenizer: tokenizer, eosTokenIDs: [], contextLength: maxModelLength)
-            builder.parseSpecialTokensInContent = context.configuration.parseSpecialTokensInContent
             let ids: [Int32]
             do {
+                let builder = try context.requestBuilder()
                 if let text = try body.string("prompt") {
                     ids = try builder.tokenize(.text(text), addSpecialTokens: try body.bool("add_special_tokens") ?? true)
                 } else if body.has("messages") {
@@ -330,12 +320,8 @@ struct OpenAIRoutes {
                            param: "model", code: "model_not_found")
         }
         let request = try body.inferenceRequest(chat: chat, adapter: adapter)
-        guard let tokenizer = context.tokenizer else { throw APIError.badRequest("the server has no tokenizer", param: "prompt") }
-        var builder = RequestBuilder(tokenizer: tokenizer, eosTokenIDs: context.model.config.eosTokenIDs + tokenizer.eosIDs.map(Int.init),
-                                     contextLength: maxModelLength)
-        builder.parseSpecialTokensInContent = context.configuration.parseSpecialTokensInContent
         do {
-            return Prepared(request: try builder.prepare(request), model: modelName)
+            return Prepared(request: try context.requestBuilder().prepare(request), model: modelName)
         } catch {
             throw APIError.from(error)
         }
