@@ -15,7 +15,7 @@ let parserFlags: [SwiftSetting] = [
 
 let package = Package(
     name: "Facet",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "facet", targets: ["FacetCLI"]),
     ],
@@ -28,6 +28,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         .target(name: "Tensors", swiftSettings: kernelFlags),
@@ -42,6 +46,16 @@ let package = Package(
         .target(name: "Sampling", dependencies: ["Tensors", "Kernels"], swiftSettings: kernelFlags),
         .target(name: "Loading", dependencies: ["Tensors", "Kernels", "Formats", "Tokenization", "Llama", "Adapters"]),
         .target(name: "Engine", dependencies: ["Tensors", "Kernels", "Llama", "Adapters", "PagedKV", "Scheduling", "Sampling", "Tokenization", "Loading"]),
+        // Swift code generated from Triton's grpc_service.proto and model_config.proto
+        // (scripts/gen-triton-grpc regenerates it); committed, never edited by hand.
+        .target(
+            name: "TritonProtos",
+            dependencies: [
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+            ]
+        ),
         .target(
             name: "Server",
             dependencies: [
@@ -52,6 +66,11 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                "TritonProtos",
             ]
         ),
         // Benchmark code (facet bench): engine throughput and numerics accuracy.

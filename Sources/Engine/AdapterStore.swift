@@ -55,6 +55,13 @@ package final class AdapterStore: @unchecked Sendable {
     private var entries: [String: Entry] = [:]
     private var clock: UInt64 = 0
 
+    /// The cache's counters (as TensorRT-LLM's LoRA cache reports them): an `acquire` that
+    /// finds the adapter resident is a hit; one that must load it again (or cannot: evicted
+    /// bytes, unknown name) a miss; an adapter dropped to make room an eviction.
+    package let cacheHits = LockedCounter()
+    package let cacheMisses = LockedCounter()
+    package let cacheEvictions = LockedCounter()
+
     /// How loaded adapters keep their factors (see `LoRAPrecision`).
     package let precision: LoRAPrecision
 
@@ -217,9 +224,14 @@ package final class AdapterStore: @unchecked Sendable {
             return (e.adapter, e.path, e.confined)
         }
         guard let (resident, storedPath, confined) = cached else {
+            cacheMisses.add(1)
             throw FacetError(.notFound, "the model \(name) does not exist", field: "model", remedy: "GET /v1/models lists the base model and the adapters")
         }
-        if let resident { return Lease(name: name, adapter: resident) }
+        if let resident {
+            cacheHits.add(1)
+            return Lease(name: name, adapter: resident)
+        }
+        cacheMisses.add(1)
         guard let path = storedPath else {
             throw FacetError(.notFound, "adapter \(name) was evicted from memory and has no file to reload it from", field: "lora_weights",
                              remedy: "send its weights (lora_weights and lora_config) again with the request")
@@ -278,6 +290,7 @@ package final class AdapterStore: @unchecked Sendable {
                                  remedy: "retry shortly, or raise --max-lora-memory")
             }
             entries[victim.name]?.adapter = nil
+            cacheEvictions.add(1)
         }
     }
 }

@@ -19,9 +19,12 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
     @Option(help: "Port to listen on.") var port = 8000
+    @Option(name: .customLong("grpc-port"), help: "Also serve Triton's KServe v2 gRPC API (inference.GRPCInferenceService) on this port (Triton's is 8001).")
+    var grpcPort: Int?
     @Option(name: .customLong("served-model-name"), help: "The base model's name in the API (default: the model file's name).")
     var servedModelName: String?
-    @Option(name: .customLong("lora"), help: "An adapter served from the start, as NAME=PATH (repeatable).")
+    @Option(name: .customLong("lora"), help: ArgumentHelp("An adapter served from the start, as NAME=PATH (repeatable).",
+            discussion: "The API's `model` names it; Triton's `lora_task_id` 0, 1, ... name these adapters in the order given (as run's --lora_task_uids), unless weights were sent with that id."))
     var loras: [String] = []
     @Option(name: .customLong("adapter-root"), help: "Directory under which /v1/load_lora_adapter may load adapters by path.")
     var adapterRoot: String?
@@ -72,6 +75,14 @@ struct ServeCommand: AsyncParsableCommand {
         guard (0...65535).contains(port) else {
             throw FacetError(.invalidArgument, "port \(port) is not between 0 and 65535", field: "port", remedy: "pick a TCP port such as 8000")
         }
+        if let grpcPort {
+            guard (0...65535).contains(grpcPort) else {
+                throw FacetError(.invalidArgument, "port \(grpcPort) is not between 0 and 65535", field: "grpc-port", remedy: "pick a TCP port such as 8001")
+            }
+            guard grpcPort != port || port == 0 else {
+                throw FacetError(.invalidArgument, "the gRPC port must differ from the HTTP port \(port)", field: "grpc-port", remedy: "pick another port, such as 8001")
+            }
+        }
         if let maxModelLen, maxModelLen < 2 {
             throw FacetError(.invalidArgument, "must be at least 2 (one prompt token and one generated), got \(maxModelLen)", field: "max-model-len",
                              remedy: "leave it out to use the model's context length")
@@ -86,13 +97,15 @@ struct ServeCommand: AsyncParsableCommand {
         let limits = SchedulerLimits(maxBatchSize: maxBatchSize, maxNumTokens: maxNumTokens, maxLoras: maxLoras, maxModelLength: contextLength)
         let store = AdapterStore(base: model.config, baseEmbedding: model.weights.embedding, budgetBytes: loraBytes, maxRank: maxLoraRank,
                                  root: adapterRoot, precision: modelOptions.loraPrecision)
+        var taskAdapterNames: [String] = []
         for spec in loras {
             guard let eq = spec.firstIndex(of: "="), eq != spec.startIndex else {
                 throw FacetError(.invalidArgument, "expected NAME=PATH, got \(spec)", field: "lora")
             }
             let name = String(spec[..<eq]), dir = String(spec[spec.index(after: eq)...])
             try store.register(name: name, path: dir)
-            logger.info("adapter \(name) loaded from \(dir)")
+            logger.info("adapter \(name) loaded from \(dir) (lora_task_id \(taskAdapterNames.count))")
+            taskAdapterNames.append(name)
         }
         let metrics = ServerMetrics()
         metrics.maxLoras = maxLoras
@@ -107,13 +120,22 @@ struct ServeCommand: AsyncParsableCommand {
         config.parseSpecialTokensInContent = allowSpecialTokensInContent
         config.requestBodyTimeout = requestTimeout
         config.idleTimeout = keepAliveTimeout
+        config.taskAdapterNames = taskAdapterNames
+        config.grpcPort = grpcPort
         config.servedModelName = servedModelName ?? ((path as NSString).lastPathComponent as NSString).deletingPathExtension
         let context = ServingContext(engine: engine, store: store, metrics: metrics, configuration: config)
         logger.info("serving \(config.servedModelName) with \(store.names.count) adapters on http://\(host):\(port) (KV cache: \(engine.totalBlocks) blocks of \(blockSize))")
         let app = FacetServer.makeApplication(context: context, logger: logger)
         // The first SIGTERM/SIGINT drains (running requests finish, new connections are
         // refused) for at most --drain-timeout; a second one ends the process at once.
-        var groupConfig = ServiceGroupConfiguration(services: [app], logger: logger)
+        // Services shut down in reverse order: gRPC drains before the HTTP application,
+        // whose engine service stops the engine last.
+        var services: [any Service] = [app]
+        if let grpcPort {
+            services.append(KServeGRPCServer(context: context, host: host, port: grpcPort))
+            logger.info("Triton KServe v2 gRPC on \(host):\(grpcPort)")
+        }
+        var groupConfig = ServiceGroupConfiguration(services: services, logger: logger)
         groupConfig.maximumGracefulShutdownDuration = .milliseconds(Int64(drainTimeout * 1000))
         groupConfig.maximumCancellationDuration = .seconds(5)
         let group = ServiceGroup(configuration: groupConfig)

@@ -15,6 +15,13 @@ package struct ServerConfiguration: Sendable {
     package var servedModelName = "facet"
     package var apiKey: String?
     package var maxRequestBytes = 4 << 20
+    /// KServe requests (HTTP and gRPC) carry tensors, LoRA weights among them.
+    package var maxTensorRequestBytes = 256 << 20
+    /// Adapters served from the start, in order: `lora_task_id` 0, 1, ... name them (as
+    /// `facet run`'s `--lora_task_uids` name the `--lora_dir` adapters).
+    package var taskAdapterNames: [String] = []
+    /// The KServe gRPC port (nil: no gRPC server).
+    package var grpcPort: Int?
     /// Requests in flight (running + waiting) beyond which new ones get 429.
     package var maxPendingRequests = 256
     /// Parse special-token text inside chat message content as special tokens (off: a user
@@ -103,6 +110,7 @@ package enum FacetServer {
             context.metrics.adapters(resident: context.store.residentCount, registered: context.store.names.count)
             let text = context.metrics.registry.emitToString() + context.metrics.gatewayText()
                 + "# TYPE facet_lora_first_use_loads_total counter\nfacet_lora_first_use_loads_total \(context.store.firstUseLoads.current)\n"
+                + context.metrics.adapterCacheText(store: context.store)
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: text)))
         }
         let v1 = router.group("v1").add(middleware: APIKeyMiddleware(key: context.configuration.apiKey))

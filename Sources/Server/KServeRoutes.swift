@@ -203,7 +203,9 @@ struct KServeRoutes {
     }
 
     /// The typed request and the adapter of a KServe request.
-    func request(_ d: Decoded, model: String) throws -> (InferenceRequest, String?, promptIDs: [Int32]?) {
+    /// `streaming` is the request's `streaming` (tensorrt_llm) or `stream` (ensemble) flag: a
+    /// transport without decoupled responses refuses it.
+    func request(_ d: Decoded, model: String) throws -> (InferenceRequest, String?, promptIDs: [Int32]?, streaming: Bool) {
         let i = d.inputs
         func required(_ name: String) throws -> KServeTensor {
             guard let t = i[name] else { throw KServeError("input '\(name)' is required by model '\(model)'") }
@@ -211,6 +213,7 @@ struct KServeRoutes {
         }
         var r: InferenceRequest
         var promptIDs: [Int32]?
+        var streaming = false
         var p = SamplingParameters()
         p.temperature = 1
         if model == "tensorrt_llm" {
@@ -229,9 +232,7 @@ struct KServeRoutes {
             r.maxTokens = Int(try required("request_output_len").scalarInt())
             p.topK = Int(try i["runtime_top_k"]?.scalarInt() ?? 0)
             p.topP = Float(try i["runtime_top_p"]?.scalarFloat() ?? 0)
-            if let s = i["streaming"], try s.scalarBool() {
-                throw KServeError("'streaming' needs a decoupled transport: use /v2/models/\(model)/generate_stream")
-            }
+            streaming = try i["streaming"]?.scalarBool() ?? false
             r.badWordIDs = try Self.wordList(i["bad_words_list"])
             p.stopTokenSequences = try Self.wordList(i["stop_words_list"])
         } else {
@@ -243,9 +244,7 @@ struct KServeRoutes {
             r.maxTokens = Int(maxTokens[0])
             p.topK = Int(try i["top_k"]?.scalarInt() ?? 0)
             p.topP = Float(try i["top_p"]?.scalarFloat() ?? 0)
-            if let s = i["stream"], try s.scalarBool() {
-                throw KServeError("'stream' needs a decoupled transport: use /v2/models/\(model)/generate_stream")
-            }
+            streaming = try i["stream"]?.scalarBool() ?? false
             r.badWords = try i["bad_words"]?.strings().flatMap(Self.words) ?? []
             p.stop = try i["stop_words"]?.strings().flatMap(Self.words) ?? []
         }
@@ -270,7 +269,7 @@ struct KServeRoutes {
         r.sampling = p
         let adapter = try loraAdapter(i)
         r.adapter = adapter
-        return (r, adapter, promptIDs)
+        return (r, adapter, promptIDs, streaming)
     }
 
     /// TensorRT-LLM's word list `[1, 2, N]`: flattened ids, then end offsets (padded with -1).
@@ -322,26 +321,23 @@ struct KServeRoutes {
             }
             try context.store.register(name: name, adapter: adapter)
         } else if context.store.entry(name) == nil {
+            // Adapters served from the start (`--lora NAME=PATH`) are tasks 0, 1, ... in order.
+            let served = context.configuration.taskAdapterNames
+            if taskID < served.count, context.store.entry(served[Int(taskID)]) != nil { return served[Int(taskID)] }
+            context.store.cacheMisses.add(1)
             throw KServeError("LoRA task \(taskID) not found in cache. Please send LoRA weights with request")
         }
         return name
     }
 
     func infer(_ request: Request, _ ctx: some RequestContext, model: String) async throws -> Response {
-        let body = try await OpenAIRoutes(context: context).readBody(request, ctx)
+        let body = try await OpenAIRoutes(context: context).readBody(request, ctx, limit: context.configuration.maxTensorRequestBytes)
         let headerLength = request.headers[HTTPField.Name("Inference-Header-Content-Length")!].flatMap { Int($0) }
         let decoded = try decode(body, headerLength: headerLength, model: model)
-        let (typed, _, promptIDs) = try self.request(decoded, model: model)
-        let excludeInput: Bool = try decoded.inputs["exclude_input_in_output"].map { try $0.scalarBool() } ?? (model == "ensemble")
+        let (typed, _, promptIDs, streaming) = try self.request(decoded, model: model)
+        if streaming { throw Self.streamingRefused(model) }
         let result = try await run(typed)
-        var outputs: [KServeOutput] = []
-        if model == "tensorrt_llm" {
-            let ids = (excludeInput ? [] : promptIDs ?? []) + result.tokens
-            outputs = [KServeOutput(name: "output_ids", datatype: "INT32", shape: [1, 1, ids.count], ints: ids),
-                       KServeOutput(name: "sequence_length", datatype: "INT32", shape: [1, 1], ints: [Int32(ids.count)])]
-        } else {
-            outputs = [KServeOutput(name: "text_output", datatype: "BYTES", shape: [1, 1], strings: [result.text])]
-        }
+        let outputs = try Self.outputs(model: model, tokens: result.tokens, text: result.text, promptIDs: promptIDs, decoded: decoded)
         let wanted = decoded.requestedOutputs.isEmpty ? outputs.map { ($0.name, decoded.binaryOutput) } : decoded.requestedOutputs
         var json: [[String: Any]] = []
         var blobs: [UInt8] = []
@@ -367,13 +363,31 @@ struct KServeRoutes {
         return Response(status: .ok, headers: headers, body: .init(byteBuffer: buffer))
     }
 
+    static func streamingRefused(_ model: String) -> KServeError {
+        KServeError("'\(model == "ensemble" ? "stream" : "streaming")' needs decoupled responses: use /v2/models/\(model)/generate_stream, or gRPC's ModelStreamInfer")
+    }
+
+    /// The output tensors of a finished request (or of one streamed piece): `output_ids`
+    /// `[1, 1, len]` (the prompt first unless `exclude_input_in_output`, as TensorRT-LLM) and
+    /// `sequence_length`, or the ensemble's `text_output`.
+    static func outputs(model: String, tokens: [Int32], text: String, promptIDs: [Int32]?, decoded: Decoded) throws -> [KServeOutput] {
+        if model == "tensorrt_llm" {
+            let excludeInput = try decoded.inputs["exclude_input_in_output"].map { try $0.scalarBool() } ?? false
+            let ids = (excludeInput ? [] : promptIDs ?? []) + tokens
+            return [KServeOutput(name: "output_ids", datatype: "INT32", shape: [1, 1, ids.count], ints: ids),
+                    KServeOutput(name: "sequence_length", datatype: "INT32", shape: [1, 1], ints: [Int32(ids.count)])]
+        }
+        return [KServeOutput(name: "text_output", datatype: "BYTES", shape: [1, 1], strings: [text])]
+    }
+
     struct RunResult {
         var tokens: [Int32] = []
         var text = ""
     }
 
-    /// Runs one typed request on the engine (one sequence), calling `onToken` per token.
-    func run(_ typed: InferenceRequest, onToken: (String) async throws -> Void = { _ in }) async throws -> RunResult {
+    /// Runs one typed request on the engine (one sequence), calling `onToken` per token with
+    /// its id and text (empty while a multi-token character is incomplete).
+    func run(_ typed: InferenceRequest, onToken: (Int32, String) async throws -> Void = { _, _ in }) async throws -> RunResult {
         let prepared = try context.requestBuilder().prepare(typed)
         guard let ticket = InFlightTicket(count: 1, pending: context.pending, limit: context.configuration.maxPendingRequests,
                                           engine: context.engine) else {
@@ -388,7 +402,7 @@ struct KServeRoutes {
             if case .token(let token, let text, _) = event {
                 result.tokens.append(token)
                 result.text += text
-                if !text.isEmpty { try await onToken(text) }
+                try await onToken(token, text)
             }
         }
         return result
@@ -397,7 +411,7 @@ struct KServeRoutes {
     /// The generate extension: inputs as JSON fields with scalar values; `generate_stream`
     /// answers Server-Sent Events, one per piece of text.
     func generate(_ request: Request, _ ctx: some RequestContext, model: String, stream: Bool) async throws -> Response {
-        let body = try await OpenAIRoutes(context: context).readBody(request, ctx)
+        let body = try await OpenAIRoutes(context: context).readBody(request, ctx, limit: context.configuration.maxTensorRequestBytes)
         guard let object = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] else {
             throw KServeError("the generate request must be a JSON object")
         }
@@ -420,7 +434,8 @@ struct KServeRoutes {
         let header = try JSONSerialization.data(withJSONObject: ["inputs": inputs])
         var decoded = try decode(header, headerLength: nil, model: model)
         if stream { decoded.inputs["stream"] = nil; decoded.inputs["streaming"] = nil }
-        let (typed, _, _) = try self.request(decoded, model: model)
+        let (typed, _, _, streaming) = try self.request(decoded, model: model)
+        if streaming && !stream { throw Self.streamingRefused(model) }
         if !stream {
             let result = try await run(typed)
             var out: [String: Any] = ["model_name": model, "model_version": "1"]
@@ -440,7 +455,8 @@ struct KServeRoutes {
                 try await writer.write(buffer)
             }
             do {
-                _ = try await routes.run(typed) { text in
+                _ = try await routes.run(typed) { _, text in
+                    guard !text.isEmpty else { return }
                     try await send(["model_name": model, "model_version": "1", "text_output": text])
                 }
             } catch let e as KServeError {

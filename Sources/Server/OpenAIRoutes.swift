@@ -227,9 +227,9 @@ struct OpenAIRoutes {
     }
 
     /// The whole request body, bounded in size (413) and in time (408).
-    func readBody(_ request: Request, _ ctx: some RequestContext) async throws -> Data {
+    func readBody(_ request: Request, _ ctx: some RequestContext, limit: Int? = nil) async throws -> Data {
         let buffer: ByteBuffer
-        let limit = context.configuration.maxRequestBytes, timeout = context.configuration.requestBodyTimeout
+        let limit = limit ?? context.configuration.maxRequestBytes, timeout = context.configuration.requestBodyTimeout
         do {
             // The whole body must arrive within the timeout: a client that stalls mid-body
             // does not hold a handler forever.
@@ -244,7 +244,7 @@ struct OpenAIRoutes {
                 return try await group.next()!
             }
         } catch is NIOTooManyBytesError {
-            throw APIError(status: .contentTooLarge, message: "the request body exceeds \(context.configuration.maxRequestBytes) bytes",
+            throw APIError(status: .contentTooLarge, message: "the request body exceeds \(limit) bytes",
                            type: "invalid_request_error", param: nil, code: "request_too_large")
         }
         return Data(buffer.readableBytesView)

@@ -137,4 +137,16 @@ package final class ServerMetrics: EngineObserver, @unchecked Sendable {
         adaptersResident.record(resident)
         adaptersRegistered.record(registered)
     }
+
+    /// The adapter cache's counters, TensorRT-LLM's LoRA cache figures: hits, misses (a
+    /// reload, or an id or name not in the cache) and evictions.
+    package func adapterCacheText(store: AdapterStore) -> String {
+        var text = ""
+        for (name, help, value) in [("facet_lora_cache_hits_total", "Adapter lookups that found it resident.", store.cacheHits.current),
+                                    ("facet_lora_cache_misses_total", "Adapter lookups that had to load it again or could not find it.", store.cacheMisses.current),
+                                    ("facet_lora_cache_evictions_total", "Adapters dropped from memory to make room.", store.cacheEvictions.current)] {
+            text += "# HELP \(name) \(help)\n# TYPE \(name) counter\n\(name) \(value)\n"
+        }
+        return text
+    }
 }

@@ -23,6 +23,7 @@ def free_port():
 class Server:
     def __init__(self, extra=(), api_key=None):
         self.port = free_port()
+        self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
         self.adapter_root = tempfile.mkdtemp(prefix="facet-adapters-")
@@ -30,7 +31,7 @@ class Server:
             shutil.copytree(os.path.join(ROOT, "adapters", name), os.path.join(self.adapter_root, name))
         args = [FACET, "serve", "--port", str(self.port), "--served-model-name", BASE,
                 "--lora", f"fr={ROOT}/adapters/fr", "--adapter-root", self.adapter_root,
-                "--max-batch-size", "32", "--max-num-tokens", "256", "--kv-cache-memory", "256MB", "--max-lora-memory", "256MB",
+                "--grpc-port", str(self.grpc_port), "--max-batch-size", "32", "--max-num-tokens", "256", "--kv-cache-memory", "256MB", "--max-lora-memory", "256MB",
                 *extra]
         if api_key:
             args += ["--api-key", api_key]
@@ -42,8 +43,9 @@ class Server:
                 raise RuntimeError("facet serve exited: " + open(self.log.name).read())
             try:
                 if requests.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
+                    with socket.create_connection(("127.0.0.1", self.grpc_port), timeout=1):
+                        return
+            except (requests.RequestException, OSError):
                 pass
             time.sleep(0.2)
         raise RuntimeError("facet serve did not start in time")
