@@ -77,7 +77,11 @@ let package = Package(
         .target(name: "Benchmarks", dependencies: ["Adapters", "Kernels", "Llama", "PagedKV", "Sampling", "Tensors", "Engine"], swiftSettings: kernelFlags),
         .target(
             name: "ServingBench",
-            dependencies: ["Sampling", .product(name: "AsyncHTTPClient", package: "async-http-client")]
+            dependencies: [
+                "Sampling", "TritonProtos", .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+            ]
         ),
         // Test support: counts heap allocations (a malloc interposer forwarding to glibc).
         .target(name: "AllocationCounter", path: "Tests/AllocationCounter"),

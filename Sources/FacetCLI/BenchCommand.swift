@@ -54,6 +54,10 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "With --serving: NAME=PATH adapters for the started server; requests use the base and every adapter in turn.")
     var lora: [String] = []
     @Option(help: "With --serving: port for the started server.") var port = 8765
+    @Option(name: .customLong("protocol"), help: "With --serving: openai, kserve-http (Triton's generate_stream) or kserve-grpc (ModelStreamInfer); KServe requests use the base and the --lora adapters as lora_task_id 0, 1, ...")
+    var protocolName = "openai"
+    @Option(name: .customLong("grpc-port"), help: "With --serving --protocol kserve-grpc: the server's gRPC port (the started server listens there).")
+    var grpcPort = 8766
     @Option(name: .customLong("api-key"), help: "With --serving: bearer token for the server (passed to the started one too).")
     var apiKey: String?
 
@@ -67,6 +71,9 @@ struct BenchCommand: AsyncParsableCommand {
             throw ValidationError("--steps, --rounds, --adapter-rank, --accuracy-tokens, --requests, --max-tokens and --prompt-words must be positive")
         }
         _ = try parsedRates()
+        guard ServingProtocol(rawValue: protocolName) != nil else {
+            throw ValidationError("--protocol must be one of \(ServingProtocol.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
     }
 
     func parsedRates() throws -> [Double] {
@@ -165,8 +172,11 @@ extension BenchCommand {
         config.promptWords = promptWords
         config.temperature = temperature
         config.apiKey = apiKey
+        config.protocolKind = ServingProtocol(rawValue: protocolName) ?? .openai
+        config.adapterTasks = lora.count
+        config.grpcPort = grpcPort
         if let server { try await server.waitUntilHealthy(baseURL: config.baseURL) }
-        print("facet bench --serving: \(config.baseURL), \(requests) streaming requests per rate, \(promptWords)-word prompts, "
+        print("facet bench --serving (\(protocolName)): \(config.baseURL), \(requests) streaming requests per rate, \(promptWords)-word prompts, "
               + "\(maxTokens) tokens each (ignore_eos), temperature \(temperature); rates \(rates.joined(separator: ", ")) req/s")
         print("rate      done  failed   req/s  out tok/s   TTFT p50/p90/p99 ms       TPOT p50/p90/p99 ms    latency p50/p99 ms")
         do {
@@ -197,6 +207,7 @@ extension BenchCommand {
         if let dir = modelOptions.tokenizerDir { arguments += ["--tokenizer_dir", dir] }
         if let compute = modelOptions.compute { arguments += ["--compute", compute.rawValue] }
         for spec in lora { arguments += ["--lora", spec] }
+        if ServingProtocol(rawValue: protocolName) == .kserveGRPC { arguments += ["--grpc-port", String(grpcPort)] }
         if let apiKey { arguments += ["--api-key", apiKey] }
         return try ServerProcess(arguments: arguments)
     }

@@ -256,7 +256,8 @@ struct KServeRoutes {
         if let s = i["random_seed"] { p.seed = UInt64(bitPattern: try s.scalarInt()) }
         if let e = i["end_id"] {
             let end = Int(try e.scalarInt())
-            if end >= 0 { r.stopTokenIDs.append(end) }
+            // -1: no end token at all (generate request_output_len tokens, as ignore_eos).
+            if end >= 0 { r.stopTokenIDs.append(end) } else { p.ignoreEOS = true }
         }
         for (name, neutral) in [("presence_penalty", 0.0), ("frequency_penalty", 0.0), ("length_penalty", 1.0)] {
             if let t = i[name], try t.scalarFloat() != neutral {
@@ -301,25 +302,23 @@ struct KServeRoutes {
     /// TensorRT-LLM's LoRA cache semantics: `lora_task_id` names the adapter; the first
     /// request of a task also sends `lora_weights` + `lora_config`, later ones only the id;
     /// an id whose weights were never sent (or were evicted) is an error asking for them.
+    /// Weights sent without an id (TensorRT-LLM's first LoRA clients sent them with every
+    /// request) are cached by their content, so repeating them costs no new conversion.
     func loraAdapter(_ i: [String: KServeTensor]) throws -> String? {
         let weights = i["lora_weights"], config = i["lora_config"]
+        guard weights == nil || config != nil, config == nil || weights != nil else {
+            throw KServeError("lora_weights and lora_config must be sent together")
+        }
         guard let idTensor = i["lora_task_id"] else {
-            if weights != nil || config != nil { throw KServeError("lora_weights and lora_config need a lora_task_id") }
-            return nil
+            guard let weights, let config else { return nil }
+            let name = "lora-weights-" + (try Self.contentHash(weights, config))
+            if context.store.entry(name)?.adapter == nil { try register(name: name, weights: weights, config: config, label: "the LoRA weights") }
+            return name
         }
         let taskID = UInt64(bitPattern: try idTensor.scalarInt())
         let name = "lora-task-\(taskID)"
-        if weights != nil || config != nil {
-            guard let weights, let config else { throw KServeError("lora_weights and lora_config must be sent together") }
-            func npy(_ t: KServeTensor, _ kind: NpyArray.Kind) throws -> NpyArray { NpyArray(shape: t.shape, kind: kind, values: try t.floats()) }
-            let adapter: LoRAAdapter
-            do {
-                adapter = try TensorRTLoRA.adapter(weights: try npy(weights, .f32), config: try npy(config, .i32), name: name,
-                                                   base: context.model.config)
-            } catch let e as FacetError {
-                throw KServeError("LoRA task \(taskID): " + e.description)
-            }
-            try context.store.register(name: name, adapter: adapter)
+        if let weights, let config {
+            try register(name: name, weights: weights, config: config, label: "LoRA task \(taskID)")
         } else if context.store.entry(name) == nil {
             // Adapters served from the start (`--lora NAME=PATH`) are tasks 0, 1, ... in order.
             let served = context.configuration.taskAdapterNames
@@ -328,6 +327,30 @@ struct KServeRoutes {
             throw KServeError("LoRA task \(taskID) not found in cache. Please send LoRA weights with request")
         }
         return name
+    }
+
+    /// Checks TensorRT-LLM's arrays against the base and registers them as `name`.
+    func register(name: String, weights: KServeTensor, config: KServeTensor, label: String) throws {
+        func npy(_ t: KServeTensor, _ kind: NpyArray.Kind) throws -> NpyArray { NpyArray(shape: t.shape, kind: kind, values: try t.floats()) }
+        let adapter: LoRAAdapter
+        do {
+            adapter = try TensorRTLoRA.adapter(weights: try npy(weights, .f32), config: try npy(config, .i32), name: name,
+                                               base: context.model.config)
+        } catch let e as FacetError {
+            throw KServeError("\(label): " + e.description)
+        }
+        try context.store.register(name: name, adapter: adapter)
+    }
+
+    /// The first 16 hex digits of SHA-256 over the arrays' shapes and values.
+    static func contentHash(_ tensors: KServeTensor...) throws -> String {
+        var sha = SHA256()
+        for t in tensors {
+            sha.update(Array("\(t.shape)".utf8))
+            for v in try t.floats() { withUnsafeBytes(of: v.bitPattern.littleEndian) { sha.update($0) } }
+        }
+        let digest = sha.finalize()
+        return digest.prefix(8).map { String(format: "%02x", $0) }.joined()
     }
 
     func infer(_ request: Request, _ ctx: some RequestContext, model: String) async throws -> Response {

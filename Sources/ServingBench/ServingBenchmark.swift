@@ -21,6 +21,11 @@ package struct ServingBenchmark: Sendable {
         package var seed: UInt64 = 1
         package var apiKey: String?
         package var timeoutSeconds: Int64 = 600
+        package var protocolKind: ServingProtocol = .openai
+        /// KServe: the server's start adapters, used as `lora_task_id` 0..<adapterTasks.
+        package var adapterTasks = 0
+        /// KServe over gRPC: the server's gRPC port (its host is the base URL's).
+        package var grpcPort: Int?
 
         package init(baseURL: String) { self.baseURL = baseURL }
     }
@@ -73,14 +78,40 @@ package struct ServingBenchmark: Sendable {
     package func run(progress: @Sendable (RateResult) -> Void = { _ in }) async throws -> [RateResult] {
         let client = HTTPClient(eventLoopGroupProvider: .singleton)
         do {
-            var models = configuration.models
-            if models.isEmpty { models = try await listModels(client) }
-            guard !models.isEmpty else { throw ServingBenchError("the server lists no models at \(configuration.baseURL)/v1/models") }
             var results: [RateResult] = []
-            for rate in configuration.rates {
-                let r = try await runRate(rate, models: models, client: client)
-                progress(r)
-                results.append(r)
+            switch configuration.protocolKind {
+            case .openai:
+                var models = configuration.models
+                if models.isEmpty { models = try await listModels(client) }
+                guard !models.isEmpty else { throw ServingBenchError("the server lists no models at \(configuration.baseURL)/v1/models") }
+                for rate in configuration.rates {
+                    let r = await runRate(rate, models: models) { model, prompt in await self.send(model: model, prompt: prompt, client: client) }
+                    progress(r)
+                    results.append(r)
+                }
+            case .kserveHTTP:
+                for rate in configuration.rates {
+                    let r = await runRate(rate, models: kserveModels) { model, prompt in
+                        await self.sendKServeHTTP(model: model, prompt: prompt, client: client)
+                    }
+                    progress(r)
+                    results.append(r)
+                }
+            case .kserveGRPC:
+                guard let port = configuration.grpcPort, let host = URL(string: configuration.baseURL)?.host else {
+                    throw ServingBenchError("KServe over gRPC needs the server's gRPC port and host")
+                }
+                results = try await Self.withKServeClient(host: host, port: port) { grpc in
+                    var out: [RateResult] = []
+                    for rate in configuration.rates {
+                        let r = await runRate(rate, models: kserveModels) { model, prompt in
+                            await self.sendKServeGRPC(model: model, prompt: prompt, client: grpc)
+                        }
+                        progress(r)
+                        out.append(r)
+                    }
+                    return out
+                }
             }
             try await client.shutdown()
             return results
@@ -115,7 +146,7 @@ package struct ServingBenchmark: Sendable {
         return data.compactMap { $0["id"] as? String }
     }
 
-    func runRate(_ rate: Double, models: [String], client: HTTPClient) async throws -> RateResult {
+    func runRate(_ rate: Double, models: [String], send: @escaping @Sendable (String, String) async -> Outcome) async -> RateResult {
         var random = SeededRandom(seed: configuration.seed &+ UInt64(rate.isFinite ? rate * 1000 : 0))
         var offsets: [Double] = []
         var t = 0.0
@@ -131,7 +162,7 @@ package struct ServingBenchmark: Sendable {
                 group.addTask {
                     let wait = start + .milliseconds(Int64(offset * 1000)) - ContinuousClock.now
                     if wait > .zero { try? await Task.sleep(for: wait) }
-                    return await self.send(model: model, prompt: prompt, client: client)
+                    return await send(model, prompt)
                 }
             }
             var all: [Outcome] = []

@@ -222,3 +222,20 @@ def test_cancelled_stream_frees_the_request(triton, server):
         time.sleep(0.2)
     else:
         pytest.fail("the cancelled request is still running: " + "\n".join(running))
+
+
+def test_weights_without_task_id(triton, server):
+    """TensorRT-LLM's first LoRA clients sent lora_weights + lora_config with every request
+    and no task id: the adapter is cached by content, so the second request reuses it."""
+    weights, config = convert(os.path.join(ROOT, "adapters", "fr"))
+    extra = (tensor("lora_weights", weights, "FP16"), tensor("lora_config", config, "INT32"))
+    first = text_of(triton.infer("ensemble", text_inputs(CHAT, 12, *extra)))
+    models = {m["id"] for m in requests.get(server.url + "/v1/models", timeout=10).json()["data"]}
+    named = [m for m in models if m.startswith("lora-weights-")]
+    assert len(named) == 1
+    again = text_of(triton.infer("ensemble", text_inputs(CHAT, 12, *extra)))
+    assert first == again == completion(server, named[0], CHAT, 12)
+    assert len([m for m in (m["id"] for m in requests.get(server.url + "/v1/models", timeout=10).json()["data"])
+                if m.startswith("lora-weights-")]) == 1
+    with pytest.raises(InferenceServerException, match="together"):
+        triton.infer("ensemble", text_inputs(CHAT, 2, extra[0]))
