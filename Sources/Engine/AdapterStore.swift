@@ -77,6 +77,22 @@ package final class AdapterStore: @unchecked Sendable {
 
     package var names: [String] { lock.withLock { entries.keys.sorted() } }
 
+    package var residentNames: [String] { lock.withLock { entries.values.filter { $0.adapter != nil }.map(\.name).sorted() } }
+
+    /// Adapter directories under the root (PEFT or TensorRT-LLM form) that are not
+    /// registered: what first use would load.
+    package func onDiskNames() -> [String] {
+        guard let root, let items = try? FileManager.default.contentsOfDirectory(atPath: root) else { return [] }
+        let (known, skipped) = lock.withLock { (Set(entries.keys), unloaded) }
+        return items.filter { name in
+            guard !known.contains(name), !skipped.contains(name), !name.hasPrefix(".") else { return false }
+            let dir = (root as NSString).appendingPathComponent(name)
+            return ["adapter_config.json", "model.lora_weights.npy"].contains {
+                FileManager.default.fileExists(atPath: (dir as NSString).appendingPathComponent($0))
+            }
+        }.sorted()
+    }
+
     package var residentCount: Int { lock.withLock { entries.values.filter { $0.adapter != nil }.count } }
     package var residentBytes: Int { lock.withLock { entries.values.reduce(0) { $0 + ($1.adapter?.byteSize ?? 0) } } }
 

@@ -28,6 +28,8 @@ struct ServeCommand: AsyncParsableCommand {
     var loras: [String] = []
     @Option(name: .customLong("adapter-root"), help: "Directory under which /v1/load_lora_adapter may load adapters by path.")
     var adapterRoot: String?
+    @Flag(name: .customLong("list-adapter-root"), help: "/v1/models also lists the adapters under --adapter-root that are not loaded yet (a request naming one loads it).")
+    var listAdapterRoot = false
     @Option(name: .customLong("max-lora-memory"), help: "Bytes of adapter weights kept resident (e.g. 512MB, 2GB).")
     var maxLoraMemory = "1GB"
     @Option(name: .customLong("max-lora-rank"), help: "Refuse adapters of a higher rank (default: no limit).")
@@ -121,6 +123,10 @@ struct ServeCommand: AsyncParsableCommand {
         config.requestBodyTimeout = requestTimeout
         config.idleTimeout = keepAliveTimeout
         config.taskAdapterNames = taskAdapterNames
+        config.listAdapterRoot = listAdapterRoot
+        if listAdapterRoot && adapterRoot == nil {
+            throw FacetError(.invalidArgument, "--list-adapter-root needs --adapter-root", field: "list-adapter-root", remedy: "add --adapter-root DIR")
+        }
         config.grpcPort = grpcPort
         config.servedModelName = servedModelName ?? ((path as NSString).lastPathComponent as NSString).deletingPathExtension
         let context = ServingContext(engine: engine, store: store, metrics: metrics, configuration: config)

@@ -20,6 +20,8 @@ package struct ServerConfiguration: Sendable {
     /// Adapters served from the start, in order: `lora_task_id` 0, 1, ... name them (as
     /// `facet run`'s `--lora_task_uids` name the `--lora_dir` adapters).
     package var taskAdapterNames: [String] = []
+    /// `/v1/models` also lists the adapters under the adapter root that are not loaded yet.
+    package var listAdapterRoot = false
     /// The KServe gRPC port (nil: no gRPC server).
     package var grpcPort: Int?
     /// Requests in flight (running + waiting) beyond which new ones get 429.
@@ -103,8 +105,12 @@ package enum FacetServer {
         let router = Router()
         router.add(middleware: LogRequestsMiddleware(.info))
         router.add(middleware: ErrorCountingMiddleware(metrics: context.metrics))
+        // 200 while the server takes requests; 503 while it is at its --max-pending limit, so
+        // that a load balancer's health check sends new requests elsewhere until it has room.
         router.get("/health") { _, _ in
-            Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"ok"}"#)))
+            let full = context.pending.current >= context.configuration.maxPendingRequests
+            return Response(status: full ? .serviceUnavailable : .ok, headers: [.contentType: "application/json"],
+                            body: .init(byteBuffer: ByteBuffer(string: full ? #"{"status":"overloaded"}"# : #"{"status":"ok"}"#)))
         }
         router.get("/metrics") { _, _ in
             context.metrics.adapters(resident: context.store.residentCount, registered: context.store.names.count)

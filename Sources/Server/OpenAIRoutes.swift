@@ -56,6 +56,13 @@ struct OpenAIRoutes {
             data.append(["id": name, "object": "model", "created": context.created, "owned_by": "facet",
                          "root": context.store.entry(name)?.path ?? name, "parent": context.configuration.servedModelName])
         }
+        if context.configuration.listAdapterRoot, let root = context.store.root {
+            // Adapters that first use would load (`--list-adapter-root`).
+            for name in context.store.onDiskNames() {
+                data.append(["id": name, "object": "model", "created": context.created, "owned_by": "facet",
+                             "root": (root as NSString).appendingPathComponent(name), "parent": context.configuration.servedModelName])
+            }
+        }
         return ["object": "list", "data": data]
     }
 

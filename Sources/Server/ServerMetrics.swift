@@ -80,7 +80,7 @@ package final class ServerMetrics: EngineObserver, @unchecked Sendable {
     /// its older name), and the LoRA info gauge (value: the time it last changed).
     package func gatewayText() -> String {
         let (g, l) = lock.withLock { (gauges, loraInfo) }
-        func label(_ s: String) -> String { s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") }
+        func label(_ s: String) -> String { Self.escapeLabel(s) }
         return """
         # TYPE vllm:num_requests_running gauge
         vllm:num_requests_running \(g.running)
@@ -147,6 +147,15 @@ package final class ServerMetrics: EngineObserver, @unchecked Sendable {
                                     ("facet_lora_cache_evictions_total", "Adapters dropped from memory to make room.", store.cacheEvictions.current)] {
             text += "# HELP \(name) \(help)\n# TYPE \(name) counter\n\(name) \(value)\n"
         }
+        text += "# HELP facet_lora_resident Adapters whose weights are in memory (1 per adapter).\n# TYPE facet_lora_resident gauge\n"
+        for name in store.residentNames {
+            text += "facet_lora_resident{adapter=\"\(Self.escapeLabel(name))\"} 1\n"
+        }
         return text
+    }
+
+    /// A Prometheus label value: backslash, quote and newline escaped.
+    static func escapeLabel(_ s: String) -> String {
+        s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
     }
 }

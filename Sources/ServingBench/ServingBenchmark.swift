@@ -76,7 +76,12 @@ package struct ServingBenchmark: Sendable {
 
     /// Runs every rate in turn; `progress` gets one line per finished rate.
     package func run(progress: @Sendable (RateResult) -> Void = { _ in }) async throws -> [RateResult] {
-        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        // One HTTP/1.1 connection per concurrent stream: AsyncHTTPClient's default pool
+        // (8 per host) would queue the others in the client and hide them from the server.
+        var clientConfiguration = HTTPClient.Configuration()
+        clientConfiguration.connectionPool = .init(idleTimeout: .seconds(60),
+                                                   concurrentHTTP1ConnectionsPerHostSoftLimit: max(8, configuration.requestsPerRate))
+        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
         do {
             var results: [RateResult] = []
             switch configuration.protocolKind {
