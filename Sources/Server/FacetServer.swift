@@ -119,6 +119,8 @@ package enum FacetServer {
                 + context.metrics.adapterCacheText(store: context.store)
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: text)))
         }
+        // The playground page (its API calls carry the key when the server has one).
+        Playground.register(on: router)
         let v1 = router.group("v1").add(middleware: APIKeyMiddleware(key: context.configuration.apiKey))
         OpenAIRoutes(context: context).register(on: v1)
         OpenAIRoutes(context: context).registerTokenizerRoutes(on: router.group("").add(middleware: APIKeyMiddleware(key: context.configuration.apiKey)))

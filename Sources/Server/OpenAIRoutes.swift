@@ -14,6 +14,13 @@ struct OpenAIRoutes {
 
     func register<C: RequestContext>(on group: RouterGroup<C>) {
         group.get("models") { _, _ in try jsonResponse(models()) }
+        // Facet's own views for the playground: the adapters with their shapes, the live state.
+        group.get("facet/adapters") { _, _ in try jsonResponse(["data": adapters()]) }
+        group.get("facet/status") { _, _ in
+            var status = context.metrics.status()
+            status["kv_blocks_total"] = context.engine.totalBlocks
+            return try jsonResponse(status)
+        }
         group.post("completions") { request, ctx in try await generate(request, ctx, chat: false) }
         group.post("chat/completions") { request, ctx in try await generate(request, ctx, chat: true) }
         group.post("load_lora_adapter") { request, ctx in
@@ -67,6 +74,28 @@ struct OpenAIRoutes {
     }
 
     var maxModelLength: Int { context.contextLength }
+
+    /// Registered adapters (rank, targets and bytes while resident), with request counts,
+    /// then those under `--adapter-root` that a request would load.
+    func adapters() -> [[String: Any]] {
+        var out: [[String: Any]] = []
+        for name in context.store.names {
+            guard let e = context.store.entry(name) else { continue }
+            var o: [String: Any] = ["name": name, "resident": e.adapter != nil, "in_use": e.pins, "loads": e.loads,
+                                    "requests": context.metrics.requestCount(name), "source": e.path ?? "request bytes"]
+            if let a = e.adapter {
+                o["rank"] = a.maxRank
+                o["targets"] = a.targetRoles
+                o["bytes"] = a.byteSize
+            }
+            out.append(o)
+        }
+        for name in context.store.onDiskNames() {
+            out.append(["name": name, "resident": false, "registered": false, "requests": 0,
+                        "source": ((context.store.root ?? "") as NSString).appendingPathComponent(name)])
+        }
+        return out
+    }
 
     // MARK: - Generation
 

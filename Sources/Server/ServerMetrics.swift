@@ -31,6 +31,10 @@ package final class ServerMetrics: EngineObserver, @unchecked Sendable {
     /// `--max-loras`: adapters one step can serve (the LoRA info gauge's `max_lora`).
     package var maxLoras = 16
     private var perModel: [String: CoreMetrics.Counter] = [:]
+    private var requestCounts: [String: Int] = [:]
+    private var kvBlocks = (used: 0, total: 0)
+    /// Steps of the last few seconds (end time, tokens), for the playground's live tokens/s.
+    private var recentSteps: [(time: Double, tokens: Int)] = []
     private var failures: [String: CoreMetrics.Counter] = [:]
 
     package init() {
@@ -60,6 +64,11 @@ package final class ServerMetrics: EngineObserver, @unchecked Sendable {
         stateChanged(running: r, waiting: w, kvBlocksUsed: kvBlocksUsed, kvBlocksTotal: kvBlocksTotal)
         if seconds > 0 { tokensPerSecond.record(Double(tokens) / seconds) }
         stepTime.recordSeconds(seconds)
+        let now = Date().timeIntervalSince1970
+        lock.withLock {
+            recentSteps.append((now, tokens))
+            if let cut = recentSteps.firstIndex(where: { $0.time >= now - Self.window }), cut > 0 { recentSteps.removeFirst(cut) }
+        }
     }
 
     package func requestFinished(adapter: String?, promptTokens p: Int, completionTokens c: Int, timeToFirstToken: Double?, timePerOutputToken: Double?) {
@@ -97,7 +106,10 @@ package final class ServerMetrics: EngineObserver, @unchecked Sendable {
     }
 
     package func stateChanged(running r: Int, waiting w: Int, kvBlocksUsed: Int, kvBlocksTotal: Int) {
-        lock.withLock { gauges = (r, w, Double(kvBlocksUsed) / Double(max(kvBlocksTotal, 1))) }
+        lock.withLock {
+            gauges = (r, w, Double(kvBlocksUsed) / Double(max(kvBlocksTotal, 1)))
+            kvBlocks = (kvBlocksUsed, kvBlocksTotal)
+        }
         running.record(r)
         waiting.record(w)
         kvUsed.record(kvBlocksUsed)
@@ -119,6 +131,7 @@ package final class ServerMetrics: EngineObserver, @unchecked Sendable {
             perModel[model] = c
             return c
         }
+        lock.withLock { requestCounts[model, default: 0] += 1 }
         counter.increment()
     }
 
@@ -157,5 +170,23 @@ package final class ServerMetrics: EngineObserver, @unchecked Sendable {
     /// A Prometheus label value: backslash, quote and newline escaped.
     static func escapeLabel(_ s: String) -> String {
         s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
+    }
+
+    /// Seconds over which the live tokens/s is averaged.
+    static let window = 5.0
+
+    /// Requests counted for `model` since the start.
+    package func requestCount(_ model: String) -> Int { lock.withLock { requestCounts[model] ?? 0 } }
+
+    /// The live state of the server: requests running and waiting, KV blocks, tokens per
+    /// second over the last few seconds (prompt and generated tokens the steps processed).
+    package func status() -> [String: Any] {
+        let now = Date().timeIntervalSince1970
+        return lock.withLock {
+            let recent = recentSteps.filter { $0.time >= now - Self.window }
+            let tokens = recent.reduce(0) { $0 + $1.tokens }
+            return ["running": gauges.running, "waiting": gauges.waiting, "kv_blocks_used": kvBlocks.used,
+                    "kv_blocks_total": kvBlocks.total, "tokens_per_second": recent.isEmpty ? 0 : Double(tokens) / Self.window]
+        }
     }
 }

@@ -85,3 +85,14 @@ def facet_run(*args):
         if m:
             texts.append(m.group(1))
     return texts
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With FACET_NO_SKIP=1 (the test command sets it) a skipped test fails the run: every
+    client the tests need is installed there, so a skip means something is missing."""
+    if os.environ.get("FACET_NO_SKIP") == "1" and exitstatus == 0:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        skipped = reporter.stats.get("skipped", []) if reporter else []
+        if skipped:
+            print(f"\nFACET_NO_SKIP: {len(skipped)} tests were skipped (a client or tool is missing)")
+            session.exitstatus = 1
