@@ -44,6 +44,7 @@ package final class ServingContext: Sendable {
     package let configuration: ServerConfiguration
     package let created = Int(Date().timeIntervalSince1970)
     let pending = Atomic()
+    let kserveStatistics = KServeStatistics()
 
     package init(engine: InferenceEngine, store: AdapterStore, metrics: ServerMetrics, configuration: ServerConfiguration) {
         self.engine = engine

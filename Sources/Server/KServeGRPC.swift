@@ -113,7 +113,7 @@ struct KServeGRPCService: Inference_GRPCInferenceService.SimpleServiceProtocol {
         try await Self.mapErrors {
             let call = try decode(request)
             if call.streaming { throw KServeRoutes.streamingRefused(call.model) }
-            let result = try await routes.run(call.typed)
+            let result = try await routes.run(call.typed, model: call.model)
             return try response(call, tokens: result.tokens, text: result.text, promptIDs: call.promptIDs)
         }
     }
@@ -155,7 +155,7 @@ struct KServeGRPCService: Inference_GRPCInferenceService.SimpleServiceProtocol {
             if call.streaming {
                 // One response per token: the new token only (TensorRT-LLM's streaming), or
                 // the new text for the ensemble (none while a character is incomplete).
-                _ = try await routes.run(call.typed) { token, text in
+                _ = try await routes.run(call.typed, model: call.model) { token, text in
                     if call.model == "ensemble" && text.isEmpty { return }
                     send(try response(call, tokens: [token], text: text, promptIDs: nil, streamed: true), final: false)
                 }
@@ -167,7 +167,7 @@ struct KServeGRPCService: Inference_GRPCInferenceService.SimpleServiceProtocol {
                     }, final: true)
                 }
             } else {
-                let result = try await routes.run(call.typed)
+                let result = try await routes.run(call.typed, model: call.model)
                 send(try response(call, tokens: result.tokens, text: result.text, promptIDs: call.promptIDs), final: true)
             }
         } catch {
@@ -352,7 +352,24 @@ struct KServeGRPCService: Inference_GRPCInferenceService.SimpleServiceProtocol {
     }
 
     func modelStatistics(request: Inference_ModelStatisticsRequest, context: ServerContext) async throws -> Inference_ModelStatisticsResponse {
-        throw Self.unimplemented("ModelStatistics (see /metrics)")
+        let names = request.name.isEmpty ? KServeRoutes.models.keys.sorted()
+            : [try Self.mapErrors { try Self.model(request.name, version: request.version) }]
+        return .with { r in
+            r.modelStats = names.map { name in
+                let s = self.context.kserveStatistics.snapshot(name)
+                return .with {
+                    $0.name = name
+                    $0.version = "1"
+                    $0.lastInference = s.lastMilliseconds
+                    $0.inferenceCount = s.success
+                    $0.executionCount = s.success
+                    $0.inferenceStats.success.count = s.success
+                    $0.inferenceStats.success.ns = s.successNanoseconds
+                    $0.inferenceStats.fail.count = s.fail
+                    $0.inferenceStats.fail.ns = s.failNanoseconds
+                }
+            }
+        }
     }
     func repositoryModelLoad(request: Inference_RepositoryModelLoadRequest, context: ServerContext) async throws -> Inference_RepositoryModelLoadResponse {
         throw Self.unimplemented("RepositoryModelLoad")

@@ -64,12 +64,14 @@ struct KServeRoutes {
 
     /// Registers the routes on `v2`, the `/v2` group.
     func register<C: RequestContext>(on v2: RouterGroup<C>) {
+        v2.get("models/stats") { _, _ in try handle { try statistics(Self.models.keys.sorted()) } }
         v2.get("health/live") { _, _ in Response(status: .ok) }
         v2.get("health/ready") { _, _ in Response(status: .ok) }
         for prefix in ["models/:model", "models/:model/versions/:version"] {
             v2.get(RouterPath(stringLiteral: prefix)) { _, ctx in try handle { try metadata(try model(ctx)) } }
             v2.get(RouterPath(stringLiteral: prefix + "/ready")) { _, ctx in try handle { _ = try model(ctx); return Response(status: .ok) } }
             v2.get(RouterPath(stringLiteral: prefix + "/config")) { _, ctx in try handle { try config(try model(ctx)) } }
+            v2.get(RouterPath(stringLiteral: prefix + "/stats")) { _, ctx in try handle { try statistics([try model(ctx)]) } }
             v2.post(RouterPath(stringLiteral: prefix + "/infer")) { request, ctx in
                 try await handleAsync { try await infer(request, ctx, model: try model(ctx)) }
             }
@@ -80,6 +82,18 @@ struct KServeRoutes {
                 try await handleAsync { try await generate(request, ctx, model: try model(ctx), stream: true) }
             }
         }
+    }
+
+    /// Triton's statistics extension: per model, requests that succeeded and failed with
+    /// their total time (each request is one inference and one execution here).
+    func statistics(_ names: [String]) throws -> Response {
+        try jsonResponse(["model_stats": names.map { name -> [String: Any] in
+            let s = context.kserveStatistics.snapshot(name)
+            return ["name": name, "version": "1", "last_inference": s.lastMilliseconds, "inference_count": s.success,
+                    "execution_count": s.success,
+                    "inference_stats": ["success": ["count": s.success, "ns": s.successNanoseconds],
+                                        "fail": ["count": s.fail, "ns": s.failNanoseconds]]]
+        }])
     }
 
     func model(_ ctx: some RequestContext) throws -> String {
@@ -359,7 +373,7 @@ struct KServeRoutes {
         let decoded = try decode(body, headerLength: headerLength, model: model)
         let (typed, _, promptIDs, streaming) = try self.request(decoded, model: model)
         if streaming { throw Self.streamingRefused(model) }
-        let result = try await run(typed)
+        let result = try await run(typed, model: model)
         let outputs = try Self.outputs(model: model, tokens: result.tokens, text: result.text, promptIDs: promptIDs, decoded: decoded)
         let wanted = decoded.requestedOutputs.isEmpty ? outputs.map { ($0.name, decoded.binaryOutput) } : decoded.requestedOutputs
         var json: [[String: Any]] = []
@@ -410,7 +424,19 @@ struct KServeRoutes {
 
     /// Runs one typed request on the engine (one sequence), calling `onToken` per token with
     /// its id and text (empty while a multi-token character is incomplete).
-    func run(_ typed: InferenceRequest, onToken: (Int32, String) async throws -> Void = { _, _ in }) async throws -> RunResult {
+    func run(_ typed: InferenceRequest, model: String, onToken: (Int32, String) async throws -> Void = { _, _ in }) async throws -> RunResult {
+        let begin = ContinuousClock.now
+        do {
+            let result = try await runEngine(typed, onToken: onToken)
+            context.kserveStatistics.record(model: model, since: begin, ok: true)
+            return result
+        } catch {
+            context.kserveStatistics.record(model: model, since: begin, ok: false)
+            throw error
+        }
+    }
+
+    func runEngine(_ typed: InferenceRequest, onToken: (Int32, String) async throws -> Void) async throws -> RunResult {
         let prepared = try context.requestBuilder().prepare(typed)
         guard let ticket = InFlightTicket(count: 1, pending: context.pending, limit: context.configuration.maxPendingRequests,
                                           engine: context.engine) else {
@@ -460,7 +486,7 @@ struct KServeRoutes {
         let (typed, _, _, streaming) = try self.request(decoded, model: model)
         if streaming && !stream { throw Self.streamingRefused(model) }
         if !stream {
-            let result = try await run(typed)
+            let result = try await run(typed, model: model)
             var out: [String: Any] = ["model_name": model, "model_version": "1"]
             if model == "ensemble" { out["text_output"] = result.text } else {
                 out["output_ids"] = result.tokens.map(Int.init)
@@ -478,7 +504,7 @@ struct KServeRoutes {
                 try await writer.write(buffer)
             }
             do {
-                _ = try await routes.run(typed) { _, text in
+                _ = try await routes.run(typed, model: model) { _, text in
                     guard !text.isEmpty else { return }
                     try await send(["model_name": model, "model_version": "1", "text_output": text])
                 }
@@ -491,4 +517,39 @@ struct KServeRoutes {
         }
         return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: body2)
     }
+}
+
+/// Per-model request counts and times of the KServe routes (HTTP and gRPC), for Triton's
+/// statistics extension (`/v2/models/{m}/stats`, `ModelStatistics`).
+package final class KServeStatistics: @unchecked Sendable {
+    struct Model {
+        var success: UInt64 = 0
+        var successNanoseconds: UInt64 = 0
+        var fail: UInt64 = 0
+        var failNanoseconds: UInt64 = 0
+        var lastMilliseconds: UInt64 = 0
+    }
+
+    private let lock = NSLock()
+    private var models: [String: Model] = [:]
+
+    func record(model: String, since begin: ContinuousClock.Instant, ok: Bool) {
+        let d = ContinuousClock.now - begin
+        let ns = UInt64(max(0, d.components.seconds)) &* 1_000_000_000 &+ UInt64(max(0, d.components.attoseconds / 1_000_000_000))
+        let now = UInt64(Date().timeIntervalSince1970 * 1000)
+        lock.withLock {
+            var m = models[model] ?? Model()
+            if ok {
+                m.success &+= 1
+                m.successNanoseconds &+= ns
+            } else {
+                m.fail &+= 1
+                m.failNanoseconds &+= ns
+            }
+            m.lastMilliseconds = now
+            models[model] = m
+        }
+    }
+
+    func snapshot(_ model: String) -> Model { lock.withLock { models[model] ?? Model() } }
 }

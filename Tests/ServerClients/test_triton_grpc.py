@@ -239,3 +239,19 @@ def test_weights_without_task_id(triton, server):
                 if m.startswith("lora-weights-")]) == 1
     with pytest.raises(InferenceServerException, match="together"):
         triton.infer("ensemble", text_inputs(CHAT, 2, extra[0]))
+
+
+def test_inference_statistics(triton, server):
+    """Triton's statistics extension, as perf_analyzer reads it before and after a run."""
+    before = triton.get_inference_statistics("ensemble", as_json=True)["model_stats"][0]
+    triton.infer("ensemble", text_inputs(PROMPT, 2))
+    after = triton.get_inference_statistics("ensemble", as_json=True)["model_stats"][0]
+    ok = lambda s: int(s.get("inference_stats", {}).get("success", {}).get("count", 0))  # noqa: E731
+    assert ok(after) == ok(before) + 1
+    assert int(after["inference_stats"]["success"]["ns"]) > 0
+    every = triton.get_inference_statistics(as_json=True)["model_stats"]
+    assert {m["name"] for m in every} == {"ensemble", "tensorrt_llm"}
+    import tritonclient.http as httpclient
+    http = httpclient.InferenceServerClient(url=server.url.replace("http://", ""))
+    stats = http.get_inference_statistics("ensemble")["model_stats"][0]
+    assert stats["inference_stats"]["success"]["count"] >= ok(after)
