@@ -19,7 +19,6 @@ and seed (`--lora_dir fr de --lora_task_uids -1 0 1 -1 0 1`); the exit status sa
 import argparse
 import os
 import queue
-import re
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import numpy as np
 import requests
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "Tests", "ServerClients"))
-from conftest import BASE, FACET, ROOT, Server  # noqa: E402
+from conftest import BASE, FACET, ROOT, Server, facet_run  # noqa: E402
 
 import tritonclient.grpc as grpcclient  # noqa: E402
 
@@ -97,22 +96,13 @@ def convert(adapter_dir):
     return out, np.load(os.path.join(out, "model.lora_weights.npy")), np.load(os.path.join(out, "model.lora_config.npy"))
 
 
-def facet_run(args, adapters):
-    """facet run's answers for the same six inputs (Output lines, in order)."""
-    cmd = [FACET, "run", "--max_output_len", str(args.request_output_len), "--top_k", str(args.top_k), "--top_p", str(args.top_p),
-           "--random_seed", str(args.seed), "--lora_dir", adapters["fr"], adapters["de"], "--input_text"]
-    cmd += [TEXTS[lang] for lang, _ in JOBS]
-    cmd += ["--lora_task_uids"] + [str({None: -1, "fr": 0, "de": 1}[lora]) for _, lora in JOBS]
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "FACET_HOME": ROOT}, timeout=600)
-    if r.returncode != 0:
-        sys.exit("facet run failed: " + r.stderr)
-    parts = re.split(r'^Input \[Text \d+\]: .*$', r.stdout, flags=re.M)
-    texts = []
-    for part in parts:
-        m = re.search(r'^Output \[Text \d+ Beam 0\]: "(.*)"\n?\Z', part, flags=re.M | re.S)
-        if m:
-            texts.append(m.group(1))
-    return texts
+def run_locally(args, adapters):
+    """facet run's answers for the same six inputs, in order."""
+    run_args = ["--max_output_len", str(args.request_output_len), "--top_k", str(args.top_k), "--top_p", str(args.top_p),
+                "--random_seed", str(args.seed), "--lora_dir", adapters["fr"], adapters["de"], "--input_text"]
+    run_args += [TEXTS[lang] for lang, _ in JOBS]
+    run_args += ["--lora_task_uids"] + [str({None: -1, "fr": 0, "de": 1}[lora]) for _, lora in JOBS]
+    return facet_run(*run_args)
 
 
 def main():
@@ -185,7 +175,7 @@ def main():
             print(f"Output: {text!r}\n")
         if args.check:
             # facet run reads the same converted .npy pairs, so both use the same fp16 weights.
-            expected = facet_run(args, {name: c[0] for name, c in converted.items()})
+            expected = run_locally(args, {name: c[0] for name, c in converted.items()})
             for i, (got, want) in enumerate(zip(answers, expected)):
                 if got != want:
                     print(f"request {i}: served {got!r} but facet run gave {want!r}")

@@ -28,11 +28,6 @@ extension ServingBenchmark {
 
     /// One streaming `generate_stream` request; every event is one token's text.
     func sendKServeHTTP(model: String, prompt: String, client: HTTPClient) async -> Outcome {
-        let begin = ContinuousClock.now
-        var request = HTTPClientRequest(url: configuration.baseURL + "/v2/models/ensemble/generate_stream")
-        request.method = .POST
-        request.headers.add(name: "Content-Type", value: "application/json")
-        if let key = configuration.apiKey { request.headers.add(name: "Authorization", value: "Bearer \(key)") }
         var body: [String: Any] = ["text_input": prompt, "max_tokens": configuration.maxTokens, "end_id": -1, "stream": true]
         if configuration.temperature > 0 {
             body["temperature"] = configuration.temperature
@@ -40,32 +35,19 @@ extension ServingBenchmark {
             body["top_p"] = 1.0
         }
         if let task = Self.taskID(model) { body["lora_task_id"] = task }
+        var timer = TokenTimer(begin: ContinuousClock.now)
         do {
-            request.body = .bytes(ByteBuffer(bytes: Array(try JSONSerialization.data(withJSONObject: body))))
-            let response = try await client.execute(request, timeout: .seconds(configuration.timeoutSeconds))
-            guard response.status == .ok else {
-                let text = try await response.body.collect(upTo: 1 << 20)
-                return Outcome(latency: Self.seconds(ContinuousClock.now - begin), tokens: 0,
-                               error: "HTTP \(response.status.code): \(String(buffer: text).prefix(200))")
+            if let error = try await streamEvents(path: "/v2/models/ensemble/generate_stream", body: body, client: client, { json in
+                if let error = json["error"] as? String { return error }
+                if json["text_output"] != nil { timer.token() }
+                return nil
+            }) {
+                return timer.failed(error)
             }
-            var timer = TokenTimer(begin: begin)
-            var pending = ""
-            for try await buffer in response.body {
-                pending += String(buffer: buffer)
-                while let end = pending.range(of: "\n\n") {
-                    let event = String(pending[..<end.lowerBound])
-                    pending.removeSubrange(..<end.upperBound)
-                    for line in event.split(separator: "\n") where line.hasPrefix("data: ") {
-                        guard let json = try? JSONSerialization.jsonObject(with: Data(line.dropFirst(6).utf8)) as? [String: Any] else { continue }
-                        if let error = json["error"] as? String { return timer.failed(error) }
-                        if json["text_output"] != nil { timer.token() }
-                    }
-                }
-            }
-            return timer.outcome()
         } catch {
-            return Outcome(latency: Self.seconds(ContinuousClock.now - begin), tokens: 0, error: "\(error)")
+            return timer.failed("\(error)")
         }
+        return timer.outcome()
     }
 
     /// One `ModelStreamInfer` call with one streaming request; every response is one token's text.

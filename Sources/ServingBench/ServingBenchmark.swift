@@ -188,54 +188,55 @@ package struct ServingBenchmark: Sendable {
     /// One streaming completion; TTFT is the first chunk with text, TPOT spreads the rest
     /// of the stream over the remaining tokens (counted by the server's usage report).
     func send(model: String, prompt: String, client: HTTPClient) async -> Outcome {
-        let begin = ContinuousClock.now
-        var request = HTTPClientRequest(url: configuration.baseURL + "/v1/completions")
-        request.method = .POST
-        request.headers.add(name: "Content-Type", value: "application/json")
-        if let key = configuration.apiKey { request.headers.add(name: "Authorization", value: "Bearer \(key)") }
         let body: [String: Any] = [
             "model": model, "prompt": prompt, "max_tokens": configuration.maxTokens, "temperature": configuration.temperature, "stream": true,
             "ignore_eos": true, "stream_options": ["include_usage": true],
         ]
+        var timer = TokenTimer(begin: ContinuousClock.now)
+        var usage = 0
         do {
-            request.body = .bytes(ByteBuffer(bytes: Array(try JSONSerialization.data(withJSONObject: body))))
-            let response = try await client.execute(request, timeout: .seconds(configuration.timeoutSeconds))
-            guard response.status == .ok else {
-                let text = try await response.body.collect(upTo: 1 << 20)
-                return Outcome(latency: Self.seconds(ContinuousClock.now - begin), tokens: 0,
-                               error: "HTTP \(response.status.code): \(String(buffer: text).prefix(200))")
+            if let error = try await streamEvents(path: "/v1/completions", body: body, client: client, { json in
+                if let u = json["usage"] as? [String: Any], let n = u["completion_tokens"] as? Int { usage = n }
+                if let choices = json["choices"] as? [[String: Any]], let text = choices.first?["text"] as? String, !text.isEmpty { timer.token() }
+                return nil
+            }) {
+                return timer.failed(error)
             }
-            var first: ContinuousClock.Instant?
-            var last = begin
-            var tokens = 0, chunks = 0
-            var pending = ""
-            for try await buffer in response.body {
-                pending += String(buffer: buffer)
-                while let end = pending.range(of: "\n\n") {
-                    let event = String(pending[..<end.lowerBound])
-                    pending.removeSubrange(..<end.upperBound)
-                    for line in event.split(separator: "\n") where line.hasPrefix("data: ") {
-                        let payload = line.dropFirst(6)
-                        if payload == "[DONE]" { continue }
-                        guard let json = try? JSONSerialization.jsonObject(with: Data(payload.utf8)) as? [String: Any] else { continue }
-                        if let usage = json["usage"] as? [String: Any], let n = usage["completion_tokens"] as? Int { tokens = n }
-                        if let choices = json["choices"] as? [[String: Any]], let text = choices.first?["text"] as? String, !text.isEmpty {
-                            let now = ContinuousClock.now
-                            if first == nil { first = now }
-                            last = now
-                            chunks += 1
-                        }
-                    }
+        } catch {
+            return timer.failed("\(error)")
+        }
+        if usage > 0 { timer.tokens = usage }
+        return timer.outcome()
+    }
+
+    /// POSTs `body` as JSON to `path` and hands each Server-Sent Event's JSON object to
+    /// `event` (which may return an error text to stop); returns the error text of a
+    /// refused request or of an event, nil when the stream ended well.
+    func streamEvents(path: String, body: [String: Any], client: HTTPClient,
+                      _ event: ([String: Any]) -> String?) async throws -> String? {
+        var request = HTTPClientRequest(url: configuration.baseURL + path)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        if let key = configuration.apiKey { request.headers.add(name: "Authorization", value: "Bearer \(key)") }
+        request.body = .bytes(ByteBuffer(bytes: Array(try JSONSerialization.data(withJSONObject: body))))
+        let response = try await client.execute(request, timeout: .seconds(configuration.timeoutSeconds))
+        guard response.status == .ok else {
+            let text = try await response.body.collect(upTo: 1 << 20)
+            return "HTTP \(response.status.code): \(String(buffer: text).prefix(200))"
+        }
+        var pending = ""
+        for try await buffer in response.body {
+            pending += String(buffer: buffer)
+            while let end = pending.range(of: "\n\n") {
+                let block = String(pending[..<end.lowerBound])
+                pending.removeSubrange(..<end.upperBound)
+                for line in block.split(separator: "\n") where line.hasPrefix("data: ") && line != "data: [DONE]" {
+                    guard let json = try? JSONSerialization.jsonObject(with: Data(line.dropFirst(6).utf8)) as? [String: Any] else { continue }
+                    if let error = event(json) { return error }
                 }
             }
-            let end = ContinuousClock.now
-            if tokens == 0 { tokens = chunks }
-            let ttft = first.map { Self.seconds($0 - begin) }
-            let tpot = first.flatMap { f in tokens > 1 ? Self.seconds(last - f) / Double(tokens - 1) : nil }
-            return Outcome(ttft: ttft, tpot: tpot, latency: Self.seconds(end - begin), tokens: tokens, error: nil)
-        } catch {
-            return Outcome(latency: Self.seconds(ContinuousClock.now - begin), tokens: 0, error: "\(error)")
         }
+        return nil
     }
 
     static func seconds(_ d: Duration) -> Double {
