@@ -7,6 +7,8 @@
 #endif
 
 #include "common.h"
+#include <stdlib.h>
+#include <string.h>
 
 void fk_block_sums(const float *x, int T, int K, float *xsum) {
     int nb = K / QK;
@@ -259,23 +261,40 @@ AVX2 static void matmul_half_avx2(int bf, const float *x, const uint16_t *w, int
 }
 #endif
 
-// Whether the CPU has AVX2/FMA/F16C (read once), and a per-thread switch to the scalar
-// path for the twin tests. The pool hands a caller's switch to the workers that run its
+// Whether the CPU has AVX2/FMA/F16C and AVX-512 VNNI (read once; FACET_ISA=scalar or
+// FACET_ISA=avx2 caps the tier for the whole process), and per-thread switches to a lower
+// tier for the twin tests. The pool hands a caller's switches to the workers that run its
 // tasks (fk_pool_run), so a test that asks for the scalar path gets it in every task of
 // its calls, while other threads keep theirs.
-static int cpu_avx2 = -1;
+static int cpu_avx2 = -1, cpu_vnni = -1;
 _Thread_local int fk_scalar_only = 0;
+_Thread_local int fk_no_vnni = 0;
 void fk_set_vector_path(int enabled) { fk_scalar_only = !enabled; }
-int fk_has_avx2(void) {
+void fk_set_vnni_path(int enabled) { fk_no_vnni = !enabled; }
+static void detect(void) {
 #if defined(__x86_64__)
-    if (cpu_avx2 < 0) {
-        __builtin_cpu_init();
-        cpu_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-    }
-    return cpu_avx2 && !fk_scalar_only;
+    __builtin_cpu_init();
+    const char *cap = getenv("FACET_ISA");
+    int scalar = cap && strcmp(cap, "scalar") == 0, avx2only = cap && strcmp(cap, "avx2") == 0;
+    cpu_avx2 = !scalar && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    cpu_vnni = cpu_avx2 && !avx2only && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("avx512vnni");
 #else
-    return 0;
+    cpu_avx2 = 0;
+    cpu_vnni = 0;
 #endif
+}
+int fk_has_vnni(void) {
+    if (cpu_vnni < 0) detect();
+    return cpu_vnni && !fk_scalar_only && !fk_no_vnni;
+}
+int fk_cpu_tier(void) {
+    if (cpu_avx2 < 0) detect();
+    return cpu_vnni ? 2 : cpu_avx2 ? 1 : 0;
+}
+int fk_has_avx2(void) {
+    if (cpu_avx2 < 0) detect();
+    return cpu_avx2 && !fk_scalar_only;
 }
 
 void fk_matmul_q4_1(const float *x, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {

@@ -72,5 +72,7 @@ static inline void pf_tick(void) {
 
 /// 1 when the AVX2/FMA/F16C paths may run (see fk_set_vector_path).
 int fk_has_avx2(void);
+/// 1 when the AVX-512 VNNI int8 paths may run (see fk_set_vnni_path).
+int fk_has_vnni(void);
 
 #endif

@@ -80,124 +80,49 @@ __attribute__((always_inline)) AVX2 static inline __m256 int_dot(int type, __m25
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
 }
 
-// Two rows, one token (decode): both rows share the token's loaded activations.
-__attribute__((always_inline)) AVX2 static inline void rows2_t1(int type, const uint8_t *r0, const uint8_t *r1, int nb, int bb, size_t ahead,
-                                                                   const int8_t *qx, const float *dx, const float *sx, float *y0, float *y1) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    float m0 = 0, m1 = 0;
-    for (int b = 0; b < nb; b++) {
-        const uint8_t *k0 = r0 + (size_t)b * bb, *k1 = r1 + (size_t)b * bb;
-        _mm_prefetch((const char *)(k0 + ahead), _MM_HINT_T0);
-        _mm_prefetch((const char *)(k1 + ahead), _MM_HINT_T0);
-        const int8_t *q = qx + b * QK;
-        float dxb = dx[b];
-        __m256 p0 = int_dot(type, int_weights(type, k0), q), p1 = int_dot(type, int_weights(type, k1), q);
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(rd_f16c(k0) * dxb), p0, a0);
-        a1 = _mm256_fmadd_ps(_mm256_set1_ps(rd_f16c(k1) * dxb), p1, a1);
-        if (type == 3) { m0 = fmaf(rd_f16c(k0 + 2), sx[b], m0); m1 = fmaf(rd_f16c(k1 + 2), sx[b], m1); }
-    }
-    *y0 = hfold(a0) + m0;
-    *y1 = hfold(a1) + m1;
+
+// Lane j = the same exact sum through VNNI's `vpdpbusd` (unsigned x signed bytes, four
+// products per 32-bit lane, no saturation): one instruction for maddubs + madd.
+#define AVX512VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
+__attribute__((always_inline)) AVX512VNNI static inline __m256 int_dot_vnni(int type, __m256i wv, const int8_t *q) {
+    __m256i qv = _mm256_loadu_si256((const __m256i *)q);
+    __m256i z = _mm256_setzero_si256();
+    __m256i s = type == 3 ? _mm256_dpbusd_epi32(z, wv, qv) : _mm256_dpbusd_epi32(z, _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(qv, wv));
+    return _mm256_cvtepi32_ps(s);
 }
 
-// One row, one token.
-__attribute__((always_inline)) AVX2 static inline float row_t1(int type, const uint8_t *row, int nb, int bb, const int8_t *qx, const float *dx, const float *sx) {
-    __m256 a0 = _mm256_setzero_ps();
-    float m0 = 0;
-    for (int b = 0; b < nb; b++) {
-        const uint8_t *blk = row + (size_t)b * bb;
-        __m256 p = int_dot(type, int_weights(type, blk), qx + b * QK);
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(rd_f16c(blk) * dx[b]), p, a0);
-        if (type == 3) m0 = fmaf(rd_f16c(blk + 2), sx[b], m0);
-    }
-    return hfold(a0) + m0;
-}
+#define TIER_ATTR AVX2
+#define TIER_DOT int_dot
+#define TIER_NAME(f) f##_avx2tier
+#include "int8_tier.h"
+#undef TIER_ATTR
+#undef TIER_DOT
+#undef TIER_NAME
 
-// Two rows x four tokens: each weight block is unpacked once for four tokens and each
-// token's block is loaded once for two rows; every output gets the one-token arithmetic.
-__attribute__((always_inline)) AVX2 static inline void rows2_t4(int type, const uint8_t *r0, const uint8_t *r1, int nb, int bb, size_t ahead, int K,
-                                                                   const int8_t *qx, const float *dx, const float *sx, float *y, int ldy) {
-    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00;
-    float m00 = 0, m01 = 0, m02 = 0, m03 = 0, m10 = 0, m11 = 0, m12 = 0, m13 = 0;
-    for (int b = 0; b < nb; b++) {
-        const uint8_t *k0 = r0 + (size_t)b * bb, *k1 = r1 + (size_t)b * bb;
-        if (ahead) { _mm_prefetch((const char *)(k0 + ahead), _MM_HINT_T0); _mm_prefetch((const char *)(k1 + ahead), _MM_HINT_T0); }
-        __m256i w0 = int_weights(type, k0), w1 = int_weights(type, k1);
-        float d0 = rd_f16c(k0), d1 = rd_f16c(k1);
-        const int8_t *q = qx + b * QK;
-        const float *db = dx + b;
-#define FK_TOKEN(i, A0, A1)                                                             \
-        {                                                                               \
-            const int8_t *qi = q + (size_t)(i) * K;                                     \
-            float dxi = db[(size_t)(i) * nb];                                           \
-            A0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * dxi), int_dot(type, w0, qi), A0); \
-            A1 = _mm256_fmadd_ps(_mm256_set1_ps(d1 * dxi), int_dot(type, w1, qi), A1); \
-        }
-        FK_TOKEN(0, a00, a10) FK_TOKEN(1, a01, a11) FK_TOKEN(2, a02, a12) FK_TOKEN(3, a03, a13)
-#undef FK_TOKEN
-    }
-    // Q4_1's offsets: a separate pass in the same increasing block order (its own
-    // accumulators, so the result is the one-token path's), keeping registers for the above.
-    if (type == 3) {
-        for (int b = 0; b < nb; b++) {
-            const uint8_t *k0 = r0 + (size_t)b * bb, *k1 = r1 + (size_t)b * bb;
-            float mw0 = rd_f16c(k0 + 2), mw1 = rd_f16c(k1 + 2);
-            const float *sb = sx + b;
-            float s0 = sb[0], s1 = sb[nb], s2 = sb[2 * (size_t)nb], s3 = sb[3 * (size_t)nb];
-            m00 = fmaf(mw0, s0, m00); m01 = fmaf(mw0, s1, m01); m02 = fmaf(mw0, s2, m02); m03 = fmaf(mw0, s3, m03);
-            m10 = fmaf(mw1, s0, m10); m11 = fmaf(mw1, s1, m11); m12 = fmaf(mw1, s2, m12); m13 = fmaf(mw1, s3, m13);
-        }
-    }
-    y[0] = hfold(a00) + m00; y[(size_t)ldy] = hfold(a01) + m01; y[2 * (size_t)ldy] = hfold(a02) + m02; y[3 * (size_t)ldy] = hfold(a03) + m03;
-    y[1] = hfold(a10) + m10; y[(size_t)ldy + 1] = hfold(a11) + m11; y[2 * (size_t)ldy + 1] = hfold(a12) + m12; y[3 * (size_t)ldy + 1] = hfold(a13) + m13;
-}
+#define TIER_ATTR AVX512VNNI
+#define TIER_DOT int_dot_vnni
+#define TIER_NAME(f) f##_vnnitier
+#include "int8_tier.h"
+#undef TIER_ATTR
+#undef TIER_DOT
+#undef TIER_NAME
 
-__attribute__((always_inline)) AVX2 static inline void int8_avx2(int type, const int8_t *qx, const float *dx, const float *sx, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
-    int nb = K / QK, bb = block_bytes(type);
-    size_t rowb = (size_t)nb * bb;
-    // Token groups outer, row pairs inner: a group's activations stay in L1 while the
-    // thread's rows stream from L2 (the loop order changes no output's arithmetic).
-    int t = 0;
-    for (; t + 4 <= T; t += 4) {
-        const int8_t *q = qx + (size_t)t * K;
-        const float *d = dx + (size_t)t * nb, *s = sx + (size_t)t * nb;
-        int o = o0;
-        for (; o + 2 <= o1; o += 2) {
-            pf_tick();
-            const uint8_t *r0 = w + (size_t)o * rowb;
-            rows2_t4(type, r0, r0 + rowb, nb, bb, t == 0 ? 2 * rowb : 0, K, q, d, s, y + (size_t)t * ldy + o, ldy);
-        }
-        for (; o < o1; o++)
-            for (int i = 0; i < 4; i++)
-                y[(size_t)(t + i) * ldy + o] = row_t1(type, w + (size_t)o * rowb, nb, bb, q + (size_t)i * K, d + (size_t)i * nb, s + (size_t)i * nb);
-    }
-    for (; t < T; t++) {
-        const int8_t *q = qx + (size_t)t * K;
-        const float *d = dx + (size_t)t * nb, *s = sx + (size_t)t * nb;
-        float *yt = y + (size_t)t * ldy;
-        int o = o0;
-        for (; o + 2 <= o1; o += 2) {
-            pf_tick();
-            const uint8_t *r0 = w + (size_t)o * rowb;
-            rows2_t1(type, r0, r0 + rowb, nb, bb, 4 * rowb, q, d, s, yt + o, yt + o + 1);
-        }
-        for (; o < o1; o++) yt[o] = row_t1(type, w + (size_t)o * rowb, nb, bb, q, d, s);
-    }
+AVX2 static void int8_avx2_entry(int type, const int8_t *qx, const float *dx, const float *sx, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
+    if (type == 3) int8_avx2_avx2tier(3, qx, dx, sx, w, K, T, o0, o1, y, ldy);
+    else if (type == 2) int8_avx2_avx2tier(2, qx, dx, sx, w, K, T, o0, o1, y, ldy);
+    else int8_avx2_avx2tier(8, qx, dx, sx, w, K, T, o0, o1, y, ldy);
 }
-
-AVX2 static void int8_q4_1(const int8_t *qx, const float *dx, const float *sx, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) { int8_avx2(3, qx, dx, sx, w, K, T, o0, o1, y, ldy); }
-AVX2 static void int8_q4_0(const int8_t *qx, const float *dx, const float *sx, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) { int8_avx2(2, qx, dx, sx, w, K, T, o0, o1, y, ldy); }
-AVX2 static void int8_q8_0(const int8_t *qx, const float *dx, const float *sx, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) { int8_avx2(8, qx, dx, sx, w, K, T, o0, o1, y, ldy); }
+AVX512VNNI static void int8_vnni_entry(int type, const int8_t *qx, const float *dx, const float *sx, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
+    if (type == 3) int8_avx2_vnnitier(3, qx, dx, sx, w, K, T, o0, o1, y, ldy);
+    else if (type == 2) int8_avx2_vnnitier(2, qx, dx, sx, w, K, T, o0, o1, y, ldy);
+    else int8_avx2_vnnitier(8, qx, dx, sx, w, K, T, o0, o1, y, ldy);
+}
 #endif
 
 void fk_matmul_int8(int type, const int8_t *qx, const float *dx, const float *sx, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
 #if defined(__x86_64__)
-    if (fk_has_avx2()) {
-        if (type == 3) int8_q4_1(qx, dx, sx, w, K, T, o0, o1, y, ldy);
-        else if (type == 2) int8_q4_0(qx, dx, sx, w, K, T, o0, o1, y, ldy);
-        else int8_q8_0(qx, dx, sx, w, K, T, o0, o1, y, ldy);
-        return;
-    }
+    if (fk_has_vnni()) { int8_vnni_entry(type, qx, dx, sx, w, K, T, o0, o1, y, ldy); return; }
+    if (fk_has_avx2()) { int8_avx2_entry(type, qx, dx, sx, w, K, T, o0, o1, y, ldy); return; }
 #endif
     int8_scalar(type, qx, dx, sx, w, K, T, o0, o1, y, ldy);
 }

@@ -94,7 +94,7 @@ struct BenchCommand: AsyncParsableCommand {
             let modes = modelOptions.compute.map { [$0] } ?? ComputeMode.allCases
             var report = BenchReport(machine: BenchReport.Machine.current(), model: try modelOptions.resolvedModelPath())
             print("facet bench — \(loaded.config.architecture), \(loaded.config.numLayers) layers, hidden \(loaded.config.hiddenSize), "
-                  + "\(report.machine.threads) threads, \(report.machine.cpu)")
+                  + "\(report.machine.threads) threads, \(report.machine.cpu), kernels: \(report.machine.kernels ?? "?")")
             let synthetic = adapterPrecisions.map { p in
                 (p, Benchmark(model: loaded).syntheticAdapters(count: adapterCounts.max() ?? 0, rank: adapterRank, precision: p))
             }
@@ -254,11 +254,14 @@ struct BenchReport: Codable {
         var cpu: String
         var threads: Int
         var date: String
+        /// The kernels' instruction-set tier on this CPU.
+        var kernels: String? = LinearWeight.instructionTier.description
         static func current() -> Machine {
             let info = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
             let cpu = info.split(separator: "\n").first { $0.hasPrefix("model name") }?.split(separator: ":").last?
                 .trimmingCharacters(in: .whitespaces) ?? "unknown CPU"
-            return Machine(cpu: cpu, threads: Parallel.threadCount, date: ISO8601DateFormatter().string(from: Date()))
+            return Machine(cpu: cpu, threads: Parallel.threadCount, date: ISO8601DateFormatter().string(from: Date()),
+                           kernels: LinearWeight.instructionTier.description)
         }
     }
     var machine: Machine

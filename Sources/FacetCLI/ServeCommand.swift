@@ -3,6 +3,7 @@ import ServiceLifecycle
 import Engine
 import Foundation
 import Hummingbird
+import Kernels
 import Logging
 import Scheduling
 import Server
@@ -130,7 +131,7 @@ struct ServeCommand: AsyncParsableCommand {
         config.grpcPort = grpcPort
         config.servedModelName = servedModelName ?? ((path as NSString).lastPathComponent as NSString).deletingPathExtension
         let context = ServingContext(engine: engine, store: store, metrics: metrics, configuration: config)
-        logger.info("serving \(config.servedModelName) with \(store.names.count) adapters on http://\(host):\(port) (KV cache: \(engine.totalBlocks) blocks of \(blockSize))")
+        logger.info("serving \(config.servedModelName) with \(store.names.count) adapters on http://\(host):\(port) (KV cache: \(engine.totalBlocks) blocks of \(blockSize); kernels: \(LinearWeight.instructionTier))")
         let app = FacetServer.makeApplication(context: context, logger: logger)
         // The first SIGTERM/SIGINT drains (running requests finish, new connections are
         // refused) for at most --drain-timeout; a second one ends the process at once.

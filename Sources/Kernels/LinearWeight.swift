@@ -319,6 +319,14 @@ package struct LinearWeight: Sendable {
     /// twin tests running in parallel cannot switch each other's path.
     package static func useVectorKernels(_ enabled: Bool) { fk_set_vector_path(enabled ? 1 : 0) }
 
+    /// Tests only: keep the int8 products off AVX-512 VNNI on the calling thread (the AVX2
+    /// tier runs instead), to compare the tiers.
+    package static func useVNNIKernels(_ enabled: Bool) { fk_set_vnni_path(enabled ? 1 : 0) }
+
+    /// The instruction-set tier the kernels run at on this CPU (read from cpuid at run time;
+    /// `FACET_ISA=avx2` or `FACET_ISA=scalar` caps it). Every tier gives the same bits.
+    package static var instructionTier: InstructionTier { InstructionTier(rawValue: Int(fk_cpu_tier())) ?? .scalar }
+
     /// Quantizes an fp32 matrix into a compact format (tests and conversions; the encoding
     /// follows ggml's reference quantizers for Q4_0, Q4_1 and Q8_0).
     package static func quantize(_ m: Matrix, to format: WeightFormat) throws -> LinearWeight {
@@ -373,5 +381,25 @@ package struct LinearWeight: Sendable {
         // f16/bf16 rows are written block by block above, which is row-major order too.
         let store = bytes.withUnsafeBytes { ByteStore(copying: $0) }
         return try LinearWeight(format: format, rows: m.rows, cols: m.cols, store: store)
+    }
+}
+
+/// The kernels' instruction-set tiers, lowest first.
+package enum InstructionTier: Int, Sendable, CaseIterable, Comparable, CustomStringConvertible {
+    package static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+
+    /// Portable C (any architecture).
+    case scalar = 0
+    /// AVX2 + FMA + F16C for every product.
+    case avx2 = 1
+    /// AVX2 tier plus AVX-512 VNNI (`vpdpbusd`) for the int8 mode's integer dot products.
+    case avx512VNNI = 2
+
+    package var description: String {
+        switch self {
+        case .scalar: "scalar (portable C)"
+        case .avx2: "AVX2+FMA+F16C"
+        case .avx512VNNI: "AVX2+FMA+F16C, AVX-512 VNNI for int8"
+        }
     }
 }

@@ -1,4 +1,5 @@
 import Formats
+import Synchronization
 import Kernels
 import Tensors
 import Testing
@@ -7,6 +8,8 @@ import TestSupport
 /// Compact-weight kernels (AVX2 C) against the naive reference on their dequantized values,
 /// bitwise against their own scalar path, and batch-invariant.
 @Suite(.serialized) struct CompactWeightTests {
+    static let tierSkipped = Mutex(false)
+
     static func random(_ n: Int, _ seed: UInt64) -> [Float] {
         var rng = SplitMix(seed: seed)
         return (0..<n).map { _ in rng.float() }
@@ -26,7 +29,19 @@ import TestSupport
         LinearWeight.useVectorKernels(false)
         let scalar = run(w, x, t, compute: compute)
         LinearWeight.useVectorKernels(true)
-        #expect(scalar == y, "\(label): scalar and AVX2 paths differ")
+        #expect(scalar == y, "\(label): scalar and vector paths differ")
+        // Every tier this CPU has gives the same bits: with VNNI off, the AVX2 tier runs.
+        if LinearWeight.instructionTier >= .avx512VNNI {
+            LinearWeight.useVNNIKernels(false)
+            let avx2 = run(w, x, t, compute: compute)
+            LinearWeight.useVNNIKernels(true)
+            #expect(avx2 == y, "\(label): AVX2 and AVX-512 VNNI tiers differ")
+        } else {
+            Self.tierSkipped.withLock { once in
+                if !once { print("CompactWeightTests: the AVX-512 VNNI tier is not compared (this CPU's best tier is \(LinearWeight.instructionTier))") }
+                once = true
+            }
+        }
         let k = w.cols, o = w.rows
         for (start, count) in [(0, 1), (t / 2, 1), (t - 1, 1), (0, min(4, t)), (1, t - 1), (t / 2, t - t / 2)] {
             let part = run(w, Array(x[(start * k)..<((start + count) * k)]), count, compute: compute)

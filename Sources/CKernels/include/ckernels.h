@@ -20,6 +20,11 @@
 /// by fk_block_sums); other types ignore it.
 
 int fk_has_avx2(void);
+/// The best tier the CPU offers (after FACET_ISA): 0 scalar, 1 AVX2+FMA+F16C, 2 also
+/// AVX-512 VNNI (int8 products through vpdpbusd). Every tier gives bitwise the same results.
+int fk_cpu_tier(void);
+/// Per-thread switch off the VNNI tier (twin tests), as fk_set_vector_path is for all vectors.
+void fk_set_vnni_path(int enabled);
 /// Tests only: 0 forces the portable scalar path, 1 restores CPU detection.
 void fk_set_vector_path(int enabled);
 void fk_block_sums(const float *x, int T, int K, float *xsum);
