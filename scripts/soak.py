@@ -98,7 +98,9 @@ def one(url, port, rng, adapters_lock, loaded):
         if r.status_code != 200:
             assert r.status_code in (404, 429, 503) and "error" in r.json(), (r.status_code, r.text[:200])
             return "error"
-        events = [line[6:] for line in r.iter_lines(decode_unicode=True) if line and line.startswith("data: ")]
+        # SSE lines end at CR or LF only: split bytes (str.splitlines would also split at
+        # U+2028 and friends inside a generated text).
+        events = [line[6:].decode() for line in r.iter_lines() if line and line.startswith(b"data: ")]
         assert events and events[-1] == "[DONE]", events[-3:]
         finishes = [json.loads(e)["choices"][0].get("finish_reason") for e in events[:-1] if json.loads(e).get("choices")]
         errors = [e for e in events[:-1] if "error" in json.loads(e)]

@@ -497,11 +497,7 @@ struct KServeRoutes {
         let routes = self
         let body2 = ResponseBody { writer in
             func send(_ object: [String: Any]) async throws {
-                let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
-                var buffer = ByteBuffer(string: "data: ")
-                buffer.writeBytes(data)
-                buffer.writeString("\n\n")
-                try await writer.write(buffer)
+                try await writer.write(try serverSentEvent(object))
             }
             do {
                 _ = try await routes.run(typed, model: model) { _, text in

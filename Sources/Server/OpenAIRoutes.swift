@@ -203,11 +203,7 @@ struct OpenAIRoutes {
     static func stream(_ streams: [AsyncThrowingStream<EngineEvent, any Error>], renderer: ChunkRenderer, includeUsage: Bool,
                        writer: inout any ResponseBodyWriter) async throws {
         func send(_ object: [String: Any]) async throws {
-            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
-            var buffer = ByteBuffer(string: "data: ")
-            buffer.writeBytes(data)
-            buffer.writeString("\n\n")
-            try await writer.write(buffer)
+            try await writer.write(try serverSentEvent(object, options: [.sortedKeys, .withoutEscapingSlashes]))
         }
         // Merge the choices' streams into one ordered sequence of (choice, event).
         let (merged, continuation) = AsyncThrowingStream<(Int, EngineEvent), any Error>.makeStream()

@@ -117,7 +117,7 @@ def test_generate_and_generate_stream(server):
     text = r.json()["text_output"]
     assert text == completion(server, BASE, PROMPT, 10)
     r = requests.post(server.url + "/v2/models/ensemble/generate_stream", json={**body, "stream": True}, stream=True, timeout=120)
-    pieces = [json.loads(line[6:])["text_output"] for line in r.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+    pieces = [json.loads(line[6:])["text_output"] for line in (l.decode() for l in r.iter_lines()) if line.startswith("data: ")]
     assert len(pieces) > 1 and "".join(pieces) == text
 
 
