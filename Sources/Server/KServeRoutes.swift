@@ -65,6 +65,10 @@ struct KServeRoutes {
     /// Registers the routes on `v2`, the `/v2` group.
     func register<C: RequestContext>(on v2: RouterGroup<C>) {
         v2.get("models/stats") { _, _ in try handle { try statistics(Self.models.keys.sorted()) } }
+        // The model repository extension's index (both models are always loaded and ready).
+        v2.post("repository/index") { _, _ in
+            try handle { try jsonArrayResponse(Self.models.keys.sorted().map { ["name": $0, "version": "1", "state": "READY"] }) }
+        }
         v2.get("health/live") { _, _ in Response(status: .ok) }
         v2.get("health/ready") { _, _ in Response(status: .ok) }
         for prefix in ["models/:model", "models/:model/versions/:version"] {

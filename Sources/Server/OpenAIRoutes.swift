@@ -476,6 +476,11 @@ func jsonResponse(_ object: [String: Any], status: HTTPResponse.Status = .ok) th
     return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
 }
 
+func jsonArrayResponse(_ array: [[String: Any]]) throws -> Response {
+    let data = try JSONSerialization.data(withJSONObject: array, options: [.sortedKeys, .withoutEscapingSlashes])
+    return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+}
+
 func textResponse(_ text: String) -> Response {
     Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: text)))
 }

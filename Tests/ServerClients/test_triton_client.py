@@ -54,6 +54,8 @@ def test_health_metadata_and_config(triton):
     assert "text_input" in {i["name"] for i in config["input"]}
     with pytest.raises(InferenceServerException):
         triton.get_model_metadata("nope")
+    index = triton.get_model_repository_index()
+    assert {(m["name"], m["state"]) for m in index} == {("ensemble", "READY"), ("tensorrt_llm", "READY")}
 
 
 def test_ensemble_equals_the_openai_route(triton, server):
