@@ -32,7 +32,7 @@ struct KServeGRPCService: Inference_GRPCInferenceService.SimpleServiceProtocol {
     }
 
     func modelReady(request: Inference_ModelReadyRequest, context: ServerContext) async throws -> Inference_ModelReadyResponse {
-        try Self.mapErrors { _ = try Self.model(request.name, version: request.version) }
+        try Self.mapErrors { _ = try KServeRoutes.model(request.name, version: request.version) }
         return .with { $0.ready = true }
     }
 
@@ -45,7 +45,7 @@ struct KServeGRPCService: Inference_GRPCInferenceService.SimpleServiceProtocol {
     }
 
     func modelMetadata(request: Inference_ModelMetadataRequest, context: ServerContext) async throws -> Inference_ModelMetadataResponse {
-        let name = try Self.mapErrors { try Self.model(request.name, version: request.version) }
+        let name = try Self.mapErrors { try KServeRoutes.model(request.name, version: request.version) }
         let m = KServeRoutes.models[name]!
         func spec(_ t: KServeRoutes.TensorSpec) -> Inference_ModelMetadataResponse.TensorMetadata {
             .with {
@@ -64,7 +64,7 @@ struct KServeGRPCService: Inference_GRPCInferenceService.SimpleServiceProtocol {
     }
 
     func modelConfig(request: Inference_ModelConfigRequest, context: ServerContext) async throws -> Inference_ModelConfigResponse {
-        let name = try Self.mapErrors { try Self.model(request.name, version: request.version) }
+        let name = try Self.mapErrors { try KServeRoutes.model(request.name, version: request.version) }
         let m = KServeRoutes.models[name]!
         func dataType(_ t: String) -> Inference_DataType {
             Inference_DataType(rawValue: ["BOOL": 1, "UINT8": 2, "UINT16": 3, "UINT32": 4, "UINT64": 5, "INT8": 6, "INT16": 7, "INT32": 8,
@@ -191,7 +191,7 @@ struct KServeGRPCService: Inference_GRPCInferenceService.SimpleServiceProtocol {
     /// The request's tensors (typed `contents`, or `raw_input_contents` as tritonclient
     /// sends them) as the HTTP routes decode them, and the typed request.
     func decode(_ request: Inference_ModelInferRequest) throws -> Call {
-        let model = try Self.model(request.modelName, version: request.modelVersion)
+        let model = try KServeRoutes.model(request.modelName, version: request.modelVersion)
         var emptyFinal = false
         var streamingParameter = false
         for (key, value) in request.parameters {
@@ -218,11 +218,11 @@ struct KServeGRPCService: Inference_GRPCInferenceService.SimpleServiceProtocol {
             guard inputs[input.name] == nil else { throw KServeError("input '\(input.name)' is given twice") }
             inputs[input.name] = try Self.tensor(input, raw: raw.isEmpty ? nil : raw[index])
         }
-        let known2 = Set(KServeRoutes.models[model]!.outputs.map(\.name))
+        let knownOutputs = Set(KServeRoutes.models[model]!.outputs.map(\.name))
         var requested: [(name: String, binary: Bool)] = []
         for o in request.outputs {
-            guard known2.contains(o.name) else {
-                throw KServeError("unexpected inference output '\(o.name)' for model '\(model)' (outputs: \(known2.sorted().joined(separator: ", ")))")
+            guard knownOutputs.contains(o.name) else {
+                throw KServeError("unexpected inference output '\(o.name)' for model '\(model)' (outputs: \(knownOutputs.sorted().joined(separator: ", ")))")
             }
             requested.append((o.name, true))
         }
@@ -295,15 +295,6 @@ struct KServeGRPCService: Inference_GRPCInferenceService.SimpleServiceProtocol {
 
     // MARK: - Errors
 
-    static func model(_ name: String, version: String) throws -> String {
-        guard KServeRoutes.models[name] != nil else {
-            throw KServeError("Request for unknown model: '\(name)' is not found (models: ensemble, tensorrt_llm)", status: 404)
-        }
-        guard version.isEmpty || version == "1" else {
-            throw KServeError("Request for unknown model: '\(name)' version \(version) is not found (version: 1)", status: 404)
-        }
-        return name
-    }
 
     static func message(_ error: any Error) -> String {
         switch error {
@@ -353,7 +344,7 @@ struct KServeGRPCService: Inference_GRPCInferenceService.SimpleServiceProtocol {
 
     func modelStatistics(request: Inference_ModelStatisticsRequest, context: ServerContext) async throws -> Inference_ModelStatisticsResponse {
         let names = request.name.isEmpty ? KServeRoutes.models.keys.sorted()
-            : [try Self.mapErrors { try Self.model(request.name, version: request.version) }]
+            : [try Self.mapErrors { try KServeRoutes.model(request.name, version: request.version) }]
         return .with { r in
             r.modelStats = names.map { name in
                 let s = self.context.kserveStatistics.snapshot(name)

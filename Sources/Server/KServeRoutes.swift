@@ -67,7 +67,7 @@ struct KServeRoutes {
         v2.get("models/stats") { _, _ in try handle { try statistics(Self.models.keys.sorted()) } }
         // The model repository extension's index (both models are always loaded and ready).
         v2.post("repository/index") { _, _ in
-            try handle { try jsonArrayResponse(Self.models.keys.sorted().map { ["name": $0, "version": "1", "state": "READY"] }) }
+            try handle { try jsonResponse(Self.models.keys.sorted().map { ["name": $0, "version": "1", "state": "READY"] }) }
         }
         v2.get("health/live") { _, _ in Response(status: .ok) }
         v2.get("health/ready") { _, _ in Response(status: .ok) }
@@ -101,11 +101,15 @@ struct KServeRoutes {
     }
 
     func model(_ ctx: some RequestContext) throws -> String {
-        let name = ctx.parameters.get("model") ?? ""
-        guard Self.models[name] != nil else {
+        try Self.model(ctx.parameters.get("model") ?? "", version: ctx.parameters.get("version") ?? "")
+    }
+
+    /// The model a request names (HTTP path or gRPC field); version "" or "1".
+    static func model(_ name: String, version: String) throws -> String {
+        guard models[name] != nil else {
             throw KServeError("Request for unknown model: '\(name)' is not found (models: ensemble, tensorrt_llm)", status: 404)
         }
-        if let version = ctx.parameters.get("version"), version != "1" {
+        guard version.isEmpty || version == "1" else {
             throw KServeError("Request for unknown model: '\(name)' version \(version) is not found (version: 1)", status: 404)
         }
         return name

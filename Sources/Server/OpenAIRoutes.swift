@@ -471,14 +471,10 @@ struct ChunkRenderer: Sendable {
     }
 }
 
-func jsonResponse(_ object: [String: Any], status: HTTPResponse.Status = .ok) throws -> Response {
+/// A JSON object (or array) as a response.
+func jsonResponse(_ object: Any, status: HTTPResponse.Status = .ok) throws -> Response {
     let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
     return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
-}
-
-func jsonArrayResponse(_ array: [[String: Any]]) throws -> Response {
-    let data = try JSONSerialization.data(withJSONObject: array, options: [.sortedKeys, .withoutEscapingSlashes])
-    return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
 }
 
 func textResponse(_ text: String) -> Response {

@@ -33,8 +33,9 @@ package final class ServerMetrics: EngineObserver, @unchecked Sendable {
     private var perModel: [String: CoreMetrics.Counter] = [:]
     private var requestCounts: [String: Int] = [:]
     private var kvBlocks = (used: 0, total: 0)
-    /// Steps of the last few seconds (end time, tokens), for the playground's live tokens/s.
-    private var recentSteps: [(time: Double, tokens: Int)] = []
+    /// Tokens the steps processed, per whole second, in a ring of `window` seconds (for the
+    /// playground's live tokens/s; fixed storage, so a step adds without allocating).
+    private var tokensPerSecondRing = [(second: Int, tokens: Int)](repeating: (-1, 0), count: ServerMetrics.window)
     private var failures: [String: CoreMetrics.Counter] = [:]
 
     package init() {
@@ -61,14 +62,9 @@ package final class ServerMetrics: EngineObserver, @unchecked Sendable {
     }
 
     package func stepFinished(running r: Int, waiting w: Int, tokens: Int, kvBlocksUsed: Int, kvBlocksTotal: Int, seconds: Double) {
-        stateChanged(running: r, waiting: w, kvBlocksUsed: kvBlocksUsed, kvBlocksTotal: kvBlocksTotal)
+        record(running: r, waiting: w, kvBlocksUsed: kvBlocksUsed, kvBlocksTotal: kvBlocksTotal, stepTokens: tokens)
         if seconds > 0 { tokensPerSecond.record(Double(tokens) / seconds) }
         stepTime.recordSeconds(seconds)
-        let now = Date().timeIntervalSince1970
-        lock.withLock {
-            recentSteps.append((now, tokens))
-            if let cut = recentSteps.firstIndex(where: { $0.time >= now - Self.window }), cut > 0 { recentSteps.removeFirst(cut) }
-        }
     }
 
     package func requestFinished(adapter: String?, promptTokens p: Int, completionTokens c: Int, timeToFirstToken: Double?, timePerOutputToken: Double?) {
@@ -106,9 +102,20 @@ package final class ServerMetrics: EngineObserver, @unchecked Sendable {
     }
 
     package func stateChanged(running r: Int, waiting w: Int, kvBlocksUsed: Int, kvBlocksTotal: Int) {
+        record(running: r, waiting: w, kvBlocksUsed: kvBlocksUsed, kvBlocksTotal: kvBlocksTotal, stepTokens: 0)
+    }
+
+    /// The occupancy gauges, and a step's tokens in the live ring, under one lock.
+    private func record(running r: Int, waiting w: Int, kvBlocksUsed: Int, kvBlocksTotal: Int, stepTokens: Int) {
+        let second = Int(Date().timeIntervalSince1970)
         lock.withLock {
             gauges = (r, w, Double(kvBlocksUsed) / Double(max(kvBlocksTotal, 1)))
             kvBlocks = (kvBlocksUsed, kvBlocksTotal)
+            if stepTokens > 0 {
+                let i = second % Self.window
+                if tokensPerSecondRing[i].second != second { tokensPerSecondRing[i] = (second, 0) }
+                tokensPerSecondRing[i].tokens += stepTokens
+            }
         }
         running.record(r)
         waiting.record(w)
@@ -173,7 +180,7 @@ package final class ServerMetrics: EngineObserver, @unchecked Sendable {
     }
 
     /// Seconds over which the live tokens/s is averaged.
-    static let window = 5.0
+    static let window = 5
 
     /// Requests counted for `model` since the start.
     package func requestCount(_ model: String) -> Int { lock.withLock { requestCounts[model] ?? 0 } }
@@ -181,12 +188,11 @@ package final class ServerMetrics: EngineObserver, @unchecked Sendable {
     /// The live state of the server: requests running and waiting, KV blocks, tokens per
     /// second over the last few seconds (prompt and generated tokens the steps processed).
     package func status() -> [String: Any] {
-        let now = Date().timeIntervalSince1970
+        let second = Int(Date().timeIntervalSince1970)
         return lock.withLock {
-            let recent = recentSteps.filter { $0.time >= now - Self.window }
-            let tokens = recent.reduce(0) { $0 + $1.tokens }
+            let tokens = tokensPerSecondRing.reduce(0) { $0 + ($1.second > second - Self.window ? $1.tokens : 0) }
             return ["running": gauges.running, "waiting": gauges.waiting, "kv_blocks_used": kvBlocks.used,
-                    "kv_blocks_total": kvBlocks.total, "tokens_per_second": recent.isEmpty ? 0 : Double(tokens) / Self.window]
+                    "kv_blocks_total": kvBlocks.total, "tokens_per_second": Double(tokens) / Double(Self.window)]
         }
     }
 }

@@ -460,3 +460,16 @@ def test_tokenize_and_detokenize(server):
                        ({"model": BASE, "tokens": [10 ** 9]}, "tokens")]:
         r = requests.post(server.url + ("/tokenize" if "prompt" in bad else "/detokenize"), json=bad, timeout=30)
         assert 400 <= r.status_code < 500 and r.json()["error"]["param"] == param, r.text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["serve", "--grpc-port", "70000"], "grpc-port"),
+    (["serve", "--port", "8123", "--grpc-port", "8123"], "must differ"),
+    (["serve", "--list-adapter-root"], "--adapter-root"),
+    (["bench", "--serving", "--protocol", "carrier-pigeon"], "--protocol"),
+])
+def test_new_flags_refuse_bad_values(args, message):
+    """The serve and bench flags of this session fail fast with a message naming the flag."""
+    r = subprocess.run([FACET, *args], capture_output=True, text=True, timeout=120, env={**os.environ, "FACET_HOME": ROOT})
+    assert r.returncode != 0, r.stdout
+    assert message in r.stderr, r.stderr
