@@ -1,5 +1,19 @@
 // swift-tools-version: 6.0
+import Foundation
 import PackageDescription
+
+/// Open MPI (Debian's libopenmpi-dev, which scripts/setup installs) for tensor parallelism
+/// over processes and hosts. Where its header is absent, the MPI module builds without it
+/// and Facet runs as one process; FACET_WITHOUT_MPI=1 builds that way on purpose.
+let mpiHeader: String? = {
+    guard ProcessInfo.processInfo.environment["FACET_WITHOUT_MPI"] == nil else { return nil }
+    let multiarch = ((try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib")) ?? []).filter { $0.hasSuffix("-linux-gnu") }
+    let candidates = multiarch.map { "/usr/lib/\($0)/openmpi/include/mpi.h" } + ["/usr/include/openmpi/mpi.h", "/opt/homebrew/include/mpi.h", "/usr/local/include/mpi.h"]
+    return candidates.first { FileManager.default.fileExists(atPath: $0) }
+}()
+let mpiTargets: [Target] = mpiHeader == nil ? [] : [
+    .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"]), .brew(["open-mpi"])]),
+]
 
 /// Hot loops are compiled with -Ounchecked and the Haswell feature set (AVX2, FMA, F16C)
 /// in release builds; debug builds keep bounds checks.
@@ -45,6 +59,9 @@ let package = Package(
         .target(name: "Adapters", dependencies: ["Tensors", "Kernels", "Llama"], swiftSettings: kernelFlags),
         .target(name: "Sampling", dependencies: ["Tensors", "Kernels"], swiftSettings: kernelFlags),
         .target(name: "Loading", dependencies: ["Tensors", "Kernels", "Formats", "Tokenization", "Llama", "Adapters"]),
+        // MPI for tensor parallelism (CMPI is present only where Open MPI is installed).
+        .target(name: "MPI", dependencies: ["Tensors"] + (mpiHeader == nil ? [] : ["CMPI"])),
+        .target(name: "TensorParallel", dependencies: ["MPI", "Llama", "Adapters", "Kernels", "Tensors"]),
         .target(name: "Engine", dependencies: ["Tensors", "Kernels", "Llama", "Adapters", "PagedKV", "Scheduling", "Sampling", "Tokenization", "Loading"]),
         // Swift code generated from Triton's grpc_service.proto and model_config.proto
         // (scripts/gen-triton-grpc regenerates it); committed, never edited by hand.
@@ -89,6 +106,7 @@ let package = Package(
             name: "FacetCLI",
             dependencies: [
                 "Engine", "Loading", "Formats", "Tokenization", "Sampling", "Llama", "Adapters", "Server", "Scheduling", "Kernels", "ServingBench", "Benchmarks",
+                "TensorParallel",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -103,6 +121,7 @@ let package = Package(
         .testTarget(name: "SamplingTests", dependencies: ["Sampling"]),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling", "PagedKV"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Adapters", "Llama", "Loading", "Sampling", "Scheduling", "Tensors", "TestSupport", "Tokenization", "Formats"]),
+        .testTarget(name: "TensorParallelTests", dependencies: ["TensorParallel", "Engine", "Adapters", "Llama", "Loading", "Sampling", "Kernels", "Tensors", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "Formats"]),
-    ]
+    ] + mpiTargets
 )

@@ -149,6 +149,10 @@ package final class AdapterSet: LinearDeltas, @unchecked Sendable {
         return true
     }
 
+    package func hasOwnHead(slot: Int32) -> Bool {
+        slot >= 0 && Int(slot) < adapters.count && adapters[Int(slot)].lmHead != nil
+    }
+
     package func logits(hidden: UnsafePointer<Float>, dim: Int, slot: Int32) -> [Float]? {
         guard Int(slot) < adapters.count, let head = adapters[Int(slot)].lmHead else { return nil }
         var out = [Float](repeating: 0, count: head.rows)

@@ -27,7 +27,7 @@ package struct LoRAPair: Sendable {
         self.scale = scale
     }
 
-    init(packedA: LowRankMatrix, packedBT: LowRankMatrix, scale: Float) {
+    package init(packedA: LowRankMatrix, packedBT: LowRankMatrix, scale: Float) {
         self.packedA = packedA
         self.packedBT = packedBT
         self.scale = scale

@@ -97,6 +97,8 @@ package final class InferenceEngine: @unchecked Sendable {
     private var commands: [Command] = []
     private var stopping = false
     private var thread: Thread?
+    /// Signalled when the loop has returned (after `shutdown`).
+    private let stopped = DispatchSemaphore(value: 0)
     private var nextID = 0
 
     enum Command {
@@ -112,7 +114,7 @@ package final class InferenceEngine: @unchecked Sendable {
         self.adapterStore = adapterStore
         self.observer = observer
         let c = model.config
-        let perBlock = KVStorage.bytesPerToken(layers: c.numLayers, kvHeads: c.numKVHeads, headDim: c.headDim) * configuration.blockSize
+        let perBlock = KVStorage.bytesPerToken(layers: c.numLayers, kvHeads: model.localKVHeads, headDim: c.headDim) * configuration.blockSize
         totalBlocks = configuration.kvCacheBytes / perBlock
         guard totalBlocks >= 1 else {
             throw FacetError(.invalidArgument, "--kv-cache-memory \(configuration.kvCacheBytes) bytes holds no block of \(perBlock) bytes",
@@ -123,7 +125,10 @@ package final class InferenceEngine: @unchecked Sendable {
     }
 
     package func start() {
-        let t = Thread { [self] in loop() }
+        let t = Thread { [self] in
+            loop()
+            stopped.signal()
+        }
         t.name = "facet-engine"
         t.stackSize = 8 << 20
         thread = t
@@ -136,6 +141,14 @@ package final class InferenceEngine: @unchecked Sendable {
         stopping = true
         condition.signal()
         condition.unlock()
+    }
+
+    /// Blocks until the loop has finished its last step after `shutdown` (so nothing runs
+    /// the model any more; a tensor-parallel group may then stop its other ranks).
+    package func waitUntilStopped() {
+        guard thread != nil else { return }
+        stopped.wait()
+        stopped.signal()
     }
 
     static func sequence(_ r: EngineRequest) -> StepRunner.Sequence {

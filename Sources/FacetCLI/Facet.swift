@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MPI
 import Tensors
 
 @main
@@ -57,7 +58,8 @@ func failing<T>(_ body: () throws -> T) throws -> T {
     do {
         return try body()
     } catch let error as FacetError {
-        FileHandle.standardError.write(Data("error: \(error.description)\n".utf8))
+        // Under mpirun every rank meets the same bad argument: rank 0 reports it.
+        if MPIRuntime.speaksForAllRanks { FileHandle.standardError.write(Data("error: \(error.description)\n".utf8)) }
         throw ExitCode(2)
     }
 }

@@ -6,6 +6,7 @@ import Kernels
 import Llama
 import Loading
 import Tensors
+import TensorParallel
 import Tokenization
 
 /// Options naming the model and its tokenizer, shared by every command.
@@ -60,12 +61,21 @@ struct ModelOptions: ParsableArguments {
 
     /// Loads the model and its tokenizer (nil only when none exists and `tokenizerRequired`
     /// is false). Status lines go to standard error.
-    func load(tokenizerRequired: Bool) throws -> (LlamaModel, Tokenizer?) {
+    ///
+    /// With a tensor-parallel `group`, the model is this rank's shard; ranks other than 0
+    /// load no tokenizer and print nothing.
+    func load(tokenizerRequired: Bool, group: RankGroup? = nil) throws -> (LlamaModel, Tokenizer?) {
         let path = try resolvedModelPath()
-        let progress: (String) -> Void = { FileHandle.standardError.write(Data("[facet] \($0)\n".utf8)) }
+        let quiet = (group?.shard.rank ?? 0) != 0
+        let progress: (String) -> Void = { if !quiet { FileHandle.standardError.write(Data("[facet] \($0)\n".utf8)) } }
         let start = Date()
         let (loaded, source) = try ModelLoader.load(path: path, progress: progress)
-        let model = loaded.with(compute: computeMode)
+        var model = loaded.with(compute: computeMode)
+        if let group {
+            model = try group.shardModel(model)
+            progress("Tensor parallel: \(group.shard.size) ranks, each with \(model.localHeads) of \(model.config.numHeads) query heads, \(model.localKVHeads) of \(model.config.numKVHeads) key/value heads and \(model.localIntermediate) of \(model.config.intermediateSize) MLP rows")
+            if quiet { return (model, nil) }
+        }
         var tokenizer: Tokenizer?
         if let dir = tokenizerDir {
             guard let t = try TokenizerLoader.loadHuggingFace(directory: dir) else {

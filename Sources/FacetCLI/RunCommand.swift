@@ -17,6 +17,7 @@ struct RunCommand: ParsableCommand {
     )
 
     @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup var parallelOptions: TensorParallelOptions
 
     @Option(name: [.customLong("input_text"), .customLong("input-text")], parsing: .upToNextOption,
             help: "Input prompts; each one is a sequence of the batch.")
@@ -137,7 +138,12 @@ struct RunCommand: ParsableCommand {
     }
 
     func execute() throws {
-        let (model, tokenizer) = try modelOptions.load(tokenizerRequired: inputFile == nil)
+        try parallelOptions.run(modelOptions, tokenizerRequired: inputFile == nil) { model, tokenizer in
+            try generate(model: model, tokenizer: tokenizer)
+        }
+    }
+
+    func generate(model: LlamaModel, tokenizer: Tokenizer?) throws {
         var params = SamplingParameters()
         params.temperature = temperature
         params.topK = topK

@@ -2,6 +2,10 @@ import ArgumentParser
 import ServiceLifecycle
 import Engine
 import Foundation
+import Llama
+import Tokenization
+import TensorParallel
+import MPI
 import Hummingbird
 import Kernels
 import Logging
@@ -17,6 +21,7 @@ struct ServeCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup var parallelOptions: TensorParallelOptions
 
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
     @Option(help: "Port to listen on.") var port = 8000
@@ -59,7 +64,7 @@ struct ServeCommand: AsyncParsableCommand {
         do {
             try await serve()
         } catch let e as FacetError {
-            FileHandle.standardError.write(Data("error: \(e.description)\n".utf8))
+            if MPIRuntime.speaksForAllRanks { FileHandle.standardError.write(Data("error: \(e.description)\n".utf8)) }
             throw ExitCode(2)
         }
     }
@@ -94,7 +99,14 @@ struct ServeCommand: AsyncParsableCommand {
         where !(value > 0 && value <= 86_400) {
             throw FacetError(.invalidArgument, "must be between 0 and 86400 seconds, got \(value)", field: name)
         }
-        let (model, tokenizer) = try modelOptions.load(tokenizerRequired: true)
+        let model: LlamaModel, tokenizer: Tokenizer?, parallel: RankGroup?
+        switch try parallelOptions.start(modelOptions, tokenizerRequired: true) {
+        case .single(let m, let t): (model, tokenizer, parallel) = (m, t, nil)
+        case .root(let m, let t, let g): (model, tokenizer, parallel) = (m, t, g)
+        case .finishedWorker: return
+        }
+        // Rank 0 stops the other ranks once its engine has run its last step.
+        defer { if let parallel { TensorParallelLaunch.finish(parallel) } }
         let path = try modelOptions.resolvedModelPath()
         let contextLength = min(maxModelLen ?? model.config.maxPositionEmbeddings, model.config.maxPositionEmbeddings)
         let limits = SchedulerLimits(maxBatchSize: maxBatchSize, maxNumTokens: maxNumTokens, maxLoras: maxLoras, maxModelLength: contextLength)
@@ -148,6 +160,11 @@ struct ServeCommand: AsyncParsableCommand {
         let group = ServiceGroup(configuration: groupConfig)
         let watcher = ShutdownSignals(logger: logger) { await group.triggerGracefulShutdown() }
         defer { watcher.cancel() }
+        defer {
+            engine.shutdown()
+            engine.waitUntilStopped()
+        }
+        if let parallel { logger.info("tensor parallel: rank 0 of \(parallel.shard.size) serves; every rank runs each step") }
         try await group.run()
     }
 }

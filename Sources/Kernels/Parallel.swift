@@ -7,10 +7,14 @@ internal import CKernels
 /// thread with the same instruction sequence whatever the split: results never depend on
 /// the thread count or the batch size.
 package enum Parallel {
-    /// Number of worker threads; `FACET_THREADS` overrides the core count.
+    /// Number of worker threads; `FACET_THREADS` overrides the core count. Under `mpirun`,
+    /// ranks on one host share its cores (Open MPI's `OMPI_COMM_WORLD_LOCAL_SIZE`), so
+    /// tensor-parallel ranks do not oversubscribe the machine by default.
     package static let threadCount: Int = {
         if let text = getenvString("FACET_THREADS"), let n = Int(text), n > 0 { return n }
-        return max(1, ProcessInfoLite.activeProcessorCount)
+        let cores = max(1, ProcessInfoLite.activeProcessorCount)
+        if let text = getenvString("OMPI_COMM_WORLD_LOCAL_SIZE"), let local = Int(text), local > 1 { return max(1, cores / local) }
+        return cores
     }()
 
     /// Runs on a persistent pool of `threadCount` threads (the caller included) whose

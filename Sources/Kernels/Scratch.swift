@@ -8,7 +8,7 @@ package enum Scratch {
     package enum Slot: Int32 {
         case blockSums = 0, int8Activations, int8Scales, attentionScores
         case loraInput, loraRank
-        case activations, finalHidden, logitInput, logitOutput, embeddingRow, logitRowIndex
+        case activations, finalHidden, logitInput, logitOutput, embeddingRow, logitRowIndex, logitShard, logitGather, parallelReduce
     }
 
     package static func floats(_ slot: Slot, _ count: Int) -> UnsafeMutablePointer<Float> {

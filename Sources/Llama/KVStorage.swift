@@ -1,5 +1,6 @@
 import Kernels
 import PagedKV
+import Synchronization
 
 /// The floats of a paged KV cache: per layer, keys and values laid out as
 /// `[blocks, blockSize, kvHeads, headDim]`. Which block belongs to which sequence is
@@ -10,6 +11,12 @@ package final class KVStorage: @unchecked Sendable {
     package let kvHeads: Int
     package let headDim: Int
     package let layers: Int
+    /// A process-unique number naming this cache to the other ranks of a tensor-parallel
+    /// group (their caches of the same tag hold the other KV heads).
+    package let tag: Int
+    /// Called with `tag` when the cache is freed (rank 0 tells the other ranks).
+    package let onRelease = Mutex<(@Sendable (Int) -> Void)?>(nil)
+    private static let nextTag = Atomic<Int>(1)
     let keys: [UnsafeMutablePointer<Float>]
     let values: [UnsafeMutablePointer<Float>]
 
@@ -19,6 +26,7 @@ package final class KVStorage: @unchecked Sendable {
         self.blockSize = blockSize
         self.kvHeads = kvHeads
         self.headDim = headDim
+        self.tag = Self.nextTag.add(1, ordering: .relaxed).oldValue
         let n = blocks * blockSize * kvHeads * headDim
         keys = (0..<layers).map { _ in
             let p = UnsafeMutablePointer<Float>.allocate(capacity: n)
@@ -36,6 +44,7 @@ package final class KVStorage: @unchecked Sendable {
     package static func bytesPerToken(layers: Int, kvHeads: Int, headDim: Int) -> Int { 2 * layers * kvHeads * headDim * 4 }
 
     deinit {
+        if let release = onRelease.withLock({ $0 }) { release(tag) }
         for p in keys { p.deallocate() }
         for p in values { p.deallocate() }
     }

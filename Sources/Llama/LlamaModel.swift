@@ -26,6 +26,10 @@ package protocol LinearDeltas: Sendable {
     /// extends the vocabulary).
     func vocabularySize(slot: Int32) -> Int
 
+    /// Whether sequences under `slot` take their logits from the adapter's own `lm_head`
+    /// (`logits(hidden:dim:slot:)` returns values for them).
+    func hasOwnHead(slot: Int32) -> Bool
+
     /// Number of slots; valid slots are `0..<slotCount`.
     var slotCount: Int { get }
 
@@ -86,16 +90,31 @@ package final class LlamaModel: @unchecked Sendable {
     package let weights: LlamaWeights
     /// How products with compact weights treat activations (`ComputeMode`).
     package let compute: ComputeMode
+    /// The tensor-parallel group this model is one rank of; nil for the whole model in one
+    /// process. `weights` then hold this rank's shard (`TensorShard`).
+    package let parallel: (any TensorParallelGroup)?
+    /// Query heads, KV heads and intermediate rows this process computes (all of them
+    /// without tensor parallelism).
+    package let localHeads: Int, localKVHeads: Int, localIntermediate: Int
     let rope: RopeTable
 
-    package init(config: LlamaConfiguration, weights: LlamaWeights, compute: ComputeMode = .fp32) throws {
+    /// `weights` are the whole model, or this rank's shard when `parallel` is given.
+    package init(config: LlamaConfiguration, weights: LlamaWeights, compute: ComputeMode = .fp32,
+                 parallel: (any TensorParallelGroup)? = nil) throws {
         try config.validate()
-        try weights.validate(against: config)
+        let shard = parallel?.shard ?? .whole
+        try TensorShard.check(size: shard.size, config)
+        try weights.validate(against: config, shard: shard)
         self.config = config
         self.weights = weights
         self.compute = compute
+        self.parallel = parallel
+        (localHeads, localKVHeads, localIntermediate) = shard.localSizes(config)
         self.rope = RopeTable(invFreq: config.ropeInverseFrequencies(), headDim: config.headDim)
     }
+
+    /// The rank of a tensor-parallel group this model is (`.whole` for none).
+    package var shard: TensorShard { parallel?.shard ?? .whole }
 
     /// The same weights (shared, not copied) under another compute mode.
     package func with(compute: ComputeMode) -> LlamaModel {
@@ -106,12 +125,17 @@ package final class LlamaModel: @unchecked Sendable {
         config = other.config
         weights = other.weights
         rope = other.rope
+        parallel = other.parallel
+        (localHeads, localKVHeads, localIntermediate) = (other.localHeads, other.localKVHeads, other.localIntermediate)
         self.compute = compute
     }
 
-    /// Allocates cache storage for `blocks` blocks of `blockSize` positions.
+    /// Allocates cache storage for `blocks` blocks of `blockSize` positions (this rank's KV
+    /// heads; the other ranks of a tensor-parallel group allocate theirs).
     package func makeKVStorage(blocks: Int, blockSize: Int) -> KVStorage {
-        KVStorage(layers: config.numLayers, blocks: blocks, blockSize: blockSize, kvHeads: config.numKVHeads, headDim: config.headDim)
+        let kv = KVStorage(layers: config.numLayers, blocks: blocks, blockSize: blockSize, kvHeads: localKVHeads, headDim: config.headDim)
+        parallel?.didMakeKVStorage(kv)
+        return kv
     }
 
     /// Runs one step over `batch`, writing its keys and values into `kv` and returning the
@@ -132,9 +156,12 @@ package final class LlamaModel: @unchecked Sendable {
         logits.reset(rows: 0, width: 0)
         guard T > 0 else { return }
         try check(batch, kv: kv)
+        var deltas = deltas
+        if let parallel { deltas = try parallel.prepareForward(batch, kv: kv, deltas: deltas) }
         let c = config
-        let D = c.hiddenSize, hd = c.headDim, Hq = c.numHeads, Hkv = c.numKVHeads
-        let QD = Hq * hd, KVD = Hkv * hd, I = c.intermediateSize
+        // This rank's heads and intermediate rows (all of them in one process).
+        let D = c.hiddenSize, hd = c.headDim, Hq = localHeads, Hkv = localKVHeads
+        let QD = Hq * hd, KVD = Hkv * hd, I = localIntermediate
 
         // Activations, row-major per token, carved from this thread's scratch (each written
         // before it is read; no allocation once the sizes have been seen).
@@ -183,6 +210,7 @@ package final class LlamaModel: @unchecked Sendable {
                     writeCache(batch, kv: kv, layer: l, k: k.p, v: v.p)
                     attend(batch, kv: kv, layer: l, q: q.p, out: attn.p)
                     linears(attn.p, T, Out(w.wo, w.bo, proj.p, .o), deltas: deltas, layer: l, slots: slotPtr.baseAddress!)
+                    try parallel?.allReduceSum(proj.p, count: T * D)     // partial sums of the ranks' heads
                     if hook != nil { tap("attn_out", l, attn.p, QD); tap("attn_proj", l, proj.p, D) }
                     add(x.p, proj.p, T * D)
 
@@ -192,6 +220,7 @@ package final class LlamaModel: @unchecked Sendable {
                     if hook != nil { tap("ffn_norm", l, h.p, D); tap("gate", l, gate.p, I); tap("up", l, up.p, I) }
                     Activation.siluMul(gate: gate.p, up: up.p, count: T * I)
                     linears(gate.p, T, Out(w.wDown, w.bDown, proj.p, .down), deltas: deltas, layer: l, slots: slotPtr.baseAddress!)
+                    try parallel?.allReduceSum(proj.p, count: T * D)     // partial sums of the ranks' rows
                     add(x.p, proj.p, T * D)
                     if hook != nil { tap("mlp_out", l, proj.p, D); tap("residual", l, x.p, D) }
                 }
@@ -207,6 +236,10 @@ package final class LlamaModel: @unchecked Sendable {
         rms(finalHidden.p, weights.finalNorm, finalHidden.p, R, D)
         hook?(ForwardTap(name: "final_norm", layer: nil, rows: R, cols: D, values: UnsafeBufferPointer(start: finalHidden.p, count: R * D)))
         let V = c.vocabSize
+        if let parallel, parallel.shard.size > 1 {
+            try shardedLogits(parallel, finalHidden: finalHidden.p, batch: batch, deltas: deltas, into: logits)
+            return
+        }
         // Adapter heads first (rare: they allocate their rows), so the width is known.
         var custom: [(row: Int, values: [Float])] = []
         if let deltas {
@@ -238,6 +271,58 @@ package final class LlamaModel: @unchecked Sendable {
             let out = Buffer(Scratch.floats(.logitOutput, baseCount * V))
             weights.lmHead.matmul(x: packed.p, t: baseCount, y: out.p, compute: compute)
             for i in 0..<baseCount { logits.set(row: rowOf[i], UnsafeBufferPointer(start: out.p + i * V, count: V)) }
+        }
+    }
+
+    /// The logits under tensor parallelism: each rank multiplies the base rows by its
+    /// vocabulary rows of `lm_head`, rank 0 gathers them (and computes rows of adapters with
+    /// their own `lm_head`, which are replicated); other ranks leave `logits` empty.
+    private func shardedLogits(_ group: any TensorParallelGroup, finalHidden: UnsafeMutablePointer<Float>, batch: ForwardBatch,
+                               deltas: (any LinearDeltas)?, into logits: Logits) throws {
+        let D = config.hiddenSize, V = config.vocabSize, R = batch.logitRows.count
+        let shard = group.shard, W = TensorShard.vocabularyWidth(V, size: shard.size), mine = shard.vocabularyPart(V)
+        let root = shard.rank == 0
+        // Rows whose adapter brings its own head (every rank knows which from the slots).
+        var own = [Bool](repeating: false, count: R)
+        if let deltas {
+            for (r, t) in batch.logitRows.enumerated() where batch.adapterSlots[t] >= 0 { own[r] = deltas.hasOwnHead(slot: batch.adapterSlots[t]) }
+        }
+        let baseRows = (0..<R).filter { !own[$0] }
+        let B = baseRows.count
+        var custom: [(row: Int, values: [Float])] = []
+        if root, let deltas {
+            for r in 0..<R where own[r] {
+                if let values = deltas.logits(hidden: finalHidden + r * D, dim: D, slot: batch.adapterSlots[batch.logitRows[r]]) {
+                    custom.append((r, values))
+                }
+            }
+        }
+        // [B, W]: this rank's logits of the base rows, padded to the widest rank.
+        let local = Buffer(Scratch.floats(.logitOutput, max(B, 1) * W))
+        if B > 0 {
+            let packed = Buffer(Scratch.floats(.logitInput, B * D))
+            for (i, r) in baseRows.enumerated() { (packed.p + i * D).update(from: finalHidden + r * D, count: D) }
+            let mineOut = Buffer(Scratch.floats(.logitShard, B * max(mine.count, 1)))
+            if !mine.isEmpty { weights.lmHead.matmul(x: packed.p, t: B, y: mineOut.p, compute: compute) }
+            for i in 0..<B {
+                (local.p + i * W).update(from: mineOut.p + i * mine.count, count: mine.count)
+                (local.p + i * W + mine.count).update(repeating: 0, count: W - mine.count)
+            }
+        }
+        let gathered = root ? Scratch.floats(.logitGather, max(shard.size * B * W, 1)) : nil
+        if B > 0 { try group.gather(local.p, count: B * W, into: gathered) }
+        guard root else {
+            logits.reset(rows: 0, width: 0)
+            return
+        }
+        logits.reset(rows: R, width: custom.reduce(V) { max($0, $1.values.count) })
+        for (r, values) in custom { values.withUnsafeBufferPointer { logits.set(row: r, $0) } }
+        for (i, r) in baseRows.enumerated() {
+            let row = logits.row(r, width: V)
+            for k in 0..<shard.size {
+                let part = TensorShard(rank: k, size: shard.size).vocabularyPart(V)
+                (row + part.lowerBound).update(from: gathered! + (k * B + i) * W, count: part.count)
+            }
         }
     }
 
@@ -333,12 +418,12 @@ package final class LlamaModel: @unchecked Sendable {
 
     private func attend(_ batch: ForwardBatch, kv: KVStorage, layer: Int, q: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>) {
         let paged = kv.pagedLayer(layer)
-        let QD = config.numHeads * config.headDim
-        let heads = config.numHeads
+        let QD = localHeads * config.headDim
+        let heads = localHeads
         let scale = 1 / Float(config.headDim).squareRoot()
         let window = config.slidingWindow
         let maxPos = Int(batch.positions.max() ?? 0)
-        let kvHeads = config.numKVHeads
+        let kvHeads = localKVHeads
         let work = batch.count * (maxPos + 1) * QD * 2
         // One task per (token, kv group): a decode step of one sequence still uses every core.
         let job = AttentionJob(batch: batch, layer: paged, q: q, out: out, QD: QD, heads: heads, kvHeads: kvHeads, scale: scale,

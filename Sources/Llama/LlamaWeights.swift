@@ -87,8 +87,9 @@ package struct LlamaWeights: Sendable {
         self.lmHead = lmHead
     }
 
-    /// Checks every shape against the configuration; errors name the tensor.
-    package func validate(against c: LlamaConfiguration, file: String? = nil) throws {
+    /// Checks every shape against the configuration (this rank's part of it under tensor
+    /// parallelism); errors name the tensor.
+    package func validate(against c: LlamaConfiguration, file: String? = nil, shard: TensorShard = .whole) throws {
         func check(_ name: String, _ m: LinearWeight, _ rows: Int, _ cols: Int) throws {
             guard m.rows == rows, m.cols == cols else {
                 throw FacetError(.shapeMismatch, "shape [\(m.rows), \(m.cols)] but the config implies [\(rows), \(cols)]",
@@ -102,9 +103,10 @@ package struct LlamaWeights: Sendable {
                                  remedy: "config.json and the weights come from different models")
             }
         }
-        let d = c.hiddenSize, q = c.numHeads * c.headDim, kv = c.numKVHeads * c.headDim, i = c.intermediateSize
+        let local = shard.localSizes(c)
+        let d = c.hiddenSize, q = local.heads * c.headDim, kv = local.kvHeads * c.headDim, i = local.intermediate
         try check("embed_tokens", embedding, c.vocabSize, d)
-        try check("lm_head", lmHead, c.vocabSize, d)
+        try check("lm_head", lmHead, shard.vocabularyPart(c.vocabSize).count, d)
         try check("norm", finalNorm, d)
         guard layers.count == c.numLayers else {
             throw FacetError(.shapeMismatch, "found \(layers.count) layers but num_hidden_layers is \(c.numLayers)", file: file, field: "layers")

@@ -48,6 +48,13 @@ package final class Logits: @unchecked Sendable {
         return storage
     }
 
+    /// Row `r` to be written in place with `width` values (at most the step's width).
+    func row(_ r: Int, width: Int) -> UnsafeMutablePointer<Float> {
+        precondition(width <= stride, "row of \(width) logits exceeds the step's width \(stride)")
+        widths[r] = width
+        return storage + r * stride
+    }
+
     /// Writes row `r` (at most the width given to `reset`).
     func set(row r: Int, _ values: UnsafeBufferPointer<Float>) {
         precondition(values.count <= stride, "row of \(values.count) logits exceeds the step's width \(stride)")

@@ -30,4 +30,20 @@ package struct Matrix: Sendable {
 
     /// A copy of one row.
     package func row(_ r: Int) -> ArraySlice<Float> { data[(r * cols)..<((r + 1) * cols)] }
+
+    /// Rows `range` as a new matrix `[range.count, cols]`.
+    package func rows(_ range: Range<Int>) -> Matrix {
+        precondition(range.lowerBound >= 0 && range.upperBound <= rows, "rows \(range) of \(rows)")
+        return Matrix(rows: range.count, cols: cols, data: Array(data[(range.lowerBound * cols)..<(range.upperBound * cols)]))
+    }
+
+    /// Columns `range` as a new matrix `[rows, range.count]`.
+    package func columns(_ range: Range<Int>) -> Matrix {
+        precondition(range.lowerBound >= 0 && range.upperBound <= cols, "columns \(range) of \(cols)")
+        var out = [Float](repeating: 0, count: rows * range.count)
+        for r in 0..<rows {
+            for (j, c) in range.enumerated() { out[r * range.count + j] = data[r * cols + c] }
+        }
+        return Matrix(rows: rows, cols: range.count, data: out)
+    }
 }
