@@ -8,6 +8,7 @@ import Llama
 import Loading
 import ServingBench
 import Tensors
+import TensorParallel
 import Tokenization
 
 /// `facet bench`: prefill and decode throughput per numerics mode, the cost of mixed
@@ -23,6 +24,7 @@ struct BenchCommand: AsyncParsableCommand {
         """)
 
     @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup var parallelOptions: TensorParallelOptions
     @Option(help: "Decode steps per measurement.") var steps = 32
     @Option(name: .customLong("batch-sizes"), parsing: .upToNextOption, help: "Decode batch sizes.") var batchSizes: [Int] = [1, 8, 32]
     @Option(name: .customLong("prompt-lengths"), parsing: .upToNextOption, help: "Prefill lengths.") var promptLengths: [Int] = [128, 512]
@@ -90,21 +92,45 @@ struct BenchCommand: AsyncParsableCommand {
             return
         }
         try failing {
-            let (loaded, tokenizer) = try modelOptions.load(tokenizerRequired: false)
+            try parallelOptions.run(modelOptions, tokenizerRequired: false) { loaded, tokenizer in
+                try measure(loaded, tokenizer)
+            }
+        }
+    }
+
+    /// The forward-pass measurements (on rank 0 of a tensor-parallel group, whose other
+    /// ranks run the same steps).
+    func measure(_ loaded: LlamaModel, _ tokenizer: Tokenizer?) throws {
+        do {
+            let group = loaded.parallel as? RankGroup
             let modes = modelOptions.compute.map { [$0] } ?? ComputeMode.allCases
             var report = BenchReport(machine: BenchReport.Machine.current(), model: try modelOptions.resolvedModelPath())
             print("facet bench — \(loaded.config.architecture), \(loaded.config.numLayers) layers, hidden \(loaded.config.hiddenSize), "
-                  + "\(report.machine.threads) threads, \(report.machine.cpu), kernels: \(report.machine.kernels ?? "?")")
+                  + "\(report.machine.threads) threads, \(report.machine.cpu), kernels: \(report.machine.kernels ?? "?")"
+                  + (group.map { ", tensor parallel: \($0.shard.size) ranks x \(report.machine.threads) threads" } ?? ""))
             let synthetic = adapterPrecisions.map { p in
                 (p, Benchmark(model: loaded).syntheticAdapters(count: adapterCounts.max() ?? 0, rank: adapterRank, precision: p))
             }
             for mode in modes {
                 let bench = Benchmark(model: loaded.with(compute: mode))
+                var reduced = group?.reduceStats.withLock { $0 }
                 func add(_ r: Benchmark.Result) {
                     var r = r
                     r.mode = mode.rawValue
                     report.results.append(r)
                     print(r.line)
+                    // Under tensor parallelism: what one all-reduce costs (its transfer and
+                    // the wait for the slowest rank), averaged over the measurement and its
+                    // warm-up; a step makes two per layer.
+                    if let group, let before = reduced {
+                        let now = group.reduceStats.withLock { $0 }
+                        let calls = max(now.calls - before.calls, 1), perCall = (now.seconds - before.seconds) / Double(calls)
+                        let perStep = perCall * Double(2 * loaded.config.numLayers)
+                        print(String(format: "  all-reduce: %d calls of %.0f KB, %.0f us each: %.2f ms per step (%d per step, 2 per layer)",
+                                     calls, Double(now.floats - before.floats) * 4 / Double(calls) / 1e3, perCall * 1e6, perStep * 1e3,
+                                     2 * loaded.config.numLayers))
+                        reduced = now
+                    }
                     fflush(nil)
                 }
                 for n in promptLengths { add(try bench.prefill(length: n)) }
