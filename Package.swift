@@ -61,6 +61,8 @@ let package = Package(
         .target(name: "Loading", dependencies: ["Tensors", "Kernels", "Formats", "Tokenization", "Llama", "Adapters"]),
         // MPI for tensor parallelism (CMPI is present only where Open MPI is installed).
         .target(name: "MPI", dependencies: ["Tensors"] + (mpiHeader == nil ? [] : ["CMPI"])),
+        // LoRA training on the CPU (facet tune): backward pass, optimizer, datasets.
+        .target(name: "Training", dependencies: ["Llama", "Adapters", "Kernels", "Tensors", "Tokenization"], swiftSettings: kernelFlags),
         .target(name: "TensorParallel", dependencies: ["MPI", "Llama", "Adapters", "Kernels", "Tensors"]),
         .target(name: "Engine", dependencies: ["Tensors", "Kernels", "Llama", "Adapters", "PagedKV", "Scheduling", "Sampling", "Tokenization", "Loading"]),
         // Swift code generated from Triton's grpc_service.proto and model_config.proto
@@ -122,6 +124,7 @@ let package = Package(
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling", "PagedKV"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Adapters", "Llama", "Loading", "Sampling", "Scheduling", "Tensors", "TestSupport", "Tokenization", "Formats"]),
         .testTarget(name: "TensorParallelTests", dependencies: ["TensorParallel", "Engine", "Adapters", "Llama", "Loading", "Sampling", "Kernels", "Tensors", "TestSupport"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Adapters", "Llama", "Loading", "Kernels", "Tensors", "TestSupport", "Tokenization"]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "Formats"]),
     ] + mpiTargets
 )

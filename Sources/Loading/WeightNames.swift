@@ -1,7 +1,7 @@
 import Llama
 
 /// The one place checkpoint tensor names are spelled: Hugging Face and GGUF.
-enum WeightNames {
+package enum WeightNames {
     static func hf(layer l: Int, _ role: LayerWeightRole) -> String {
         let p = "model.layers.\(l)."
         switch role {
@@ -32,11 +32,11 @@ enum WeightNames {
         .q: "self_attn.q_proj", .k: "self_attn.k_proj", .v: "self_attn.v_proj", .o: "self_attn.o_proj",
         .gate: "mlp.gate_proj", .up: "mlp.up_proj", .down: "mlp.down_proj",
     ]
-    static func hfModule(layer l: Int, _ role: LinearRole) -> String { "model.layers.\(l)." + linearModule[role]! }
+    package static func hfModule(layer l: Int, _ role: LinearRole) -> String { "model.layers.\(l)." + linearModule[role]! }
     static let hfEmbeddingModule = "model.embed_tokens"
     static let hfLMHeadModule = "lm_head"
     /// What PEFT puts before a module path in its checkpoints.
-    static let peftPrefix = "base_model.model."
+    package static let peftPrefix = "base_model.model."
 
     /// The weight and the bias of each linear role, in `hf(layer:_:)`'s terms.
     static let linearWeights: [(LinearRole, weight: LayerWeightRole, bias: LayerWeightRole)] = [

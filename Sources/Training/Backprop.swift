@@ -1,0 +1,376 @@
+import Foundation
+import Kernels
+import Llama
+import Tensors
+
+/// One training sequence: token ids and, per position, the label in Hugging Face's
+/// convention (not shifted: the logits at t predict `labels[t + 1]`; -100 is ignored).
+package struct TrainingExample: Sendable, Equatable, Codable {
+    package var tokens: [Int32]
+    package var labels: [Int32]
+    package init(tokens: [Int32], labels: [Int32]) {
+        self.tokens = tokens
+        self.labels = labels
+    }
+    /// Positions whose next token is a target.
+    package var targetCount: Int { labels.count < 2 ? 0 : labels[1...].reduce(0) { $0 + ($1 >= 0 ? 1 : 0) } }
+}
+
+/// The forward and backward pass of a Llama model with LoRA pairs on some linear layers,
+/// the base frozen: transformers' eager math in fp32, one sequence at a time (no padding),
+/// every activation of the sequence kept for the backward pass.
+///
+/// Per layer (shapes for T tokens; D hidden, Hq/Hkv heads of hd, I intermediate):
+///   h = rms(x) ⊙ w_attn                    [T, D]
+///   q, k, v = h Wᵀ (+ b) + s (h Aᵀ) Bᵀ      [T, Hq·hd], [T, Hkv·hd] ×2; RoPE on q, k
+///   P = softmax(q kᵀ / √hd, causal)         [Hq, T, T];  a = P v   [T, Hq·hd]
+///   x' = x + a Woᵀ (+ LoRA)                 [T, D]
+///   h2 = rms(x') ⊙ w_ffn;  g, u = h2 W{gate,up}ᵀ (+ LoRA);  m = silu(g) ⊙ u   [T, I]
+///   x'' = x' + m Wdownᵀ (+ LoRA)
+/// then loss = Σ over targets of logsumexp(l) − l[target], l = rms(x_L) Eᵀ, at the target
+/// positions only, divided by `normalizer` (the batch's target count).
+package final class LoRABackprop: @unchecked Sendable {
+    package let model: LlamaModel
+    let c: LlamaConfiguration
+    package let rope: RopeTable
+
+    package init(model: LlamaModel) throws {
+        guard model.parallel == nil else {
+            throw FacetError(.unsupported, "facet tune runs in one process", field: "tp_size", remedy: "train without mpirun")
+        }
+        self.model = model
+        c = model.config
+        rope = RopeTable(invFreq: c.ropeInverseFrequencies(), headDim: c.headDim)
+    }
+
+    struct LayerCache {
+        var x: [Float] = [], h: [Float] = [], q: [Float] = [], k: [Float] = [], v: [Float] = []
+        var probs: [Float] = [], attn: [Float] = [], xMid: [Float] = [], h2: [Float] = []
+        var gate: [Float] = [], up: [Float] = [], act: [Float] = []
+        var masks: [LinearRole: [Float]] = [:]
+    }
+
+    /// Σ nll and the number of targets of `example`, without gradients (validation).
+    package func evaluate(_ example: TrainingExample, lora: TrainableLoRA) throws -> (nll: Double, count: Int) {
+        var copy = lora
+        var none: TrainingRandom? = nil
+        return try run(example, lora: &copy, normalizer: 1, dropout: &none, backward: false)
+    }
+
+    /// Forward and backward: adds d(Σ nll / normalizer)/d(A, B) to `lora`'s gradients and
+    /// returns Σ nll and the number of targets. `dropout` draws the masks when the
+    /// settings have dropout.
+    package func accumulate(_ example: TrainingExample, lora: inout TrainableLoRA, normalizer: Float,
+                            dropout: inout TrainingRandom?) throws -> (nll: Double, count: Int) {
+        try run(example, lora: &lora, normalizer: normalizer, dropout: &dropout, backward: true)
+    }
+
+    private func run(_ ex: TrainingExample, lora: inout TrainableLoRA, normalizer: Float, dropout: inout TrainingRandom?,
+                     backward: Bool) throws -> (nll: Double, count: Int) {
+        let T = ex.tokens.count
+        guard T >= 2, ex.labels.count == T else {
+            throw FacetError(.invalidArgument, "a training sequence needs at least 2 tokens and one label per token", field: "example")
+        }
+        let D = c.hiddenSize, hd = c.headDim, Hq = c.numHeads, Hkv = c.numKVHeads, I = c.intermediateSize
+        let QD = Hq * hd, KVD = Hkv * hd, V = c.vocabSize
+        let w = model.weights
+        let p = lora.settings.dropout
+        let positions = (0..<T).map { Int32($0) }
+
+        // --- forward ---
+        var x = [Float](repeating: 0, count: T * D)
+        for (t, id) in ex.tokens.enumerated() {
+            guard id >= 0, Int(id) < V else {
+                throw FacetError(.invalidArgument, "token id \(id) is outside the vocabulary of \(V)", field: "tokens")
+            }
+            x.withUnsafeMutableBufferPointer { w.embedding.row(Int(id), into: $0.baseAddress! + t * D) }
+        }
+        var caches: [LayerCache] = []
+        caches.reserveCapacity(c.numLayers)
+        for (l, lw) in w.layers.enumerated() {
+            var cache = LayerCache()
+            func mask(_ role: LinearRole, _ n: Int) -> [Float]? {
+                guard backward, p > 0, lora.pairs[l][role] != nil, dropout != nil else { return nil }
+                let keep = Float(1 / (1 - p))
+                let m = (0..<n).map { _ in dropout!.unit() < Float(p) ? 0 : keep }
+                cache.masks[role] = m
+                return m
+            }
+            cache.x = x
+            cache.h = Self.rms(x, lw.attnNorm, T, D, c.rmsNormEps)
+            var q = linear(lw.wq, lw.bq, cache.h, T, lora.pairs[l][.q], lora.scale, mask(.q, T * D))
+            var k = linear(lw.wk, lw.bk, cache.h, T, lora.pairs[l][.k], lora.scale, mask(.k, T * D))
+            cache.v = linear(lw.wv, lw.bv, cache.h, T, lora.pairs[l][.v], lora.scale, mask(.v, T * D))
+            positions.withUnsafeBufferPointer { pos in
+                q.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: T, heads: Hq, positions: pos.baseAddress!) }
+                k.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: T, heads: Hkv, positions: pos.baseAddress!) }
+            }
+            cache.q = q
+            cache.k = k
+            (cache.attn, cache.probs) = attention(q: q, k: k, v: cache.v, T: T)
+            let o = linear(lw.wo, lw.bo, cache.attn, T, lora.pairs[l][.o], lora.scale, mask(.o, T * QD))
+            for i in 0..<(T * D) { x[i] += o[i] }
+            cache.xMid = x
+            cache.h2 = Self.rms(x, lw.ffnNorm, T, D, c.rmsNormEps)
+            cache.gate = linear(lw.wGate, lw.bGate, cache.h2, T, lora.pairs[l][.gate], lora.scale, mask(.gate, T * D))
+            cache.up = linear(lw.wUp, lw.bUp, cache.h2, T, lora.pairs[l][.up], lora.scale, mask(.up, T * D))
+            cache.act = zip(cache.gate, cache.up).map { g, u in Self.silu(g) * u }
+            let m = linear(lw.wDown, lw.bDown, cache.act, T, lora.pairs[l][.down], lora.scale, mask(.down, T * I))
+            for i in 0..<(T * D) { x[i] += m[i] }
+            caches.append(cache)
+        }
+
+        // --- loss at the target positions ---
+        let rows = (0..<(T - 1)).filter { ex.labels[$0 + 1] >= 0 }
+        let R = rows.count
+        guard R > 0 else { return (0, 0) }
+        var last = [Float](repeating: 0, count: R * D)
+        for (r, t) in rows.enumerated() { for d in 0..<D { last[r * D + d] = x[t * D + d] } }
+        let hf = Self.rms(last, w.finalNorm, R, D, c.rmsNormEps)
+        var logits = [Float](repeating: 0, count: R * V)
+        hf.withUnsafeBufferPointer { hp in
+            logits.withUnsafeMutableBufferPointer { lp in w.lmHead.matmul(x: hp.baseAddress!, t: R, y: lp.baseAddress!, compute: .fp32) }
+        }
+        var nll = 0.0
+        var dlogits = [Float](repeating: 0, count: backward ? R * V : 0)
+        for (r, t) in rows.enumerated() {
+            let target = Int(ex.labels[t + 1])
+            guard target < V else {
+                throw FacetError(.invalidArgument, "label \(target) is outside the vocabulary of \(V)", field: "labels")
+            }
+            let row = logits[(r * V)..<((r + 1) * V)]
+            let top = Double(row.max()!)
+            var sum = 0.0
+            for l in row { sum += exp(Double(l) - top) }
+            let lse = top + log(sum)
+            nll += lse - Double(row[r * V + target])
+            if backward {
+                for j in 0..<V { dlogits[r * V + j] = Float(exp(Double(logits[r * V + j]) - lse)) / normalizer }
+                dlogits[r * V + target] -= 1 / normalizer
+            }
+        }
+        guard backward else { return (nll, R) }
+
+        // --- backward ---
+        var dhf = [Float](repeating: 0, count: R * D)
+        dlogits.withUnsafeBufferPointer { dp in
+            dhf.withUnsafeMutableBufferPointer { w.lmHead.addInputGradient(dy: dp.baseAddress!, t: R, dx: $0.baseAddress!) }
+        }
+        let dlast = Self.rmsBackward(last, w.finalNorm, dhf, R, D, c.rmsNormEps)
+        var dx = [Float](repeating: 0, count: T * D)
+        for (r, t) in rows.enumerated() { for d in 0..<D { dx[t * D + d] = dlast[r * D + d] } }
+
+        for l in stride(from: c.numLayers - 1, through: 0, by: -1) {
+            let lw = w.layers[l], cache = caches[l]
+            // MLP: x'' = x' + down(silu(g) ⊙ u)
+            let dact = linearBackward(lw.wDown, cache.act, dx, T, &lora, l, .down, cache.masks[.down])
+            var dgate = [Float](repeating: 0, count: T * I), dup = [Float](repeating: 0, count: T * I)
+            for i in 0..<(T * I) {
+                let g = cache.gate[i], s = 1 / (1 + exp(-g))
+                dup[i] = dact[i] * g * s
+                dgate[i] = dact[i] * cache.up[i] * s * (1 + g * (1 - s))
+            }
+            var dh2 = linearBackward(lw.wGate, cache.h2, dgate, T, &lora, l, .gate, cache.masks[.gate])
+            let dh2u = linearBackward(lw.wUp, cache.h2, dup, T, &lora, l, .up, cache.masks[.up])
+            for i in 0..<(T * D) { dh2[i] += dh2u[i] }
+            let dmid = Self.rmsBackward(cache.xMid, lw.ffnNorm, dh2, T, D, c.rmsNormEps)
+            for i in 0..<(T * D) { dx[i] += dmid[i] }
+            // Attention: x' = x + o(attn(q, k, v))
+            let dattn = linearBackward(lw.wo, cache.attn, dx, T, &lora, l, .o, cache.masks[.o])
+            var (dq, dk, dv) = attentionBackward(dout: dattn, q: cache.q, k: cache.k, v: cache.v, probs: cache.probs, T: T)
+            // RoPE is a rotation: its transpose rotates back (negated positions).
+            let back = positions.map { -$0 }
+            back.withUnsafeBufferPointer { pos in
+                dq.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: T, heads: Hq, positions: pos.baseAddress!) }
+                dk.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: T, heads: Hkv, positions: pos.baseAddress!) }
+            }
+            var dh = linearBackward(lw.wq, cache.h, dq, T, &lora, l, .q, cache.masks[.q])
+            let dhk = linearBackward(lw.wk, cache.h, dk, T, &lora, l, .k, cache.masks[.k])
+            let dhv = linearBackward(lw.wv, cache.h, dv, T, &lora, l, .v, cache.masks[.v])
+            for i in 0..<(T * D) { dh[i] += dhk[i] + dhv[i] }
+            let din = Self.rmsBackward(cache.x, lw.attnNorm, dh, T, D, c.rmsNormEps)
+            for i in 0..<(T * D) { dx[i] += din[i] }
+            _ = KVD
+        }
+        return (nll, R)
+    }
+
+    // MARK: - Ops
+
+    package static func silu(_ g: Float) -> Float { g / (1 + exp(-g)) }
+
+    /// `y = x / rms(x) ⊙ w` per row (transformers' LlamaRMSNorm).
+    package static func rms(_ x: [Float], _ weight: [Float], _ T: Int, _ D: Int, _ eps: Float) -> [Float] {
+        var y = [Float](repeating: 0, count: T * D)
+        x.withUnsafeBufferPointer { xp in
+            weight.withUnsafeBufferPointer { wp in
+                y.withUnsafeMutableBufferPointer { yp in
+                    Norm.rms(x: xp.baseAddress!, weight: wp.baseAddress!, y: yp.baseAddress!, rows: T, dim: D, eps: eps)
+                }
+            }
+        }
+        return y
+    }
+
+    /// With `n = x r`, `r = 1 / sqrt(mean(x²) + eps)`, `y = w ⊙ n`:
+    /// `dx = r (w ⊙ dy − n · mean(w ⊙ dy ⊙ n))`.
+    package static func rmsBackward(_ x: [Float], _ weight: [Float], _ dy: [Float], _ T: Int, _ D: Int, _ eps: Float) -> [Float] {
+        var dx = [Float](repeating: 0, count: T * D)
+        for t in 0..<T {
+            var ss: Float = 0
+            for d in 0..<D { ss += x[t * D + d] * x[t * D + d] }
+            let r = 1 / (ss / Float(D) + eps).squareRoot()
+            var dot: Float = 0
+            for d in 0..<D { dot += weight[d] * dy[t * D + d] * x[t * D + d] * r }
+            dot /= Float(D)
+            for d in 0..<D {
+                let n = x[t * D + d] * r
+                dx[t * D + d] = r * (weight[d] * dy[t * D + d] - n * dot)
+            }
+        }
+        return dx
+    }
+
+    /// `y = x Wᵀ (+ b) + s ((x ⊙ mask) Aᵀ) Bᵀ`.
+    package func linear(_ weight: LinearWeight, _ bias: [Float]?, _ x: [Float], _ T: Int, _ pair: TrainablePair?, _ scale: Float, _ mask: [Float]?) -> [Float] {
+        var y = [Float](repeating: 0, count: T * weight.rows)
+        x.withUnsafeBufferPointer { xp in
+            y.withUnsafeMutableBufferPointer { yp in weight.matmul(x: xp.baseAddress!, t: T, y: yp.baseAddress!, bias: bias, compute: .fp32) }
+        }
+        guard let pair else { return y }
+        let xd = mask.map { m in zip(x, m).map { $0 * $1 } } ?? x
+        let u = Self.nt(xd, pair.a, T, pair.inDim, pair.rank)          // [T, r]
+        let delta = Self.nt(u, pair.b, T, pair.rank, pair.outDim)       // [T, out]
+        for i in y.indices { y[i] += scale * delta[i] }
+        return y
+    }
+
+    /// The input gradient of `linear`, adding the pair's gradients (`dB += s dyᵀ u`,
+    /// `du = s dy B`, `dA += duᵀ (x ⊙ mask)`, `dx += (du A) ⊙ mask`).
+    package func linearBackward(_ weight: LinearWeight, _ x: [Float], _ dy: [Float], _ T: Int, _ lora: inout TrainableLoRA,
+                        _ layer: Int, _ role: LinearRole, _ mask: [Float]?) -> [Float] {
+        var dx = [Float](repeating: 0, count: T * weight.cols)
+        dy.withUnsafeBufferPointer { dp in
+            dx.withUnsafeMutableBufferPointer { weight.addInputGradient(dy: dp.baseAddress!, t: T, dx: $0.baseAddress!) }
+        }
+        guard var pair = lora.pairs[layer][role] else { return dx }
+        let s = lora.scale, r = pair.rank, n = pair.inDim, o = pair.outDim
+        let xd = mask.map { m in zip(x, m).map { $0 * $1 } } ?? x
+        let u = Self.nt(xd, pair.a, T, n, r)
+        var du = [Float](repeating: 0, count: T * r)
+        for t in 0..<T {
+            for j in 0..<r {
+                var acc: Float = 0
+                for i in 0..<o { acc += dy[t * o + i] * pair.b[i * r + j] }
+                du[t * r + j] = s * acc
+            }
+            for i in 0..<o {
+                let g = s * dy[t * o + i]
+                if g == 0 { continue }
+                for j in 0..<r { pair.gradB[i * r + j] += g * u[t * r + j] }
+            }
+            for j in 0..<r {
+                let g = du[t * r + j]
+                for i in 0..<n { pair.gradA[j * n + i] += g * xd[t * n + i] }
+            }
+            for j in 0..<r {
+                let g = du[t * r + j]
+                for i in 0..<n { dx[t * n + i] += g * pair.a[j * n + i] * (mask?[t * n + i] ?? 1) }
+            }
+        }
+        lora.pairs[layer][role] = pair
+        return dx
+    }
+
+    /// `y[t, o] = Σ_k x[t, k] w[o, k]` for `x: [T, K]`, `w: [O, K]`.
+    package static func nt(_ x: [Float], _ w: [Float], _ T: Int, _ K: Int, _ O: Int) -> [Float] {
+        var y = [Float](repeating: 0, count: T * O)
+        x.withUnsafeBufferPointer { xp in
+            w.withUnsafeBufferPointer { wp in
+                y.withUnsafeMutableBufferPointer { MatMul.nt(x: xp.baseAddress!, w: wp.baseAddress!, y: $0.baseAddress!, t: T, k: K, o: O) }
+            }
+        }
+        return y
+    }
+
+    /// Causal attention with grouped KV heads: `a = softmax(q kᵀ / √hd) v`, keeping the
+    /// probabilities `[Hq, T, T]` for the backward pass.
+    package func attention(q: [Float], k: [Float], v: [Float], T: Int) -> (out: [Float], probs: [Float]) {
+        let hd = c.headDim, Hq = c.numHeads, Hkv = c.numKVHeads, group = Hq / Hkv
+        let QD = Hq * hd, KVD = Hkv * hd, scale = 1 / Float(hd).squareRoot()
+        var out = [Float](repeating: 0, count: T * QD), probs = [Float](repeating: 0, count: Hq * T * T)
+        let window = c.slidingWindow
+        out.withUnsafeMutableBufferPointer { op in
+            probs.withUnsafeMutableBufferPointer { pp in
+                let o = op.baseAddress!, pr = pp.baseAddress!
+                Parallel.forEach(Hq) { h in
+                    let g = h / group
+                    for t in 0..<T {
+                        let first = window.map { max(0, t - $0 + 1) } ?? 0
+                        let row = pr + (h * T + t) * T
+                        var top = -Float.infinity
+                        for s in first...t {
+                            var dot: Float = 0
+                            for d in 0..<hd { dot += q[t * QD + h * hd + d] * k[s * KVD + g * hd + d] }
+                            row[s] = dot * scale
+                            top = max(top, row[s])
+                        }
+                        var sum: Float = 0
+                        for s in first...t {
+                            row[s] = exp(row[s] - top)
+                            sum += row[s]
+                        }
+                        for s in first...t { row[s] /= sum }
+                        for s in first...t {
+                            let ps = row[s]
+                            for d in 0..<hd { o[t * QD + h * hd + d] += ps * v[s * KVD + g * hd + d] }
+                        }
+                    }
+                }
+            }
+        }
+        return (out, probs)
+    }
+
+    /// The gradients of `attention` for q, k and v (each KV group's query heads run on
+    /// one task, so the shared dk and dv are summed in a fixed order).
+    package func attentionBackward(dout: [Float], q: [Float], k: [Float], v: [Float], probs: [Float], T: Int) -> (dq: [Float], dk: [Float], dv: [Float]) {
+        let hd = c.headDim, Hq = c.numHeads, Hkv = c.numKVHeads, group = Hq / Hkv
+        let QD = Hq * hd, KVD = Hkv * hd, scale = 1 / Float(hd).squareRoot()
+        let window = c.slidingWindow
+        var dq = [Float](repeating: 0, count: T * QD), dk = [Float](repeating: 0, count: T * KVD), dv = [Float](repeating: 0, count: T * KVD)
+        dq.withUnsafeMutableBufferPointer { dqp in
+            dk.withUnsafeMutableBufferPointer { dkp in
+                dv.withUnsafeMutableBufferPointer { dvp in
+                    let dQ = dqp.baseAddress!, dK = dkp.baseAddress!, dV = dvp.baseAddress!
+                    Parallel.forEach(Hkv) { g in
+                        var dp = [Float](repeating: 0, count: T)
+                        for h in (g * group)..<((g + 1) * group) {
+                            for t in 0..<T {
+                                let first = window.map { max(0, t - $0 + 1) } ?? 0
+                                let row = (h * T + t) * T
+                                var sum: Float = 0
+                                for s in first...t {
+                                    var dot: Float = 0
+                                    for d in 0..<hd { dot += dout[t * QD + h * hd + d] * v[s * KVD + g * hd + d] }
+                                    dp[s] = dot
+                                    sum += probs[row + s] * dot
+                                    let ps = probs[row + s]
+                                    for d in 0..<hd { dV[s * KVD + g * hd + d] += ps * dout[t * QD + h * hd + d] }
+                                }
+                                for s in first...t {
+                                    let ds = probs[row + s] * (dp[s] - sum) * scale
+                                    for d in 0..<hd {
+                                        dQ[t * QD + h * hd + d] += ds * k[s * KVD + g * hd + d]
+                                        dK[s * KVD + g * hd + d] += ds * q[t * QD + h * hd + d]
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return (dq, dk, dv)
+    }
+}

@@ -1,0 +1,105 @@
+import Adapters
+import Foundation
+import Kernels
+import Llama
+import Loading
+import Tensors
+import Testing
+import TestSupport
+import Training
+
+/// The backward pass and the optimizer against transformers + PEFT on the tiny model
+/// (`Tests/Fixtures/tuning`, made by the reference, never by Facet).
+@Suite struct BackpropTests {
+    static let (model, _) = try! ModelLoader.load(path: Fixtures.tinyModel)
+
+    static func start() throws -> TrainableLoRA {
+        let adapter = try AdapterLoader.load(directory: Fixtures.path("tuning/tiny_start_adapter"), base: model.config,
+                                             baseEmbedding: model.weights.embedding)
+        return try TrainableLoRA(starting: adapter, settings: LoRASettings(rank: 4, alpha: 8, targets: [.q, .v, .down]))
+    }
+
+    /// The fixture's padded batch as unpadded sequences.
+    static func examples(_ fixture: [String: Any]) -> [TrainingExample] {
+        let batch = fixture["batch"] as! [String: Any]
+        let ids = (batch["input_ids"] as! [Any]).map(ints), labels = (batch["labels"] as! [Any]).map(ints)
+        let masks = (batch["attention_mask"] as! [Any]).map(ints)
+        return (0..<ids.count).map { b in
+            let n = masks[b].filter { $0 == 1 }.count
+            return TrainingExample(tokens: Array(ids[b].prefix(n)), labels: Array(labels[b].prefix(n)))
+        }
+    }
+
+    static func tensors(of lora: TrainableLoRA, gradients: Bool) -> [String: [Float]] {
+        var out: [String: [Float]] = [:]
+        for (l, layer) in lora.pairs.enumerated() {
+            for (role, p) in layer {
+                let name = WeightNames.peftPrefix + WeightNames.hfModule(layer: l, role)
+                out[name + ".lora_A.weight"] = gradients ? p.gradA : p.a
+                out[name + ".lora_B.weight"] = gradients ? p.gradB : p.b
+            }
+        }
+        return out
+    }
+
+    static func maxRelative(_ a: [Float], _ b: [Float]) -> Float {
+        let scale = b.map(abs).max() ?? 0
+        return zip(a, b).map { abs($0 - $1) }.max()! / max(scale, 1e-30)
+    }
+
+    @Test func lossAndEveryGradientMatchPEFT() throws {
+        let fixture = try Fixtures.json("tuning/tiny_grad.json")
+        let examples = Self.examples(fixture)
+        let count = examples.reduce(0) { $0 + $1.targetCount }
+        #expect(count == fixture["n_loss_tokens"] as! Int)
+        var lora = try Self.start()
+        let engine = try LoRABackprop(model: Self.model)
+        var none: TrainingRandom?
+        var nll = 0.0
+        for e in examples { nll += try engine.accumulate(e, lora: &lora, normalizer: Float(count), dropout: &none).nll }
+        let loss = nll / Double(count)
+        let expected = (fixture["loss"] as! NSNumber).doubleValue
+        #expect(abs(loss - expected) / expected < 1e-4, "loss \(loss) vs \(expected)")
+        let grads = fixture["grads"] as! [String: Any]
+        let mine = Self.tensors(of: lora, gradients: true)
+        #expect(Set(mine.keys) == Set(grads.keys))
+        for (name, g) in grads {
+            let ref = floats((g as! [String: Any])["values"])
+            let err = Self.maxRelative(mine[name] ?? [], ref)
+            #expect(err < 1e-4, "\(name): \(err)")
+        }
+        // Evaluation alone gives the same loss and leaves gradients alone.
+        var eval = 0.0
+        for e in examples { eval += try engine.evaluate(e, lora: lora).nll }
+        #expect(abs(eval - nll) < 1e-9 * max(1, nll))
+    }
+
+    @Test func fiveAdamWStepsMatchTorch() throws {
+        let fixture = try Fixtures.json("tuning/tiny_train.json")
+        let examples = Self.examples(fixture)
+        let count = examples.reduce(0) { $0 + $1.targetCount }
+        var lora = try Self.start()
+        let engine = try LoRABackprop(model: Self.model)
+        var optimizer = AdamW(weightDecay: 0)
+        let expectedLosses = floats(fixture["loss_before_step"])
+        var none: TrainingRandom?
+        for step in 0..<5 {
+            lora.zeroGradients()
+            var nll = 0.0
+            for e in examples { nll += try engine.accumulate(e, lora: &lora, normalizer: Float(count), dropout: &none).nll }
+            let loss = nll / Double(count)
+            #expect(abs(loss - Double(expectedLosses[step])) / Double(expectedLosses[step]) < 1e-4, "step \(step): \(loss)")
+            optimizer.update(&lora, lr: 0.01)
+        }
+        var after = 0.0
+        for e in examples { after += try engine.evaluate(e, lora: lora).nll }
+        let final = (fixture["loss_after_5_steps"] as! NSNumber).doubleValue
+        #expect(abs(after / Double(count) - final) / final < 1e-4)
+        let tensors = (fixture["final_tensors"] as! [String: Any])["tensors"] as! [String: Any]
+        let mine = Self.tensors(of: lora, gradients: false)
+        for (name, t) in tensors {
+            let ref = floats((t as! [String: Any])["values"])
+            #expect(Self.maxRelative(mine[name] ?? [], ref) < 1e-4, "\(name)")
+        }
+    }
+}
