@@ -108,7 +108,7 @@ let package = Package(
             name: "FacetCLI",
             dependencies: [
                 "Engine", "Loading", "Formats", "Tokenization", "Sampling", "Llama", "Adapters", "Server", "Scheduling", "Kernels", "ServingBench", "Benchmarks",
-                "TensorParallel",
+                "TensorParallel", "Training",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

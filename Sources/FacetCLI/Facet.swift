@@ -8,7 +8,7 @@ struct Facet: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "facet",
         abstract: "Run and serve a Llama-family model with many LoRA adapters in one batch.",
-        subcommands: [RunCommand.self, ServeCommand.self, LoraCommand.self, ConvertCommand.self, BenchCommand.self, PerplexityCommand.self]
+        subcommands: [RunCommand.self, ServeCommand.self, TuneCommand.self, LoraCommand.self, ConvertCommand.self, BenchCommand.self, PerplexityCommand.self]
     )
 
     /// Parses with run.py-style negative numbers accepted as values, as Python's argparse

@@ -3,7 +3,7 @@ import Tensors
 
 /// The input gradient of a frozen linear layer, for training adapters on top of it.
 extension LinearWeight {
-    /// Semantics: `dx[t, k] += sum_o dy[t, o] * W[o, k]` for `dy: [T, rows]`, `dx: [T, cols]`
+    /// Semantics: `dx[t, k] += sum_o dy[t, o] * W[o, k]` (each term fused: `fmaf`) for `dy: [T, rows]`, `dx: [T, cols]`
     /// (`dY · W`, the transpose of `matmul`'s product), for every storage format.
     ///
     /// Columns are dealt out in whole blocks to the threads; each task walks the rows in
@@ -14,7 +14,7 @@ extension LinearWeight {
         let K = cols, O = rows
         let granule = format == .f32 ? 64 : max(format.blockValues, 64)
         let chunks = (K + granule - 1) / granule
-        let tile = 32
+        let tile = 64
         withoutActuallyEscaping({ (chunk: Int) in
             let k0 = chunk * granule, k1 = min(K, k0 + granule), width = k1 - k0
             let w = Scratch.floats(.gradientRow, width)
@@ -22,12 +22,7 @@ extension LinearWeight {
                 let t1 = min(T, t0 + tile)
                 for o in 0..<O {
                     decode(row: o, columns: k0..<k1, into: w)
-                    for t in t0..<t1 {
-                        let g = dy[t * O + o]
-                        if g == 0 { continue }
-                        let out = dx + t * K + k0
-                        for j in 0..<width { out[j] += g * w[j] }
-                    }
+                    fk_add_scaled_rows(dx + t0 * K + k0, K, dy + t0 * O + o, O, Int32(t1 - t0), w, Int32(width))
                 }
             }
         }) { body in Parallel.forEach(chunks, body) }

@@ -72,4 +72,8 @@ void fk_silu_mul(float *gate, const float *up, long n);
 /// p[i] = fk_exp(p[i] - shift).
 void fk_exp_shift(float *p, long n, float shift);
 
+/// Training's input gradient: for t < rows, dx[t * ldx + j] = fmaf(g[t * gstride], w[j], dx[t * ldx + j])
+/// for j < width (rows whose g is 0 are skipped). Every path gives the same bits.
+void fk_add_scaled_rows(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, int width);
+
 #endif
