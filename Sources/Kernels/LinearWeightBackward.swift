@@ -17,12 +17,16 @@ extension LinearWeight {
         let tile = 64
         withoutActuallyEscaping({ (chunk: Int) in
             let k0 = chunk * granule, k1 = min(K, k0 + granule), width = k1 - k0
-            let w = Scratch.floats(.gradientRow, width)
+            // `band` rows of W decoded at a time; their terms are added in row order with the
+            // accumulator in a register (the same sums as one row at a time).
+            let band = 16
+            let w = Scratch.floats(.gradientRow, band * width)
             for t0 in stride(from: 0, to: T, by: tile) {
                 let t1 = min(T, t0 + tile)
-                for o in 0..<O {
-                    decode(row: o, columns: k0..<k1, into: w)
-                    fk_add_scaled_rows(dx + t0 * K + k0, K, dy + t0 * O + o, O, Int32(t1 - t0), w, Int32(width))
+                for o0 in stride(from: 0, to: O, by: band) {
+                    let n = min(band, O - o0)
+                    for i in 0..<n { decode(row: o0 + i, columns: k0..<k1, into: w + i * width) }
+                    fk_add_scaled_block(dx + t0 * K + k0, K, dy + t0 * O + o0, O, Int32(t1 - t0), w, Int32(n), Int32(width))
                 }
             }
         }) { body in Parallel.forEach(chunks, body) }

@@ -52,9 +52,14 @@ package final class LoRABackprop: @unchecked Sendable {
 
     /// Σ nll and the number of targets of `example`, without gradients (validation).
     package func evaluate(_ example: TrainingExample, lora: TrainableLoRA) throws -> (nll: Double, count: Int) {
+        try evaluate([example], lora: lora)
+    }
+
+    /// The same for several sequences run as one flat batch.
+    package func evaluate(_ examples: [TrainingExample], lora: TrainableLoRA) throws -> (nll: Double, count: Int) {
         var copy = lora
         var none: TrainingRandom? = nil
-        return try run(example, lora: &copy, normalizer: 1, dropout: &none, backward: false)
+        return try run(examples, lora: &copy, normalizer: 1, dropout: &none, backward: false)
     }
 
     /// Forward and backward: adds d(Σ nll / normalizer)/d(A, B) to `lora`'s gradients and
@@ -62,20 +67,36 @@ package final class LoRABackprop: @unchecked Sendable {
     /// settings have dropout.
     package func accumulate(_ example: TrainingExample, lora: inout TrainableLoRA, normalizer: Float,
                             dropout: inout TrainingRandom?) throws -> (nll: Double, count: Int) {
-        try run(example, lora: &lora, normalizer: normalizer, dropout: &dropout, backward: true)
+        try run([example], lora: &lora, normalizer: normalizer, dropout: &dropout, backward: true)
     }
 
-    private func run(_ ex: TrainingExample, lora: inout TrainableLoRA, normalizer: Float, dropout: inout TrainingRandom?,
+    /// The same for a micro-batch of sequences run as one flat batch of tokens (every op
+    /// but attention is per token, so the products see all of them at once; attention
+    /// stays within each sequence).
+    package func accumulate(_ examples: [TrainingExample], lora: inout TrainableLoRA, normalizer: Float,
+                            dropout: inout TrainingRandom?) throws -> (nll: Double, count: Int) {
+        try run(examples, lora: &lora, normalizer: normalizer, dropout: &dropout, backward: true)
+    }
+
+    private func run(_ examples: [TrainingExample], lora: inout TrainableLoRA, normalizer: Float, dropout: inout TrainingRandom?,
                      backward: Bool) throws -> (nll: Double, count: Int) {
-        let T = ex.tokens.count
-        guard T >= 2, ex.labels.count == T else {
-            throw FacetError(.invalidArgument, "a training sequence needs at least 2 tokens and one label per token", field: "example")
+        var segments: [Range<Int>] = []
+        var tokens: [Int32] = [], labels: [Int32] = [], positions: [Int32] = []
+        for ex in examples {
+            guard ex.tokens.count >= 2, ex.labels.count == ex.tokens.count else {
+                throw FacetError(.invalidArgument, "a training sequence needs at least 2 tokens and one label per token", field: "example")
+            }
+            segments.append(tokens.count..<(tokens.count + ex.tokens.count))
+            tokens += ex.tokens
+            labels += ex.labels
+            positions += (0..<ex.tokens.count).map { Int32($0) }
         }
+        let T = tokens.count
+        let ex = TrainingExample(tokens: tokens, labels: labels)
         let D = c.hiddenSize, hd = c.headDim, Hq = c.numHeads, Hkv = c.numKVHeads, I = c.intermediateSize
         let QD = Hq * hd, KVD = Hkv * hd, V = c.vocabSize
         let w = model.weights
         let p = lora.settings.dropout
-        let positions = (0..<T).map { Int32($0) }
 
         // --- forward ---
         var x = [Float](repeating: 0, count: T * D)
@@ -107,7 +128,7 @@ package final class LoRABackprop: @unchecked Sendable {
             }
             cache.q = q
             cache.k = k
-            (cache.attn, cache.probs) = attention(q: q, k: k, v: cache.v, T: T)
+            (cache.attn, cache.probs) = attention(q: q, k: k, v: cache.v, segments: segments)
             let o = linear(lw.wo, lw.bo, cache.attn, T, lora.pairs[l][.o], lora.scale, mask(.o, T * QD))
             for i in 0..<(T * D) { x[i] += o[i] }
             cache.xMid = x
@@ -121,7 +142,7 @@ package final class LoRABackprop: @unchecked Sendable {
         }
 
         // --- loss at the target positions ---
-        let rows = (0..<(T - 1)).filter { ex.labels[$0 + 1] >= 0 }
+        let rows = segments.flatMap { seg in seg.dropLast().filter { ex.labels[$0 + 1] >= 0 } }
         let R = rows.count
         guard R > 0 else { return (0, 0) }
         var last = [Float](repeating: 0, count: R * D)
@@ -177,7 +198,7 @@ package final class LoRABackprop: @unchecked Sendable {
             for i in 0..<(T * D) { dx[i] += dmid[i] }
             // Attention: x' = x + o(attn(q, k, v))
             let dattn = linearBackward(lw.wo, cache.attn, dx, T, &lora, l, .o, cache.masks[.o])
-            var (dq, dk, dv) = attentionBackward(dout: dattn, q: cache.q, k: cache.k, v: cache.v, probs: cache.probs, T: T)
+            var (dq, dk, dv) = attentionBackward(dout: dattn, q: cache.q, k: cache.k, v: cache.v, probs: cache.probs, segments: segments)
             // RoPE is a rotation: its transpose rotates back (negated positions).
             let back = positions.map { -$0 }
             back.withUnsafeBufferPointer { pos in
@@ -296,18 +317,37 @@ package final class LoRABackprop: @unchecked Sendable {
     /// Causal attention with grouped KV heads: `a = softmax(q kᵀ / √hd) v`, keeping the
     /// probabilities `[Hq, T, T]` for the backward pass.
     package func attention(q: [Float], k: [Float], v: [Float], T: Int) -> (out: [Float], probs: [Float]) {
+        attention(q: q, k: k, v: v, segments: [0..<T])
+    }
+
+    /// Where each sequence's probabilities start: `[Hq, n, n]` per sequence of n tokens.
+    static func probOffsets(_ segments: [Range<Int>], heads: Int) -> (offsets: [Int], total: Int) {
+        var offsets: [Int] = [], total = 0
+        for s in segments {
+            offsets.append(total)
+            total += heads * s.count * s.count
+        }
+        return (offsets, total)
+    }
+
+    /// `attention` over several sequences laid end to end (`segments`: their token ranges).
+    package func attention(q: [Float], k: [Float], v: [Float], segments: [Range<Int>]) -> (out: [Float], probs: [Float]) {
         let hd = c.headDim, Hq = c.numHeads, Hkv = c.numKVHeads, group = Hq / Hkv
         let QD = Hq * hd, KVD = Hkv * hd, scale = 1 / Float(hd).squareRoot()
-        var out = [Float](repeating: 0, count: T * QD), probs = [Float](repeating: 0, count: Hq * T * T)
+        let T = segments.last?.upperBound ?? 0
+        let (offsets, total) = Self.probOffsets(segments, heads: Hq)
+        var out = [Float](repeating: 0, count: T * QD), probs = [Float](repeating: 0, count: total)
         let window = c.slidingWindow
         out.withUnsafeMutableBufferPointer { op in
             probs.withUnsafeMutableBufferPointer { pp in
                 let o = op.baseAddress!, pr = pp.baseAddress!
-                Parallel.forEach(Hq) { h in
+                Parallel.forEach(Hq * segments.count) { item in
+                    let h = item % Hq, seg = segments[item / Hq], n = seg.count, base = seg.lowerBound
                     let g = h / group
-                    for t in 0..<T {
-                        let first = window.map { max(0, t - $0 + 1) } ?? 0
-                        let row = pr + (h * T + t) * T
+                    for local in 0..<n {
+                        let t = base + local
+                        let first = base + (window.map { max(0, local - $0 + 1) } ?? 0)
+                        let row = pr + offsets[item / Hq] + (h * n + local) * n - base
                         var top = -Float.infinity
                         for s in first...t {
                             var dot: Float = 0
@@ -335,20 +375,28 @@ package final class LoRABackprop: @unchecked Sendable {
     /// The gradients of `attention` for q, k and v (each KV group's query heads run on
     /// one task, so the shared dk and dv are summed in a fixed order).
     package func attentionBackward(dout: [Float], q: [Float], k: [Float], v: [Float], probs: [Float], T: Int) -> (dq: [Float], dk: [Float], dv: [Float]) {
+        attentionBackward(dout: dout, q: q, k: k, v: v, probs: probs, segments: [0..<T])
+    }
+
+    package func attentionBackward(dout: [Float], q: [Float], k: [Float], v: [Float], probs: [Float], segments: [Range<Int>]) -> (dq: [Float], dk: [Float], dv: [Float]) {
         let hd = c.headDim, Hq = c.numHeads, Hkv = c.numKVHeads, group = Hq / Hkv
         let QD = Hq * hd, KVD = Hkv * hd, scale = 1 / Float(hd).squareRoot()
         let window = c.slidingWindow
+        let T = segments.last?.upperBound ?? 0
+        let offsets = Self.probOffsets(segments, heads: Hq).offsets
         var dq = [Float](repeating: 0, count: T * QD), dk = [Float](repeating: 0, count: T * KVD), dv = [Float](repeating: 0, count: T * KVD)
         dq.withUnsafeMutableBufferPointer { dqp in
             dk.withUnsafeMutableBufferPointer { dkp in
                 dv.withUnsafeMutableBufferPointer { dvp in
                     let dQ = dqp.baseAddress!, dK = dkp.baseAddress!, dV = dvp.baseAddress!
-                    Parallel.forEach(Hkv) { g in
+                    Parallel.forEach(Hkv * segments.count) { item in
+                        let g = item % Hkv, si = item / Hkv, seg = segments[si], n = seg.count, base = seg.lowerBound
                         var dp = [Float](repeating: 0, count: T)
                         for h in (g * group)..<((g + 1) * group) {
-                            for t in 0..<T {
-                                let first = window.map { max(0, t - $0 + 1) } ?? 0
-                                let row = (h * T + t) * T
+                            for local in 0..<n {
+                                let t = base + local
+                                let first = base + (window.map { max(0, local - $0 + 1) } ?? 0)
+                                let row = offsets[si] + (h * n + local) * n - base
                                 var sum: Float = 0
                                 for s in first...t {
                                     var dot: Float = 0

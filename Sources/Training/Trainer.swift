@@ -130,9 +130,12 @@ package final class Trainer {
         lora.zeroGradients()
         var nll = 0.0, tokens = 0
         var dropout: TrainingRandom? = lora.settings.dropout > 0 ? state.dropout : nil
-        for i in picked {
-            nll += try engine.accumulate(train[i], lora: &lora, normalizer: Float(max(normalizer, 1)), dropout: &dropout).nll
-            tokens += train[i].tokens.count
+        // Micro-batches of batchSize sequences, each one flat forward/backward pass.
+        let list = Array(picked)
+        for start in stride(from: 0, to: list.count, by: state.options.batchSize) {
+            let micro = list[start..<min(list.count, start + state.options.batchSize)].map { train[$0] }
+            nll += try engine.accumulate(micro, lora: &lora, normalizer: Float(max(normalizer, 1)), dropout: &dropout).nll
+            tokens += micro.reduce(0) { $0 + $1.tokens.count }
         }
         if let d = dropout { state.dropout = d }
         let norm = AdamW.clipGradients(&lora, maxNorm: state.options.maxGradNorm)
@@ -152,8 +155,9 @@ package final class Trainer {
     /// The token-level mean loss over `examples` (the validation set by default).
     package func meanLoss(_ examples: [TrainingExample]? = nil) throws -> Double {
         var nll = 0.0, count = 0
-        for e in examples ?? validation {
-            let r = try engine.evaluate(e, lora: lora)
+        let list = examples ?? validation
+        for start in stride(from: 0, to: list.count, by: state.options.batchSize) {
+            let r = try engine.evaluate(Array(list[start..<min(list.count, start + state.options.batchSize)]), lora: lora)
             nll += r.nll
             count += r.count
         }

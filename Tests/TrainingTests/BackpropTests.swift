@@ -103,3 +103,22 @@ import Training
         }
     }
 }
+
+extension BackpropTests {
+    /// The fixture's three sequences as one flat batch give PEFT's loss and gradients too.
+    @Test func oneFlatBatchMatchesPEFT() throws {
+        let fixture = try Fixtures.json("tuning/tiny_grad.json")
+        let examples = Self.examples(fixture)
+        let count = examples.reduce(0) { $0 + $1.targetCount }
+        var lora = try Self.start()
+        let engine = try LoRABackprop(model: Self.model)
+        var none: TrainingRandom?
+        let nll = try engine.accumulate(examples, lora: &lora, normalizer: Float(count), dropout: &none).nll
+        let expected = (fixture["loss"] as! NSNumber).doubleValue
+        #expect(abs(nll / Double(count) - expected) / expected < 1e-4)
+        let mine = Self.tensors(of: lora, gradients: true)
+        for (name, g) in fixture["grads"] as! [String: Any] {
+            #expect(Self.maxRelative(mine[name] ?? [], floats((g as! [String: Any])["values"])) < 1e-4, "\(name)")
+        }
+    }
+}
