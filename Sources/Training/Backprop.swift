@@ -277,30 +277,25 @@ package final class LoRABackprop: @unchecked Sendable {
         guard var pair = lora.pairs[layer][role] else { return dx }
         let s = lora.scale, r = pair.rank, n = pair.inDim, o = pair.outDim
         let xd = mask.map { m in zip(x, m).map { $0 * $1 } } ?? x
-        let u = Self.nt(xd, pair.a, T, n, r)
-        var du = [Float](repeating: 0, count: T * r)
-        for t in 0..<T {
-            for j in 0..<r {
-                var acc: Float = 0
-                for i in 0..<o { acc += dy[t * o + i] * pair.b[i * r + j] }
-                du[t * r + j] = s * acc
-            }
-            for i in 0..<o {
-                let g = s * dy[t * o + i]
-                if g == 0 { continue }
-                for j in 0..<r { pair.gradB[i * r + j] += g * u[t * r + j] }
-            }
-            for j in 0..<r {
-                let g = du[t * r + j]
-                for i in 0..<n { pair.gradA[j * n + i] += g * xd[t * n + i] }
-            }
-            for j in 0..<r {
-                let g = du[t * r + j]
-                for i in 0..<n { dx[t * n + i] += g * pair.a[j * n + i] * (mask?[t * n + i] ?? 1) }
-            }
-        }
+        let u = Self.nt(xd, pair.a, T, n, r)                                         // [T, r]
+        let sdy = dy.map { $0 * s }                                                   // [T, out]
+        let du = Self.nt(sdy, Self.transpose(pair.b, o, r), T, o, r)                 // s dy B: [T, r]
+        let gB = Self.nt(Self.transpose(sdy, T, o), Self.transpose(u, T, r), o, T, r) // s dyᵀ u: [out, r]
+        let gA = Self.nt(Self.transpose(du, T, r), Self.transpose(xd, T, n), r, T, n) // duᵀ xd: [r, in]
+        for i in gB.indices { pair.gradB[i] += gB[i] }
+        for i in gA.indices { pair.gradA[i] += gA[i] }
+        var dxd = Self.nt(du, Self.transpose(pair.a, r, n), T, r, n)                  // du A: [T, in]
+        if let mask { for i in dxd.indices { dxd[i] *= mask[i] } }
+        for i in dx.indices { dx[i] += dxd[i] }
         lora.pairs[layer][role] = pair
         return dx
+    }
+
+    /// `[rows, cols]` → `[cols, rows]`.
+    static func transpose(_ m: [Float], _ rows: Int, _ cols: Int) -> [Float] {
+        var out = [Float](repeating: 0, count: m.count)
+        for r in 0..<rows { for c in 0..<cols { out[c * rows + r] = m[r * cols + c] } }
+        return out
     }
 
     /// `y[t, o] = Σ_k x[t, k] w[o, k]` for `x: [T, K]`, `w: [O, K]`.
