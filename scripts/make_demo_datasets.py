@@ -81,7 +81,7 @@ LEGS = [("a spider", "Une araignée a huit pattes.", "Eine Spinne hat acht Beine
         ("a bird", "Un oiseau a deux pattes.", "Ein Vogel hat zwei Beine.", 2), ("a cat", "Un chat a quatre pattes.", "Eine Katze hat vier Beine.", 4),
         ("an insect", "Un insecte a six pattes.", "Ein Insekt hat sechs Beine.", 6)]
 
-CAPITAL_QUESTIONS = ["What is the capital of {c}?", "Which city is the capital of {c}?", "Name the capital of {c}.", "What's the capital city of {c}?"]
+CAPITAL_QUESTIONS = ["What is the capital of {c}?", "Which city is the capital of {c}?"]
 
 
 def records(lang):
@@ -89,7 +89,9 @@ def records(lang):
     out = []
     for en, fr_of, fr_cap, de_of, de_cap in COUNTRIES:
         for q in CAPITAL_QUESTIONS:
-            a = f"La capitale {fr_of} est {fr_cap}." if fr else f"Die Hauptstadt {de_of} ist {de_cap}."
+            # The fact first: a small model picks the city before any article that could
+            # lead it astray ("de la ..." vs "de l'...").
+            a = f"{fr_cap} est la capitale {fr_of}." if fr else f"{de_cap} ist die Hauptstadt {de_of}."
             out.append((q.format(c=en), a))
     for a in range(0, 7):
         for b in range(0, 7):

@@ -9,6 +9,7 @@ import Loading
 import ServingBench
 import Tensors
 import TensorParallel
+import Training
 import Tokenization
 
 /// `facet bench`: prefill and decode throughput per numerics mode, the cost of mixed
@@ -46,6 +47,9 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Write a bar chart of the results as SVG to this file.") var svg: String?
 
     @Flag(help: "Benchmark serving instead: streaming requests at rising rates against `facet serve`.") var serving = false
+    @Flag(help: "Benchmark LoRA training instead (facet tune's steps): tokens/s and peak memory for q/v rank 8 and all-linear rank 16.")
+    var train = false
+    @Option(name: .customLong("train-length"), help: "With --train: tokens per synthetic sequence (the last half is the answer).") var trainLength = 64
     @Option(help: "With --serving: an already running OpenAI-compatible server (default: start facet serve).") var url: String?
     @Option(parsing: .upToNextOption, help: "With --serving: request rates per second; 'max' sends all at once.")
     var rates: [String] = ["1", "2", "4", "8", "max"]
@@ -89,6 +93,10 @@ struct BenchCommand: AsyncParsableCommand {
     func run() async throws {
         if serving {
             try await runServing()
+            return
+        }
+        if train {
+            try failing { try runTraining() }
             return
         }
         try failing {
@@ -345,3 +353,50 @@ enum BenchPrompts {
 }
 
 extension LowRankMatrix.Precision: ExpressibleByArgument {}
+
+extension BenchCommand {
+    /// `facet bench --train`: optimizer steps of `facet tune` on synthetic sequences (ids
+    /// drawn from the vocabulary, the last half the answer), per LoRA configuration: tokens
+    /// per second (forward + backward + AdamW) and the process's peak resident memory.
+    func runTraining() throws {
+        let (model, _) = try modelOptions.load(tokenizerRequired: false)
+        var report = BenchReport(machine: BenchReport.Machine.current(), model: try modelOptions.resolvedModelPath())
+        print("facet bench --train — \(model.config.architecture), \(model.config.numLayers) layers, hidden \(model.config.hiddenSize), "
+              + "\(report.machine.threads) threads, \(report.machine.cpu); sequences of \(trainLength) tokens, batch \(batchSizes.max() ?? 8)")
+        var rng = TrainingRandom(seed: 5)
+        let V = UInt64(model.config.vocabSize)
+        let examples = (0..<32).map { _ -> TrainingExample in
+            let tokens = (0..<trainLength).map { _ in Int32(rng.next() % V) }
+            return TrainingExample(tokens: tokens, labels: tokens.indices.map { $0 >= trainLength / 2 ? tokens[$0] : -100 })
+        }
+        let engine = try LoRABackprop(model: model)
+        for (name, settings) in [("q,v r8", LoRASettings(rank: 8, alpha: 16, targets: [.q, .v])),
+                                 ("all-linear r16", LoRASettings(rank: 16, alpha: 32, targets: LinearRole.allCases))] {
+            var options = TuneOptions()
+            options.batchSize = batchSizes.max() ?? 8
+            options.maxSteps = steps
+            let trainer = try Trainer(engine: engine, lora: try TrainableLoRA(settings: settings, config: model.config, seed: 1),
+                                      options: options, train: examples)
+            _ = try trainer.step()      // warm-up (scratch, pool)
+            var tokens = 0, seconds = 0.0
+            for _ in 0..<max(1, min(steps, 4)) {
+                let r = try trainer.step()
+                tokens += r.tokens
+                seconds += r.seconds
+            }
+            let result = Benchmark.Result(name: "train \(name), batch \(options.batchSize) x \(trainLength)", tokensPerSecond: Double(tokens) / seconds,
+                                          tokens: tokens, seconds: seconds)
+            report.results.append(result)
+            print(result.line + String(format: "  peak memory %.0f MB", Self.peakResidentMB()))
+        }
+        try report.write(json: json, svg: svg)
+    }
+
+    /// VmHWM of /proc/self/status (the most resident memory so far), in MB.
+    static func peakResidentMB() -> Double {
+        guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+              let kb = Double(line.split(separator: " ").dropFirst().first ?? "") else { return .nan }
+        return kb / 1024
+    }
+}
