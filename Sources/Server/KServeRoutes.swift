@@ -455,8 +455,12 @@ struct KServeRoutes {
                                         adapter: prepared.adapter, ticket: ticket)
         context.metrics.request(model: prepared.adapter ?? context.configuration.servedModelName)
         var result = RunResult()
+        // TensorRT-LLM ends a sequence at its end id without returning it (its sequence
+        // length stops before it), so the end token is not an output token here either.
+        let ends = prepared.parameters.ignoreEOS ? [] : Set(prepared.parameters.stopTokenIDs.map { Int32($0) })
         for try await event in stream {
             if case .token(let token, let text, _) = event {
+                if ends.contains(token) { continue }
                 result.tokens.append(token)
                 result.text += text
                 try await onToken(token, text)
