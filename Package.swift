@@ -62,7 +62,7 @@ let package = Package(
         // MPI for tensor parallelism (CMPI is present only where Open MPI is installed).
         .target(name: "MPI", dependencies: ["Tensors"] + (mpiHeader == nil ? [] : ["CMPI"])),
         // LoRA training on the CPU (facet tune): backward pass, optimizer, datasets.
-        .target(name: "Training", dependencies: ["Llama", "Adapters", "Kernels", "Tensors", "Tokenization"], swiftSettings: kernelFlags),
+        .target(name: "Training", dependencies: ["Llama", "Adapters", "Kernels", "Tensors", "Tokenization", "Sampling"], swiftSettings: kernelFlags),
         .target(name: "TensorParallel", dependencies: ["MPI", "Llama", "Adapters", "Kernels", "Tensors"]),
         .target(name: "Engine", dependencies: ["Tensors", "Kernels", "Llama", "Adapters", "PagedKV", "Scheduling", "Sampling", "Tokenization", "Loading"]),
         // Swift code generated from Triton's grpc_service.proto and model_config.proto

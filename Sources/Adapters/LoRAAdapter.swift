@@ -153,16 +153,9 @@ package struct LoRAAdapter: Sendable {
             throw FacetError(.shapeMismatch, "adapter has \(pairs.count) layers, the base model \(c.numLayers)", field: "layers",
                              remedy: "adapter made for another base model?")
         }
-        let q = c.numHeads * c.headDim, kv = c.numKVHeads * c.headDim
         for (l, layer) in pairs.enumerated() {
             for (role, p) in layer {
-                let (inDim, outDim): (Int, Int) = switch role {
-                case .q: (c.hiddenSize, q)
-                case .k, .v: (c.hiddenSize, kv)
-                case .o: (q, c.hiddenSize)
-                case .gate, .up: (c.hiddenSize, c.intermediateSize)
-                case .down: (c.intermediateSize, c.hiddenSize)
-                }
+                let (inDim, outDim) = c.dims(of: role)
                 let name = "layers.\(l).\(role.rawValue)"
                 if p.inDim != inDim { throw mismatch(name + ".lora_A", [p.rank, p.inDim], [p.rank, inDim]) }
                 if p.outDim != outDim { throw mismatch(name + ".lora_B", [p.outDim, p.rank], [outDim, p.rank]) }

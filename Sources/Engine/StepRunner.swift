@@ -143,7 +143,7 @@ package final class StepRunner {
                 throw FacetError(.invalidArgument, "adapter \(s.slot) does not exist: \(deltas.slotCount) adapters are loaded",
                                  field: "lora_task_uids", remedy: "use an index of --lora_dir (0-based), or -1 for the base model")
             }
-            vocabulary = s.slot >= 0 ? deltas.vocabularySize(slot: s.slot) ?? c.vocabSize : c.vocabSize
+            vocabulary = s.slot >= 0 ? deltas.vocabularySize(slot: s.slot) : c.vocabSize
         }
         for id in s.promptIDs where id < 0 || Int(id) >= vocabulary {
             throw FacetError(.invalidArgument, "token id \(id) is outside the vocabulary of \(vocabulary)", field: "prompt",

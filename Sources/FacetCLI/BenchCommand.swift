@@ -363,7 +363,7 @@ extension BenchCommand {
         var report = BenchReport(machine: BenchReport.Machine.current(), model: try modelOptions.resolvedModelPath())
         print("facet bench --train — \(model.config.architecture), \(model.config.numLayers) layers, hidden \(model.config.hiddenSize), "
               + "\(report.machine.threads) threads, \(report.machine.cpu); sequences of \(trainLength) tokens, batch \(batchSizes.max() ?? 8)")
-        var rng = TrainingRandom(seed: 5)
+        var rng = TrainingRandom(training: 5)
         let V = UInt64(model.config.vocabSize)
         let examples = (0..<32).map { _ -> TrainingExample in
             let tokens = (0..<trainLength).map { _ in Int32(rng.next() % V) }

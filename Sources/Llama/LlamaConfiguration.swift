@@ -269,3 +269,17 @@ package struct LlamaConfiguration: Codable, Sendable, Equatable {
         case originalMaxPositionEmbeddings = "original_max_position_embeddings"
     }
 }
+
+extension LlamaConfiguration {
+    /// The input and output sizes of a linear role (`W: [output, input]`).
+    package func dims(of role: LinearRole) -> (input: Int, output: Int) {
+        let q = numHeads * headDim, kv = numKVHeads * headDim
+        switch role {
+        case .q: return (hiddenSize, q)
+        case .k, .v: return (hiddenSize, kv)
+        case .o: return (q, hiddenSize)
+        case .gate, .up: return (hiddenSize, intermediateSize)
+        case .down: return (intermediateSize, hiddenSize)
+        }
+    }
+}

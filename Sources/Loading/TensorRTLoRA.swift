@@ -17,16 +17,7 @@ package enum TensorRTLoRA {
 
     static func id(of role: LinearRole) -> Int { moduleIDs.first { $0.role == role }!.id }
 
-    static func dims(_ role: LinearRole, _ c: LlamaConfiguration) -> (input: Int, output: Int) {
-        let q = c.numHeads * c.headDim, kv = c.numKVHeads * c.headDim
-        switch role {
-        case .q: return (c.hiddenSize, q)
-        case .k, .v: return (c.hiddenSize, kv)
-        case .o: return (q, c.hiddenSize)
-        case .gate, .up: return (c.hiddenSize, c.intermediateSize)
-        case .down: return (c.intermediateSize, c.hiddenSize)
-        }
-    }
+    static func dims(_ role: LinearRole, _ c: LlamaConfiguration) -> (input: Int, output: Int) { c.dims(of: role) }
 
     /// Builds an adapter from the two arrays (as loaded from the files or sent by a Triton
     /// client), checked against `base`.

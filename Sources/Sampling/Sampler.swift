@@ -3,7 +3,7 @@ import Kernels
 
 /// A small, fast, seedable generator (SplitMix64): each request owns one, so a seed gives
 /// the same tokens whatever else runs in the batch.
-package struct SeededRandom: RandomNumberGenerator, Sendable {
+package struct SeededRandom: RandomNumberGenerator, Sendable, Codable {
     private var state: UInt64
     package init(seed: UInt64) { state = seed }
     package mutating func next() -> UInt64 {

@@ -2,6 +2,7 @@ import Adapters
 import Foundation
 import Kernels
 import Llama
+import Sampling
 import Tensors
 
 /// What `facet tune` trains: PEFT's LoRA settings.
@@ -61,14 +62,8 @@ package struct TrainableLoRA: Sendable {
 
     /// Input and output sizes of a role in `c`.
     package static func dims(_ role: LinearRole, _ c: LlamaConfiguration) -> (inDim: Int, outDim: Int) {
-        let q = c.numHeads * c.headDim, kv = c.numKVHeads * c.headDim
-        switch role {
-        case .q: return (c.hiddenSize, q)
-        case .k, .v: return (c.hiddenSize, kv)
-        case .o: return (q, c.hiddenSize)
-        case .gate, .up: return (c.hiddenSize, c.intermediateSize)
-        case .down: return (c.intermediateSize, c.hiddenSize)
-        }
+        let d = c.dims(of: role)
+        return (d.input, d.output)
     }
 
     /// PEFT's initialisation: A from kaiming_uniform(a = sqrt(5)), i.e. uniform in
@@ -77,7 +72,7 @@ package struct TrainableLoRA: Sendable {
         try settings.validate()
         self.settings = settings
         scale = settings.scale
-        var rng = TrainingRandom(seed: seed)
+        var rng = TrainingRandom(training: seed)
         pairs = (0..<c.numLayers).map { _ in
             var layer: [LinearRole: TrainablePair] = [:]
             for role in LinearRole.allCases where settings.targets.contains(role) {
@@ -140,17 +135,10 @@ package struct TrainableLoRA: Sendable {
     }
 }
 
-/// SplitMix64: the seeded source of initial values and dropout masks.
-package struct TrainingRandom: Sendable, Codable {
-    package var state: UInt64
-    package init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
-    package mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    package mutating func unit() -> Float { Float(next() >> 40) / Float(1 << 24) }
+/// The seeded source of initial values, data order and dropout masks: Sampling's SplitMix64
+/// (Codable, so a checkpoint carries its state), started one golden-ratio step after the seed.
+package typealias TrainingRandom = SeededRandom
+
+extension SeededRandom {
+    package init(training seed: UInt64) { self.init(seed: seed &+ 0x9E37_79B9_7F4A_7C15) }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Sampling
 import Tensors
 
 package enum LRSchedule: String, Codable, CaseIterable, Sendable {
@@ -90,7 +91,7 @@ package final class Trainer {
             state.options.maxSteps = options.maxSteps ?? resume.options.maxSteps
             state.options.epochs = options.epochs
         } else {
-            state = TrainerState(optimizer: AdamW(weightDecay: options.weightDecay), dropout: TrainingRandom(seed: options.seed ^ 0xD80F),
+            state = TrainerState(optimizer: AdamW(weightDecay: options.weightDecay), dropout: TrainingRandom(training: options.seed ^ 0xD80F),
                                  options: options, settings: lora.settings, exampleCount: train.count)
         }
     }
@@ -102,7 +103,7 @@ package final class Trainer {
 
     /// The examples of `epoch` in their seeded order.
     package func order(epoch: Int) -> [Int] {
-        var rng = TrainingRandom(seed: state.options.seed &+ UInt64(epoch) &* 0x2545_F491_4F6C_DD1D)
+        var rng = TrainingRandom(training: state.options.seed &+ UInt64(epoch) &* 0x2545_F491_4F6C_DD1D)
         var list = Array(train.indices)
         for i in stride(from: list.count - 1, to: 0, by: -1) {
             list.swapAt(i, Int(rng.next() % UInt64(i + 1)))
