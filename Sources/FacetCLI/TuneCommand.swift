@@ -47,6 +47,9 @@ struct TuneCommand: ParsableCommand {
     @Option(name: .customLong("weight-decay"), help: "AdamW's decoupled weight decay.") var weightDecay: Double = 0
     @Option(help: "Loss over the answer only (answer) or every token (all); default: the template's answer_only_loss.") var loss: String?
     @Option(help: "Seed of the initialisation, data order and dropout (same seed, same adapter).") var seed: UInt64 = 0
+    @Flag(name: .customLong("keep-activations"),
+          help: "Keep every layer's activations for the backward pass instead of recomputing each layer from its input (a few percent faster; memory grows with layers x batch x length; bitwise the same adapter).")
+    var keepActivations = false
     @Option(help: "Output adapter directory.") var out: String
     @Option(name: .customLong("save-every"), help: "Write a checkpoint every N steps (out/checkpoint-N).") var saveEvery: Int?
     @Option(help: "Continue from a checkpoint directory (or the out directory's latest checkpoint).") var resume: String?
@@ -82,6 +85,7 @@ struct TuneCommand: ParsableCommand {
         let (model, tokenizer) = try modelOptions.load(tokenizerRequired: true)
         guard let tokenizer else { return }
         let engine = try LoRABackprop(model: model)
+        engine.recomputeAlways = !keepActivations
         let templateConfig: PromptTemplateConfig? = try template.map { path in
             guard let data = FileManager.default.contents(atPath: path) else {
                 throw FacetError(.notFound, "cannot read the template", file: path, remedy: "pass a JSON file with prompt_template and answer_field")

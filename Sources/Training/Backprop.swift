@@ -33,6 +33,10 @@ package final class LoRABackprop: @unchecked Sendable {
     package let model: LlamaModel
     let c: LlamaConfiguration
     package let rope: RopeTable
+    /// Recompute each layer's activations in the backward pass (keeping only the layer
+    /// inputs) when a micro-batch has more than this many tokens, or always.
+    package var recomputeAbove = 2048
+    package var recomputeAlways = false
 
     package init(model: LlamaModel) throws {
         guard model.parallel == nil else {
@@ -106,14 +110,16 @@ package final class LoRABackprop: @unchecked Sendable {
             }
             x.withUnsafeMutableBufferPointer { w.embedding.row(Int(id), into: $0.baseAddress! + t * D) }
         }
-        var caches: [LayerCache] = []
-        caches.reserveCapacity(c.numLayers)
-        for (l, lw) in w.layers.enumerated() {
+        // One layer's forward, keeping what its backward needs. With recomputation the
+        // backward pass runs it again from the layer's input and the dropout state it saw,
+        // so only the layer inputs stay in memory (the same operations: the same bits).
+        func layerForward(_ l: Int, _ x: inout [Float], _ rng: inout TrainingRandom?) -> LayerCache {
+            let lw = w.layers[l]
             var cache = LayerCache()
             func mask(_ role: LinearRole, _ n: Int) -> [Float]? {
-                guard backward, p > 0, lora.pairs[l][role] != nil, dropout != nil else { return nil }
+                guard backward, p > 0, lora.pairs[l][role] != nil, rng != nil else { return nil }
                 let keep = Float(1 / (1 - p))
-                let m = (0..<n).map { _ in dropout!.unit() < Float(p) ? 0 : keep }
+                let m = (0..<n).map { _ in rng!.unit() < Float(p) ? 0 : keep }
                 cache.masks[role] = m
                 return m
             }
@@ -138,7 +144,18 @@ package final class LoRABackprop: @unchecked Sendable {
             cache.act = zip(cache.gate, cache.up).map { g, u in Self.silu(g) * u }
             let m = linear(lw.wDown, lw.bDown, cache.act, T, lora.pairs[l][.down], lora.scale, mask(.down, T * I))
             for i in 0..<(T * D) { x[i] += m[i] }
-            caches.append(cache)
+            return cache
+        }
+        let recompute = backward && (recomputeAlways || T > recomputeAbove)
+        var caches: [LayerCache] = []
+        var inputs: [(x: [Float], rng: TrainingRandom?)] = []
+        for l in 0..<c.numLayers {
+            if recompute {
+                inputs.append((x, dropout))
+                _ = layerForward(l, &x, &dropout)
+            } else {
+                caches.append(layerForward(l, &x, &dropout))
+            }
         }
 
         // --- loss at the target positions ---
@@ -182,7 +199,15 @@ package final class LoRABackprop: @unchecked Sendable {
         for (r, t) in rows.enumerated() { for d in 0..<D { dx[t * D + d] = dlast[r * D + d] } }
 
         for l in stride(from: c.numLayers - 1, through: 0, by: -1) {
-            let lw = w.layers[l], cache = caches[l]
+            let lw = w.layers[l]
+            let cache: LayerCache
+            if recompute {
+                var (input, rng) = inputs[l]
+                cache = layerForward(l, &input, &rng)
+                inputs[l] = ([], nil)
+            } else {
+                cache = caches[l]
+            }
             // MLP: x'' = x' + down(silu(g) ⊙ u)
             let dact = linearBackward(lw.wDown, cache.act, dx, T, &lora, l, .down, cache.masks[.down])
             var dgate = [Float](repeating: 0, count: T * I), dup = [Float](repeating: 0, count: T * I)
