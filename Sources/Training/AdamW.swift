@@ -27,7 +27,7 @@ package struct AdamW: Sendable, Codable {
         step += 1
         let bc1 = 1 - pow(beta1, Double(step)), bc2Sqrt = (1 - pow(beta2, Double(step))).squareRoot()
         let stepSize = Float(lr / bc1), decay = Float(1 - lr * weightDecay)
-        let b1 = Float(beta1), b2 = Float(beta2), oneMinusB1 = Float(1 - beta1), oneMinusB2 = Float(1 - beta2)
+        let b2 = Float(beta2), oneMinusB1 = Float(1 - beta1), oneMinusB2 = Float(1 - beta2)
         let bc2 = Float(bc2Sqrt), e = Float(eps)
         var index = 0
         func apply(_ p: inout [Float], _ g: [Float]) {
@@ -43,7 +43,6 @@ package struct AdamW: Sendable, Codable {
                 p[i] -= stepSize * (m[index][i] / denom)
             }
             index += 1
-            _ = b1
         }
         for l in lora.pairs.indices {
             for role in lora.roles(l) {

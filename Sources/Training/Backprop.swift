@@ -98,7 +98,7 @@ package final class LoRABackprop: @unchecked Sendable {
         let T = tokens.count
         let ex = TrainingExample(tokens: tokens, labels: labels)
         let D = c.hiddenSize, hd = c.headDim, Hq = c.numHeads, Hkv = c.numKVHeads, I = c.intermediateSize
-        let QD = Hq * hd, KVD = Hkv * hd, V = c.vocabSize
+        let QD = Hq * hd, V = c.vocabSize
         let w = model.weights
         let p = lora.settings.dropout
 
@@ -236,7 +236,6 @@ package final class LoRABackprop: @unchecked Sendable {
             for i in 0..<(T * D) { dh[i] += dhk[i] + dhv[i] }
             let din = Self.rmsBackward(cache.x, lw.attnNorm, dh, T, D, c.rmsNormEps)
             for i in 0..<(T * D) { dx[i] += din[i] }
-            _ = KVD
         }
         return (nll, R)
     }

@@ -72,11 +72,9 @@ void fk_silu_mul(float *gate, const float *up, long n);
 /// p[i] = fk_exp(p[i] - shift).
 void fk_exp_shift(float *p, long n, float shift);
 
-/// Training's input gradient: for t < rows, dx[t * ldx + j] = fmaf(g[t * gstride], w[j], dx[t * ldx + j])
-/// for j < width (rows whose g is 0 are skipped). Every path gives the same bits.
-void fk_add_scaled_rows(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, int width);
-/// The same for nrows consecutive weight rows w[o * width + j] and g[t * gstride + o], the terms fused in
-/// order of o (bitwise what nrows calls of fk_add_scaled_rows give), the accumulator in a register.
+/// Training's input gradient over nrows consecutive weight rows: for t < rows and j < width,
+/// dx[t * ldx + j] = fmaf(g[t * gstride + o], w[o * width + j], ...) for o = 0, 1, ... in order (the
+/// accumulator in a register). Every path gives the same bits.
 void fk_add_scaled_block(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, int nrows, int width);
 
 #endif
