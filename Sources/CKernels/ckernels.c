@@ -266,20 +266,23 @@ AVX2 static void matmul_half_avx2(int bf, const float *x, const uint16_t *w, int
 // tier for the twin tests. The pool hands a caller's switches to the workers that run its
 // tasks (fk_pool_run), so a test that asks for the scalar path gets it in every task of
 // its calls, while other threads keep theirs.
-static int cpu_avx2 = -1, cpu_vnni = -1;
+static int cpu_avx2 = -1, cpu_vnni = -1, cpu_avx512 = -1;
 _Thread_local int fk_scalar_only = 0;
 _Thread_local int fk_no_vnni = 0;
+_Thread_local int fk_no_avx512 = 0;
 void fk_set_vector_path(int enabled) { fk_scalar_only = !enabled; }
 void fk_set_vnni_path(int enabled) { fk_no_vnni = !enabled; }
+void fk_set_avx512_path(int enabled) { fk_no_avx512 = !enabled; }
 static void detect(void) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
     const char *cap = getenv("FACET_ISA");
     int scalar = cap && strcmp(cap, "scalar") == 0, avx2only = cap && strcmp(cap, "avx2") == 0;
     cpu_avx2 = !scalar && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-    cpu_vnni = cpu_avx2 && !avx2only && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-        && __builtin_cpu_supports("avx512vnni");
+    cpu_avx512 = cpu_avx2 && !avx2only && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+    cpu_vnni = cpu_avx512 && __builtin_cpu_supports("avx512vnni");
 #else
+    cpu_avx512 = 0;
     cpu_avx2 = 0;
     cpu_vnni = 0;
 #endif
@@ -291,6 +294,10 @@ int fk_has_vnni(void) {
 int fk_cpu_tier(void) {
     if (cpu_avx2 < 0) detect();
     return cpu_vnni ? 2 : cpu_avx2 ? 1 : 0;
+}
+int fk_has_avx512(void) {
+    if (cpu_avx512 < 0) detect();
+    return cpu_avx512 && !fk_scalar_only && !fk_no_avx512;
 }
 int fk_has_avx2(void) {
     if (cpu_avx2 < 0) detect();
@@ -328,9 +335,44 @@ void fk_matmul_bf16(const float *x, const uint16_t *w, int K, int T, int o0, int
     matmul_half_scalar(1, x, w, K, T, o0, o1, y, ldy);
 }
 
+#if defined(__x86_64__)
+// The same values as the scalar loop below: d * q (+ m) with separate roundings (no fma).
+AVX2 static void dequantize_row_avx2(int type, const uint8_t *r, int nb, int bb, float *out) {
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *blk = r + (size_t)b * bb;
+        __m256 d = _mm256_set1_ps(rd_f16(blk));
+        __m256 v[4];
+        if (type == 8) {
+            for (int i = 0; i < 4; i++) v[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 2 + 8 * i))));
+        } else {
+            __m128i qs = _mm_loadu_si128((const __m128i *)(blk + (type == 3 ? 4 : 2)));
+            __m128i mask = _mm_set1_epi8(0x0F);
+            __m128i lo = _mm_and_si128(qs, mask), hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
+            v[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+            v[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+            v[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+            v[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+        }
+        float *o = out + (size_t)b * QK;
+        if (type == 3) {
+            __m256 m = _mm256_set1_ps(rd_f16(blk + 2));
+            for (int i = 0; i < 4; i++) _mm256_storeu_ps(o + 8 * i, _mm256_add_ps(_mm256_mul_ps(d, v[i]), m));
+        } else if (type == 2) {
+            __m256 eight = _mm256_set1_ps(8.0f);
+            for (int i = 0; i < 4; i++) _mm256_storeu_ps(o + 8 * i, _mm256_mul_ps(d, _mm256_sub_ps(v[i], eight)));
+        } else {
+            for (int i = 0; i < 4; i++) _mm256_storeu_ps(o + 8 * i, _mm256_mul_ps(d, v[i]));
+        }
+    }
+}
+#endif
+
 void fk_dequantize_row(int type, const uint8_t *w, int K, int row, float *out) {
     int nb = K / QK, bb = block_bytes(type);
     const uint8_t *r = w + (size_t)row * nb * bb;
+#if defined(__x86_64__)
+    if (fk_has_avx2()) { dequantize_row_avx2(type, r, nb, bb, out); return; }
+#endif
     for (int b = 0; b < nb; b++) {
         float q[32], d, m;
         block_values(type, r + (size_t)b * bb, q, &d, &m);

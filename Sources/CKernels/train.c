@@ -6,39 +6,108 @@
 extern _Thread_local int fk_scalar_only;
 
 // dx[t, j] += sum over o < nrows of g[t * gstride + o] * w[o * width + j], each term fused in
-// order o = 0, 1, ...: one fmaf per term, the accumulator kept in a register across the
-// rows, so every path gives the same bits.
-#if defined(__x86_64__)
-AVX2 static void add_scaled_block_avx2(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, int nrows, int width) {
+// order o = 0, 1, ...: one fmaf per term. Every path keeps that chain per output element
+// (the vector paths hold MR x NR outputs in registers and walk the rows in order; the rows
+// are taken in slices of KC so a slice of w stays in L1, the accumulators going through dx
+// between slices, which changes no bit), so every path gives the same bits.
+enum { KC = 256 };
+
+static void add_scaled_scalar(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, long ldw, int nrows, int j0, int j1) {
     for (int t = 0; t < rows; t++) {
         float *out = dx + t * ldx;
         const float *gt = g + t * gstride;
-        int j = 0;
-        for (; j + 8 <= width; j += 8) {
-            __m256 acc = _mm256_loadu_ps(out + j);
-            for (int o = 0; o < nrows; o++) acc = _mm256_fmadd_ps(_mm256_set1_ps(gt[o]), _mm256_loadu_ps(w + o * width + j), acc);
-            _mm256_storeu_ps(out + j, acc);
-        }
-        for (; j < width; j++) {
+        for (int j = j0; j < j1; j++) {
             float acc = out[j];
-            for (int o = 0; o < nrows; o++) acc = fmaf(gt[o], w[o * width + j], acc);
+            for (int o = 0; o < nrows; o++) acc = fmaf(gt[o], w[(long)o * ldw + j], acc);
             out[j] = acc;
         }
     }
 }
-#endif
 
-void fk_add_scaled_block(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, int nrows, int width) {
 #if defined(__x86_64__)
-    if (fk_has_avx2() && !fk_scalar_only) { add_scaled_block_avx2(dx, ldx, g, gstride, rows, w, nrows, width); return; }
-#endif
-    for (int t = 0; t < rows; t++) {
-        float *out = dx + t * ldx;
-        const float *gt = g + t * gstride;
-        for (int j = 0; j < width; j++) {
-            float acc = out[j];
-            for (int o = 0; o < nrows; o++) acc = fmaf(gt[o], w[o * width + j], acc);
-            out[j] = acc;
+#define AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl")))
+
+// MR rows x 32 columns (two zmm per row; m0/m1 mask the columns that exist) over rows o0..o1 of w.
+__attribute__((always_inline)) AVX512 static inline void tile_avx512(const int MR, float *dx, long ldx, const float *g, long gs,
+                                                                     const float *w, long ldw, int o0, int o1, __mmask16 m0, __mmask16 m1) {
+    __m512 c0[8], c1[8];
+    for (int i = 0; i < MR; i++) { c0[i] = _mm512_maskz_loadu_ps(m0, dx + i * ldx); c1[i] = _mm512_maskz_loadu_ps(m1, dx + i * ldx + 16); }
+    for (int o = o0; o < o1; o++) {
+        const float *wo = w + (long)o * ldw;
+        __m512 b0 = _mm512_maskz_loadu_ps(m0, wo), b1 = _mm512_maskz_loadu_ps(m1, wo + 16);
+        for (int i = 0; i < MR; i++) {
+            __m512 a = _mm512_set1_ps(g[i * gs + o]);
+            c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
+            c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
         }
     }
+    for (int i = 0; i < MR; i++) { _mm512_mask_storeu_ps(dx + i * ldx, m0, c0[i]); _mm512_mask_storeu_ps(dx + i * ldx + 16, m1, c1[i]); }
+}
+
+AVX512 static void add_scaled_avx512(float *dx, long ldx, const float *g, long gs, int rows, const float *w, long ldw, int nrows, int width) {
+    for (int o0 = 0; o0 < nrows; o0 += KC) {
+        int o1 = nrows - o0 < KC ? nrows : o0 + KC;
+        for (int j = 0; j < width; j += 32) {
+            int n = width - j < 32 ? width - j : 32;
+            __mmask16 m0 = n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
+            __mmask16 m1 = n >= 32 ? 0xFFFF : n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
+            int t = 0;
+            for (; t + 8 <= rows; t += 8) tile_avx512(8, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m0, m1);
+            for (; t + 4 <= rows; t += 4) tile_avx512(4, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m0, m1);
+            for (; t < rows; t++) tile_avx512(1, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m0, m1);
+        }
+    }
+}
+
+// MR rows x 16 columns (two ymm per row) over rows o0..o1 of w.
+__attribute__((always_inline)) AVX2 static inline void tile_avx2(const int MR, float *dx, long ldx, const float *g, long gs,
+                                                                 const float *w, long ldw, int o0, int o1) {
+    __m256 c0[6], c1[6];
+    for (int i = 0; i < MR; i++) { c0[i] = _mm256_loadu_ps(dx + i * ldx); c1[i] = _mm256_loadu_ps(dx + i * ldx + 8); }
+    for (int o = o0; o < o1; o++) {
+        const float *wo = w + (long)o * ldw;
+        __m256 b0 = _mm256_loadu_ps(wo), b1 = _mm256_loadu_ps(wo + 8);
+        for (int i = 0; i < MR; i++) {
+            __m256 a = _mm256_set1_ps(g[i * gs + o]);
+            c0[i] = _mm256_fmadd_ps(a, b0, c0[i]);
+            c1[i] = _mm256_fmadd_ps(a, b1, c1[i]);
+        }
+    }
+    for (int i = 0; i < MR; i++) { _mm256_storeu_ps(dx + i * ldx, c0[i]); _mm256_storeu_ps(dx + i * ldx + 8, c1[i]); }
+}
+
+AVX2 static void add_scaled_avx2(float *dx, long ldx, const float *g, long gs, int rows, const float *w, long ldw, int nrows, int width) {
+    int full = width / 16 * 16;
+    for (int o0 = 0; o0 < nrows; o0 += KC) {
+        int o1 = nrows - o0 < KC ? nrows : o0 + KC;
+        for (int j = 0; j < full; j += 16) {
+            int t = 0;
+            for (; t + 6 <= rows; t += 6) tile_avx2(6, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1);
+            for (; t + 2 <= rows; t += 2) tile_avx2(2, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1);
+            for (; t < rows; t++) tile_avx2(1, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1);
+        }
+    }
+    if (full < width) add_scaled_scalar(dx, ldx, g, gs, rows, w, ldw, nrows, full, width);
+}
+#endif
+
+void fk_add_product(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, long ldw, int nrows, int width) {
+#if defined(__x86_64__)
+    if (fk_has_avx512()) { add_scaled_avx512(dx, ldx, g, gstride, rows, w, ldw, nrows, width); return; }
+    if (fk_has_avx2()) { add_scaled_avx2(dx, ldx, g, gstride, rows, w, ldw, nrows, width); return; }
+#endif
+    add_scaled_scalar(dx, ldx, g, gstride, rows, w, ldw, nrows, 0, width);
+}
+
+void fk_add_scaled_block(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, int nrows, int width) {
+    fk_add_product(dx, ldx, g, gstride, rows, w, width, nrows, width);
+}
+
+void fk_transpose(const float *src, long rows, long cols, float *dst) {
+    for (long r0 = 0; r0 < rows; r0 += 16)
+        for (long c0 = 0; c0 < cols; c0 += 16) {
+            long r1 = r0 + 16 < rows ? r0 + 16 : rows, c1 = c0 + 16 < cols ? c0 + 16 : cols;
+            for (long r = r0; r < r1; r++)
+                for (long c = c0; c < c1; c++) dst[c * rows + r] = src[r * cols + c];
+        }
 }

@@ -323,6 +323,16 @@ package struct LinearWeight: Sendable {
     /// tier runs instead), to compare the tiers.
     package static func useVNNIKernels(_ enabled: Bool) { fk_set_vnni_path(enabled ? 1 : 0) }
 
+    /// Tests only: keep the dense training products off AVX-512 on the calling thread (the
+    /// AVX2 tier runs instead), to compare the tiers.
+    package static func useAVX512Kernels(_ enabled: Bool) { fk_set_avx512_path(enabled ? 1 : 0) }
+
+    /// Whether this CPU (after `FACET_ISA`) runs the AVX-512 F/VL tier of the dense products.
+    package static var hasAVX512: Bool {
+        fk_set_avx512_path(1)
+        return fk_has_avx512() != 0
+    }
+
     /// The instruction-set tier the kernels run at on this CPU (read from cpuid at run time;
     /// `FACET_ISA=avx2` or `FACET_ISA=scalar` caps it). Every tier gives the same bits.
     package static var instructionTier: InstructionTier { InstructionTier(rawValue: Int(fk_cpu_tier())) ?? .scalar }

@@ -6,30 +6,48 @@ extension LinearWeight {
     /// Semantics: `dx[t, k] += sum_o dy[t, o] * W[o, k]` (each term fused: `fmaf`) for `dy: [T, rows]`, `dx: [T, cols]`
     /// (`dY · W`, the transpose of `matmul`'s product), for every storage format.
     ///
-    /// Columns are dealt out in whole blocks to the threads; each task walks the rows in
-    /// order, decoding its blocks of one row at a time, so the sum over `o` for every
-    /// element runs in the same order whatever the thread count (deterministic training).
+    /// Columns are dealt out in whole blocks to the threads; each task decodes a band of
+    /// rows of its columns at a time and adds their terms in row order for every token
+    /// (`fk_add_scaled_block`), so the sum over `o` for every element runs in the same order
+    /// whatever the thread count or instruction set (deterministic training).
     package func addInputGradient(dy: UnsafePointer<Float>, t T: Int, dx: UnsafeMutablePointer<Float>) {
         guard T > 0 else { return }
         let K = cols, O = rows
         let granule = format == .f32 ? 64 : max(format.blockValues, 64)
         let chunks = (K + granule - 1) / granule
-        let tile = 64
         withoutActuallyEscaping({ (chunk: Int) in
             let k0 = chunk * granule, k1 = min(K, k0 + granule), width = k1 - k0
-            // `band` rows of W decoded at a time; their terms are added in row order with the
-            // accumulator in a register (the same sums as one row at a time).
-            let band = 16
+            let band = 256
             let w = Scratch.floats(.gradientRow, band * width)
-            for t0 in stride(from: 0, to: T, by: tile) {
-                let t1 = min(T, t0 + tile)
-                for o0 in stride(from: 0, to: O, by: band) {
-                    let n = min(band, O - o0)
-                    for i in 0..<n { decode(row: o0 + i, columns: k0..<k1, into: w + i * width) }
-                    fk_add_scaled_block(dx + t0 * K + k0, K, dy + t0 * O + o0, O, Int32(t1 - t0), w, Int32(n), Int32(width))
-                }
+            for o0 in stride(from: 0, to: O, by: band) {
+                let n = min(band, O - o0)
+                for i in 0..<n { decode(row: o0 + i, columns: k0..<k1, into: w + i * width) }
+                fk_add_scaled_block(dx + k0, K, dy + o0, O, Int32(T), w, Int32(n), Int32(width))
             }
         }) { body in Parallel.forEach(chunks, body) }
+    }
+
+    /// Training's forward product `y = x Wᵀ (+ bias)` for `x: [T, cols]`, `y: [T, rows]`, on the
+    /// weights decoded to fp32: `y[t, o] = sum_k x[t, k] * W[o, k]`, each term fused in order
+    /// k = 0, 1, ... from zero, then the bias added. A register-blocked product (32 rows of W
+    /// decoded and transposed at a time) rather than the inference kernels, whose block
+    /// structure suits one token at a time; the sum runs in the same order whatever the thread
+    /// count or instruction set.
+    package func matmulDecoded(x: UnsafePointer<Float>, t T: Int, y: UnsafeMutablePointer<Float>, bias: [Float]? = nil) {
+        guard T > 0 else { return }
+        let K = cols, O = rows, panel = 32
+        y.update(repeating: 0, count: T * O)
+        withoutActuallyEscaping({ (chunk: Int) in
+            let o0 = chunk * panel, n = min(panel, O - o0)
+            let rowsBuffer = Scratch.floats(.gradientRow, 2 * panel * K)
+            let transposed = rowsBuffer + panel * K
+            for i in 0..<n { decode(row: o0 + i, columns: 0..<K, into: rowsBuffer + i * K) }
+            fk_transpose(rowsBuffer, n, K, transposed)      // [K, n]
+            fk_add_scaled_block(y + o0, O, x, K, Int32(T), transposed, Int32(K), Int32(n))
+        }) { body in Parallel.forEach((O + panel - 1) / panel, body) }
+        if let bias {
+            for t in 0..<T { for o in 0..<O { y[t * O + o] += bias[o] } }
+        }
     }
 
     /// Row `r`'s values in `columns` (block-aligned for compact formats, except at the end).

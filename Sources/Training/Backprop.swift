@@ -167,26 +167,39 @@ package final class LoRABackprop: @unchecked Sendable {
         let hf = Self.rms(last, w.finalNorm, R, D, c.rmsNormEps)
         var logits = [Float](repeating: 0, count: R * V)
         hf.withUnsafeBufferPointer { hp in
-            logits.withUnsafeMutableBufferPointer { lp in w.lmHead.matmul(x: hp.baseAddress!, t: R, y: lp.baseAddress!, compute: .fp32) }
+            logits.withUnsafeMutableBufferPointer { lp in w.lmHead.matmulDecoded(x: hp.baseAddress!, t: R, y: lp.baseAddress!) }
         }
-        var nll = 0.0
         var dlogits = [Float](repeating: 0, count: backward ? R * V : 0)
-        for (r, t) in rows.enumerated() {
-            let target = Int(ex.labels[t + 1])
-            guard target < V else {
-                throw FacetError(.invalidArgument, "label \(target) is outside the vocabulary of \(V)", field: "labels")
-            }
-            let row = logits[(r * V)..<((r + 1) * V)]
-            let top = Double(row.max()!)
-            var sum = 0.0
-            for l in row { sum += exp(Double(l) - top) }
-            let lse = top + log(sum)
-            nll += lse - Double(row[r * V + target])
-            if backward {
-                for j in 0..<V { dlogits[r * V + j] = Float(exp(Double(logits[r * V + j]) - lse)) / normalizer }
-                dlogits[r * V + target] -= 1 / normalizer
+        for t in rows where Int(ex.labels[t + 1]) >= V {
+            throw FacetError(.invalidArgument, "label \(ex.labels[t + 1]) is outside the vocabulary of \(V)", field: "labels")
+        }
+        // Each row's log-sum-exp and softmax on its own task; the rows' losses are summed in
+        // row order afterwards (the same bits whatever the thread count).
+        var rowLoss = [Double](repeating: 0, count: R)
+        logits.withUnsafeBufferPointer { lp in
+            dlogits.withUnsafeMutableBufferPointer { dp in
+                rowLoss.withUnsafeMutableBufferPointer { losses in
+                    // (An empty array's buffer may still have an address: `backward` decides.)
+                    let logit = lp.baseAddress!, dl = backward ? dp.baseAddress : nil, loss = losses.baseAddress!
+                    Parallel.forEach(R) { r in
+                        let target = Int(ex.labels[rows[r] + 1])
+                        let row = logit + r * V
+                        var top = -Float.infinity
+                        for j in 0..<V { top = max(top, row[j]) }
+                        var sum = 0.0
+                        for j in 0..<V { sum += exp(Double(row[j]) - Double(top)) }
+                        let lse = Double(top) + log(sum)
+                        loss[r] = lse - Double(row[target])
+                        if let dl {
+                            let out = dl + r * V
+                            for j in 0..<V { out[j] = Float(exp(Double(row[j]) - lse)) / normalizer }
+                            out[target] -= 1 / normalizer
+                        }
+                    }
+                }
             }
         }
+        let nll = rowLoss.reduce(0, +)
         guard backward else { return (nll, R) }
 
         // --- backward ---
@@ -280,13 +293,13 @@ package final class LoRABackprop: @unchecked Sendable {
     package func linear(_ weight: LinearWeight, _ bias: [Float]?, _ x: [Float], _ T: Int, _ pair: TrainablePair?, _ scale: Float, _ mask: [Float]?) -> [Float] {
         var y = [Float](repeating: 0, count: T * weight.rows)
         x.withUnsafeBufferPointer { xp in
-            y.withUnsafeMutableBufferPointer { yp in weight.matmul(x: xp.baseAddress!, t: T, y: yp.baseAddress!, bias: bias, compute: .fp32) }
+            y.withUnsafeMutableBufferPointer { yp in weight.matmulDecoded(x: xp.baseAddress!, t: T, y: yp.baseAddress!, bias: bias) }
         }
         guard let pair else { return y }
         let xd = mask.map { m in zip(x, m).map { $0 * $1 } } ?? x
-        let u = Self.nt(xd, pair.a, T, pair.inDim, pair.rank)          // [T, r]
-        let delta = Self.nt(u, pair.b, T, pair.rank, pair.outDim)       // [T, out]
-        for i in y.indices { y[i] += scale * delta[i] }
+        var u = Self.product(xd, Self.transpose(pair.a, pair.rank, pair.inDim), T, pair.inDim, pair.rank)   // [T, r]
+        for i in u.indices { u[i] *= scale }
+        Self.addProduct(&y, u, T, pair.rank, Self.transpose(pair.b, pair.outDim, pair.rank), pair.outDim)  // y += (s u) Bᵀ
         return y
     }
 
@@ -301,16 +314,17 @@ package final class LoRABackprop: @unchecked Sendable {
         guard var pair = lora.pairs[layer][role] else { return dx }
         let s = lora.scale, r = pair.rank, n = pair.inDim, o = pair.outDim
         let xd = mask.map { m in zip(x, m).map { $0 * $1 } } ?? x
-        let u = Self.nt(xd, pair.a, T, n, r)                                         // [T, r]
+        let u = Self.product(xd, Self.transpose(pair.a, r, n), T, n, r)                  // [T, r]
         let sdy = dy.map { $0 * s }                                                   // [T, out]
-        let du = Self.nt(sdy, Self.transpose(pair.b, o, r), T, o, r)                 // s dy B: [T, r]
-        let gB = Self.nt(Self.transpose(sdy, T, o), Self.transpose(u, T, r), o, T, r) // s dyᵀ u: [out, r]
-        let gA = Self.nt(Self.transpose(du, T, r), Self.transpose(xd, T, n), r, T, n) // duᵀ xd: [r, in]
-        for i in gB.indices { pair.gradB[i] += gB[i] }
-        for i in gA.indices { pair.gradA[i] += gA[i] }
-        var dxd = Self.nt(du, Self.transpose(pair.a, r, n), T, r, n)                  // du A: [T, in]
-        if let mask { for i in dxd.indices { dxd[i] *= mask[i] } }
-        for i in dx.indices { dx[i] += dxd[i] }
+        let du = Self.product(sdy, pair.b, T, o, r)                                   // s dy B: [T, r]
+        Self.addProduct(&pair.gradB, Self.transpose(sdy, T, o), o, T, u, r)           // += s dyᵀ u: [out, r]
+        Self.addProduct(&pair.gradA, Self.transpose(du, T, r), r, T, xd, n)           // += duᵀ xd: [r, in]
+        if let mask {
+            var dxd = Self.product(du, pair.a, T, r, n)                               // du A: [T, in]
+            for i in dxd.indices { dx[i] += dxd[i] * mask[i] }
+        } else {
+            Self.addProduct(&dx, du, T, r, pair.a, n)                                 // dx += du A
+        }
         lora.pairs[layer][role] = pair
         return dx
     }
@@ -318,19 +332,24 @@ package final class LoRABackprop: @unchecked Sendable {
     /// `[rows, cols]` → `[cols, rows]`.
     static func transpose(_ m: [Float], _ rows: Int, _ cols: Int) -> [Float] {
         var out = [Float](repeating: 0, count: m.count)
-        for r in 0..<rows { for c in 0..<cols { out[c * rows + r] = m[r * cols + c] } }
+        m.withUnsafeBufferPointer { mp in out.withUnsafeMutableBufferPointer { DenseProduct.transpose(mp.baseAddress!, rows: rows, cols: cols, into: $0.baseAddress!) } }
         return out
     }
 
-    /// `y[t, o] = Σ_k x[t, k] w[o, k]` for `x: [T, K]`, `w: [O, K]`.
-    package static func nt(_ x: [Float], _ w: [Float], _ T: Int, _ K: Int, _ O: Int) -> [Float] {
-        var y = [Float](repeating: 0, count: T * O)
-        x.withUnsafeBufferPointer { xp in
+    /// `out += g w` for `g: [rows, inner]`, `w: [inner, width]` (see `DenseProduct.add`).
+    static func addProduct(_ out: inout [Float], _ g: [Float], _ rows: Int, _ inner: Int, _ w: [Float], _ width: Int) {
+        g.withUnsafeBufferPointer { gp in
             w.withUnsafeBufferPointer { wp in
-                y.withUnsafeMutableBufferPointer { MatMul.nt(x: xp.baseAddress!, w: wp.baseAddress!, y: $0.baseAddress!, t: T, k: K, o: O) }
+                out.withUnsafeMutableBufferPointer { DenseProduct.add($0.baseAddress!, gp.baseAddress!, rows: rows, inner: inner, wp.baseAddress!, width: width) }
             }
         }
-        return y
+    }
+
+    /// `g w` for `g: [rows, inner]`, `w: [inner, width]`.
+    static func product(_ g: [Float], _ w: [Float], _ rows: Int, _ inner: Int, _ width: Int) -> [Float] {
+        var out = [Float](repeating: 0, count: rows * width)
+        addProduct(&out, g, rows, inner, w, width)
+        return out
     }
 
     /// Causal attention with grouped KV heads: `a = softmax(q kᵀ / √hd) v`, keeping the

@@ -32,3 +32,81 @@ import TestSupport
         #expect(worst < 1e-5, "\(format): \(worst)")
     }
 }
+
+/// Training's dense products (`DenseProduct.add`, `LinearWeight.matmulDecoded`): every
+/// instruction-set tier gives the scalar chain's bits, on shapes with ragged edges.
+@Suite struct DenseProductTests {
+    /// `out += g w` in the reference order: each output a chain of `fma` over `o` from its start value.
+    static func naive(_ start: [Float], _ g: [Float], rows: Int, inner: Int, _ w: [Float], width: Int) -> [Float] {
+        var out = start
+        for i in 0..<rows {
+            for j in 0..<width {
+                var acc = out[i * width + j]
+                for o in 0..<inner { acc = acc.addingProduct(g[i * inner + o], w[o * width + j]) }   // fused, in order
+                out[i * width + j] = acc
+            }
+        }
+        return out
+    }
+
+    static func run(_ start: [Float], _ g: [Float], rows: Int, inner: Int, _ w: [Float], width: Int) -> [Float] {
+        var out = start
+        g.withUnsafeBufferPointer { gp in
+            w.withUnsafeBufferPointer { wp in
+                out.withUnsafeMutableBufferPointer { DenseProduct.add($0.baseAddress!, gp.baseAddress!, rows: rows, inner: inner, wp.baseAddress!, width: width) }
+            }
+        }
+        return out
+    }
+
+    @Test(arguments: [(1, 1, 1), (7, 300, 5), (13, 257, 47), (37, 64, 96), (300, 33, 16), (16, 512, 600), (9, 1, 70)])
+    func everyTierGivesTheScalarBits(shape: (Int, Int, Int)) {
+        let (rows, inner, width) = shape
+        var rng = SplitMix(seed: UInt64(rows * 1000 + inner * 10 + width))
+        let g = (0..<(rows * inner)).map { _ in rng.float() }
+        let w = (0..<(inner * width)).map { _ in rng.float() }
+        let start = (0..<(rows * width)).map { _ in rng.float() }
+        let reference = Self.naive(start, g, rows: rows, inner: inner, w, width: width)
+        LinearWeight.useVectorKernels(false)
+        let scalar = Self.run(start, g, rows: rows, inner: inner, w, width: width)
+        LinearWeight.useVectorKernels(true)
+        LinearWeight.useAVX512Kernels(false)
+        let avx2 = Self.run(start, g, rows: rows, inner: inner, w, width: width)
+        LinearWeight.useAVX512Kernels(true)
+        let best = Self.run(start, g, rows: rows, inner: inner, w, width: width)
+        #expect(scalar.map(\.bitPattern) == reference.map(\.bitPattern))
+        #expect(avx2.map(\.bitPattern) == reference.map(\.bitPattern))
+        #expect(best.map(\.bitPattern) == reference.map(\.bitPattern))
+        if !LinearWeight.hasAVX512 { print("DenseProductTests: AVX-512 tier not on this CPU; compared scalar and \(LinearWeight.instructionTier)") }
+    }
+
+    /// `matmulDecoded` (training's forward `x Wᵀ + b`) is the fma chain over k from zero, on the decoded weight.
+    @Test(arguments: [WeightFormat.f32, .q4_1, .q8_0, .q4_k])
+    func decodedProductIsTheChainOverK(format: WeightFormat) throws {
+        var rng = SplitMix(seed: 77)
+        let rows = 45, cols = format == .q4_k ? 256 : 96, T = 11
+        let weight: LinearWeight
+        switch format {
+        case .q4_k: weight = try CompactWeightTests.randomKQuant(format, rows: rows, cols: cols, seed: 5)
+        case .f32: weight = LinearWeight(Matrix(rows: rows, cols: cols, data: (0..<(rows * cols)).map { _ in rng.float() }))
+        default: weight = try LinearWeight.quantize(Matrix(rows: rows, cols: cols, data: (0..<(rows * cols)).map { _ in rng.float() }), to: format)
+        }
+        let w = weight.dequantized().data
+        LinearWeight.useVectorKernels(false)
+        let scalarDecoded = weight.dequantized().data
+        LinearWeight.useVectorKernels(true)
+        #expect(w.map(\.bitPattern) == scalarDecoded.map(\.bitPattern), "\(format): vector and scalar dequantization differ")
+        let x = (0..<(T * cols)).map { _ in rng.float() }
+        let bias = (0..<rows).map { _ in rng.float() }
+        var y = [Float](repeating: .nan, count: T * rows)
+        x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { weight.matmulDecoded(x: xp.baseAddress!, t: T, y: $0.baseAddress!, bias: bias) } }
+        for t in 0..<T {
+            for o in 0..<rows {
+                var acc: Float = 0
+                for k in 0..<cols { acc = acc.addingProduct(x[t * cols + k], w[o * cols + k]) }
+                acc += bias[o]
+                #expect(y[t * rows + o].bitPattern == acc.bitPattern, "\(format) t \(t) o \(o)")
+            }
+        }
+    }
+}

@@ -25,6 +25,10 @@ int fk_has_avx2(void);
 int fk_cpu_tier(void);
 /// Per-thread switch off the VNNI tier (twin tests), as fk_set_vector_path is for all vectors.
 void fk_set_vnni_path(int enabled);
+/// 1 when AVX-512 F/VL paths may run (after FACET_ISA and fk_set_avx512_path).
+int fk_has_avx512(void);
+/// Per-thread switch off the AVX-512 tier (twin tests).
+void fk_set_avx512_path(int enabled);
 /// Tests only: 0 forces the portable scalar path, 1 restores CPU detection.
 void fk_set_vector_path(int enabled);
 void fk_block_sums(const float *x, int T, int K, float *xsum);
@@ -74,7 +78,12 @@ void fk_exp_shift(float *p, long n, float shift);
 
 /// Training's input gradient over nrows consecutive weight rows: for t < rows and j < width,
 /// dx[t * ldx + j] = fmaf(g[t * gstride + o], w[o * width + j], ...) for o = 0, 1, ... in order (the
-/// accumulator in a register). Every path gives the same bits.
+/// accumulator in a register). Every path gives the same bits. Also training's forward
+/// product: with dx zeroed, g = x and w = a transposed panel of W it is x W^T.
 void fk_add_scaled_block(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, int nrows, int width);
+/// fk_add_scaled_block with w's rows ldw floats apart (width <= ldw).
+void fk_add_product(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, long ldw, int nrows, int width);
+/// dst[c * rows + r] = src[r * cols + c].
+void fk_transpose(const float *src, long rows, long cols, float *dst);
 
 #endif
