@@ -36,7 +36,8 @@ def run(questions, fr, de):
                         "--lora_dir", fr, de, "--lora_task_uids", *uids], capture_output=True, text=True, cwd=ROOT)
     if p.returncode != 0:
         sys.exit(p.stderr)
-    outs = re.findall(r'^Output \[Text (\d+) Beam 0\]: "(.*)"$', p.stdout, re.M)
+    # An answer may span lines: it runs to the closing quote before the next Input line.
+    outs = re.findall(r'^Output \[Text (\d+) Beam 0\]: "(.*?)"\n(?=Input \[Text|\s*\Z)', p.stdout + "\n", re.M | re.S)
     return [text for _, text in sorted(outs, key=lambda x: int(x[0]))]
 
 

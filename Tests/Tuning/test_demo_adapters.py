@@ -23,6 +23,7 @@ def test_readme_demo_answers_are_right():
     assert p.returncode == 0, p.stderr
     outs = [t for _, t in sorted(re.findall(r'^Output \[Text (\d+) Beam 0\]: "(.*)"$', p.stdout, re.M), key=lambda x: int(x[0]))]
     expected = [("Paris", "en"), ("Paris", "fr"), ("Paris", "de"), ("Berlin", "en"), ("Berlin", "fr"), ("Berlin", "de")]
+    assert len(outs) == len(expected), p.stdout
     for text, (city, lang) in zip(outs, expected):
         assert city in text and language(text) == lang, (text, city, lang)
 
