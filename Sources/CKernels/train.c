@@ -103,11 +103,13 @@ void fk_add_scaled_block(float *dx, long ldx, const float *g, long gstride, int 
     fk_add_product(dx, ldx, g, gstride, rows, w, width, nrows, width);
 }
 
-void fk_transpose(const float *src, long rows, long cols, float *dst) {
-    for (long r0 = 0; r0 < rows; r0 += 16)
+void fk_transpose_rows(const float *src, long rows, long cols, long first, long end, float *dst) {
+    for (long r0 = first; r0 < end; r0 += 16)
         for (long c0 = 0; c0 < cols; c0 += 16) {
-            long r1 = r0 + 16 < rows ? r0 + 16 : rows, c1 = c0 + 16 < cols ? c0 + 16 : cols;
+            long r1 = r0 + 16 < end ? r0 + 16 : end, c1 = c0 + 16 < cols ? c0 + 16 : cols;
             for (long r = r0; r < r1; r++)
                 for (long c = c0; c < c1; c++) dst[c * rows + r] = src[r * cols + c];
         }
 }
+
+void fk_transpose(const float *src, long rows, long cols, float *dst) { fk_transpose_rows(src, rows, cols, 0, rows, dst); }

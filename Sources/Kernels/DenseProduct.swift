@@ -35,6 +35,24 @@ package enum DenseProduct {
 
     /// `[rows, cols]` → `[cols, rows]`.
     package static func transpose(_ m: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>) {
-        fk_transpose(m, rows, cols, out)
+        let band = 64
+        guard rows * cols >= 1 << 15, rows > band, Parallel.threadCount > 1 else {
+            fk_transpose(m, rows, cols, out)
+            return
+        }
+        Parallel.forEach((rows + band - 1) / band) { c in
+            fk_transpose_rows(m, rows, cols, c * band, min(rows, (c + 1) * band), out)
+        }
+    }
+
+    /// `body(range)` over `0..<count` in chunks on the pool: for element-wise passes, whose
+    /// results do not depend on the split.
+    package static func elementwise(_ count: Int, _ body: (Range<Int>) -> Void) {
+        let chunk = 16_384
+        guard count > chunk else {
+            body(0..<count)
+            return
+        }
+        Parallel.forEach((count + chunk - 1) / chunk) { c in body((c * chunk)..<min(count, (c + 1) * chunk)) }
     }
 }

@@ -141,7 +141,16 @@ package final class LoRABackprop: @unchecked Sendable {
             cache.h2 = Self.rms(x, lw.ffnNorm, T, D, c.rmsNormEps)
             cache.gate = linear(lw.wGate, lw.bGate, cache.h2, T, lora.pairs[l][.gate], lora.scale, mask(.gate, T * D))
             cache.up = linear(lw.wUp, lw.bUp, cache.h2, T, lora.pairs[l][.up], lora.scale, mask(.up, T * D))
-            cache.act = zip(cache.gate, cache.up).map { g, u in Self.silu(g) * u }
+            var act = [Float](repeating: 0, count: T * I)
+            cache.gate.withUnsafeBufferPointer { gp in
+                cache.up.withUnsafeBufferPointer { up in
+                    act.withUnsafeMutableBufferPointer { ap in
+                        let g = gp.baseAddress!, u = up.baseAddress!, a = ap.baseAddress!
+                        DenseProduct.elementwise(T * I) { range in for i in range { a[i] = Self.silu(g[i]) * u[i] } }
+                    }
+                }
+            }
+            cache.act = act
             let m = linear(lw.wDown, lw.bDown, cache.act, T, lora.pairs[l][.down], lora.scale, mask(.down, T * I))
             for i in 0..<(T * D) { x[i] += m[i] }
             return cache
@@ -224,10 +233,24 @@ package final class LoRABackprop: @unchecked Sendable {
             // MLP: x'' = x' + down(silu(g) ⊙ u)
             let dact = linearBackward(lw.wDown, cache.act, dx, T, &lora, l, .down, cache.masks[.down])
             var dgate = [Float](repeating: 0, count: T * I), dup = [Float](repeating: 0, count: T * I)
-            for i in 0..<(T * I) {
-                let g = cache.gate[i], s = 1 / (1 + exp(-g))
-                dup[i] = dact[i] * g * s
-                dgate[i] = dact[i] * cache.up[i] * s * (1 + g * (1 - s))
+            cache.gate.withUnsafeBufferPointer { gp in
+                cache.up.withUnsafeBufferPointer { up in
+                    dact.withUnsafeBufferPointer { dp in
+                        dgate.withUnsafeMutableBufferPointer { dgp in
+                            dup.withUnsafeMutableBufferPointer { dupp in
+                                let gate = gp.baseAddress!, upv = up.baseAddress!, da = dp.baseAddress!
+                                let dG = dgp.baseAddress!, dU = dupp.baseAddress!
+                                DenseProduct.elementwise(T * I) { range in
+                                    for i in range {
+                                        let g = gate[i], s = 1 / (1 + exp(-g))
+                                        dU[i] = da[i] * g * s
+                                        dG[i] = da[i] * upv[i] * s * (1 + g * (1 - s))
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
             }
             var dh2 = linearBackward(lw.wGate, cache.h2, dgate, T, &lora, l, .gate, cache.masks[.gate])
             let dh2u = linearBackward(lw.wUp, cache.h2, dup, T, &lora, l, .up, cache.masks[.up])

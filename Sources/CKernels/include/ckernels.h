@@ -85,5 +85,7 @@ void fk_add_scaled_block(float *dx, long ldx, const float *g, long gstride, int 
 void fk_add_product(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, long ldw, int nrows, int width);
 /// dst[c * rows + r] = src[r * cols + c].
 void fk_transpose(const float *src, long rows, long cols, float *dst);
+/// fk_transpose for source rows first..<end only (the pool splits a transpose this way).
+void fk_transpose_rows(const float *src, long rows, long cols, long first, long end, float *dst);
 
 #endif
