@@ -5,7 +5,7 @@
 
 extern _Thread_local int fk_scalar_only;
 
-// dx[t, j] += sum over o < nrows of g[t * gstride + o] * w[o * width + j], each term fused in
+// dx[t, j] += sum over o < nrows of g[t * gstride + o] * w[o * ldw + j], each term fused in
 // order o = 0, 1, ...: one fmaf per term. Every path keeps that chain per output element
 // (the vector paths hold MR x NR outputs in registers and walk the rows in order; the rows
 // are taken in slices of KC so a slice of w stays in L1, the accumulators going through dx
@@ -97,10 +97,6 @@ void fk_add_product(float *dx, long ldx, const float *g, long gstride, int rows,
     if (fk_has_avx2()) { add_scaled_avx2(dx, ldx, g, gstride, rows, w, ldw, nrows, width); return; }
 #endif
     add_scaled_scalar(dx, ldx, g, gstride, rows, w, ldw, nrows, 0, width);
-}
-
-void fk_add_scaled_block(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, int nrows, int width) {
-    fk_add_product(dx, ldx, g, gstride, rows, w, width, nrows, width);
 }
 
 void fk_transpose_rows(const float *src, long rows, long cols, long first, long end, float *dst) {

@@ -10,8 +10,7 @@ package enum DenseProduct {
     /// changes no bit.
     package static func add(_ out: UnsafeMutablePointer<Float>, _ g: UnsafePointer<Float>, rows: Int, inner: Int,
                             _ w: UnsafePointer<Float>, width: Int) {
-        guard rows > 0, width > 0 else { return }
-        guard inner > 0 else { return }
+        guard rows > 0, width > 0, inner > 0 else { return }
         let work = rows * inner * width
         if work < 1 << 16 || Parallel.threadCount == 1 {
             fk_add_product(out, width, g, inner, Int32(rows), w, width, Int32(inner), Int32(width))

@@ -8,7 +8,7 @@ extension LinearWeight {
     ///
     /// Columns are dealt out in whole blocks to the threads; each task decodes a band of
     /// rows of its columns at a time and adds their terms in row order for every token
-    /// (`fk_add_scaled_block`), so the sum over `o` for every element runs in the same order
+    /// (`fk_add_product`), so the sum over `o` for every element runs in the same order
     /// whatever the thread count or instruction set (deterministic training).
     package func addInputGradient(dy: UnsafePointer<Float>, t T: Int, dx: UnsafeMutablePointer<Float>) {
         guard T > 0 else { return }
@@ -22,7 +22,7 @@ extension LinearWeight {
             for o0 in stride(from: 0, to: O, by: band) {
                 let n = min(band, O - o0)
                 for i in 0..<n { decode(row: o0 + i, columns: k0..<k1, into: w + i * width) }
-                fk_add_scaled_block(dx + k0, K, dy + o0, O, Int32(T), w, Int32(n), Int32(width))
+                fk_add_product(dx + k0, K, dy + o0, O, Int32(T), w, width, Int32(n), Int32(width))
             }
         }) { body in Parallel.forEach(chunks, body) }
     }
@@ -43,7 +43,7 @@ extension LinearWeight {
             let transposed = rowsBuffer + panel * K
             for i in 0..<n { decode(row: o0 + i, columns: 0..<K, into: rowsBuffer + i * K) }
             fk_transpose(rowsBuffer, n, K, transposed)      // [K, n]
-            fk_add_scaled_block(y + o0, O, x, K, Int32(T), transposed, Int32(K), Int32(n))
+            fk_add_product(y + o0, O, x, K, Int32(T), transposed, n, Int32(K), Int32(n))
         }) { body in Parallel.forEach((O + panel - 1) / panel, body) }
         if let bias {
             for t in 0..<T { for o in 0..<O { y[t * O + o] += bias[o] } }

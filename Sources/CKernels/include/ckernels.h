@@ -76,12 +76,10 @@ void fk_silu_mul(float *gate, const float *up, long n);
 /// p[i] = fk_exp(p[i] - shift).
 void fk_exp_shift(float *p, long n, float shift);
 
-/// Training's input gradient over nrows consecutive weight rows: for t < rows and j < width,
-/// dx[t * ldx + j] = fmaf(g[t * gstride + o], w[o * width + j], ...) for o = 0, 1, ... in order (the
-/// accumulator in a register). Every path gives the same bits. Also training's forward
-/// product: with dx zeroed, g = x and w = a transposed panel of W it is x W^T.
-void fk_add_scaled_block(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, int nrows, int width);
-/// fk_add_scaled_block with w's rows ldw floats apart (width <= ldw).
+/// Training's dense products: for t < rows and j < width, dx[t * ldx + j] = fmaf(g[t * gstride + o],
+/// w[o * ldw + j], ...) for o = 0, 1, ... < nrows in order onto the value already there (the
+/// accumulator in a register). Every path gives the same bits. The input gradient dY W, and
+/// with dx zeroed, g = x and w a transposed panel of W, the forward x W^T.
 void fk_add_product(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, long ldw, int nrows, int width);
 /// dst[c * rows + r] = src[r * cols + c].
 void fk_transpose(const float *src, long rows, long cols, float *dst);
