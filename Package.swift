@@ -122,7 +122,7 @@ let package = Package(
         .testTarget(name: "LlamaTests", dependencies: ["Llama", "Loading", "Engine", "Benchmarks", "Scheduling", "Sampling", "PagedKV", "TestSupport", "AllocationCounter", "Kernels", "Adapters"]),
         .testTarget(name: "SamplingTests", dependencies: ["Sampling"]),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling", "PagedKV"]),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "Adapters", "Llama", "Loading", "Sampling", "Scheduling", "Tensors", "TestSupport", "Tokenization", "Formats"]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "Benchmarks", "Adapters", "Llama", "Loading", "Sampling", "Scheduling", "Tensors", "TestSupport", "Tokenization", "Formats"]),
         .testTarget(name: "TensorParallelTests", dependencies: ["TensorParallel", "Engine", "Adapters", "Llama", "Loading", "Sampling", "Kernels", "Tensors", "TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Adapters", "Llama", "Loading", "Kernels", "Tensors", "TestSupport", "Tokenization"]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "Formats"]),

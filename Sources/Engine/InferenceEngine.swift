@@ -13,11 +13,14 @@ package struct EngineConfiguration: Sendable {
     package var blockSize: Int = 16
     /// Bytes of KV cache to allocate.
     package var kvCacheBytes: Int
+    /// Requests share the cached KV blocks of a common prefix (`Scheduler`).
+    package var prefixCaching: Bool
 
-    package init(limits: SchedulerLimits = SchedulerLimits(), blockSize: Int = 16, kvCacheBytes: Int = 512 << 20) {
+    package init(limits: SchedulerLimits = SchedulerLimits(), blockSize: Int = 16, kvCacheBytes: Int = 512 << 20, prefixCaching: Bool = true) {
         self.limits = limits
         self.blockSize = blockSize
         self.kvCacheBytes = kvCacheBytes
+        self.prefixCaching = prefixCaching
     }
 }
 
@@ -70,12 +73,16 @@ package protocol EngineObserver: Sendable {
     func requestCancelled(adapter: String?, promptTokens: Int, completionTokens: Int)
     /// The adapters of the running and of the waiting requests changed (names, sorted).
     func adaptersInUse(running: [String], waiting: [String])
+    /// Admitted requests looked `tokens` prompt tokens up in the prefix cache and found
+    /// `hits` of them there (computed by an earlier step, not again).
+    func prefixCacheLookedUp(tokens: Int, hits: Int)
 }
 
 package extension EngineObserver {
     func stateChanged(running: Int, waiting: Int, kvBlocksUsed: Int, kvBlocksTotal: Int) {}
     func requestCancelled(adapter: String?, promptTokens: Int, completionTokens: Int) {}
     func adaptersInUse(running: [String], waiting: [String]) {}
+    func prefixCacheLookedUp(tokens: Int, hits: Int) {}
 }
 
 /// The serving loop: requests join and leave the running batch at every step.
@@ -121,7 +128,8 @@ package final class InferenceEngine: @unchecked Sendable {
                              field: "kv_cache_memory", remedy: "give at least \(perBlock) bytes")
         }
         runner = StepRunner(model: model, tokenizer: tokenizer, limits: configuration.limits, blocks: totalBlocks,
-                            blockSize: configuration.blockSize, adapters: .perSequence, observer: observer)
+                            blockSize: configuration.blockSize, adapters: .perSequence, observer: observer,
+                            prefixCaching: configuration.prefixCaching)
     }
 
     package func start() {

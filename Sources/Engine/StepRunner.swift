@@ -109,7 +109,7 @@ package final class StepRunner {
     private var cachedSet: (digests: [String], set: AdapterSet)?
 
     package init(model: LlamaModel, tokenizer: Tokenizer?, limits: SchedulerLimits, blocks: Int, blockSize: Int,
-                adapters: Adapters = .perSequence, observer: (any EngineObserver)? = nil) {
+                adapters: Adapters = .perSequence, observer: (any EngineObserver)? = nil, prefixCaching: Bool = true) {
         self.model = model
         self.tokenizer = tokenizer
         self.limits = limits
@@ -117,7 +117,7 @@ package final class StepRunner {
         self.blockSize = blockSize
         self.adapters = adapters
         self.observer = observer
-        scheduler = Scheduler(limits: limits, blocks: blocks, blockSize: blockSize)
+        scheduler = Scheduler(limits: limits, blocks: blocks, blockSize: blockSize, prefixCaching: prefixCaching)
         kv = model.makeKVStorage(blocks: blocks, blockSize: blockSize)
     }
 
@@ -169,7 +169,9 @@ package final class StepRunner {
         case .fixed: s.slot >= 0 ? "slot \(s.slot)" : nil
         }
         do {
-            try scheduler.add(id: id, prompt: s.promptIDs, adapter: identity, maxTotal: s.promptIDs.count + s.parameters.maxTokens)
+            // Prompt log-probabilities need every prompt position's logits: no cached prefix.
+            try scheduler.add(id: id, prompt: s.promptIDs, adapter: identity, maxTotal: s.promptIDs.count + s.parameters.maxTokens,
+                              reusePrefix: s.promptLogprobs == nil)
         } catch {
             throw FacetError(.capacity, "the scheduler refused the sequence: \(error)", field: "max_tokens")
         }
@@ -272,6 +274,7 @@ package final class StepRunner {
                 if e.samples { samplers.append((e.request, batch.logitRows.count - 1)) }
             }
         }
+        for c in plan.copies { batch.blockCopies.append((c.source, c.destination)) }
         let deltas: (any LinearDeltas)?
         switch adapters {
         case .fixed(let d):
@@ -293,6 +296,8 @@ package final class StepRunner {
             for e in plan.entries { finish(e.request, nil, error: error) }
             return
         }
+        scheduler.commit()
+        reportPrefixCache()
         for (id, position, row) in promptRows {
             guard let l = live[id], position + 1 >= l.promptScored, let k = l.sequence.promptLogprobs else { continue }
             let next = l.sequence.promptIDs[position + 1]
@@ -324,6 +329,15 @@ package final class StepRunner {
                                kvBlocksUsed: scheduler.allocator.usedCount, kvBlocksTotal: totalBlocks,
                                seconds: Date().timeIntervalSince(started))
         reportAdapters()
+    }
+
+    /// Prefix-cache lookups since the last report.
+    private var reportedPrefix = (queried: 0, hits: 0)
+    private func reportPrefixCache() {
+        let now = (scheduler.prefixQueriedTokens, scheduler.prefixHitTokens)
+        guard now != reportedPrefix else { return }
+        observer?.prefixCacheLookedUp(tokens: now.0 - reportedPrefix.queried, hits: now.1 - reportedPrefix.hits)
+        reportedPrefix = now
     }
 
     /// The adapter names of the running and waiting sequences, reported when they change

@@ -56,6 +56,12 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "With --serving: requests per rate.") var requests = 32
     @Option(name: .customLong("max-tokens"), help: "With --serving: tokens generated per request.") var maxTokens = 64
     @Option(name: .customLong("prompt-words"), help: "With --serving: words per prompt.") var promptWords = 96
+    @Option(name: .customLong("shared-prefix-words"), help: "With --serving: words of a system prompt every request starts with (0: none).")
+    var sharedPrefixWords = 0
+    @Option(name: .customLong("prefix-cache"),
+            help: "With --serving and a started server: on, off, or both (two servers, the same requests to each in turn at every rate, and the ratio of their TTFT).")
+    var prefixCache = "on"
+
     @Option(name: .customLong("temperature"), help: "With --serving: sampling temperature of the requests (0: greedy).") var temperature: Double = 0
     @Option(help: "With --serving: NAME=PATH adapters for the started server; requests use the base and every adapter in turn.")
     var lora: [String] = []
@@ -196,68 +202,112 @@ struct BenchCommand: AsyncParsableCommand {
 extension BenchCommand {
     func runServing() async throws {
         let model = try url ?? failing { try modelOptions.resolvedModelPath() }
+        guard ["on", "off", "both"].contains(prefixCache) else { throw ValidationError("--prefix-cache: expected on, off or both, got '\(prefixCache)'") }
+        guard url == nil || prefixCache == "on" else { throw ValidationError("--prefix-cache \(prefixCache) needs the started server (no --url)") }
+        guard sharedPrefixWords >= 0 else { throw ValidationError("--shared-prefix-words must be 0 or more") }
         var report = BenchReport(machine: BenchReport.Machine.current(), model: model)
-        let server = try url == nil ? failing { try startServer() } : nil
-        defer { server?.terminate() }
-        var config = ServingBenchmark.Configuration(baseURL: url ?? "http://127.0.0.1:\(port)")
+        // (label, server, base URL): one server, or prefix caching on and off side by side.
+        let variants: [(label: String, cache: Bool)] = switch prefixCache {
+        case "both": [("cache on", true), ("cache off", false)]
+        case "off": [("", false)]
+        default: [("", true)]
+        }
+        var servers: [ServerProcess] = []
+        defer { for s in servers { s.terminate() } }
+        var urls: [String] = []
+        for (i, v) in variants.enumerated() {
+            if let url {
+                urls.append(url)
+            } else {
+                servers.append(try failing { try startServer(port: port + 10 * i, prefixCache: v.cache) })
+                urls.append("http://127.0.0.1:\(port + 10 * i)")
+            }
+        }
+        var config = ServingBenchmark.Configuration(baseURL: urls[0])
         config.rates = try parsedRates()
         config.requestsPerRate = requests
         config.maxTokens = maxTokens
         config.promptWords = promptWords
+        config.sharedPrefixWords = sharedPrefixWords
         config.temperature = temperature
         config.apiKey = apiKey
         config.protocolKind = ServingProtocol(rawValue: protocolName) ?? .openai
         config.adapterTasks = lora.count
         config.grpcPort = grpcPort
-        if let server { try await server.waitUntilHealthy(baseURL: config.baseURL) }
-        print("facet bench --serving (\(protocolName)): \(config.baseURL), \(requests) streaming requests per rate, \(promptWords)-word prompts, "
-              + "\(maxTokens) tokens each (ignore_eos), temperature \(temperature); rates \(rates.joined(separator: ", ")) req/s")
-        print("rate      done  failed   req/s  out tok/s   TTFT p50/p90/p99 ms       TPOT p50/p90/p99 ms    latency p50/p99 ms")
-        do {
-            report.serving = try await ServingBenchmark(config).run { r in
-                let rate = r.rate.map { String(format: "%.1f", $0) } ?? "max"
-                print(rate.padding(toLength: 8, withPad: " ", startingAt: 0)
-                      + String(format: "%6d %7d %7.2f %10.1f   %6.0f %6.0f %6.0f      %6.1f %6.1f %6.1f      %7.0f %7.0f", r.requests - r.failed, r.failed,
-                               r.requestsPerSecond, r.outputTokensPerSecond, r.ttft.p50, r.ttft.p90, r.ttft.p99,
-                               r.tpot.p50, r.tpot.p90, r.tpot.p99, r.latency.p50, r.latency.p99))
-                if let e = r.firstError { print("  first error: \(e)") }
-                fflush(nil)
+        for (s, u) in zip(servers, urls) { try await s.waitUntilHealthy(baseURL: u) }
+        let shared = sharedPrefixWords > 0 ? "a shared \(sharedPrefixWords)-word system prompt + " : ""
+        print("facet bench --serving (\(protocolName)): \(urls.joined(separator: " and ")), \(requests) streaming requests per rate, \(shared)\(promptWords)-word prompts, "
+              + "\(maxTokens) tokens each (ignore_eos), temperature \(temperature); rates \(rates.joined(separator: ", ")) req/s"
+              + (variants.count > 1 ? "; prefix caching on and off, in turn at each rate" : ""))
+        print("rate      \(variants.count > 1 ? "server     " : "")done  failed   req/s  out tok/s   TTFT p50/p90/p99 ms       TPOT p50/p90/p99 ms    latency p50/p99 ms")
+        for rate in config.rates {
+            var p50: [Double] = []
+            for (i, v) in variants.enumerated() {
+                var c = config
+                c.baseURL = urls[i]
+                c.grpcPort = url == nil ? grpcPort + 10 * i : grpcPort
+                c.rates = [rate]
+                do {
+                    let results = try await ServingBenchmark(c).run { r in
+                        let rate = r.rate.map { String(format: "%.1f", $0) } ?? "max"
+                        print(rate.padding(toLength: 8, withPad: " ", startingAt: 0)
+                              + (variants.count > 1 ? v.label.padding(toLength: 11, withPad: " ", startingAt: 0) : "")
+                              + String(format: "%6d %7d %7.2f %10.1f   %6.0f %6.0f %6.0f      %6.1f %6.1f %6.1f      %7.0f %7.0f", r.requests - r.failed, r.failed,
+                                       r.requestsPerSecond, r.outputTokensPerSecond, r.ttft.p50, r.ttft.p90, r.ttft.p99,
+                                       r.tpot.p50, r.tpot.p90, r.tpot.p99, r.latency.p50, r.latency.p99))
+                        if let e = r.firstError { print("  first error: \(e)") }
+                        fflush(nil)
+                    }
+                    for var r in results {
+                        p50.append(r.ttft.p50)
+                        if variants.count > 1 { r.label = v.label }
+                        report.serving.append(r)
+                    }
+                } catch {
+                    let remedy = url == nil ? "see the server's log above" : "check that --url points at a running OpenAI-compatible server"
+                    FileHandle.standardError.write(Data("error: the serving benchmark failed against \(c.baseURL): \(error) (remedy: \(remedy))\n".utf8))
+                    throw ExitCode(2)
+                }
             }
-        } catch {
-            let remedy = url == nil ? "see the server's log above" : "check that --url points at a running OpenAI-compatible server"
-            FileHandle.standardError.write(Data("error: the serving benchmark failed against \(config.baseURL): \(error) (remedy: \(remedy))\n".utf8))
-            throw ExitCode(2)
+            if p50.count == 2, p50[0] > 0 {
+                print(String(format: "        TTFT p50 with the prefix cache: %.2fx faster (%.0f ms against %.0f ms without)", p50[1] / p50[0], p50[0], p50[1]))
+            }
         }
         for r in report.serving {
-            report.results.append(Benchmark.Result(name: "serving at \(r.rate.map { String(format: "%g", $0) } ?? "max") req/s",
+            report.results.append(Benchmark.Result(name: "serving at \(r.rate.map { String(format: "%g", $0) } ?? "max") req/s" + (r.label.map { " (\($0))" } ?? ""),
                                                    tokensPerSecond: r.outputTokensPerSecond, tokens: 0, seconds: r.seconds))
         }
         try report.write(json: json, svg: svg)
     }
 
     /// Starts `facet serve` (this executable) with the same model options.
-    func startServer() throws -> ServerProcess {
+    func startServer(port: Int, prefixCache: Bool) throws -> ServerProcess {
         var arguments = ["serve", "--model", try modelOptions.resolvedModelPath(), "--port", String(port), "--log-level", "warning"]
+        if !prefixCache { arguments.append("--no-prefix-cache") }
         if let dir = modelOptions.tokenizerDir { arguments += ["--tokenizer_dir", dir] }
         if let compute = modelOptions.compute { arguments += ["--compute", compute.rawValue] }
         for spec in lora { arguments += ["--lora", spec] }
-        if ServingProtocol(rawValue: protocolName) == .kserveGRPC { arguments += ["--grpc-port", String(grpcPort)] }
+        // The second server of a side-by-side run listens ten ports up, for gRPC too.
+        if ServingProtocol(rawValue: protocolName) == .kserveGRPC { arguments += ["--grpc-port", String(grpcPort + port - self.port)] }
         if let apiKey { arguments += ["--api-key", apiKey] }
-        return try ServerProcess(arguments: arguments)
+        return try ServerProcess(arguments: arguments, name: String(port))
     }
 }
 
 /// A `facet serve` child process for the serving benchmark.
 final class ServerProcess: @unchecked Sendable {
     let process = Process()
-    let logPath = FileManager.default.temporaryDirectory.appendingPathComponent("facet-bench-serve-\(getpid()).log").path
+    let logPath: String
 
-    init(arguments: [String]) throws {
+    /// `name` tells apart the logs of the servers one benchmark starts.
+    init(arguments: [String], name: String) throws {
         guard let exe = Bundle.main.executableURL else {
             throw FacetError(.notFound, "cannot find the facet executable to start a server", remedy: "pass --url of a running server")
         }
-        FileManager.default.createFile(atPath: logPath, contents: nil)
-        let log = FileHandle(forWritingAtPath: logPath)
+        logPath = FileManager.default.temporaryDirectory.appendingPathComponent("facet-bench-serve-\(getpid())-\(name).log").path
+        guard FileManager.default.createFile(atPath: logPath, contents: nil), let log = FileHandle(forWritingAtPath: logPath) else {
+            throw FacetError(.io, "cannot write the server's log", file: logPath, remedy: "check that the temporary directory is writable")
+        }
         process.executableURL = exe
         process.arguments = arguments
         process.standardOutput = log
@@ -266,7 +316,7 @@ final class ServerProcess: @unchecked Sendable {
     }
 
     func waitUntilHealthy(baseURL: String, seconds: Double = 180) async throws {
-        nonisolated(unsafe) let child = process
+        let child = process
         if await ServingBenchmark.waitUntilHealthy(baseURL: baseURL, seconds: seconds, alive: { child.isRunning }) { return }
         let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
         terminate()

@@ -59,6 +59,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(name: .customLong("allow-special-tokens-in-content"),
           help: "Parse special-token text inside chat messages as special tokens (off: it stays text, so users cannot fake turns).")
     var allowSpecialTokensInContent = false
+    @Flag(name: .customLong("no-prefix-cache"),
+          help: "Compute every prompt in full (default: requests with a common start under the same adapter share its cached KV blocks; outputs are the same either way).")
+    var noPrefixCache = false
 
     func run() async throws {
         do {
@@ -125,7 +128,8 @@ struct ServeCommand: AsyncParsableCommand {
         let metrics = ServerMetrics()
         metrics.maxLoras = maxLoras
         let engine = try InferenceEngine(model: model, tokenizer: tokenizer,
-                                         configuration: EngineConfiguration(limits: limits, blockSize: blockSize, kvCacheBytes: kvBytes),
+                                         configuration: EngineConfiguration(limits: limits, blockSize: blockSize, kvCacheBytes: kvBytes,
+                                                                            prefixCaching: !noPrefixCache),
                                          adapterStore: store, observer: metrics)
         var config = ServerConfiguration()
         config.host = host
@@ -143,7 +147,7 @@ struct ServeCommand: AsyncParsableCommand {
         config.grpcPort = grpcPort
         config.servedModelName = servedModelName ?? ((path as NSString).lastPathComponent as NSString).deletingPathExtension
         let context = ServingContext(engine: engine, store: store, metrics: metrics, configuration: config)
-        logger.info("serving \(config.servedModelName) with \(store.names.count) adapters on http://\(host):\(port) (KV cache: \(engine.totalBlocks) blocks of \(blockSize); kernels: \(LinearWeight.instructionTier))")
+        logger.info("serving \(config.servedModelName) with \(store.names.count) adapters on http://\(host):\(port) (KV cache: \(engine.totalBlocks) blocks of \(blockSize), prefix caching \(noPrefixCache ? "off" : "on"); kernels: \(LinearWeight.instructionTier))")
         let app = FacetServer.makeApplication(context: context, logger: logger)
         // The first SIGTERM/SIGINT drains (running requests finish, new connections are
         // refused) for at most --drain-timeout; a second one ends the process at once.

@@ -147,7 +147,7 @@ struct TuneCommand: ParsableCommand {
             try AdapterMerge.write(try encoder.encode(templateConfig), to: out + "/template.json")
         }
         let logPath = out + "/training_log.jsonl"
-        if resumed == nil || !FileManager.default.fileExists(atPath: logPath) { FileManager.default.createFile(atPath: logPath, contents: nil) }
+        if resumed == nil || !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }
         guard let logFile = FileHandle(forWritingAtPath: logPath) else {
             throw FacetError(.io, "cannot write the training log", file: logPath, remedy: "check that --out is writable")
         }

@@ -4,6 +4,8 @@
 /// `blockTables`), using adapter slot `adapterSlots[t]` (-1 = base model). A sequence's
 /// tokens in one batch must have consecutive positions following what is already cached.
 /// `logitRows` lists the tokens whose next-token logits are wanted, in output order.
+/// `blockCopies` are (source, destination) pairs of cache blocks whose keys and values are
+/// copied, every layer, before the step runs (copy-on-write of a cached prefix block).
 package struct ForwardBatch: Sendable {
     package var tokens: [Int32]
     package var positions: [Int32]
@@ -11,6 +13,7 @@ package struct ForwardBatch: Sendable {
     package var adapterSlots: [Int32]
     package var blockTables: [[Int32]]
     package var logitRows: [Int]
+    package var blockCopies: [(source: Int32, destination: Int32)] = []
 
     package init(tokens: [Int32] = [], positions: [Int32] = [], sequences: [Int32] = [], adapterSlots: [Int32] = [],
                 blockTables: [[Int32]] = [], logitRows: [Int] = []) {
@@ -32,6 +35,7 @@ package struct ForwardBatch: Sendable {
         adapterSlots.removeAll(keepingCapacity: true)
         blockTables.removeAll(keepingCapacity: true)
         logitRows.removeAll(keepingCapacity: true)
+        blockCopies.removeAll(keepingCapacity: true)
     }
 
     /// Appends a run of tokens of one sequence; `wantLogits` asks for the last token's logits.

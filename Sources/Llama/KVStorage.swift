@@ -55,6 +55,15 @@ package final class KVStorage: @unchecked Sendable {
         (Int(table[position / blockSize]) * blockSize + position % blockSize) * kvHeads * headDim
     }
 
+    /// Copies block `source`'s keys and values to block `destination`, every layer.
+    func copyBlock(_ source: Int32, to destination: Int32) {
+        let n = blockSize * kvHeads * headDim
+        for l in 0..<layers {
+            (keys[l] + Int(destination) * n).update(from: keys[l] + Int(source) * n, count: n)
+            (values[l] + Int(destination) * n).update(from: values[l] + Int(source) * n, count: n)
+        }
+    }
+
     func pagedLayer(_ layer: Int) -> Attention.PagedLayer {
         Attention.PagedLayer(keys: keys[layer], values: values[layer], blockSize: blockSize, kvHeads: kvHeads, headDim: headDim)
     }

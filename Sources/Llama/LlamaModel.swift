@@ -158,6 +158,7 @@ package final class LlamaModel: @unchecked Sendable {
         try check(batch, kv: kv)
         var deltas = deltas
         if let parallel { deltas = try parallel.prepareForward(batch, kv: kv, deltas: deltas) }
+        for (source, destination) in batch.blockCopies { kv.copyBlock(source, to: destination) }
         let c = config
         // This rank's heads and intermediate rows (all of them in one process).
         let D = c.hiddenSize, hd = c.headDim, Hq = localHeads, Hkv = localKVHeads
@@ -347,6 +348,11 @@ package final class LlamaModel: @unchecked Sendable {
             for b in table where b < 0 || Int(b) >= kv.blocks {
                 throw FacetError(.invalidArgument, "block \(b) is outside the cache of \(kv.blocks) blocks", field: "batch.blockTables")
             }
+        }
+        for (source, destination) in batch.blockCopies
+        where source < 0 || Int(source) >= kv.blocks || destination < 0 || Int(destination) >= kv.blocks || source == destination {
+            throw FacetError(.invalidArgument, "block copy \(source) -> \(destination) is not between two blocks of the cache of \(kv.blocks)",
+                             field: "batch.blockCopies")
         }
         for r in batch.logitRows where r < 0 || r >= T {
             throw FacetError(.invalidArgument, "logit row \(r) is not a token of the batch", field: "batch.logitRows")

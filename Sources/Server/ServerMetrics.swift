@@ -23,7 +23,11 @@ package final class ServerMetrics: EngineObserver, @unchecked Sendable {
     let ttft: CoreMetrics.Timer
     let tpot: CoreMetrics.Timer
     let stepTime: CoreMetrics.Timer
+    let prefixQueries: CoreMetrics.Counter
+    let prefixHits: CoreMetrics.Counter
+    let prefixHitRatio: CoreMetrics.Gauge
     private let lock = NSLock()
+    private var prefixTotals = (queried: 0, hits: 0)
     // What the Kubernetes Gateway API Inference Extension's endpoint picker reads, under
     // vLLM's names (written by `gatewayText`).
     private var gauges = (running: 0, waiting: 0, kvUsage: 0.0)
@@ -59,6 +63,21 @@ package final class ServerMetrics: EngineObserver, @unchecked Sendable {
         ttft = CoreMetrics.Timer(label: "facet_time_to_first_token_seconds", factory: f)
         tpot = CoreMetrics.Timer(label: "facet_time_per_output_token_seconds", factory: f)
         stepTime = CoreMetrics.Timer(label: "facet_step_duration_seconds", factory: f)
+        prefixQueries = CoreMetrics.Counter(label: "facet_prefix_cache_queries_total", factory: f)
+        prefixHits = CoreMetrics.Counter(label: "facet_prefix_cache_hits_total", factory: f)
+        prefixHitRatio = CoreMetrics.Gauge(label: "facet_prefix_cache_hit_ratio", factory: f)
+    }
+
+    /// Prompt tokens looked up in the prefix cache and found there; the ratio is cumulative.
+    package func prefixCacheLookedUp(tokens: Int, hits: Int) {
+        prefixQueries.increment(by: tokens)
+        prefixHits.increment(by: hits)
+        let ratio = lock.withLock {
+            prefixTotals.queried += tokens
+            prefixTotals.hits += hits
+            return Double(prefixTotals.hits) / Double(max(prefixTotals.queried, 1))
+        }
+        prefixHitRatio.record(ratio)
     }
 
     package func stepFinished(running r: Int, waiting w: Int, tokens: Int, kvBlocksUsed: Int, kvBlocksTotal: Int, seconds: Double) {

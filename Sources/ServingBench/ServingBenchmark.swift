@@ -15,6 +15,9 @@ package struct ServingBenchmark: Sendable {
         package var rates: [Double] = [1, 2, 4, 8, .infinity]
         package var requestsPerRate = 32
         package var promptWords = 96
+        /// Words of a system prompt that every request starts with (0: none), before its own
+        /// `promptWords` (what a prefix cache serves).
+        package var sharedPrefixWords = 0
         package var maxTokens = 64
         /// Sampling temperature of every request (0: greedy; OpenAI clients default to 1).
         package var temperature: Double = 0
@@ -60,6 +63,8 @@ package struct ServingBenchmark: Sendable {
         package var tpot: Percentiles
         package var latency: Percentiles
         package var firstError: String?
+        /// Which server of a side-by-side run (e.g. "cache off"); nil for one server.
+        package var label: String?
     }
 
     struct Outcome: Sendable {
@@ -163,7 +168,7 @@ package struct ServingBenchmark: Sendable {
         let outcomes = await withTaskGroup(of: Outcome.self) { group in
             for (i, offset) in offsets.enumerated() {
                 let model = models[i % models.count]
-                let prompt = Self.prompt(words: configuration.promptWords, variant: i)
+                let prompt = Self.prompt(words: configuration.promptWords, variant: i, sharedPrefixWords: configuration.sharedPrefixWords)
                 group.addTask {
                     let wait = start + .milliseconds(Int64(offset * 1000)) - ContinuousClock.now
                     if wait > .zero { try? await Task.sleep(for: wait) }
@@ -243,12 +248,17 @@ package struct ServingBenchmark: Sendable {
         Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
     }
 
-    /// A deterministic prompt of about `words` words, different per request.
-    static func prompt(words: Int, variant: Int) -> String {
+    /// A deterministic prompt of about `words` words, different per request, after a system
+    /// prompt of `sharedPrefixWords` words that is the same for every request.
+    static func prompt(words: Int, variant: Int, sharedPrefixWords: Int = 0) -> String {
         let vocabulary = ["the", "river", "carries", "light", "across", "old", "stones", "while", "children", "count", "boats",
                           "under", "a", "bridge", "of", "iron", "and", "rain", "falls", "softly", "on", "market", "roofs", "near", "harbor"]
-        var random = SeededRandom(seed: UInt64(variant) &* 0x9E37_79B9 &+ 7)
-        return "Request \(variant): " + (0..<max(1, words)).map { _ in vocabulary[Int(random.next() % UInt64(vocabulary.count))] }.joined(separator: " ")
+        func text(_ n: Int, seed: UInt64) -> String {
+            var random = SeededRandom(seed: seed)
+            return (0..<n).map { _ in vocabulary[Int(random.next() % UInt64(vocabulary.count))] }.joined(separator: " ")
+        }
+        let system = sharedPrefixWords > 0 ? "System: " + text(sharedPrefixWords, seed: 0x5EED) + "\n" : ""
+        return system + "Request \(variant): " + text(max(1, words), seed: UInt64(variant) &* 0x9E37_79B9 &+ 7)
     }
 }
 

@@ -109,6 +109,7 @@ extension ForwardBatch {
         w.ints(logitRows)
         w.int(blockTables.count)
         for t in blockTables { w.int32s(t) }
+        w.int32s(blockCopies.flatMap { [$0.source, $0.destination] })
     }
 
     package static func decode(from r: inout WireReader) throws -> ForwardBatch {
@@ -120,6 +121,9 @@ extension ForwardBatch {
         b.logitRows = try r.ints()
         let n = try r.count(8, "block tables")
         b.blockTables = try (0..<n).map { _ in try r.int32s() }
+        let copies = try r.int32s()
+        guard copies.count % 2 == 0 else { throw FacetError(.invalidFile, "rank 0 sent an odd list of block copies", remedy: "every rank must run the same facet build") }
+        b.blockCopies = stride(from: 0, to: copies.count, by: 2).map { (copies[$0], copies[$0 + 1]) }
         return b
     }
 }

@@ -343,7 +343,7 @@ package final class LoRABackprop: @unchecked Sendable {
         Self.addProduct(&pair.gradB, Self.transpose(sdy, T, o), o, T, u, r)           // += s dyᵀ u: [out, r]
         Self.addProduct(&pair.gradA, Self.transpose(du, T, r), r, T, xd, n)           // += duᵀ xd: [r, in]
         if let mask {
-            var dxd = Self.product(du, pair.a, T, r, n)                               // du A: [T, in]
+            let dxd = Self.product(du, pair.a, T, r, n)                               // du A: [T, in]
             for i in dxd.indices { dx[i] += dxd[i] * mask[i] }
         } else {
             Self.addProduct(&dx, du, T, r, pair.a, n)                                 // dx += du A

@@ -153,6 +153,45 @@ def test_metrics_expose_the_engine(client, server):
         assert name in text, name
 
 
+def metric(server, name):
+    for line in requests.get(server.url + "/metrics").text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_prefix_cache_serves_a_shared_system_prompt(client, server):
+    """Chats that share a long system prompt reuse its cached KV blocks (the hit counters in
+    /metrics grow) and answer exactly as a server started with --no-prefix-cache does."""
+    system = "You are a careful geography tutor. " * 12 + "Answer in one short sentence."
+    questions = ["What is the capital of France?", "What is the capital of Germany?", "What is the capital of Italy?"]
+
+    def answers(c):
+        out = []
+        for model in (BASE, "fr"):
+            for q in questions:
+                r = c.chat.completions.create(model=model, max_tokens=16, temperature=0,
+                                              messages=[{"role": "system", "content": system}, {"role": "user", "content": q}])
+                out.append(r.choices[0].message.content)
+        return out
+
+    queried, hits = metric(server, "facet_prefix_cache_queries_total"), metric(server, "facet_prefix_cache_hits_total")
+    cached = answers(client)
+    queried, hits = metric(server, "facet_prefix_cache_queries_total") - queried, metric(server, "facet_prefix_cache_hits_total") - hits
+    # The system prompt (over 100 tokens) is computed once per adapter; each later question
+    # under the same adapter finds at least its whole blocks.
+    assert queried > 600 and hits >= 4 * 96, (queried, hits)
+    assert 0 < metric(server, "facet_prefix_cache_hit_ratio") <= 1
+    from openai import OpenAI
+    s = Server(extra=["--no-prefix-cache"])
+    try:
+        c = OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        assert answers(c) == cached
+        assert metric(s, "facet_prefix_cache_hits_total") == 0
+    finally:
+        s.stop()
+
+
 def test_curl_and_api_key():
     s = Server(api_key="sekrit")
     try:

@@ -203,11 +203,13 @@ import TestSupport
         batch.append(sequence: 0, tokens: [5, 6, 7], startPosition: 0, adapterSlot: 1, wantLogits: true)
         batch.append(sequence: 1, tokens: [9], startPosition: 4, adapterSlot: -1, wantLogits: true)
         batch.blockTables = [[0, 3], [2]]
+        batch.blockCopies = [(5, 3), (1, 2)]
         var w = WireWriter()
         batch.encode(into: &w)
         var r = WireReader(w.bytes)
         let back = try ForwardBatch.decode(from: &r)
         #expect(back.tokens == batch.tokens && back.positions == batch.positions && back.sequences == batch.sequences)
         #expect(back.adapterSlots == batch.adapterSlots && back.logitRows == batch.logitRows && back.blockTables == batch.blockTables)
+        #expect(back.blockCopies.map(\.source) == [5, 1] && back.blockCopies.map(\.destination) == [3, 2])
     }
 }
