@@ -121,7 +121,8 @@ package final class InferenceEngine: @unchecked Sendable {
         self.adapterStore = adapterStore
         self.observer = observer
         let c = model.config
-        let perBlock = KVStorage.bytesPerToken(layers: c.numLayers, kvHeads: model.localKVHeads, headDim: c.headDim) * configuration.blockSize
+        let perBlock = KVStorage.bytesPerToken(layers: c.numLayers, kvHeads: model.localKVHeads, headDim: c.headDim, type: model.kvCacheType)
+            * configuration.blockSize
         totalBlocks = configuration.kvCacheBytes / perBlock
         guard totalBlocks >= 1 else {
             throw FacetError(.invalidArgument, "--kv-cache-memory \(configuration.kvCacheBytes) bytes holds no block of \(perBlock) bytes",

@@ -120,7 +120,7 @@ struct BenchCommand: AsyncParsableCommand {
             let modes = modelOptions.compute.map { [$0] } ?? ComputeMode.allCases
             var report = BenchReport(machine: BenchReport.Machine.current(), model: try modelOptions.resolvedModelPath())
             print("facet bench — \(loaded.config.architecture), \(loaded.config.numLayers) layers, hidden \(loaded.config.hiddenSize), "
-                  + "\(report.machine.threads) threads, \(report.machine.cpu), kernels: \(report.machine.kernels ?? "?")"
+                  + "\(report.machine.threads) threads, \(report.machine.cpu), kernels: \(report.machine.kernels ?? "?"), KV cache \(loaded.kvCacheType.rawValue)"
                   + (group.map { ", tensor parallel: \($0.shard.size) ranks x \(report.machine.threads) threads" } ?? ""))
             let synthetic = adapterPrecisions.map { p in
                 (p, Benchmark(model: loaded).syntheticAdapters(count: adapterCounts.max() ?? 0, rank: adapterRank, precision: p))
@@ -170,6 +170,17 @@ struct BenchCommand: AsyncParsableCommand {
                                  mode.rawValue, modes[0].rawValue, prompts.count, accuracyTokens, a.identicalContinuations, a.prompts,
                                  a.tokenAgreement * 100, a.meanKL, a.maxKL))
                 }
+            }
+            if loaded.kvCacheType != .fp32, accuracyPrompts > 0 {
+                let prompts = BenchPrompts.make(count: accuracyPrompts, tokenizer: tokenizer, vocabulary: loaded.config.vocabSize)
+                let type = loaded.kvCacheType.rawValue
+                let a = try Benchmark.accuracy(reference: loaded.with(compute: modes[0], kvCacheType: .fp32), candidate: loaded.with(compute: modes[0]),
+                                               prompts: prompts, newTokens: accuracyTokens)
+                report.accuracy["kv-cache-\(type)"] = a
+                print(String(format: "accuracy of a %@ KV cache against fp32 (%@ compute, %d prompts x %d greedy tokens): identical continuations %d/%d, "
+                             + "token agreement %.1f%%, mean KL %.5f nats (max %.4f)",
+                             type, modes[0].rawValue, prompts.count, accuracyTokens, a.identicalContinuations, a.prompts,
+                             a.tokenAgreement * 100, a.meanKL, a.maxKL))
             }
             var real: [LoRAAdapter] = []
             for dir in loraDirs {

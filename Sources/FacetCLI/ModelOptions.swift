@@ -24,6 +24,10 @@ struct ModelOptions: ParsableArguments {
 
     var computeMode: ComputeMode { compute ?? .fp32 }
 
+    @Option(name: .customLong("kv-cache-dtype"),
+            help: "How the KV cache stores keys and values: fp32 (default, exact), or bf16/f16 (half the memory, so twice the positions in --kv-cache-memory; rounds them).")
+    var kvCacheDType: KVCacheType?
+
     @Option(name: .customLong("lora-precision"),
             help: "How adapters keep their LoRA factors: exact (default; 16-bit files stay 16-bit), or bf16/f16 (rounds fp32 adapters: half the memory and traffic, small accuracy cost).")
     var loraPrecision: LoRAPrecision = .exact
@@ -33,6 +37,7 @@ struct ModelOptions: ParsableArguments {
     func rejectRuntimeOptions(for command: String) throws {
         if compute != nil { throw ValidationError("--compute applies to run, serve and bench, not to \(command)") }
         if loraPrecision != .exact { throw ValidationError("--lora-precision applies to run, serve and bench, not to \(command)") }
+        if kvCacheDType != nil { throw ValidationError("--kv-cache-dtype applies to run, serve, bench and perplexity, not to \(command)") }
     }
 
     /// Where `scripts/setup` puts the default model, searched from the working directory,
@@ -70,7 +75,7 @@ struct ModelOptions: ParsableArguments {
         let progress: (String) -> Void = { if !quiet { FileHandle.standardError.write(Data("[facet] \($0)\n".utf8)) } }
         let start = Date()
         let (loaded, source) = try ModelLoader.load(path: path, progress: progress)
-        var model = loaded.with(compute: computeMode)
+        var model = loaded.with(compute: computeMode, kvCacheType: kvCacheDType ?? .fp32)
         if let group {
             model = try group.shardModel(model)
             progress("Tensor parallel: \(group.shard.size) ranks, each with \(model.localHeads) of \(model.config.numHeads) query heads, \(model.localKVHeads) of \(model.config.numKVHeads) key/value heads and \(model.localIntermediate) of \(model.config.intermediateSize) MLP rows")
@@ -98,5 +103,6 @@ struct ModelOptions: ParsableArguments {
 }
 
 extension ComputeMode: ExpressibleByArgument {}
+extension KVCacheType: ExpressibleByArgument {}
 
 extension LoRAPrecision: ExpressibleByArgument {}

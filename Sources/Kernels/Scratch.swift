@@ -9,7 +9,7 @@ package enum Scratch {
         case blockSums = 0, int8Activations, int8Scales, attentionScores
         case loraInput, loraRank
         case activations, finalHidden, logitInput, logitOutput, embeddingRow, logitRowIndex, logitShard, logitGather, parallelReduce
-        case gradientRow
+        case gradientRow, attentionTiles
     }
 
     package static func floats(_ slot: Slot, _ count: Int) -> UnsafeMutablePointer<Float> {

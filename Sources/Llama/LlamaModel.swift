@@ -90,6 +90,8 @@ package final class LlamaModel: @unchecked Sendable {
     package let weights: LlamaWeights
     /// How products with compact weights treat activations (`ComputeMode`).
     package let compute: ComputeMode
+    /// How the KV caches this model makes store keys and values.
+    package let kvCacheType: KVCacheType
     /// The tensor-parallel group this model is one rank of; nil for the whole model in one
     /// process. `weights` then hold this rank's shard (`TensorShard`).
     package let parallel: (any TensorParallelGroup)?
@@ -99,7 +101,7 @@ package final class LlamaModel: @unchecked Sendable {
     let rope: RopeTable
 
     /// `weights` are the whole model, or this rank's shard when `parallel` is given.
-    package init(config: LlamaConfiguration, weights: LlamaWeights, compute: ComputeMode = .fp32,
+    package init(config: LlamaConfiguration, weights: LlamaWeights, compute: ComputeMode = .fp32, kvCacheType: KVCacheType = .fp32,
                  parallel: (any TensorParallelGroup)? = nil) throws {
         try config.validate()
         let shard = parallel?.shard ?? .whole
@@ -108,6 +110,7 @@ package final class LlamaModel: @unchecked Sendable {
         self.config = config
         self.weights = weights
         self.compute = compute
+        self.kvCacheType = kvCacheType
         self.parallel = parallel
         (localHeads, localKVHeads, localIntermediate) = shard.localSizes(config)
         self.rope = RopeTable(invFreq: config.ropeInverseFrequencies(), headDim: config.headDim)
@@ -116,24 +119,26 @@ package final class LlamaModel: @unchecked Sendable {
     /// The rank of a tensor-parallel group this model is (`.whole` for none).
     package var shard: TensorShard { parallel?.shard ?? .whole }
 
-    /// The same weights (shared, not copied) under another compute mode.
-    package func with(compute: ComputeMode) -> LlamaModel {
-        LlamaModel(validated: self, compute: compute)
+    /// The same weights (shared, not copied) under another compute mode or KV cache type.
+    package func with(compute: ComputeMode? = nil, kvCacheType: KVCacheType? = nil) -> LlamaModel {
+        LlamaModel(validated: self, compute: compute ?? self.compute, kvCacheType: kvCacheType ?? self.kvCacheType)
     }
 
-    private init(validated other: LlamaModel, compute: ComputeMode) {
+    private init(validated other: LlamaModel, compute: ComputeMode, kvCacheType: KVCacheType) {
         config = other.config
         weights = other.weights
         rope = other.rope
         parallel = other.parallel
         (localHeads, localKVHeads, localIntermediate) = (other.localHeads, other.localKVHeads, other.localIntermediate)
         self.compute = compute
+        self.kvCacheType = kvCacheType
     }
 
     /// Allocates cache storage for `blocks` blocks of `blockSize` positions (this rank's KV
     /// heads; the other ranks of a tensor-parallel group allocate theirs).
     package func makeKVStorage(blocks: Int, blockSize: Int) -> KVStorage {
-        let kv = KVStorage(layers: config.numLayers, blocks: blocks, blockSize: blockSize, kvHeads: localKVHeads, headDim: config.headDim)
+        let kv = KVStorage(layers: config.numLayers, blocks: blocks, blockSize: blockSize, kvHeads: localKVHeads, headDim: config.headDim,
+                           type: kvCacheType)
         parallel?.didMakeKVStorage(kv)
         return kv
     }
@@ -415,9 +420,7 @@ package final class LlamaModel: @unchecked Sendable {
         for t in 0..<batch.count {
             let table = batch.blockTables[Int(batch.sequences[t])]
             table.withUnsafeBufferPointer { tp in
-                let s = kv.slot(Int(batch.positions[t]), tp.baseAddress!)
-                (kv.keys[layer] + s).update(from: k + t * width, count: width)
-                (kv.values[layer] + s).update(from: v + t * width, count: width)
+                kv.store(layer: layer, slot: kv.slot(Int(batch.positions[t]), tp.baseAddress!), keys: k + t * width, values: v + t * width)
             }
         }
     }
@@ -431,15 +434,28 @@ package final class LlamaModel: @unchecked Sendable {
         let maxPos = Int(batch.positions.max() ?? 0)
         let kvHeads = localKVHeads
         let work = batch.count * (maxPos + 1) * QD * 2
-        // One task per (token, kv group): a decode step of one sequence still uses every core.
+        // Tiles: runs of at most `AttentionJob.tile` consecutive tokens of one sequence (a
+        // prefill chunk), attended together so each cached row is read once per tile.
+        let tiles = Scratch.raw(.attentionTiles, (batch.count + 1) * MemoryLayout<Int32>.stride).assumingMemoryBound(to: Int32.self)
+        var tileCount = 0
+        for t in 0..<batch.count {
+            if t == 0 || batch.sequences[t] != batch.sequences[t - 1] || t - Int(tiles[tileCount - 1]) == AttentionJob.tile {
+                tiles[tileCount] = Int32(t)
+                tileCount += 1
+            }
+        }
+        tiles[tileCount] = Int32(batch.count)
+        // One task per (tile, kv group): a decode step of one sequence still uses every core.
         let job = AttentionJob(batch: batch, layer: paged, q: q, out: out, QD: QD, heads: heads, kvHeads: kvHeads, scale: scale,
-                               window: window, maxPos: maxPos, split: Parallel.Split(batch.count * kvHeads, work: work))
+                               window: window, maxPos: maxPos, tiles: tiles, split: Parallel.Split(tileCount * kvHeads, work: work))
         Parallel.run(job.split.parts, job)
     }
 }
 
-/// The attention of a step, split by (token, kv group) (see `LlamaModel.attend`).
+/// The attention of a step, split by (tile of tokens, kv group) (see `LlamaModel.attend`).
 private struct AttentionJob: ParallelJob, @unchecked Sendable {
+    /// Queries per tile. Results do not depend on it (`Attention.attend(_:...)`).
+    static let tile = 16
     let batch: ForwardBatch
     let layer: Attention.PagedLayer
     let q: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>
@@ -447,6 +463,8 @@ private struct AttentionJob: ParallelJob, @unchecked Sendable {
     let scale: Float
     let window: Int?
     let maxPos: Int
+    /// Start token of each tile, and one past the last tile's end.
+    let tiles: UnsafePointer<Int32>
     let split: Parallel.Split
 
     static let entry: @convention(c) (UnsafeMutableRawPointer?, Int32) -> Void = { job, task in
@@ -455,14 +473,21 @@ private struct AttentionJob: ParallelJob, @unchecked Sendable {
 
     func run(_ task: Int) {
         // Room for whole multiples of 1024 positions, so growing contexts rarely regrow it.
-        let scores = Scratch.floats(.attentionScores, (maxPos / 1024 + 1) * 1024 * (heads / kvHeads))
-        for item in split.range(task) {
-            let t = item / kvHeads, g = item % kvHeads
-            let p = Int(batch.positions[t])
-            let first = window.map { max(0, p - $0 + 1) } ?? 0
-            batch.blockTables[Int(batch.sequences[t])].withUnsafeBufferPointer { tp in
-                Attention.attend(query: q + t * QD, heads: heads, layer: layer, blockTable: tp.baseAddress!,
-                                 first: first, last: p, scale: scale, scores: scores, out: out + t * QD, groups: g..<(g + 1))
+        let scores = Scratch.floats(.attentionScores, (maxPos / 1024 + 1) * 1024 * (heads / kvHeads) * Self.tile)
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: 2 * Self.tile) { bounds in
+            let firsts = bounds.baseAddress!, lasts = firsts + Self.tile
+            for item in split.range(task) {
+                let k = item / kvHeads, g = item % kvHeads
+                let t0 = Int(tiles[k]), n = Int(tiles[k + 1]) - t0
+                for t in 0..<n {
+                    let p = Int(batch.positions[t0 + t])
+                    lasts[t] = p
+                    firsts[t] = window.map { max(0, p - $0 + 1) } ?? 0
+                }
+                let tile = Attention.Tile(queries: q + t0 * QD, stride: QD, count: n, firsts: firsts, lasts: lasts, out: out + t0 * QD)
+                batch.blockTables[Int(batch.sequences[t0])].withUnsafeBufferPointer { tp in
+                    Attention.attend(tile, heads: heads, layer: layer, blockTable: tp.baseAddress!, scale: scale, scores: scores, groups: g..<(g + 1))
+                }
             }
         }
     }

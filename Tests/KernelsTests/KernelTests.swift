@@ -1,4 +1,5 @@
 import Kernels
+import Tensors
 import Testing
 import TestSupport
 
@@ -101,5 +102,123 @@ import TestSupport
         }
         let want = Reference.attention(q: q, keys: keys, values: values, heads: heads, kvHeads: kvHeads, headDim: hd, positions: positions, scale: scale)
         #expect(maxRelativeError(out, want) < 1e-5)
+    }
+
+    /// Queries attended together in a tile (as a prefill chunk's are) give bitwise what each
+    /// gives alone, for every tile size, with a causal range per query and with a sliding
+    /// window (per-query first positions); and they follow the naive reference.
+    @Test(arguments: [nil, 5] as [Int?])
+    func tiledAttentionEqualsOneQueryAtATime(window: Int?) {
+        var rng = SplitMix(seed: 23)
+        // 85 = 64 + 16 + 5: every path of the value sums.
+        let heads = 6, kvHeads = 2, hd = 85, positions = 37, blockSize = 4
+        let QD = heads * hd, width = kvHeads * hd
+        let blocks = (positions + blockSize - 1) / blockSize
+        // Pages out of order (7 is coprime with the 10 blocks).
+        let table: [Int32] = (0..<blocks).map { Int32(($0 * 7 + 3) % blocks) }
+        let pagedK = random(blocks * blockSize * width, &rng), pagedV = random(blocks * blockSize * width, &rng)
+        let queries = random(positions * QD, &rng)
+        let scale: Float = 0.3
+        let lasts = Array(0..<positions)
+        let firsts = lasts.map { p in window.map { max(0, p - $0 + 1) } ?? 0 }
+        var scores = [Float](repeating: .nan, count: 16 * (heads / kvHeads) * positions)
+        func run(tile size: Int) -> [Float] {
+            var out = [Float](repeating: .nan, count: positions * QD)
+            pagedK.withUnsafeBufferPointer { kp in
+                pagedV.withUnsafeBufferPointer { vp in
+                    let layer = Attention.PagedLayer(keys: kp.baseAddress!, values: vp.baseAddress!, blockSize: blockSize, kvHeads: kvHeads, headDim: hd)
+                    var t0 = 0
+                    while t0 < positions {
+                        let n = min(size, positions - t0)
+                        queries.withUnsafeBufferPointer { qp in
+                            out.withUnsafeMutableBufferPointer { op in
+                                firsts.withUnsafeBufferPointer { fp in
+                                    lasts.withUnsafeBufferPointer { lp in
+                                        scores.withUnsafeMutableBufferPointer { sp in
+                                            table.withUnsafeBufferPointer { tp in
+                                                let tile = Attention.Tile(queries: qp.baseAddress! + t0 * QD, stride: QD, count: n, firsts: fp.baseAddress! + t0,
+                                                                          lasts: lp.baseAddress! + t0, out: op.baseAddress! + t0 * QD)
+                                                Attention.attend(tile, heads: heads, layer: layer, blockTable: tp.baseAddress!, scale: scale, scores: sp.baseAddress!)
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        t0 += n
+                    }
+                }
+            }
+            return out
+        }
+        let alone = run(tile: 1)
+        for size in [2, 3, 16] {
+            let tiled = run(tile: size)
+            #expect(tiled.map(\.bitPattern) == alone.map(\.bitPattern), "tile of \(size)")
+        }
+        // The naive reference over each query's visible range, from a dense copy of the cache.
+        for p in [0, 6, 17, positions - 1] {
+            let visible = (firsts[p]...p).map { j in (Int(table[j / blockSize]) * blockSize + j % blockSize) * width }
+            let keys = visible.flatMap { pagedK[$0..<($0 + width)] }, values = visible.flatMap { pagedV[$0..<($0 + width)] }
+            let want = Reference.attention(q: Array(queries[(p * QD)..<((p + 1) * QD)]), keys: keys, values: values, heads: heads, kvHeads: kvHeads,
+                                           headDim: hd, positions: visible.count, scale: scale)
+            #expect(maxRelativeError(Array(alone[(p * QD)..<((p + 1) * QD)]), want) < 1e-5, "position \(p)")
+        }
+    }
+
+    /// A 16-bit cache widens its entries exactly: attention over it is bitwise attention over
+    /// an fp32 cache holding the rounded values, one query at a time or in tiles.
+    @Test(arguments: [KVCacheType.bf16, .f16])
+    func sixteenBitCacheEqualsFP32CacheOfRoundedValues(type: KVCacheType) {
+        var rng = SplitMix(seed: 31)
+        let heads = 4, kvHeads = 2, hd = 85, positions = 29, blockSize = 8
+        let QD = heads * hd, width = kvHeads * hd
+        let blocks = (positions + blockSize - 1) / blockSize
+        let table: [Int32] = (0..<blocks).map { Int32(blocks - 1 - $0) }
+        let k = random(blocks * blockSize * width, &rng).map { $0 * 3 }, v = random(blocks * blockSize * width, &rng)
+        let queries = random(positions * QD, &rng)
+        // The 16-bit cache, and an fp32 cache of the values it holds.
+        var k16 = [UInt16](repeating: 0, count: k.count), v16 = k16
+        k.withUnsafeBufferPointer { p in k16.withUnsafeMutableBytes { type.store(p.baseAddress!, rows: k.count / hd, rowLength: hd, to: $0.baseAddress!, at: 0) } }
+        v.withUnsafeBufferPointer { p in v16.withUnsafeMutableBytes { type.store(p.baseAddress!, rows: v.count / hd, rowLength: hd, to: $0.baseAddress!, at: 0) } }
+        let kRounded: [Float] = k16.withUnsafeBytes { p in k.indices.map { type.load(p.baseAddress!, $0, rowLength: hd) } }
+        let vRounded: [Float] = v16.withUnsafeBytes { p in v.indices.map { type.load(p.baseAddress!, $0, rowLength: hd) } }
+        // Rounded to nearest: within half a unit in the last place of the 16-bit type.
+        let ulp: Float = type == .bf16 ? 1.0 / 128 : 1.0 / 1024
+        #expect(kRounded != k)
+        #expect(zip(k, kRounded).allSatisfy { abs($0 - $1) <= max(abs($0), 1e-4) * ulp / 2 + 1e-7 })
+        #expect(zip(v, vRounded).allSatisfy { abs($0 - $1) <= max(abs($0), 1e-4) * ulp / 2 + 1e-7 })
+        let lasts = Array(0..<positions), firsts = [Int](repeating: 0, count: positions)
+        func run(_ keys: UnsafeRawPointer, _ values: UnsafeRawPointer, _ t: KVCacheType, tile: Int) -> [Float] {
+            var out = [Float](repeating: .nan, count: positions * QD)
+            var scores = [Float](repeating: .nan, count: tile * (heads / kvHeads) * positions)
+            let layer = Attention.PagedLayer(keys: keys, values: values, blockSize: blockSize, kvHeads: kvHeads, headDim: hd, type: t)
+            var t0 = 0
+            while t0 < positions {
+                let n = min(tile, positions - t0)
+                queries.withUnsafeBufferPointer { qp in
+                    out.withUnsafeMutableBufferPointer { op in
+                        firsts.withUnsafeBufferPointer { fp in
+                            lasts.withUnsafeBufferPointer { lp in
+                                scores.withUnsafeMutableBufferPointer { sp in
+                                    table.withUnsafeBufferPointer { tp in
+                                        let tile = Attention.Tile(queries: qp.baseAddress! + t0 * QD, stride: QD, count: n, firsts: fp.baseAddress! + t0,
+                                                                  lasts: lp.baseAddress! + t0, out: op.baseAddress! + t0 * QD)
+                                        Attention.attend(tile, heads: heads, layer: layer, blockTable: tp.baseAddress!, scale: 0.2, scores: sp.baseAddress!)
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                t0 += n
+            }
+            return out
+        }
+        let want = kRounded.withUnsafeBytes { kp in vRounded.withUnsafeBytes { vp in run(kp.baseAddress!, vp.baseAddress!, .fp32, tile: 1) } }
+        for tile in [1, 5] {
+            let got = k16.withUnsafeBytes { kp in v16.withUnsafeBytes { vp in run(kp.baseAddress!, vp.baseAddress!, type, tile: tile) } }
+            #expect(got.map(\.bitPattern) == want.map(\.bitPattern), "tile \(tile)")
+        }
     }
 }
