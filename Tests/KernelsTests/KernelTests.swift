@@ -121,35 +121,13 @@ import TestSupport
         let scale: Float = 0.3
         let lasts = Array(0..<positions)
         let firsts = lasts.map { p in window.map { max(0, p - $0 + 1) } ?? 0 }
-        var scores = [Float](repeating: .nan, count: 16 * (heads / kvHeads) * positions)
         func run(tile size: Int) -> [Float] {
-            var out = [Float](repeating: .nan, count: positions * QD)
-            pagedK.withUnsafeBufferPointer { kp in
-                pagedV.withUnsafeBufferPointer { vp in
+            pagedK.withUnsafeBytes { kp in
+                pagedV.withUnsafeBytes { vp in
                     let layer = Attention.PagedLayer(keys: kp.baseAddress!, values: vp.baseAddress!, blockSize: blockSize, kvHeads: kvHeads, headDim: hd)
-                    var t0 = 0
-                    while t0 < positions {
-                        let n = min(size, positions - t0)
-                        queries.withUnsafeBufferPointer { qp in
-                            out.withUnsafeMutableBufferPointer { op in
-                                firsts.withUnsafeBufferPointer { fp in
-                                    lasts.withUnsafeBufferPointer { lp in
-                                        scores.withUnsafeMutableBufferPointer { sp in
-                                            table.withUnsafeBufferPointer { tp in
-                                                let tile = Attention.Tile(queries: qp.baseAddress! + t0 * QD, stride: QD, count: n, firsts: fp.baseAddress! + t0,
-                                                                          lasts: lp.baseAddress! + t0, out: op.baseAddress! + t0 * QD)
-                                                Attention.attend(tile, heads: heads, layer: layer, blockTable: tp.baseAddress!, scale: scale, scores: sp.baseAddress!)
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                        t0 += n
-                    }
+                    return Self.attendInTiles(queries: queries, heads: heads, layer: layer, table: table, firsts: firsts, lasts: lasts, scale: scale, tile: size)
                 }
             }
-            return out
         }
         let alone = run(tile: 1)
         for size in [2, 3, 16] {
@@ -190,35 +168,43 @@ import TestSupport
         #expect(zip(v, vRounded).allSatisfy { abs($0 - $1) <= max(abs($0), 1e-4) * ulp / 2 + 1e-7 })
         let lasts = Array(0..<positions), firsts = [Int](repeating: 0, count: positions)
         func run(_ keys: UnsafeRawPointer, _ values: UnsafeRawPointer, _ t: KVCacheType, tile: Int) -> [Float] {
-            var out = [Float](repeating: .nan, count: positions * QD)
-            var scores = [Float](repeating: .nan, count: tile * (heads / kvHeads) * positions)
             let layer = Attention.PagedLayer(keys: keys, values: values, blockSize: blockSize, kvHeads: kvHeads, headDim: hd, type: t)
-            var t0 = 0
-            while t0 < positions {
-                let n = min(tile, positions - t0)
-                queries.withUnsafeBufferPointer { qp in
-                    out.withUnsafeMutableBufferPointer { op in
-                        firsts.withUnsafeBufferPointer { fp in
-                            lasts.withUnsafeBufferPointer { lp in
-                                scores.withUnsafeMutableBufferPointer { sp in
-                                    table.withUnsafeBufferPointer { tp in
-                                        let tile = Attention.Tile(queries: qp.baseAddress! + t0 * QD, stride: QD, count: n, firsts: fp.baseAddress! + t0,
-                                                                  lasts: lp.baseAddress! + t0, out: op.baseAddress! + t0 * QD)
-                                        Attention.attend(tile, heads: heads, layer: layer, blockTable: tp.baseAddress!, scale: 0.2, scores: sp.baseAddress!)
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                t0 += n
-            }
-            return out
+            return Self.attendInTiles(queries: queries, heads: heads, layer: layer, table: table, firsts: firsts, lasts: lasts, scale: 0.2, tile: tile)
         }
         let want = kRounded.withUnsafeBytes { kp in vRounded.withUnsafeBytes { vp in run(kp.baseAddress!, vp.baseAddress!, .fp32, tile: 1) } }
         for tile in [1, 5] {
             let got = k16.withUnsafeBytes { kp in v16.withUnsafeBytes { vp in run(kp.baseAddress!, vp.baseAddress!, type, tile: tile) } }
             #expect(got.map(\.bitPattern) == want.map(\.bitPattern), "tile \(tile)")
         }
+    }
+
+    /// Every query of `queries` (`[positions, heads * headDim]`, query t seeing
+    /// `firsts[t]...lasts[t]`) attended in consecutive tiles of `tile`.
+    static func attendInTiles(queries: [Float], heads: Int, layer: Attention.PagedLayer, table: [Int32], firsts: [Int], lasts: [Int],
+                              scale: Float, tile: Int) -> [Float] {
+        let QD = heads * layer.headDim, positions = lasts.count
+        var out = [Float](repeating: .nan, count: positions * QD)
+        var scores = [Float](repeating: .nan, count: tile * (heads / layer.kvHeads) * ((lasts.max() ?? 0) + 1))
+        queries.withUnsafeBufferPointer { qp in
+            out.withUnsafeMutableBufferPointer { op in
+                firsts.withUnsafeBufferPointer { fp in
+                    lasts.withUnsafeBufferPointer { lp in
+                        scores.withUnsafeMutableBufferPointer { sp in
+                            table.withUnsafeBufferPointer { tp in
+                                var t0 = 0
+                                while t0 < positions {
+                                    let n = min(tile, positions - t0)
+                                    let tile = Attention.Tile(queries: qp.baseAddress! + t0 * QD, stride: QD, count: n, firsts: fp.baseAddress! + t0,
+                                                              lasts: lp.baseAddress! + t0, out: op.baseAddress! + t0 * QD)
+                                    Attention.attend(tile, heads: heads, layer: layer, blockTable: tp.baseAddress!, scale: scale, scores: sp.baseAddress!)
+                                    t0 += n
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return out
     }
 }

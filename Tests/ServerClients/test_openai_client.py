@@ -210,36 +210,25 @@ def test_curl_and_api_key():
         s.stop()
 
 
-def test_int8_compute_mode_server_equals_facet_run():
-    """`--compute int8` reaches the engine in both commands: same greedy text for the base and an adapter."""
+@pytest.mark.parametrize("mode", [["--compute", "int8"], ["--kv-cache-dtype", "bf16"]])
+def test_numerics_modes_reach_the_server_as_facet_run(server, mode):
+    """`--compute int8` and `--kv-cache-dtype bf16` reach the engine in both commands: same
+    greedy text for the base and an adapter; and a bf16 cache holds twice the KV blocks in
+    the same memory."""
     from openai import OpenAI
-    s = Server(extra=["--compute", "int8"])
+    s = Server(extra=mode)
     try:
         c = OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=120)
         for model, lora in [(BASE, []), ("fr", ["--lora_dir", os.path.join(ROOT, "adapters", "fr"), "--lora_task_uids", "0"])]:
             served = c.completions.create(model=model, prompt="The quick brown fox", max_tokens=12, temperature=0).choices[0].text
-            assert served == facet_run("--compute", "int8", "--input_text", "The quick brown fox", "--max_output_len", "12", *lora)[0]
+            assert served == facet_run(*mode, "--input_text", "The quick brown fox", "--max_output_len", "12", *lora)[0]
+        if mode[0] == "--kv-cache-dtype":
+            import re
+            blocks = {}
+            for log in (open(server.log.name).read(), open(s.log.name).read()):
+                m = re.search(r"KV cache: (\d+) blocks of 16 in (\w+)", log)
+                assert m, log[-2000:]
+                blocks[m.group(2)] = int(m.group(1))
+            assert blocks["bf16"] // 2 == blocks["fp32"], blocks
     finally:
         s.stop()
-
-
-def test_sixteen_bit_kv_cache_server_equals_facet_run(server):
-    """`--kv-cache-dtype bf16` reaches the engine in both commands (same greedy text for the
-    base and an adapter), and the same memory holds twice the KV blocks."""
-    from openai import OpenAI
-    s = Server(extra=["--kv-cache-dtype", "bf16"])
-    try:
-        c = OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=120)
-        for model, lora in [(BASE, []), ("fr", ["--lora_dir", os.path.join(ROOT, "adapters", "fr"), "--lora_task_uids", "0"])]:
-            served = c.completions.create(model=model, prompt="The quick brown fox", max_tokens=12, temperature=0).choices[0].text
-            assert served == facet_run("--kv-cache-dtype", "bf16", "--input_text", "The quick brown fox", "--max_output_len", "12", *lora)[0]
-        import re
-        blocks = {}
-        for log in (open(server.log.name).read(), open(s.log.name).read()):
-            m = re.search(r"KV cache: (\d+) blocks of 16 in (\w+)", log)
-            assert m, log[-2000:]
-            blocks[m.group(2)] = int(m.group(1))
-        assert blocks["bf16"] // 2 == blocks["fp32"], blocks
-    finally:
-        s.stop()
-
