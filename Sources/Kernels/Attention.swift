@@ -93,26 +93,6 @@ package enum Attention {
         }
     }
 
-    /// Semantics: for each head h (kv head `h / (heads / kvHeads)`) of the kv groups in
-    /// `groups` (default all), over cached positions `j in first...last`:
-    /// `s_j = dot(q_h, k_j) * scale`, `w_j = exp(s_j - max s)` (`VectorMath.exp`),
-    /// `out_h = (sum_j w_j v_j) / (sum_j w_j)`, every sum taken in increasing j (the value
-    /// sum elementwise with fused multiply-adds). `scores` must hold
-    /// `(heads / kvHeads) * (last + 1)` floats. The result depends only on this query and
-    /// the cache contents, not on what else is in the batch or how groups are split.
-    package static func attend(
-        query q: UnsafePointer<Float>, heads: Int, layer: PagedLayer, blockTable: UnsafePointer<Int32>,
-        first: Int, last: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
-        out: UnsafeMutablePointer<Float>, groups: Range<Int>? = nil
-    ) {
-        withUnsafeTemporaryAllocation(of: Int.self, capacity: 2) { range in
-            range[0] = first
-            range[1] = last
-            let tile = Tile(queries: q, stride: 0, count: 1, firsts: range.baseAddress!, lasts: range.baseAddress! + 1, out: out)
-            attend(tile, heads: heads, layer: layer, blockTable: blockTable, scale: scale, scores: scores, groups: groups)
-        }
-    }
-
     /// Queries of one sequence attended together (a prefill chunk's consecutive tokens):
     /// query `t` is `queries + t * stride`, sees positions `firsts[t]...lasts[t]` and writes
     /// `out + t * stride`.
@@ -135,10 +115,15 @@ package enum Attention {
         }
     }
 
-    /// The attention of every query of `tile`, each exactly as `attend(query:...)` computes it
-    /// alone (the same operations on each output in the same order: tiling changes only
-    /// which query's work comes next), so results do not depend on how queries are tiled.
-    /// `scores` must hold `tile.count * (heads / kvHeads) * (max last + 1)` floats.
+    /// Semantics, for each query of `tile` and each head h (kv head `h / (heads / kvHeads)`)
+    /// of the kv groups in `groups` (default all), over cached positions `j in first...last`:
+    /// `s_j = dot(q_h, k_j) * scale`, `w_j = exp(s_j - max s)` (`VectorMath.exp`),
+    /// `out_h = (sum_j w_j v_j) / (sum_j w_j)`, every sum taken in increasing j (the value
+    /// sum elementwise with fused multiply-adds). Each output gets the same operations in the
+    /// same order whatever the tile holds (tiling changes only which query's work comes
+    /// next), so the result depends only on the query and the cache contents, not on what
+    /// else is in the batch, how queries are tiled or how groups are split. `scores` must
+    /// hold `tile.count * (heads / kvHeads) * (max last + 1)` floats.
     ///
     /// The heads sharing a kv head, and the queries of the tile, are handled together while
     /// the cache is walked block by block, so each key and value row is loaded once per

@@ -357,7 +357,7 @@ package final class LlamaModel: @unchecked Sendable {
         for (source, destination) in batch.blockCopies
         where source < 0 || Int(source) >= kv.blocks || destination < 0 || Int(destination) >= kv.blocks || source == destination {
             throw FacetError(.invalidArgument, "block copy \(source) -> \(destination) is not between two blocks of the cache of \(kv.blocks)",
-                             field: "batch.blockCopies")
+                             field: "batch.blockCopies", remedy: "copy between two different blocks of this cache (the scheduler's plan)")
         }
         for r in batch.logitRows where r < 0 || r >= T {
             throw FacetError(.invalidArgument, "logit row \(r) is not a token of the batch", field: "batch.logitRows")

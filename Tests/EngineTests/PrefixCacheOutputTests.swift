@@ -6,6 +6,7 @@ import Llama
 import Loading
 import Sampling
 import Scheduling
+import Tensors
 import Testing
 import TestSupport
 
@@ -107,6 +108,18 @@ import TestSupport
                 let same = x.map(\.bitPattern) == y.map(\.bitPattern)
                 #expect(same, "request \(id), token \(k): logits differ")
             }
+        }
+    }
+
+    /// A step whose block copies leave the cache, or copy a block onto itself, is refused
+    /// before anything is written.
+    @Test func badBlockCopiesAreRefused() throws {
+        let kv = Self.model.makeKVStorage(blocks: 4, blockSize: 16)
+        for copy in [(Int32(9), Int32(0)), (0, -1), (2, 2)] {
+            var batch = ForwardBatch(blockTables: [[0]])
+            batch.append(sequence: 0, tokens: [5], startPosition: 0, adapterSlot: -1, wantLogits: true)
+            batch.blockCopies = [copy]
+            #expect(throws: FacetError.self) { try Self.model.forward(batch, kv: kv) }
         }
     }
 }

@@ -82,22 +82,11 @@ import TestSupport
                 pagedV[base + i] = values[p * kvHeads * hd + i]
             }
         }
-        var out = [Float](repeating: 0, count: heads * hd)
-        var scores = [Float](repeating: 0, count: positions * heads)
         let scale: Float = 0.25
-        pagedK.withUnsafeBufferPointer { kp in
-            pagedV.withUnsafeBufferPointer { vp in
-                table.withUnsafeBufferPointer { tp in
-                    q.withUnsafeBufferPointer { qp in
-                        scores.withUnsafeMutableBufferPointer { sp in
-                            out.withUnsafeMutableBufferPointer { op in
-                                let layer = Attention.PagedLayer(keys: kp.baseAddress!, values: vp.baseAddress!, blockSize: blockSize, kvHeads: kvHeads, headDim: hd)
-                                Attention.attend(query: qp.baseAddress!, heads: heads, layer: layer, blockTable: tp.baseAddress!,
-                                                 first: 0, last: positions - 1, scale: scale, scores: sp.baseAddress!, out: op.baseAddress!)
-                            }
-                        }
-                    }
-                }
+        let out = pagedK.withUnsafeBytes { kp in
+            pagedV.withUnsafeBytes { vp in
+                let layer = Attention.PagedLayer(keys: kp.baseAddress!, values: vp.baseAddress!, blockSize: blockSize, kvHeads: kvHeads, headDim: hd)
+                return Self.attendInTiles(queries: q, heads: heads, layer: layer, table: table, firsts: [0], lasts: [positions - 1], scale: scale, tile: 1)
             }
         }
         let want = Reference.attention(q: q, keys: keys, values: values, heads: heads, kvHeads: kvHeads, headDim: hd, positions: positions, scale: scale)
