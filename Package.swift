@@ -15,17 +15,17 @@ let mpiTargets: [Target] = mpiHeader == nil ? [] : [
     .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"]), .brew(["open-mpi"])]),
 ]
 
-/// Hot loops are compiled with -Ounchecked and the Haswell feature set (AVX2, FMA, F16C)
-/// in release builds; debug builds keep bounds checks.
+/// Swift code is compiled for the baseline of its architecture (no CPU is pinned): the hot
+/// loops live in the C kernels (CKernels), which choose their instruction-set tier at run
+/// time (portable C, AVX2+FMA+F16C, AVX-512, VNNI). The Swift modules that drive them are
+/// compiled with -Ounchecked in release builds; debug builds keep bounds checks.
 let kernelFlags: [SwiftSetting] = [
-    .unsafeFlags(["-Ounchecked", "-target-cpu", "haswell"], .when(configuration: .release))
+    .unsafeFlags(["-Ounchecked"], .when(configuration: .release))
 ]
 
 /// Parsers of outside data (Formats) keep Swift's overflow and bounds traps (-O, not
 /// -Ounchecked); their size and offset arithmetic is also checked explicitly (`Checked`).
-let parserFlags: [SwiftSetting] = [
-    .unsafeFlags(["-target-cpu", "haswell"], .when(configuration: .release))
-]
+let parserFlags: [SwiftSetting] = []
 
 let package = Package(
     name: "Facet",

@@ -261,11 +261,11 @@ AVX2 static void matmul_half_avx2(int bf, const float *x, const uint16_t *w, int
 }
 #endif
 
-// Whether the CPU has AVX2/FMA/F16C and AVX-512 VNNI (read once; FACET_ISA=scalar or
-// FACET_ISA=avx2 caps the tier for the whole process), and per-thread switches to a lower
-// tier for the twin tests. The pool hands a caller's switches to the workers that run its
-// tasks (fk_pool_run), so a test that asks for the scalar path gets it in every task of
-// its calls, while other threads keep theirs.
+// Whether the CPU has AVX2/FMA/F16C, AVX-512 F/BW/VL and AVX-512 VNNI (read once;
+// FACET_ISA=scalar, avx2 or avx512 caps the tier for the whole process), and per-thread
+// switches to a lower tier for the twin tests. The pool hands a caller's switches to the
+// workers that run its tasks (fk_pool_run), so a test that asks for the scalar path gets it
+// in every task of its calls, while other threads keep theirs.
 static int cpu_avx2 = -1, cpu_vnni = -1, cpu_avx512 = -1;
 _Thread_local int fk_scalar_only = 0;
 _Thread_local int fk_no_vnni = 0;
@@ -273,14 +273,20 @@ _Thread_local int fk_no_avx512 = 0;
 void fk_set_vector_path(int enabled) { fk_scalar_only = !enabled; }
 void fk_set_vnni_path(int enabled) { fk_no_vnni = !enabled; }
 void fk_set_avx512_path(int enabled) { fk_no_avx512 = !enabled; }
+void fk_cap_tier(int tier) {
+    fk_scalar_only = tier < 1;
+    fk_no_avx512 = tier < 2;
+    fk_no_vnni = tier < 3;
+}
 static void detect(void) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
     const char *cap = getenv("FACET_ISA");
     int scalar = cap && strcmp(cap, "scalar") == 0, avx2only = cap && strcmp(cap, "avx2") == 0;
+    int novnni = cap && strcmp(cap, "avx512") == 0;
     cpu_avx2 = !scalar && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-    cpu_avx512 = cpu_avx2 && !avx2only && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
-    cpu_vnni = cpu_avx512 && __builtin_cpu_supports("avx512vnni");
+    cpu_avx512 = cpu_avx2 && !avx2only && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    cpu_vnni = cpu_avx512 && !novnni && __builtin_cpu_supports("avx512vnni");
 #else
     cpu_avx512 = 0;
     cpu_avx2 = 0;
@@ -289,11 +295,11 @@ static void detect(void) {
 }
 int fk_has_vnni(void) {
     if (cpu_vnni < 0) detect();
-    return cpu_vnni && !fk_scalar_only && !fk_no_vnni;
+    return cpu_vnni && !fk_scalar_only && !fk_no_avx512 && !fk_no_vnni;
 }
 int fk_cpu_tier(void) {
     if (cpu_avx2 < 0) detect();
-    return cpu_vnni ? 2 : cpu_avx2 ? 1 : 0;
+    return cpu_vnni ? 3 : cpu_avx512 ? 2 : cpu_avx2 ? 1 : 0;
 }
 int fk_has_avx512(void) {
     if (cpu_avx512 < 0) detect();

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Kernels
 import MPI
 import Tensors
 
@@ -14,6 +15,12 @@ struct Facet: AsyncParsableCommand {
     /// Parses with run.py-style negative numbers accepted as values, as Python's argparse
     /// does: `--lora_task_uids -1 0`, `--end_id -1`, `--input_text "-3"`.
     static func main() async {
+        // The kernel tier cap is read from the environment: a misspelt one is an error, not
+        // a silent fall back to the best tier.
+        do { try InstructionTier.validateEnvironment() } catch {
+            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            Foundation.exit(2)
+        }
         await main(NegativeNumber.rewrite(Array(CommandLine.arguments.dropFirst())))
     }
 }

@@ -1,47 +1,29 @@
-/// The single dot-product reduction every kernel uses.
+internal import CKernels
+
+/// The single dot-product reduction every kernel uses (`fk_dot` in the C kernels, on the
+/// instruction-set tier the CPU offers).
 ///
 /// Semantics: `sum_k a[k] * b[k]` for `k in 0..<n`, accumulated in 16 fp32 lanes (lane
 /// `l` takes `k ≡ l mod 16` in increasing `k`, fused multiply-add), the lanes folded in a
-/// fixed tree, then the tail `k >= 16 * (n / 16)` added in order. Every caller gets the
-/// bit-identical result for the same inputs, which is what makes batching invisible.
-@inline(__always)
-package func fold16(_ v: SIMD16<Float>) -> Float {
-    let a = v.lowHalf + v.highHalf          // 8
-    let b = a.lowHalf + a.highHalf          // 4
-    let c = b.lowHalf + b.highHalf          // 2
-    return c[0] + c[1]
-}
-
+/// fixed tree (`v[i] + v[i+8]`, then `i + (i+4)`, `i + (i+2)`, `0 + 1`), then the tail
+/// `k >= 16 * (n / 16)` added in order. Every caller, on every tier, gets the bit-identical
+/// result for the same inputs, which is what makes batching invisible.
 @inline(__always)
 package func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
-    dot(a, UnsafeRawPointer(b), n, F32Row.self)
+    fk_dot(a, b, Int32(FK_ROW_F32), n)
 }
 
-/// `dot` with the second operand stored as `F` (16-bit factors are widened exactly, so the
-/// result is bitwise that of `dot` over their fp32 values).
-@inline(__always)
-func dot<F: RowFormat>(_ a: UnsafePointer<Float>, _ b: UnsafeRawPointer, _ n: Int, _: F.Type) -> Float {
-    var acc = SIMD16<Float>()
-    var k = 0
+/// The reference twin of `dot`: the same operations written out in Swift, one lane at a time.
+package func referenceDot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+    var lanes = [Float](repeating: 0, count: 16)
     let full = n & ~15
-    while k < full {
-        acc.addProduct(load16(a + k), F.load16(b, k))
-        k += 16
+    for k in 0..<full { lanes[k % 16] = lanes[k % 16].addingProduct(a[k], b[k]) }
+    var width = 8
+    while width >= 1 {
+        for i in 0..<width { lanes[i] = lanes[i] + lanes[i + width] }
+        width /= 2
     }
-    var total = fold16(acc)
-    while k < n {
-        total = (a[k] * F.load1(b, k)) + total
-        k += 1
-    }
+    var total = lanes[0]
+    for k in full..<n { total = (a[k] * b[k]) + total }
     return total
-}
-
-@inline(__always)
-package func load16(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
-    UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
-}
-
-@inline(__always)
-package func store16(_ v: SIMD16<Float>, _ p: UnsafeMutablePointer<Float>) {
-    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD16<Float>.self)
 }

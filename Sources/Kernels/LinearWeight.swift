@@ -239,7 +239,7 @@ package struct LinearWeight: Sendable {
         let K = cols, O = rows
         if let dense {
             dense.withUnsafeBufferPointer { w in
-                MatMul.ntBlock(x: input.x, w: w.baseAddress!, bias: nil, y: y, t: T, k: K, o: O, outputs: range)
+                fk_matmul_f32(input.x, w.baseAddress!, nil, y, T, K, O, range.lowerBound, range.upperBound)
             }
             return
         }
@@ -334,8 +334,8 @@ package struct LinearWeight: Sendable {
     }
 
     /// The instruction-set tier the kernels run at on this CPU (read from cpuid at run time;
-    /// `FACET_ISA=avx2` or `FACET_ISA=scalar` caps it). Every tier gives the same bits.
-    package static var instructionTier: InstructionTier { InstructionTier(rawValue: Int(fk_cpu_tier())) ?? .scalar }
+    /// `FACET_ISA=scalar|avx2|avx512` caps it). Every tier gives the same bits.
+    package static var instructionTier: InstructionTier { InstructionTier.current }
 
     /// Quantizes an fp32 matrix into a compact format (tests and conversions; the encoding
     /// follows ggml's reference quantizers for Q4_0, Q4_1 and Q8_0).
@@ -394,7 +394,8 @@ package struct LinearWeight: Sendable {
     }
 }
 
-/// The kernels' instruction-set tiers, lowest first.
+/// The kernels' instruction-set tiers, lowest first. Each tier includes the ones below it;
+/// every tier gives bitwise the same results.
 package enum InstructionTier: Int, Sendable, CaseIterable, Comparable, CustomStringConvertible {
     package static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
 
@@ -402,14 +403,45 @@ package enum InstructionTier: Int, Sendable, CaseIterable, Comparable, CustomStr
     case scalar = 0
     /// AVX2 + FMA + F16C for every product.
     case avx2 = 1
-    /// AVX2 tier plus AVX-512 VNNI (`vpdpbusd`) for the int8 mode's integer dot products.
-    case avx512VNNI = 2
+    /// AVX-512 F/BW/VL for the fp32 kernels (dot products, dense products, attention, LoRA
+    /// factors, training's products); the quantized products stay on AVX2.
+    case avx512 = 2
+    /// AVX-512 plus VNNI (`vpdpbusd`) for the int8 mode's integer dot products.
+    case avx512VNNI = 3
+
+    /// The value of `FACET_ISA` that caps the kernels at this tier.
+    package var environmentName: String {
+        switch self {
+        case .scalar: "scalar"
+        case .avx2: "avx2"
+        case .avx512: "avx512"
+        case .avx512VNNI: "native"
+        }
+    }
 
     package var description: String {
         switch self {
         case .scalar: "scalar (portable C)"
         case .avx2: "AVX2+FMA+F16C"
-        case .avx512VNNI: "AVX2+FMA+F16C, AVX-512 VNNI for int8"
+        case .avx512: "AVX-512 F/BW/VL (quantized products on AVX2)"
+        case .avx512VNNI: "AVX-512 F/BW/VL, VNNI for int8 (quantized products on AVX2)"
+        }
+    }
+
+    /// The tier the kernels run at on this CPU (read from cpuid at run time; `FACET_ISA`
+    /// caps it).
+    package static var current: InstructionTier { InstructionTier(rawValue: Int(fk_cpu_tier())) ?? .scalar }
+
+    /// Tests only: run the calling thread's kernels (and the pool tasks its calls start) at
+    /// `tier` or the CPU's own tier, whichever is lower; `nil` lifts the cap.
+    package static func capThisThread(_ tier: InstructionTier?) { fk_cap_tier(Int32((tier ?? .avx512VNNI).rawValue)) }
+
+    /// Checks `FACET_ISA` (unset, or one of scalar, avx2, avx512, native).
+    package static func validateEnvironment() throws {
+        guard let value = getenvString("FACET_ISA") else { return }
+        guard allCases.contains(where: { $0.environmentName == value }) else {
+            throw FacetError(.invalidArgument, "FACET_ISA=\(value) is not a kernel tier", field: "FACET_ISA",
+                             remedy: "use one of scalar, avx2, avx512 or native, or unset it to use the best tier this CPU has")
         }
     }
 }

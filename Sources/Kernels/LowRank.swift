@@ -1,4 +1,5 @@
 import Tensors
+internal import CKernels
 
 /// A LoRA factor held in the narrowest of f32/f16/bf16 that represents every value exactly
 /// (adapters trained or saved in 16 bits stay 16 bits: half the memory traffic per step
@@ -7,6 +8,7 @@ package struct LowRankMatrix: Sendable {
     package enum Precision: String, Sendable, CaseIterable, Codable {
         case f32, f16, bf16
         package var bytes: Int { self == .f32 ? 4 : 2 }
+        var rowFormat: Int32 { Int32(self == .f32 ? FK_ROW_F32 : self == .f16 ? FK_ROW_F16 : FK_ROW_BF16) }
     }
 
     package let rows: Int
@@ -64,42 +66,6 @@ package struct LowRankMatrix: Sendable {
     }
 }
 
-/// Row loaders for the three precisions (16 values, or one, as fp32; exact).
-protocol RowFormat {
-    static var elementBytes: Int { get }
-    static func load16(_ p: UnsafeRawPointer, _ i: Int) -> SIMD16<Float>
-    static func load1(_ p: UnsafeRawPointer, _ i: Int) -> Float
-}
-
-enum F32Row: RowFormat {
-    static var elementBytes: Int { 4 }
-    @inline(__always) static func load16(_ p: UnsafeRawPointer, _ i: Int) -> SIMD16<Float> {
-        p.loadUnaligned(fromByteOffset: i * 4, as: SIMD16<Float>.self)
-    }
-    @inline(__always) static func load1(_ p: UnsafeRawPointer, _ i: Int) -> Float { p.loadUnaligned(fromByteOffset: i * 4, as: Float.self) }
-}
-
-enum BF16Row: RowFormat {
-    static var elementBytes: Int { 2 }
-    @inline(__always) static func load16(_ p: UnsafeRawPointer, _ i: Int) -> SIMD16<Float> {
-        let h = p.loadUnaligned(fromByteOffset: i * 2, as: SIMD16<UInt16>.self)
-        return unsafeBitCast(SIMD16<UInt32>(truncatingIfNeeded: h) &<< 16, to: SIMD16<Float>.self)
-    }
-    @inline(__always) static func load1(_ p: UnsafeRawPointer, _ i: Int) -> Float {
-        HalfFloat.fromBF16(p.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self))
-    }
-}
-
-enum F16Row: RowFormat {
-    static var elementBytes: Int { 2 }
-    @inline(__always) static func load16(_ p: UnsafeRawPointer, _ i: Int) -> SIMD16<Float> {
-        SIMD16<Float>(p.loadUnaligned(fromByteOffset: i * 2, as: SIMD16<Float16>.self))
-    }
-    @inline(__always) static func load1(_ p: UnsafeRawPointer, _ i: Int) -> Float {
-        Float(p.loadUnaligned(fromByteOffset: i * 2, as: Float16.self))
-    }
-}
-
 /// The two products of a LoRA delta for one group of tokens that share an adapter.
 ///
 /// `shrink` projects to the rank (`u = x A^T`); `expandAdd` adds the delta back
@@ -116,11 +82,7 @@ package enum LowRank {
     package static func shrink(x: UnsafePointer<Float>, a: LowRankMatrix, u: UnsafeMutablePointer<Float>, n: Int) {
         a.withBytes { raw in
             let p = raw.baseAddress!
-            switch a.precision {
-            case .f32: shrink(F32Row.self, x, p, u, n, a.cols, a.rows)
-            case .f16: shrink(F16Row.self, x, p, u, n, a.cols, a.rows)
-            case .bf16: shrink(BF16Row.self, x, p, u, n, a.cols, a.rows)
-            }
+            fk_lowrank_shrink(x, p, a.precision.rowFormat, u, n, a.cols, a.rows)
         }
     }
 
@@ -128,51 +90,9 @@ package enum LowRank {
     /// `u: [n, r]`, `bT: [r, outDim]`, `y: [*, outDim]`, `rows: [n]` (row of `y` for each `i`).
     package static func expandAdd(u: UnsafePointer<Float>, bT: LowRankMatrix, scale: Float, y: UnsafeMutablePointer<Float>,
                                  rows: UnsafePointer<Int32>, n: Int) {
+        precondition(bT.rows >= 1, "rank must be at least 1")
         bT.withBytes { raw in
-            let p = raw.baseAddress!
-            switch bT.precision {
-            case .f32: expandAdd(F32Row.self, u, p, bT.rows, bT.cols, scale, y, rows, n)
-            case .f16: expandAdd(F16Row.self, u, p, bT.rows, bT.cols, scale, y, rows, n)
-            case .bf16: expandAdd(BF16Row.self, u, p, bT.rows, bT.cols, scale, y, rows, n)
-            }
-        }
-    }
-
-    @inline(__always)
-    static func shrink<F: RowFormat>(_: F.Type, _ x: UnsafePointer<Float>, _ a: UnsafeRawPointer, _ u: UnsafeMutablePointer<Float>,
-                                     _ n: Int, _ K: Int, _ r: Int) {
-        for j in 0..<r {
-            let row = a + j * K * F.elementBytes
-            for i in 0..<n { u[i * r + j] = dot(x + i * K, row, K, F.self) }
-        }
-    }
-
-    @inline(__always)
-    static func expandAdd<F: RowFormat>(_: F.Type, _ u: UnsafePointer<Float>, _ bT: UnsafeRawPointer, _ r: Int, _ O: Int, _ scale: Float,
-                                        _ y: UnsafeMutablePointer<Float>, _ rows: UnsafePointer<Int32>, _ n: Int) {
-        precondition(r >= 1, "rank must be at least 1")
-        let s16 = SIMD16<Float>(repeating: scale)
-        var o = 0
-        // Output chunks outer: the r x 16 slice of B^T stays in L1 across the group's tokens.
-        while o + 16 <= O {
-            for i in 0..<n {
-                let ui = u + i * r
-                var acc = F.load16(bT, o) * ui[0]
-                for j in 1..<r { acc.addProduct(SIMD16(repeating: ui[j]), F.load16(bT, j * O + o)) }
-                let row = y + Int(rows[i]) * O + o
-                store16(load16(row) + acc * s16, row)
-            }
-            o += 16
-        }
-        while o < O {
-            for i in 0..<n {
-                let ui = u + i * r
-                var acc = F.load1(bT, o) * ui[0]
-                for j in 1..<r { acc = acc.addingProduct(ui[j], F.load1(bT, j * O + o)) }
-                let row = y + Int(rows[i]) * O
-                row[o] = row[o] + acc * scale
-            }
-            o += 1
+            fk_lowrank_expand(u, raw.baseAddress!, bT.precision.rowFormat, bT.rows, bT.cols, scale, y, rows, n)
         }
     }
 }

@@ -20,8 +20,9 @@
 /// by fk_block_sums); other types ignore it.
 
 int fk_has_avx2(void);
-/// The best tier the CPU offers (after FACET_ISA): 0 scalar, 1 AVX2+FMA+F16C, 2 also
-/// AVX-512 VNNI (int8 products through vpdpbusd). Every tier gives bitwise the same results.
+/// The best tier the CPU offers (after FACET_ISA=scalar|avx2|avx512): 0 scalar, 1
+/// AVX2+FMA+F16C, 2 AVX-512 F/BW/VL, 3 also AVX-512 VNNI (int8 products through vpdpbusd).
+/// Every tier gives bitwise the same results.
 int fk_cpu_tier(void);
 /// Per-thread switch off the VNNI tier (twin tests), as fk_set_vector_path is for all vectors.
 void fk_set_vnni_path(int enabled);
@@ -85,5 +86,61 @@ void fk_add_product(float *dx, long ldx, const float *g, long gstride, int rows,
 void fk_transpose(const float *src, long rows, long cols, float *dst);
 /// fk_transpose for source rows first..<end only (the pool splits a transpose this way).
 void fk_transpose_rows(const float *src, long rows, long cols, long first, long end, float *dst);
+
+/// How the second operand of the fp32 kernels below is stored: fp32, f16, bf16, or bf16
+/// with each run of 16 kept as 8 32-bit words holding elements i (low half) and i + 8 (high
+/// half) and the elements after the last full run plainly (the 16-bit KV cache's layout).
+/// 16-bit values are widened exactly.
+enum { FK_ROW_F32 = 0, FK_ROW_F16 = 1, FK_ROW_BF16 = 2, FK_ROW_BF16_PAIRED = 3 };
+
+/// The one dot product of the fp32 kernels: sum_k a[k] * b[k] for k < n in 16 fp32 lanes
+/// (lane l takes k = l mod 16 in increasing k, fused multiply-adds), folded as
+/// v[i] + v[i+8] (8 lanes), then i + (i+4), then i + (i+2), then 0 + 1, and the tail
+/// k >= 16 * (n / 16) added in order as (a[k] * b[k]) + total. Bitwise the same on every tier.
+float fk_dot(const float *a, const void *b, int format, long n);
+
+/// y[t * O + o] = fk_dot(x[t], w[o], K) (+ bias[o] when bias is not NULL) for t < T and
+/// o0 <= o < o1: x [T, K], w [O, K] fp32.
+void fk_matmul_f32(const float *x, const float *w, const float *bias, float *y, long T, long K, long O, long o0, long o1);
+
+/// LoRA's shrink: u[i * r + j] = fk_dot(x[i], a[j], K) for i < n, j < r (a: [r, K] in format).
+void fk_lowrank_shrink(const float *x, const void *a, int format, float *u, long n, long K, long r);
+/// LoRA's expansion: for i < n and o < O, delta = fma(u[i, r-1], bT[r-1, o], ... fma(u[i, 1],
+/// bT[1, o], u[i, 0] * bT[0, o])), y[rows[i] * O + o] = y[...] + delta * scale (bT: [r, O]).
+void fk_lowrank_expand(const float *u, const void *bT, int format, long r, long O, float scale, float *y, const int32_t *rows, long n);
+
+/// Queries of one sequence attended together: query t is queries + t * stride, sees cached
+/// positions firsts[t]...lasts[t], writes out + t * stride.
+typedef struct {
+    const float *queries;
+    long stride;
+    long count;
+    const long *firsts;
+    const long *lasts;
+    float *out;
+} fk_attention_tile;
+
+/// One layer's paged K and V: [blocks, block_size, kv_heads, head_dim] elements of `format`
+/// (FK_ROW_F32, FK_ROW_F16 or FK_ROW_BF16_PAIRED).
+typedef struct {
+    const void *keys;
+    const void *values;
+    long block_size;
+    long kv_heads;
+    long head_dim;
+    int format;
+} fk_paged_layer;
+
+/// Causal attention (see Attention.attend in Swift for the semantics): for each query of
+/// the tile and each head of kv groups g0..<g1, s_j = fk_dot(q, k_j) * scale, w_j =
+/// fk_exp(s_j - max s), out = (sum_j w_j v_j) * (1 / sum_j w_j), all sums in increasing j
+/// (the value sum with fused multiply-adds per element). `scores` holds
+/// count * (heads / kv_heads) * (max last + 1) floats, `stats` 2 * count * (heads / kv_heads).
+void fk_attend(const fk_attention_tile *tile, int heads, const fk_paged_layer *layer, const int32_t *block_table, float scale,
+               float *scores, float *stats, int g0, int g1);
+
+/// Caps the calling thread's tier (and the pool tasks its calls start) for the twin tests:
+/// 0 scalar, 1 AVX2, 2 AVX-512 F/BW/VL, 3 also VNNI; the CPU's own tier stays the ceiling.
+void fk_cap_tier(int tier);
 
 #endif

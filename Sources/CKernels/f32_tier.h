@@ -1,0 +1,241 @@
+// The fp32 kernels of one instruction-set tier (included once per tier by f32.c). The tier
+// provides V16 (16 fp32 lanes) and its operations: V_ZERO, V_LOAD (16 floats), V_LOADF
+// (16 values of a row stored in format fmt, widened exactly), V_SET1, V_FMA (a * b + c,
+// fused per lane), V_MUL, V_ADD, V_STORE and V_FOLD (the fixed tree of `fk_dot`). Every
+// tier performs the same operations per output, so every tier gives the same bits.
+
+// The dot product of fk_dot.
+__attribute__((always_inline)) TIER_ATTR static inline float TIER_NAME(dot)(const float *a, const void *b, int fmt, long n) {
+    V16 acc = V_ZERO();
+    long k = 0, full = n & ~15L;
+    for (; k < full; k += 16) acc = V_FMA(V_LOAD(a + k), V_LOADF(b, k, fmt), acc);
+    float total = V_FOLD(acc);
+    for (; k < n; k++) total = a[k] * ld1(b, k, fmt) + total;
+    return total;
+}
+
+TIER_ATTR static float TIER_NAME(dot_any)(const float *a, const void *b, int fmt, long n) {
+    switch (fmt) {
+    case FK_ROW_F16: return TIER_NAME(dot)(a, b, FK_ROW_F16, n);
+    case FK_ROW_BF16: return TIER_NAME(dot)(a, b, FK_ROW_BF16, n);
+    case FK_ROW_BF16_PAIRED: return TIER_NAME(dot)(a, b, FK_ROW_BF16_PAIRED, n);
+    default: return TIER_NAME(dot)(a, b, FK_ROW_F32, n);
+    }
+}
+
+// Finishes a tile accumulator as the dot product does: fold, tail, bias.
+__attribute__((always_inline)) TIER_ATTR static inline float TIER_NAME(finish)(V16 acc, const float *xr, const float *wr, long K, long full, const float *bias) {
+    float total = V_FOLD(acc);
+    for (long k = full; k < K; k++) total = xr[k] * wr[k] + total;
+    if (bias) total = total + *bias;
+    return total;
+}
+
+// MT tokens x MO outputs of fk_matmul_f32 sharing their loads.
+__attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(mm_tile)(const int MT, const int MO, const float *x, const float *w, const float *bias,
+                                                                          float *y, long K, long O, long t, long o) {
+    V16 acc[4][4];
+    for (int i = 0; i < MT; i++)
+        for (int j = 0; j < MO; j++) acc[i][j] = V_ZERO();
+    long full = K & ~15L;
+    for (long k = 0; k < full; k += 16) {
+        V16 wv[4];
+        for (int j = 0; j < MO; j++) wv[j] = V_LOAD(w + (o + j) * K + k);
+        for (int i = 0; i < MT; i++) {
+            V16 xv = V_LOAD(x + (t + i) * K + k);
+            for (int j = 0; j < MO; j++) acc[i][j] = V_FMA(xv, wv[j], acc[i][j]);
+        }
+    }
+    for (int i = 0; i < MT; i++)
+        for (int j = 0; j < MO; j++)
+            y[(t + i) * O + o + j] = TIER_NAME(finish)(acc[i][j], x + (t + i) * K, w + (o + j) * K, K, full, bias ? bias + o + j : 0);
+}
+
+TIER_ATTR static void TIER_NAME(matmul)(const float *x, const float *w, const float *bias, float *y, long T, long K, long O, long o0, long o1) {
+    long o = o0;
+    for (; o + MM_OUTPUTS <= o1; o += MM_OUTPUTS) {
+        long t = 0;
+        for (; t + MM_TOKENS <= T; t += MM_TOKENS) TIER_NAME(mm_tile)(MM_TOKENS, MM_OUTPUTS, x, w, bias, y, K, O, t, o);
+        for (; t < T; t++) TIER_NAME(mm_tile)(1, MM_OUTPUTS, x, w, bias, y, K, O, t, o);
+    }
+    for (; o < o1; o++)
+        for (long t = 0; t < T; t++) TIER_NAME(mm_tile)(1, 1, x, w, bias, y, K, O, t, o);
+}
+
+__attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(shrink)(const float *x, const void *a, const int fmt, float *u, long n, long K, long r) {
+    size_t bytes = fmt == FK_ROW_F32 ? 4 : 2;
+    for (long j = 0; j < r; j++) {
+        const char *row = (const char *)a + (size_t)j * K * bytes;
+        for (long i = 0; i < n; i++) u[i * r + j] = TIER_NAME(dot)(x + i * K, row, fmt, K);
+    }
+}
+
+__attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(expand)(const float *u, const void *bT, const int fmt, long r, long O, float scale,
+                                                                         float *y, const int32_t *rows, long n) {
+    V16 s16 = V_SET1(scale);
+    long o = 0;
+    // Output chunks outer: the r x 16 slice of B^T stays in L1 across the group's tokens.
+    for (; o + 16 <= O; o += 16) {
+        for (long i = 0; i < n; i++) {
+            const float *ui = u + i * r;
+            V16 acc = V_MUL(V_LOADF(bT, o, fmt), V_SET1(ui[0]));
+            for (long j = 1; j < r; j++) acc = V_FMA(V_SET1(ui[j]), V_LOADF(bT, j * O + o, fmt), acc);
+            float *row = y + (long)rows[i] * O + o;
+            V_STORE(row, V_ADD(V_LOAD(row), V_MUL(acc, s16)));
+        }
+    }
+    for (; o < O; o++) {
+        for (long i = 0; i < n; i++) {
+            const float *ui = u + i * r;
+            float acc = ld1(bT, o, fmt) * ui[0];
+            for (long j = 1; j < r; j++) acc = fmaf(ui[j], ld1(bT, j * O + o, fmt), acc);
+            float *row = y + (long)rows[i] * O;
+            row[o] = row[o] + acc * scale;
+        }
+    }
+}
+
+TIER_ATTR static void TIER_NAME(lowrank)(int expand, const float *x, const void *m, int fmt, float *out, long n, long K, long r, float scale, const int32_t *rows) {
+    if (expand) {
+        if (fmt == FK_ROW_F16) TIER_NAME(expand)(x, m, FK_ROW_F16, r, K, scale, out, rows, n);
+        else if (fmt == FK_ROW_BF16) TIER_NAME(expand)(x, m, FK_ROW_BF16, r, K, scale, out, rows, n);
+        else TIER_NAME(expand)(x, m, FK_ROW_F32, r, K, scale, out, rows, n);
+    } else {
+        if (fmt == FK_ROW_F16) TIER_NAME(shrink)(x, m, FK_ROW_F16, out, n, K, r);
+        else if (fmt == FK_ROW_BF16) TIER_NAME(shrink)(x, m, FK_ROW_BF16, out, n, K, r);
+        else TIER_NAME(shrink)(x, m, FK_ROW_F32, out, n, K, r);
+    }
+}
+
+// Attention of one tile over one layer's paged cache (see fk_attend).
+__attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(attend)(const fk_attention_tile *tile, int heads, const fk_paged_layer *layer,
+                                                                         const int32_t *blockTable, float scale, float *scores, float *stats,
+                                                                         int g0, int g1, const int fmt) {
+    const long hd = layer->head_dim, bs = layer->block_size, kvHeads = layer->kv_heads;
+    const long group = heads / kvHeads, stride = kvHeads * hd, n = tile->count;
+    const size_t eb = fmt == FK_ROW_F32 ? 4 : 2;
+    const char *keys = (const char *)layer->keys, *values = (const char *)layer->values;
+    long lo = LONG_MAX, hi = 0;
+    for (long t = 0; t < n; t++) {
+        if (tile->firsts[t] < lo) lo = tile->firsts[t];
+        if (tile->lasts[t] > hi) hi = tile->lasts[t];
+    }
+    const long span = hi + 1, rows = n * group, vectorEnd = hd & ~15L;
+    float *maxScore = stats, *totals = stats + rows;
+    for (long g = g0; g < g1; g++) {
+        const long h0 = g * group;
+        for (long r = 0; r < rows; r++) maxScore[r] = -INFINITY;
+        // Scores, block by block; row t * group + i is query t's head h0 + i. Within a block,
+        // each row takes its positions in increasing order.
+        for (long j = lo; j <= hi;) {
+            long within = j % bs, run = bs - within < hi - j + 1 ? bs - within : hi - j + 1;
+            const char *base = keys + (((size_t)blockTable[j / bs] * bs + within) * kvHeads + g) * hd * eb;
+            for (long t = 0; t < n; t++) {
+                long a = j > tile->firsts[t] ? j : tile->firsts[t];
+                long b = j + run - 1 < tile->lasts[t] ? j + run - 1 : tile->lasts[t];
+                if (a > b) continue;
+                const float *qt = tile->queries + t * tile->stride + h0 * hd;
+                for (long i = 0; i < group; i++) {
+                    long row = t * group + i;
+                    const float *qh = qt + i * hd;
+                    float *sr = scores + row * span;
+                    float m = maxScore[row];
+                    for (long jr = a; jr <= b; jr++) {
+                        float s = TIER_NAME(dot)(qh, base + (size_t)(jr - j) * stride * eb, fmt, hd) * scale;
+                        sr[jr] = s;
+                        if (s > m) m = s;
+                    }
+                    maxScore[row] = m;
+                }
+            }
+            j += run;
+        }
+        for (long t = 0; t < n; t++) {
+            long first = tile->firsts[t], last = tile->lasts[t];
+            for (long i = 0; i < group; i++) {
+                long row = t * group + i;
+                float *sr = scores + row * span;
+                fk_exp_shift(sr + first, last - first + 1, maxScore[row]);
+                float total = 0;
+                for (long k = first; k <= last; k++) total += sr[k];
+                totals[row] = total;
+                memset(tile->out + t * tile->stride + (h0 + i) * hd, 0, (size_t)hd * sizeof(float));
+            }
+        }
+        // Weighted values, block by block, in increasing j for every query and head (each
+        // output chunk stays in registers over a block's positions).
+        for (long j = lo; j <= hi;) {
+            long within = j % bs, run = bs - within < hi - j + 1 ? bs - within : hi - j + 1;
+            const char *base = values + (((size_t)blockTable[j / bs] * bs + within) * kvHeads + g) * hd * eb;
+            for (long t = 0; t < n; t++) {
+                long a = j > tile->firsts[t] ? j : tile->firsts[t];
+                long b = j + run - 1 < tile->lasts[t] ? j + run - 1 : tile->lasts[t];
+                if (a > b) continue;
+                float *ot = tile->out + t * tile->stride + h0 * hd;
+                for (long i = 0; i < group; i++) {
+                    const float *wr = scores + (t * group + i) * span;
+                    float *oh = ot + i * hd;
+                    long d = 0;
+                    // 64 outputs at a time: four independent chains of fused multiply-adds.
+                    for (; d + 64 <= vectorEnd; d += 64) {
+                        V16 o0 = V_LOAD(oh + d), o1 = V_LOAD(oh + d + 16), o2 = V_LOAD(oh + d + 32), o3 = V_LOAD(oh + d + 48);
+                        for (long jr = a; jr <= b; jr++) {
+                            V16 wv = V_SET1(wr[jr]);
+                            long v = (jr - j) * stride + d;
+                            o0 = V_FMA(wv, V_LOADF(base, v, fmt), o0);
+                            o1 = V_FMA(wv, V_LOADF(base, v + 16, fmt), o1);
+                            o2 = V_FMA(wv, V_LOADF(base, v + 32, fmt), o2);
+                            o3 = V_FMA(wv, V_LOADF(base, v + 48, fmt), o3);
+                        }
+                        V_STORE(oh + d, o0);
+                        V_STORE(oh + d + 16, o1);
+                        V_STORE(oh + d + 32, o2);
+                        V_STORE(oh + d + 48, o3);
+                    }
+                    for (; d < vectorEnd; d += 16) {
+                        V16 o = V_LOAD(oh + d);
+                        for (long jr = a; jr <= b; jr++) o = V_FMA(V_SET1(wr[jr]), V_LOADF(base, (jr - j) * stride + d, fmt), o);
+                        V_STORE(oh + d, o);
+                    }
+                    for (; d < hd; d++) {
+                        float o = oh[d];
+                        for (long jr = a; jr <= b; jr++) o = fmaf(wr[jr], ld1(base, (jr - j) * stride + d, fmt), o);
+                        oh[d] = o;
+                    }
+                }
+            }
+            j += run;
+        }
+        for (long t = 0; t < n; t++) {
+            for (long i = 0; i < group; i++) {
+                float inv = 1 / totals[t * group + i];
+                float *oh = tile->out + t * tile->stride + (h0 + i) * hd;
+                for (long d = 0; d < hd; d++) oh[d] *= inv;
+            }
+        }
+    }
+}
+
+TIER_ATTR static void TIER_NAME(attend_any)(const fk_attention_tile *tile, int heads, const fk_paged_layer *layer, const int32_t *blockTable,
+                                            float scale, float *scores, float *stats, int g0, int g1) {
+    switch (layer->format) {
+    case FK_ROW_F16: TIER_NAME(attend)(tile, heads, layer, blockTable, scale, scores, stats, g0, g1, FK_ROW_F16); break;
+    case FK_ROW_BF16_PAIRED: TIER_NAME(attend)(tile, heads, layer, blockTable, scale, scores, stats, g0, g1, FK_ROW_BF16_PAIRED); break;
+    default: TIER_NAME(attend)(tile, heads, layer, blockTable, scale, scores, stats, g0, g1, FK_ROW_F32); break;
+    }
+}
+
+#undef TIER_ATTR
+#undef TIER_NAME
+#undef V16
+#undef V_ZERO
+#undef V_LOAD
+#undef V_LOADF
+#undef V_SET1
+#undef V_FMA
+#undef V_MUL
+#undef V_ADD
+#undef V_STORE
+#undef V_FOLD
+#undef MM_TOKENS
+#undef MM_OUTPUTS

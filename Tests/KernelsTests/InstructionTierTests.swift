@@ -1,0 +1,158 @@
+import Foundation
+import Kernels
+import Synchronization
+import Tensors
+import Testing
+import TestSupport
+
+/// Every instruction-set tier this CPU has (AVX2, AVX-512, VNNI) gives bitwise the scalar
+/// tier's results for every kernel family, and the scalar tier gives the Swift reference
+/// twins' results where one exists. Tiers the CPU lacks are named as skipped.
+@Suite(.serialized) struct InstructionTierTests {
+    static let reported = Mutex(false)
+
+    /// `body()` under each tier up to the CPU's, each result bitwise equal to the scalar tier's.
+    /// Returns the scalar tier's result.
+    @discardableResult
+    static func acrossTiers(_ label: String, _ body: () -> [Float]) -> [Float] {
+        let best = InstructionTier.current
+        reported.withLock { done in
+            guard !done else { return }
+            done = true
+            let skipped = InstructionTier.allCases.filter { $0 > best }
+            print("InstructionTierTests: comparing \(InstructionTier.allCases.filter { $0 <= best }.map(\.environmentName)) against scalar; "
+                  + (skipped.isEmpty ? "no tier skipped" : "skipped for lack of the instruction set: \(skipped.map(\.environmentName))"))
+        }
+        InstructionTier.capThisThread(.scalar)
+        let scalar = body()
+        defer { InstructionTier.capThisThread(nil) }
+        for tier in InstructionTier.allCases where tier > .scalar && tier <= best {
+            InstructionTier.capThisThread(tier)
+            let y = body()
+            #expect(y.map(\.bitPattern) == scalar.map(\.bitPattern), "\(label): tier \(tier.environmentName) differs from scalar")
+        }
+        return scalar
+    }
+
+    static func random(_ n: Int, _ seed: UInt64, scale: Float = 1) -> [Float] {
+        var rng = SplitMix(seed: seed)
+        return (0..<n).map { _ in rng.float() * scale }
+    }
+
+    @Test func dotProductsMatchTheSwiftTwinOnEveryTier() {
+        for n in [1, 7, 15, 16, 17, 33, 64, 100, 576] {
+            let a = Self.random(n, UInt64(n)), b = Self.random(n, UInt64(n) + 99)
+            let scalar = Self.acrossTiers("dot n=\(n)") { [a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { dot(ap.baseAddress!, $0.baseAddress!, n) } }] }
+            let twin = a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { referenceDot(ap.baseAddress!, $0.baseAddress!, n) } }
+            #expect(scalar[0].bitPattern == twin.bitPattern, "dot n=\(n): C scalar tier \(scalar[0]) vs Swift twin \(twin)")
+        }
+    }
+
+    @Test(arguments: [(1, 16, 4), (3, 37, 11), (4, 64, 8), (5, 69, 13), (9, 576, 9), (17, 100, 30)])
+    func denseProductsMatchTheSwiftTwinOnEveryTier(shape: (Int, Int, Int)) {
+        let (T, K, O) = shape
+        let x = Self.random(T * K, 1), w = Self.random(O * K, 2), bias = Self.random(O, 3)
+        for withBias in [false, true] {
+            let scalar = Self.acrossTiers("matmul \(shape) bias \(withBias)") {
+                var y = [Float](repeating: .nan, count: T * O)
+                x.withUnsafeBufferPointer { xp in w.withUnsafeBufferPointer { wp in bias.withUnsafeBufferPointer { bp in
+                    y.withUnsafeMutableBufferPointer {
+                        MatMul.nt(x: xp.baseAddress!, w: wp.baseAddress!, bias: withBias ? bp.baseAddress! : nil, y: $0.baseAddress!, t: T, k: K, o: O)
+                    }
+                } } }
+                return y
+            }
+            var twin = [Float](repeating: .nan, count: T * O)
+            x.withUnsafeBufferPointer { xp in w.withUnsafeBufferPointer { wp in bias.withUnsafeBufferPointer { bp in
+                twin.withUnsafeMutableBufferPointer {
+                    MatMul.referenceNT(x: xp.baseAddress!, w: wp.baseAddress!, bias: withBias ? bp.baseAddress! : nil, y: $0.baseAddress!, t: T, k: K, o: O)
+                }
+            } } }
+            #expect(scalar.map(\.bitPattern) == twin.map(\.bitPattern), "matmul \(shape): C scalar tier vs Swift twin")
+        }
+    }
+
+    @Test(arguments: LowRankMatrix.Precision.allCases)
+    func loraFactorsAgreeOnEveryTier(precision: LowRankMatrix.Precision) {
+        let n = 5, inDim = 77, outDim = 53, r = 6
+        let x = Self.random(n * inDim, 4)
+        let a = LowRankMatrix(Matrix(rows: r, cols: inDim, data: Self.random(r * inDim, 5)), precision: precision)
+        let bT = LowRankMatrix(Matrix(rows: r, cols: outDim, data: Self.random(r * outDim, 6)), precision: precision)
+        let rows: [Int32] = [4, 0, 2, 6, 1]
+        Self.acrossTiers("LoRA \(precision)") {
+            var u = [Float](repeating: .nan, count: n * r)
+            var y = Self.random(7 * outDim, 8)
+            x.withUnsafeBufferPointer { xp in u.withUnsafeMutableBufferPointer { LowRank.shrink(x: xp.baseAddress!, a: a, u: $0.baseAddress!, n: n) } }
+            u.withUnsafeBufferPointer { up in rows.withUnsafeBufferPointer { rp in
+                y.withUnsafeMutableBufferPointer { LowRank.expandAdd(u: up.baseAddress!, bT: bT, scale: 0.75, y: $0.baseAddress!, rows: rp.baseAddress!, n: n) }
+            } }
+            return u + y
+        }
+    }
+
+    @Test(arguments: KVCacheType.allCases)
+    func attentionAgreesOnEveryTier(type: KVCacheType) {
+        // Head sizes: 64 + a scalar tail of 8, one chunk of 64, two chunks of 16 + a tail of 8.
+        for hd in [72, 64, 40] {
+            let heads = 6, kvHeads = 2, bs = 16, blocks = 5, positions = 70
+            let table: [Int32] = [3, 0, 4, 1, 2]
+            let k = Self.random(blocks * bs * kvHeads * hd, 9), v = Self.random(blocks * bs * kvHeads * hd, 10)
+            var k16 = [UInt8](repeating: 0, count: k.count * type.elementBytes), v16 = k16
+            k.withUnsafeBufferPointer { p in k16.withUnsafeMutableBytes { type.store(p.baseAddress!, rows: k.count / hd, rowLength: hd, to: $0.baseAddress!, at: 0) } }
+            v.withUnsafeBufferPointer { p in v16.withUnsafeMutableBytes { type.store(p.baseAddress!, rows: v.count / hd, rowLength: hd, to: $0.baseAddress!, at: 0) } }
+            let q = Self.random(positions * heads * hd, 11, scale: 3)
+            let firsts = (0..<positions).map { max(0, $0 - 40) }, lasts = Array(0..<positions)
+            Self.acrossTiers("attention \(type) hd \(hd)") {
+                k16.withUnsafeBytes { kp in v16.withUnsafeBytes { vp in
+                    let layer = Attention.PagedLayer(keys: kp.baseAddress!, values: vp.baseAddress!, blockSize: bs, kvHeads: kvHeads, headDim: hd, type: type)
+                    return KernelTests.attendInTiles(queries: q, heads: heads, layer: layer, table: table, firsts: firsts, lasts: lasts, scale: 0.125, tile: 16)
+                } }
+            }
+        }
+    }
+
+    @Test(arguments: [WeightFormat.q4_0, .q4_1, .q8_0, .f16, .bf16])
+    func compactProductsAgreeOnEveryTier(format: WeightFormat) throws {
+        let K = 128, O = 10, T = 6
+        let w = try LinearWeight.quantize(Matrix(rows: O, cols: K, data: Self.random(O * K, 12)), to: format)
+        let x = Self.random(T * K, 13)
+        for compute in ComputeMode.allCases {
+            Self.acrossTiers("\(format) \(compute)") {
+                var y = [Float](repeating: .nan, count: T * O)
+                x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { w.matmul(x: xp.baseAddress!, t: T, y: $0.baseAddress!, compute: compute) } }
+                return y
+            }
+        }
+    }
+
+    @Test func trainingProductsAndElementwiseMathAgreeOnEveryTier() {
+        let rows = 9, inner = 300, width = 70
+        let g = Self.random(rows * inner, 14), w = Self.random(inner * width, 15)
+        Self.acrossTiers("training product") {
+            var out = Self.random(rows * width, 16)
+            g.withUnsafeBufferPointer { gp in w.withUnsafeBufferPointer { wp in
+                out.withUnsafeMutableBufferPointer { DenseProduct.add($0.baseAddress!, gp.baseAddress!, rows: rows, inner: inner, wp.baseAddress!, width: width) }
+            } }
+            return out
+        }
+        let values = Self.random(1000, 17, scale: 30)
+        Self.acrossTiers("exp and SiLU") {
+            var e = values, gate = values
+            e.withUnsafeMutableBufferPointer { VectorMath.expShifted($0.baseAddress!, count: $0.count, shift: 2) }
+            values.withUnsafeBufferPointer { up in gate.withUnsafeMutableBufferPointer { Activation.siluMul(gate: $0.baseAddress!, up: up.baseAddress!, count: $0.count) } }
+            return e + gate
+        }
+    }
+
+    /// A misspelt FACET_ISA is an error that names the valid values (only values that cap
+    /// nothing are set here: the kernels read the variable once, possibly during this test).
+    @Test func theTierCapIsValidated() throws {
+        #expect(InstructionTier.allCases.map(\.environmentName) == ["scalar", "avx2", "avx512", "native"])
+        setenv("FACET_ISA", "avx-512", 1)
+        #expect(throws: FacetError.self) { try InstructionTier.validateEnvironment() }
+        setenv("FACET_ISA", "native", 1)
+        try InstructionTier.validateEnvironment()
+        unsetenv("FACET_ISA")
+        try InstructionTier.validateEnvironment()
+    }
+}
