@@ -7,6 +7,7 @@
 #endif
 
 #include "common.h"
+#include "ckpool.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -220,6 +221,72 @@ __attribute__((always_inline)) AVX2 static inline void quant_tn(int type, const 
             y[(size_t)t * ldy + o] = quant_row_t1(type, w + (size_t)o * nb * bb, nb, bb, x + (size_t)t * K, xsum + (size_t)t * nb);
 }
 
+// AVX-512: eight tokens per weight row at a time, two per register (lanes 0-7 token t,
+// lanes 8-15 token t + 1), the block's weights repeated in both halves. Every lane does
+// what the AVX2 path's lane does, so every output gets the same bits.
+#define AVX512Q __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")))
+AVX512Q static inline __m512 twice(__m256 v) { return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(v)), _mm256_castps_pd(v), 1)); }
+// The activations of tokens t and t + 1 for block dot pairs: per block, four runs of 16
+// floats, run j = [x_t[8j .. 8j+8), x_(t+1)[8j .. 8j+8)].
+AVX512Q static inline void pair_tokens(const float *xa, const float *xb, int nb, float *out) {
+    for (int b = 0; b < nb; b++)
+        for (int j = 0; j < 4; j++) {
+            memcpy(out + (size_t)b * 64 + 16 * j, xa + b * QK + 8 * j, 8 * sizeof(float));
+            memcpy(out + (size_t)b * 64 + 16 * j + 8, xb + b * QK + 8 * j, 8 * sizeof(float));
+        }
+}
+AVX512Q static inline __m512 block_dot_pair(const __m512 q[4], const float *xp) {
+    __m512 v = _mm512_mul_ps(q[0], _mm512_loadu_ps(xp));
+    v = _mm512_fmadd_ps(q[1], _mm512_loadu_ps(xp + 16), v);
+    v = _mm512_fmadd_ps(q[2], _mm512_loadu_ps(xp + 32), v);
+    v = _mm512_fmadd_ps(q[3], _mm512_loadu_ps(xp + 48), v);
+    return v;
+}
+AVX512Q static inline float fold_low(__m512 v) { return hfold(_mm512_castps512_ps256(v)); }
+AVX512Q static inline float fold_high(__m512 v) { return hfold(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))); }
+
+__attribute__((always_inline)) AVX512Q static inline void quant_tn512(int type, const float *x, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
+    int nb = K / QK, bb = block_bytes(type);
+    int off = type == 3 ? 4 : 2;
+    int t = 0;
+    float *xp = T >= 8 ? fk_thread_scratch(23, (size_t)8 * K * sizeof(float)) : 0;   // Scratch.Slot.pairedActivations
+    for (; xp && t + 8 <= T; t += 8) {
+        const float *xt = x + (size_t)t * K;
+        const float *st = xsum ? xsum + (size_t)t * nb : 0;
+        for (int p = 0; p < 4; p++) pair_tokens(xt + (size_t)(2 * p) * K, xt + (size_t)(2 * p + 1) * K, nb, xp + (size_t)p * 2 * K);
+        for (int o = o0; o < o1; o++) {
+            pf_tick();
+            const uint8_t *row = w + (size_t)o * nb * bb;
+            __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = row + (size_t)b * bb;
+                if (t == 0) _mm_prefetch((const char *)(blk + 2 * (size_t)nb * bb), _MM_HINT_T0);
+                __m256 q8[4];
+                if (type == 8) q8_unpack(blk + off, q8); else q4_unpack(blk + off, q8);
+                __m512 q[4] = {twice(q8[0]), twice(q8[1]), twice(q8[2]), twice(q8[3])};
+                __m512 dv = _mm512_set1_ps(rd_f16c(blk));
+                for (int p = 0; p < 4; p++) a[p] = _mm512_fmadd_ps(dv, block_dot_pair(q, xp + (size_t)p * 2 * K + (size_t)b * 64), a[p]);
+            }
+            float m[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            if (type != 8) {
+                for (int b = 0; b < nb; b++) {
+                    const uint8_t *blk = row + (size_t)b * bb;
+                    float mw = type == 3 ? rd_f16c(blk + 2) : -8.0f * rd_f16c(blk);
+                    for (int i = 0; i < 8; i++) m[i] = fmaf(mw, st[(size_t)i * nb + b], m[i]);
+                }
+            }
+            for (int p = 0; p < 4; p++) {
+                y[(size_t)(t + 2 * p) * ldy + o] = fold_low(a[p]) + m[2 * p];
+                y[(size_t)(t + 2 * p + 1) * ldy + o] = fold_high(a[p]) + m[2 * p + 1];
+            }
+        }
+    }
+    if (t < T) quant_tn(type, x + (size_t)t * K, xsum ? xsum + (size_t)t * nb : 0, w, K, T - t, o0, o1, y + (size_t)t * ldy, ldy);
+}
+AVX512Q static void quant_tn512_q4_1(const float *x, const float *xs, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) { quant_tn512(3, x, xs, w, K, T, o0, o1, y, ldy); }
+AVX512Q static void quant_tn512_q4_0(const float *x, const float *xs, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) { quant_tn512(2, x, xs, w, K, T, o0, o1, y, ldy); }
+AVX512Q static void quant_tn512_q8_0(const float *x, const float *xs, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) { quant_tn512(8, x, xs, w, K, T, o0, o1, y, ldy); }
+
 AVX2 static void quant_tn_q4_1(const float *x, const float *xs, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) { quant_tn(3, x, xs, w, K, T, o0, o1, y, ldy); }
 AVX2 static void quant_tn_q4_0(const float *x, const float *xs, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) { quant_tn(2, x, xs, w, K, T, o0, o1, y, ldy); }
 AVX2 static void quant_tn_q8_0(const float *x, const float *xs, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) { quant_tn(8, x, xs, w, K, T, o0, o1, y, ldy); }
@@ -229,6 +296,12 @@ AVX2 static void matmul_quant_avx2(int type, const float *x, const float *xsum, 
         if (type == 3) quant_t1_q4_1(x, xsum, w, K, o0, o1, y);
         else if (type == 2) quant_t1_q4_0(x, xsum, w, K, o0, o1, y);
         else quant_t1_q8_0(x, xsum, w, K, o0, o1, y);
+        return;
+    }
+    if (T >= 8 && fk_has_avx512()) {
+        if (type == 3) quant_tn512_q4_1(x, xsum, w, K, T, o0, o1, y, ldy);
+        else if (type == 2) quant_tn512_q4_0(x, xsum, w, K, T, o0, o1, y, ldy);
+        else quant_tn512_q8_0(x, xsum, w, K, T, o0, o1, y, ldy);
         return;
     }
     if (type == 3) quant_tn_q4_1(x, xsum, w, K, T, o0, o1, y, ldy);

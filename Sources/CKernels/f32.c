@@ -66,6 +66,8 @@ static inline float s_fold(v16s a) { return fold16(a.v); }
 #define V_FOLD s_fold
 #define MM_TOKENS 2
 #define MM_OUTPUTS 2
+#define SCORES16 0
+#define VALUE_ROWS 1
 #include "f32_tier.h"
 
 #if defined(__x86_64__)
@@ -120,6 +122,8 @@ AVX2 static inline float a_fold(v16a a) { return fold8_tree(_mm256_add_ps(a.lo, 
 #define V_FOLD a_fold
 #define MM_TOKENS 2
 #define MM_OUTPUTS 2
+#define SCORES16 0
+#define VALUE_ROWS 1
 #include "f32_tier.h"
 
 // ---- AVX-512 tier: 16 lanes in one zmm register.
@@ -161,8 +165,33 @@ AVX512F static inline float z_fold(__m512 a) {
 #define V_ADD z_add
 #define V_STORE z_store
 #define V_FOLD z_fold
+// fold16 of sixteen vectors at once, out[p] = fold of v[p]: each step adds the lanes the
+// tree pairs (distance 8, 4, 2, 1) for several vectors in one instruction.
+AVX512F static inline __m512 z_fold16(const __m512 v[16]) {
+    __m512 t[8], s[4], r[2];
+    for (int m = 0; m < 8; m++)    // lanes 0-7: v[2m]'s i + (i + 8); lanes 8-15: v[2m + 1]'s
+        t[m] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], 0x44), _mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], 0xEE));
+    for (int m = 0; m < 4; m++)    // 128-bit lane k: vector 4m + k's i + (i + 4)
+        s[m] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * m], t[2 * m + 1], 0x88), _mm512_shuffle_f32x4(t[2 * m], t[2 * m + 1], 0xDD));
+    for (int m = 0; m < 2; m++)    // lane k: vectors 8m + k and 8m + 4 + k, i + (i + 2)
+        r[m] = _mm512_add_ps(_mm512_shuffle_ps(s[2 * m], s[2 * m + 1], 0x44), _mm512_shuffle_ps(s[2 * m], s[2 * m + 1], 0xEE));
+    // lane 4k + j: vector 4j + k's 0 + 1
+    __m512 f = _mm512_add_ps(_mm512_shuffle_ps(r[0], r[1], 0x88), _mm512_shuffle_ps(r[0], r[1], 0xDD));
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_ps(order, f);
+}
+// The largest lane, NaN lanes left out (-inf when all are NaN).
+AVX512F static inline float z_hmax(__m512 v) {
+    __mmask16 ordered = _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q);
+    return _mm512_reduce_max_ps(_mm512_mask_blend_ps(ordered, _mm512_set1_ps(-INFINITY), v));
+}
+
 #define MM_TOKENS 4
 #define MM_OUTPUTS 4
+#define SCORES16 1
+#define V_FOLD16 z_fold16
+#define V_HMAX z_hmax
+#define VALUE_ROWS 3
 #include "f32_tier.h"
 #endif
 

@@ -107,6 +107,54 @@ TIER_ATTR static void TIER_NAME(lowrank)(int expand, const float *x, const void 
     }
 }
 
+// Positions a...b of one block (base: position j's row) weighed into R rows' outputs
+// (row r: weights w + r * span, output o + r * hd, running total totals[r]): per output element
+// one chain of fused multiply-adds in increasing position, per row the total's adds in the
+// same order. The rows share each loaded value row.
+__attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(weigh)(const int R, const float *w, long span, float *totals, float *o, long hd,
+                                                                        const char *base, long stride, long j, long a, long b, const int fmt) {
+    const long vectorEnd = hd & ~15L;
+    for (int r = 0; r < R; r++) {
+        float total = totals[r];
+        for (long jr = a; jr <= b; jr++) total += w[r * span + jr];
+        totals[r] = total;
+    }
+    long d = 0;
+    // 64 outputs at a time: four independent chains of fused multiply-adds per row.
+    for (; d + 64 <= vectorEnd; d += 64) {
+        V16 acc[VALUE_ROWS][4];
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < 4; c++) acc[r][c] = V_LOAD(o + r * hd + d + 16 * c);
+        for (long jr = a; jr <= b; jr++) {
+            long v = (jr - j) * stride + d;
+            V16 x0 = V_LOADF(base, v, fmt), x1 = V_LOADF(base, v + 16, fmt), x2 = V_LOADF(base, v + 32, fmt), x3 = V_LOADF(base, v + 48, fmt);
+            for (int r = 0; r < R; r++) {
+                V16 wv = V_SET1(w[r * span + jr]);
+                acc[r][0] = V_FMA(wv, x0, acc[r][0]);
+                acc[r][1] = V_FMA(wv, x1, acc[r][1]);
+                acc[r][2] = V_FMA(wv, x2, acc[r][2]);
+                acc[r][3] = V_FMA(wv, x3, acc[r][3]);
+            }
+        }
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < 4; c++) V_STORE(o + r * hd + d + 16 * c, acc[r][c]);
+    }
+    for (; d < vectorEnd; d += 16) {
+        for (int r = 0; r < R; r++) {
+            V16 acc = V_LOAD(o + r * hd + d);
+            for (long jr = a; jr <= b; jr++) acc = V_FMA(V_SET1(w[r * span + jr]), V_LOADF(base, (jr - j) * stride + d, fmt), acc);
+            V_STORE(o + r * hd + d, acc);
+        }
+    }
+    for (; d < hd; d++) {
+        for (int r = 0; r < R; r++) {
+            float acc = o[r * hd + d];
+            for (long jr = a; jr <= b; jr++) acc = fmaf(w[r * span + jr], ld1(base, (jr - j) * stride + d, fmt), acc);
+            o[r * hd + d] = acc;
+        }
+    }
+}
+
 // Attention of one tile over one layer's paged cache (see fk_attend).
 __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(attend)(const fk_attention_tile *tile, int heads, const fk_paged_layer *layer,
                                                                          const int32_t *blockTable, float scale, float *scores, float *stats,
@@ -140,7 +188,37 @@ __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(attend)(co
                     const float *qh = qt + i * hd;
                     float *sr = scores + row * span;
                     float m = maxScore[row];
-                    for (long jr = a; jr <= b; jr++) {
+                    long from = a;
+#if SCORES16
+                    // Sixteen positions at once where a run holds them: the query is loaded
+                    // once per 16 of its elements for all of them, and the sixteen folds are
+                    // taken together (V_FOLD16: the same tree per position).
+                    if ((hd & 15) == 0) {
+                        while (b - from + 1 >= 16) {
+                            const char *k0 = base + (size_t)(from - j) * stride * eb;
+                            V16 acc[16];
+                            for (int p = 0; p < 16; p++) acc[p] = V_ZERO();
+                            for (long k = 0; k < hd; k += 16) {
+                                V16 qv = V_LOAD(qh + k);
+                                for (int p = 0; p < 16; p++) acc[p] = V_FMA(qv, V_LOADF(k0 + (size_t)p * stride * eb, k, fmt), acc[p]);
+                            }
+                            V16 sv = V_MUL(V_FOLD16(acc), V_SET1(scale));
+                            V_STORE(sr + from, sv);
+                            // The running maximum as `if (s > m) m = s` in order gives it: the
+                            // largest score (NaNs never win), and when that is zero, the sign
+                            // of the first zero.
+                            float top = V_HMAX(sv);
+                            if (top > m) {
+                                m = top;
+                                if (top == 0)
+                                    for (int p = 0; p < 16; p++)
+                                        if (sr[from + p] == 0) { m = sr[from + p]; break; }
+                            }
+                            from += 16;
+                        }
+                    }
+#endif
+                    for (long jr = from; jr <= b; jr++) {
                         float s = TIER_NAME(dot)(qh, base + (size_t)(jr - j) * stride * eb, fmt, hd) * scale;
                         sr[jr] = s;
                         if (s > m) m = s;
@@ -156,9 +234,7 @@ __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(attend)(co
                 long row = t * group + i;
                 float *sr = scores + row * span;
                 fk_exp_shift(sr + first, last - first + 1, maxScore[row]);
-                float total = 0;
-                for (long k = first; k <= last; k++) total += sr[k];
-                totals[row] = total;
+                totals[row] = 0;   // summed in the value pass, in increasing j
                 memset(tile->out + t * tile->stride + (h0 + i) * hd, 0, (size_t)hd * sizeof(float));
             }
         }
@@ -172,37 +248,11 @@ __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(attend)(co
                 long b = j + run - 1 < tile->lasts[t] ? j + run - 1 : tile->lasts[t];
                 if (a > b) continue;
                 float *ot = tile->out + t * tile->stride + h0 * hd;
-                for (long i = 0; i < group; i++) {
-                    const float *wr = scores + (t * group + i) * span;
-                    float *oh = ot + i * hd;
-                    long d = 0;
-                    // 64 outputs at a time: four independent chains of fused multiply-adds.
-                    for (; d + 64 <= vectorEnd; d += 64) {
-                        V16 o0 = V_LOAD(oh + d), o1 = V_LOAD(oh + d + 16), o2 = V_LOAD(oh + d + 32), o3 = V_LOAD(oh + d + 48);
-                        for (long jr = a; jr <= b; jr++) {
-                            V16 wv = V_SET1(wr[jr]);
-                            long v = (jr - j) * stride + d;
-                            o0 = V_FMA(wv, V_LOADF(base, v, fmt), o0);
-                            o1 = V_FMA(wv, V_LOADF(base, v + 16, fmt), o1);
-                            o2 = V_FMA(wv, V_LOADF(base, v + 32, fmt), o2);
-                            o3 = V_FMA(wv, V_LOADF(base, v + 48, fmt), o3);
-                        }
-                        V_STORE(oh + d, o0);
-                        V_STORE(oh + d + 16, o1);
-                        V_STORE(oh + d + 32, o2);
-                        V_STORE(oh + d + 48, o3);
-                    }
-                    for (; d < vectorEnd; d += 16) {
-                        V16 o = V_LOAD(oh + d);
-                        for (long jr = a; jr <= b; jr++) o = V_FMA(V_SET1(wr[jr]), V_LOADF(base, (jr - j) * stride + d, fmt), o);
-                        V_STORE(oh + d, o);
-                    }
-                    for (; d < hd; d++) {
-                        float o = oh[d];
-                        for (long jr = a; jr <= b; jr++) o = fmaf(wr[jr], ld1(base, (jr - j) * stride + d, fmt), o);
-                        oh[d] = o;
-                    }
-                }
+                long i = 0;
+                for (; i + VALUE_ROWS <= group; i += VALUE_ROWS)
+                    TIER_NAME(weigh)(VALUE_ROWS, scores + (t * group + i) * span, span, totals + t * group + i, ot + i * hd, hd, base, stride, j, a, b, fmt);
+                for (; i < group; i++)
+                    TIER_NAME(weigh)(1, scores + (t * group + i) * span, span, totals + t * group + i, ot + i * hd, hd, base, stride, j, a, b, fmt);
             }
             j += run;
         }
@@ -239,3 +289,7 @@ TIER_ATTR static void TIER_NAME(attend_any)(const fk_attention_tile *tile, int h
 #undef V_FOLD
 #undef MM_TOKENS
 #undef MM_OUTPUTS
+#undef SCORES16
+#undef V_FOLD16
+#undef V_HMAX
+#undef VALUE_ROWS

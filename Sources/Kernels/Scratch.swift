@@ -10,6 +10,8 @@ package enum Scratch {
         case loraInput, loraRank
         case activations, finalHidden, logitInput, logitOutput, embeddingRow, logitRowIndex, logitShard, logitGather, parallelReduce
         case gradientRow, attentionTiles
+        /// Taken by the C kernels (the AVX-512 quantized products pair tokens there).
+        case pairedActivations = 23
     }
 
     package static func floats(_ slot: Slot, _ count: Int) -> UnsafeMutablePointer<Float> {
