@@ -27,15 +27,25 @@ package final class AdapterSet: LinearDeltas, @unchecked Sendable {
 
     package func add(layer: Int, x: UnsafePointer<Float>, inDim: Int, outputs: UnsafeBufferPointer<DeltaOutput>, slots: UnsafePointer<Int32>, tokens: Int) {
         let plan = groups(slots: slots, tokens: tokens)
-        // One task per (output, adapter group) that has a pair, listed on the stack as
-        // index pairs (each task looks its pair up once).
-        withUnsafeTemporaryAllocation(of: DeltaTask.self, capacity: max(outputs.count * plan.count, 1)) { list in
+        // One task per (output, adapter group, piece of the group's tokens) that has a pair,
+        // listed on the stack. A group's tokens are cut into pieces when they are many (one
+        // adapter's long prefill), so every core works on it; each token's delta is computed
+        // alone, so the cut changes no bit.
+        let pieceRows = Parallel.threadCount == 1 ? Int.max : max(16, (tokens + 2 * Parallel.threadCount - 1) / (2 * Parallel.threadCount))
+        var pieces = 0
+        for group in plan { pieces += (group.rows.count + pieceRows - 1) / pieceRows }
+        withUnsafeTemporaryAllocation(of: DeltaTask.self, capacity: max(outputs.count * pieces, 1)) { list in
             var n = 0, work = 0
             for (o, out) in outputs.enumerated() {
                 for (g, group) in plan.enumerated() {
                     guard let pair = pair(group.slot, layer, out.role) else { continue }
-                    list[n] = DeltaTask(output: Int32(o), group: Int32(g))
-                    n += 1
+                    var first = 0
+                    while first < group.rows.count {
+                        let count = min(pieceRows, group.rows.count - first)
+                        list[n] = DeltaTask(output: Int32(o), group: Int32(g), first: Int32(first), count: Int32(count))
+                        n += 1
+                        first += count
+                    }
                     work += group.rows.count * pair.rank * (inDim + out.outDim)
                 }
             }
@@ -46,6 +56,8 @@ package final class AdapterSet: LinearDeltas, @unchecked Sendable {
 
     struct DeltaTask {
         let output: Int32, group: Int32
+        /// The piece of the group's tokens: `rows[first ..< first + count]`.
+        let first: Int32, count: Int32
     }
 
     /// The deltas of one linear group: tasks write disjoint rows (or disjoint outputs), and
@@ -66,7 +78,10 @@ package final class AdapterSet: LinearDeltas, @unchecked Sendable {
         func run(_ i: Int) {
             let task = tasks[i], out = outputs[Int(task.output)], group = plan[Int(task.group)]
             guard let pair = set.pair(group.slot, layer, out.role) else { return }
-            AdapterSet.apply(pair, rows: group.rows, x: x, inDim: inDim, y: out.y, outDim: out.outDim)
+            group.rows.withUnsafeBufferPointer { all in
+                let rows = UnsafeBufferPointer(rebasing: all[Int(task.first) ..< Int(task.first + task.count)])
+                AdapterSet.apply(pair, rows: rows, x: x, inDim: inDim, y: out.y, outDim: out.outDim)
+            }
         }
     }
 
@@ -109,16 +124,14 @@ package final class AdapterSet: LinearDeltas, @unchecked Sendable {
     }
     private let planCache = Mutex<(slots: [Int32], groups: [SlotGroup])?>(nil)
 
-    /// `y[t] += scale * ((x[t] A^T) B^T)` for the group's tokens `rows`.
-    static func apply(_ pair: LoRAPair, rows: [Int32], x: UnsafePointer<Float>, inDim: Int, y: UnsafeMutablePointer<Float>, outDim: Int) {
+    /// `y[t] += scale * ((x[t] A^T) B^T)` for the tokens `rows` (of one adapter's group).
+    static func apply(_ pair: LoRAPair, rows: UnsafeBufferPointer<Int32>, x: UnsafePointer<Float>, inDim: Int, y: UnsafeMutablePointer<Float>, outDim: Int) {
         let n = rows.count, r = pair.rank
         let xs = Scratch.floats(.loraInput, n * inDim)
         let u = Scratch.floats(.loraRank, n * r)
         for (i, t) in rows.enumerated() { (xs + i * inDim).update(from: x + Int(t) * inDim, count: inDim) }
-        LowRank.shrink(x: xs, a: pair.packedA, u: u, n: n)                                   // [n, r]
-        rows.withUnsafeBufferPointer { rp in
-            LowRank.expandAdd(u: u, bT: pair.packedBT, scale: pair.scale, y: y, rows: rp.baseAddress!, n: n)   // y[rows] += [n, out]
-        }
+        LowRank.shrink(x: xs, a: pair.packedA, u: u, n: n)                                                     // [n, r]
+        LowRank.expandAdd(u: u, bT: pair.packedBT, scale: pair.scale, y: y, rows: rows.baseAddress!, n: n)   // y[rows] += [n, out]
     }
 
     package func embed(token: Int32, slot: Int32, base: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, dim: Int) -> Bool {
