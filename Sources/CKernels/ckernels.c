@@ -332,6 +332,32 @@ AVX2 static void matmul_half_avx2(int bf, const float *x, const uint16_t *w, int
         }
     }
 }
+
+// AVX-512: groups of eight tokens outer (activations paired as in quant_tn512), rows inner;
+// every lane does what the AVX2 path's lane does (same bits). Fewer than 8 tokens left:
+// the AVX2 path.
+AVX512Q static void matmul_half_avx512(int bf, const float *x, const uint16_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
+    int nb = K / QK, t = 0;
+    float *xp = fk_thread_scratch(23, (size_t)8 * K * sizeof(float));   // Scratch.Slot.pairedActivations
+    for (; xp && t + 8 <= T; t += 8) {
+        const float *xt = x + (size_t)t * K;
+        for (int p = 0; p < 4; p++) pair_tokens(xt + (size_t)(2 * p) * K, xt + (size_t)(2 * p + 1) * K, nb, xp + (size_t)p * 2 * K);
+        for (int o = o0; o < o1; o++) {
+            const uint16_t *row = w + (size_t)o * K;
+            __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+            for (int b = 0; b < nb; b++) {
+                __m512 q[4];
+                for (int j = 0; j < 4; j++) q[j] = twice(half8(bf, row + b * QK + 8 * j));
+                for (int p = 0; p < 4; p++) a[p] = _mm512_add_ps(a[p], block_dot_pair(q, xp + (size_t)p * 2 * K + (size_t)b * 64));
+            }
+            for (int p = 0; p < 4; p++) {
+                y[(size_t)(t + 2 * p) * ldy + o] = fold_low(a[p]);
+                y[(size_t)(t + 2 * p + 1) * ldy + o] = fold_high(a[p]);
+            }
+        }
+    }
+    if (t < T) matmul_half_avx2(bf, x + (size_t)t * K, w, K, T - t, o0, o1, y + (size_t)t * ldy, ldy);
+}
 #endif
 
 // Whether the CPU has AVX2/FMA/F16C, AVX-512 F/BW/VL and AVX-512 VNNI (read once;
@@ -403,12 +429,14 @@ void fk_matmul_q8_0(const float *x, const uint8_t *w, int K, int T, int o0, int 
 }
 void fk_matmul_f16(const float *x, const uint16_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
 #if defined(__x86_64__)
+    if (T >= 8 && fk_has_avx512()) { matmul_half_avx512(0, x, w, K, T, o0, o1, y, ldy); return; }
     if (fk_has_avx2()) { matmul_half_avx2(0, x, w, K, T, o0, o1, y, ldy); return; }
 #endif
     matmul_half_scalar(0, x, w, K, T, o0, o1, y, ldy);
 }
 void fk_matmul_bf16(const float *x, const uint16_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
 #if defined(__x86_64__)
+    if (T >= 8 && fk_has_avx512()) { matmul_half_avx512(1, x, w, K, T, o0, o1, y, ldy); return; }
     if (fk_has_avx2()) { matmul_half_avx2(1, x, w, K, T, o0, o1, y, ldy); return; }
 #endif
     matmul_half_scalar(1, x, w, K, T, o0, o1, y, ldy);
