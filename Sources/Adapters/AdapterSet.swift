@@ -31,7 +31,7 @@ package final class AdapterSet: LinearDeltas, @unchecked Sendable {
         // listed on the stack. A group's tokens are cut into pieces when they are many (one
         // adapter's long prefill), so every core works on it; each token's delta is computed
         // alone, so the cut changes no bit.
-        let pieceRows = Parallel.threadCount == 1 ? Int.max : max(16, (tokens + 2 * Parallel.threadCount - 1) / (2 * Parallel.threadCount))
+        let pieceRows = Parallel.threadCount == 1 ? max(tokens, 1) : max(16, (tokens + 2 * Parallel.threadCount - 1) / (2 * Parallel.threadCount))
         var pieces = 0
         for group in plan { pieces += (group.rows.count + pieceRows - 1) / pieceRows }
         withUnsafeTemporaryAllocation(of: DeltaTask.self, capacity: max(outputs.count * pieces, 1)) { list in
