@@ -17,6 +17,19 @@ static inline float ld1(const void *b, long i, int fmt) {
     }
 }
 
+// The positions of the cache block holding j, from j up to hi: how many.
+static inline long block_run(long j, long hi, long bs) {
+    long within = j % bs;
+    return bs - within < hi - j + 1 ? bs - within : hi - j + 1;
+}
+
+// The part a...b of positions j ..< j + run that query t of the tile sees; 0 when none.
+static inline int clip_to_run(const fk_attention_tile *tile, long t, long j, long run, long *a, long *b) {
+    *a = j > tile->firsts[t] ? j : tile->firsts[t];
+    *b = j + run - 1 < tile->lasts[t] ? j + run - 1 : tile->lasts[t];
+    return *a <= *b;
+}
+
 // ---- Portable tier: 16 lanes in an array, fmaf per lane.
 typedef struct { float v[16]; } v16s;
 static inline v16s s_zero(void) { v16s r; for (int i = 0; i < 16; i++) r.v[i] = 0; return r; }

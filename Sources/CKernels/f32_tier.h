@@ -176,12 +176,11 @@ __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(attend)(co
         // Scores, block by block; row t * group + i is query t's head h0 + i. Within a block,
         // each row takes its positions in increasing order.
         for (long j = lo; j <= hi;) {
-            long within = j % bs, run = bs - within < hi - j + 1 ? bs - within : hi - j + 1;
+            long within = j % bs, run = block_run(j, hi, bs);
             const char *base = keys + (((size_t)blockTable[j / bs] * bs + within) * kvHeads + g) * hd * eb;
             for (long t = 0; t < n; t++) {
-                long a = j > tile->firsts[t] ? j : tile->firsts[t];
-                long b = j + run - 1 < tile->lasts[t] ? j + run - 1 : tile->lasts[t];
-                if (a > b) continue;
+                long a, b;
+                if (!clip_to_run(tile, t, j, run, &a, &b)) continue;
                 const float *qt = tile->queries + t * tile->stride + h0 * hd;
                 for (long i = 0; i < group; i++) {
                     long row = t * group + i;
@@ -241,12 +240,11 @@ __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(attend)(co
         // Weighted values, block by block, in increasing j for every query and head (each
         // output chunk stays in registers over a block's positions).
         for (long j = lo; j <= hi;) {
-            long within = j % bs, run = bs - within < hi - j + 1 ? bs - within : hi - j + 1;
+            long within = j % bs, run = block_run(j, hi, bs);
             const char *base = values + (((size_t)blockTable[j / bs] * bs + within) * kvHeads + g) * hd * eb;
             for (long t = 0; t < n; t++) {
-                long a = j > tile->firsts[t] ? j : tile->firsts[t];
-                long b = j + run - 1 < tile->lasts[t] ? j + run - 1 : tile->lasts[t];
-                if (a > b) continue;
+                long a, b;
+                if (!clip_to_run(tile, t, j, run, &a, &b)) continue;
                 float *ot = tile->out + t * tile->stride + h0 * hd;
                 long i = 0;
                 for (; i + VALUE_ROWS <= group; i += VALUE_ROWS)

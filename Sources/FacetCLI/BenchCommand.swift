@@ -350,13 +350,13 @@ struct BenchReport: Codable {
         var threads: Int
         var date: String
         /// The kernels' instruction-set tier on this CPU.
-        var kernels: String? = LinearWeight.instructionTier.description
+        var kernels: String? = InstructionTier.current.description
         static func current() -> Machine {
             let info = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
             let cpu = info.split(separator: "\n").first { $0.hasPrefix("model name") }?.split(separator: ":").last?
                 .trimmingCharacters(in: .whitespaces) ?? "unknown CPU"
             return Machine(cpu: cpu, threads: Parallel.threadCount, date: ISO8601DateFormatter().string(from: Date()),
-                           kernels: LinearWeight.instructionTier.description)
+                           kernels: InstructionTier.current.description)
         }
     }
     var machine: Machine

@@ -147,7 +147,7 @@ struct ServeCommand: AsyncParsableCommand {
         config.grpcPort = grpcPort
         config.servedModelName = servedModelName ?? ((path as NSString).lastPathComponent as NSString).deletingPathExtension
         let context = ServingContext(engine: engine, store: store, metrics: metrics, configuration: config)
-        logger.info("serving \(config.servedModelName) with \(store.names.count) adapters on http://\(host):\(port) (KV cache: \(engine.totalBlocks) blocks of \(blockSize) in \(model.kvCacheType.rawValue), prefix caching \(noPrefixCache ? "off" : "on"); kernels: \(LinearWeight.instructionTier))")
+        logger.info("serving \(config.servedModelName) with \(store.names.count) adapters on http://\(host):\(port) (KV cache: \(engine.totalBlocks) blocks of \(blockSize) in \(model.kvCacheType.rawValue), prefix caching \(noPrefixCache ? "off" : "on"); kernels: \(InstructionTier.current))")
         let app = FacetServer.makeApplication(context: context, logger: logger)
         // The first SIGTERM/SIGINT drains (running requests finish, new connections are
         // refused) for at most --drain-timeout; a second one ends the process at once.

@@ -333,10 +333,6 @@ package struct LinearWeight: Sendable {
         return fk_has_avx512() != 0
     }
 
-    /// The instruction-set tier the kernels run at on this CPU (read from cpuid at run time;
-    /// `FACET_ISA=scalar|avx2|avx512` caps it). Every tier gives the same bits.
-    package static var instructionTier: InstructionTier { InstructionTier.current }
-
     /// Quantizes an fp32 matrix into a compact format (tests and conversions; the encoding
     /// follows ggml's reference quantizers for Q4_0, Q4_1 and Q8_0).
     package static func quantize(_ m: Matrix, to format: WeightFormat) throws -> LinearWeight {

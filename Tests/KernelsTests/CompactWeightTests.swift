@@ -31,14 +31,14 @@ import TestSupport
         LinearWeight.useVectorKernels(true)
         #expect(scalar == y, "\(label): scalar and vector paths differ")
         // Every tier this CPU has gives the same bits: with VNNI off, the AVX2 tier runs.
-        if LinearWeight.instructionTier >= .avx512VNNI {
+        if InstructionTier.current >= .avx512VNNI {
             LinearWeight.useVNNIKernels(false)
             let avx2 = run(w, x, t, compute: compute)
             LinearWeight.useVNNIKernels(true)
             #expect(avx2 == y, "\(label): AVX2 and AVX-512 VNNI tiers differ")
         } else {
             Self.tierSkipped.withLock { once in
-                if !once { print("CompactWeightTests: the AVX-512 VNNI tier is not compared (this CPU's best tier is \(LinearWeight.instructionTier))") }
+                if !once { print("CompactWeightTests: the AVX-512 VNNI tier is not compared (this CPU's best tier is \(InstructionTier.current))") }
                 once = true
             }
         }

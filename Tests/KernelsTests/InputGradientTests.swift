@@ -77,7 +77,7 @@ import TestSupport
         #expect(scalar.map(\.bitPattern) == reference.map(\.bitPattern))
         #expect(avx2.map(\.bitPattern) == reference.map(\.bitPattern))
         #expect(best.map(\.bitPattern) == reference.map(\.bitPattern))
-        if !LinearWeight.hasAVX512 { print("DenseProductTests: AVX-512 tier not on this CPU; compared scalar and \(LinearWeight.instructionTier)") }
+        if !LinearWeight.hasAVX512 { print("DenseProductTests: AVX-512 tier not on this CPU; compared scalar and \(InstructionTier.current)") }
     }
 
     /// `matmulDecoded` (training's forward `x Wᵀ + b`) is the fma chain over k from zero, on the decoded weight.
