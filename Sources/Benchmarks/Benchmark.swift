@@ -148,12 +148,17 @@ final class DecodeRun {
             if adapters.isEmpty { return -1 }
             return includeBase ? Int32(s % (adapters.count + 1)) - 1 : Int32(s % adapters.count)
         }
-        var batch = ForwardBatch(blockTables: tables)
-        for s in 0..<batchSize {
-            batch.append(sequence: s, tokens: (0..<prompt).map { Int32(($0 * 31 + s * 7 + 1) % model.config.vocabSize) },
-                         startPosition: 0, adapterSlot: slots[s], wantLogits: true)
+        // The prompts in chunks of 512 positions (a long context is prefilled as a server would).
+        let chunk = 512
+        for start in stride(from: 0, to: max(prompt, 1), by: chunk) {
+            let end = min(prompt, start + chunk)
+            var batch = ForwardBatch(blockTables: tables)
+            for s in 0..<batchSize {
+                batch.append(sequence: s, tokens: (start..<end).map { Int32(($0 * 31 + s * 7 + 1) % model.config.vocabSize) },
+                             startPosition: start, adapterSlot: slots[s], wantLogits: end == prompt)
+            }
+            try model.forward(batch, kv: kv, deltas: deltas, into: logits)
         }
-        try model.forward(batch, kv: kv, deltas: deltas, into: logits)
     }
 
     /// One decode step; returns its wall time in seconds.

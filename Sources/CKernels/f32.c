@@ -248,3 +248,21 @@ void fk_attend(const fk_attention_tile *tile, int heads, const fk_paged_layer *l
 #endif
     attend_any_scalar(tile, heads, layer, block_table, scale, scores, stats, g0, g1);
 }
+
+void fk_train_attend(const float *q, const float *k, const float *v, long qs, long kvs, long n, long hd, long window, float scale,
+                     float *out, float *probs) {
+#if defined(__x86_64__)
+    if (fk_has_avx512()) { train_attend_avx512(q, k, v, qs, kvs, n, hd, window, scale, out, probs); return; }
+    if (fk_has_avx2()) { train_attend_avx2(q, k, v, qs, kvs, n, hd, window, scale, out, probs); return; }
+#endif
+    train_attend_scalar(q, k, v, qs, kvs, n, hd, window, scale, out, probs);
+}
+
+void fk_train_attend_back(const float *dout, const float *q, const float *k, const float *v, const float *probs, long qs, long kvs, long n,
+                          long hd, long group, long window, float scale, float *dq, float *dk, float *dv, float *scratch) {
+#if defined(__x86_64__)
+    if (fk_has_avx512()) { train_attend_back_avx512(dout, q, k, v, probs, qs, kvs, n, hd, group, window, scale, dq, dk, dv, scratch); return; }
+    if (fk_has_avx2()) { train_attend_back_avx2(dout, q, k, v, probs, qs, kvs, n, hd, group, window, scale, dq, dk, dv, scratch); return; }
+#endif
+    train_attend_back_scalar(dout, q, k, v, probs, qs, kvs, n, hd, group, window, scale, dq, dk, dv, scratch);
+}

@@ -273,6 +273,100 @@ TIER_ATTR static void TIER_NAME(attend_any)(const fk_attention_tile *tile, int h
     }
 }
 
+// ---- Training attention (fk_train_attend, fk_train_attend_back): one sequence of n tokens
+// held whole (no cache), rows of stride qs (queries, outputs) and kvs (keys, values).
+
+// acc[c] (c < chunks of 16 at d) += w * row[d + 16c], for every 16-wide chunk of hd, then the
+// tail element by element: one fused multiply-add per element, the same on every tier.
+__attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(axpy)(float *y, float w, const float *x, long hd) {
+    const long vectorEnd = hd & ~15L;
+    V16 wv = V_SET1(w);
+    long d = 0;
+    for (; d < vectorEnd; d += 16) V_STORE(y + d, V_FMA(wv, V_LOAD(x + d), V_LOAD(y + d)));
+    for (; d < hd; d++) y[d] = fmaf(w, x[d], y[d]);
+}
+
+// y = sum over s in first...last of w[s] * rows[s * stride] (fused, increasing s, from zero),
+// 64 elements at a time in registers.
+__attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(weigh_rows)(float *y, const float *w, const float *rows, long stride,
+                                                                             long first, long last, long hd) {
+    const long vectorEnd = hd & ~15L;
+    long d = 0;
+    for (; d + 64 <= vectorEnd; d += 64) {
+        V16 a0 = V_ZERO(), a1 = V_ZERO(), a2 = V_ZERO(), a3 = V_ZERO();
+        for (long s = first; s <= last; s++) {
+            const float *r = rows + s * stride + d;
+            V16 wv = V_SET1(w[s]);
+            a0 = V_FMA(wv, V_LOAD(r), a0);
+            a1 = V_FMA(wv, V_LOAD(r + 16), a1);
+            a2 = V_FMA(wv, V_LOAD(r + 32), a2);
+            a3 = V_FMA(wv, V_LOAD(r + 48), a3);
+        }
+        V_STORE(y + d, a0);
+        V_STORE(y + d + 16, a1);
+        V_STORE(y + d + 32, a2);
+        V_STORE(y + d + 48, a3);
+    }
+    for (; d < vectorEnd; d += 16) {
+        V16 a = V_ZERO();
+        for (long s = first; s <= last; s++) a = V_FMA(V_SET1(w[s]), V_LOAD(rows + s * stride + d), a);
+        V_STORE(y + d, a);
+    }
+    for (; d < hd; d++) {
+        float a = 0;
+        for (long s = first; s <= last; s++) a = fmaf(w[s], rows[s * stride + d], a);
+        y[d] = a;
+    }
+}
+
+TIER_ATTR static void TIER_NAME(train_attend)(const float *q, const float *k, const float *v, long qs, long kvs, long n, long hd,
+                                             long window, float scale, float *out, float *probs) {
+    for (long t = 0; t < n; t++) {
+        const long first = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
+        float *row = probs + t * n;
+        const float *qt = q + t * qs;
+        float top = -INFINITY;
+        for (long s = first; s <= t; s++) {
+            float x = TIER_NAME(dot)(qt, k + s * kvs, FK_ROW_F32, hd) * scale;
+            row[s] = x;
+            if (x > top) top = x;
+        }
+        fk_exp_shift(row + first, t - first + 1, top);
+        float sum = 0;
+        for (long s = first; s <= t; s++) sum = sum + row[s];
+        for (long s = first; s <= t; s++) row[s] = row[s] / sum;
+        TIER_NAME(weigh_rows)(out + t * qs, row, v, kvs, first, t, hd);
+    }
+}
+
+TIER_ATTR static void TIER_NAME(train_attend_back)(const float *dout, const float *q, const float *k, const float *v, const float *probs,
+                                                  long qs, long kvs, long n, long hd, long group, long window, float scale,
+                                                  float *dq, float *dk, float *dv, float *ds) {
+    for (long i = 0; i < group; i++) {
+        const float *P = probs + i * n * n;
+        for (long t = 0; t < n; t++) {
+            const long first = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
+            const float *go = dout + t * qs + i * hd, *qt = q + t * qs + i * hd, *pr = P + t * n;
+            float sum = 0;
+            for (long s = first; s <= t; s++) {
+                float x = TIER_NAME(dot)(go, v + s * kvs, FK_ROW_F32, hd);
+                ds[s] = x;
+                float term = pr[s] * x;
+                sum = sum + term;
+                TIER_NAME(axpy)(dv + s * kvs, pr[s], go, hd);
+            }
+            for (long s = first; s <= t; s++) {
+                float diff = ds[s] - sum, scaled = pr[s] * diff;
+                ds[s] = scaled * scale;
+            }
+            // dq_t = sum of ds_s k_s, then dk_s += ds_s q_t.
+            float *dqt = dq + t * qs + i * hd;
+            TIER_NAME(weigh_rows)(dqt, ds, k, kvs, first, t, hd);
+            for (long s = first; s <= t; s++) TIER_NAME(axpy)(dk + s * kvs, ds[s], qt, hd);
+        }
+    }
+}
+
 #undef TIER_ATTR
 #undef TIER_NAME
 #undef V16

@@ -29,6 +29,9 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Decode steps per measurement.") var steps = 32
     @Option(name: .customLong("batch-sizes"), parsing: .upToNextOption, help: "Decode batch sizes.") var batchSizes: [Int] = [1, 8, 32]
     @Option(name: .customLong("prompt-lengths"), parsing: .upToNextOption, help: "Prefill lengths.") var promptLengths: [Int] = [128, 512]
+    @Option(name: .customLong("decode-contexts"), parsing: .upToNextOption,
+            help: "Decode at batch 1 after a prompt of each of these lengths (long-context decode; default: none).")
+    var decodeContexts: [Int] = []
     @Option(name: .customLong("adapter-counts"), parsing: .upToNextOption, help: "Distinct adapters in the mixed decode batch.")
     var adapterCounts: [Int] = [1, 4, 16]
     @Option(help: "Rounds of (base, mixed-adapter) decode pairs; adapter ratios are the median of the per-round ratios.")
@@ -149,6 +152,7 @@ struct BenchCommand: AsyncParsableCommand {
                 }
                 for n in promptLengths { add(try bench.prefill(length: n)) }
                 for b in batchSizes { add(try bench.decode(batchSize: b, steps: steps)) }
+                for n in decodeContexts { add(try bench.decode(batchSize: 1, steps: steps, prompt: n, name: "decode batch 1 at \(n)")) }
                 for b in batchSizes {
                     for n in adapterCounts where n <= b || (n == 1 && b == 1) {
                         for (precision, adapters) in synthetic {

@@ -9,7 +9,7 @@ package enum Scratch {
         case blockSums = 0, int8Activations, int8Scales, attentionScores
         case loraInput, loraRank
         case activations, finalHidden, logitInput, logitOutput, embeddingRow, logitRowIndex, logitShard, logitGather, parallelReduce
-        case gradientRow, attentionTiles
+        case gradientRow, attentionTiles, trainingAttention, trainingLoss
         /// Taken by the C kernels (the AVX-512 quantized products pair tokens there).
         case pairedActivations = 23
     }

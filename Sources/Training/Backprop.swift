@@ -194,15 +194,20 @@ package final class LoRABackprop: @unchecked Sendable {
                         let target = Int(ex.labels[rows[r] + 1])
                         let row = logit + r * V
                         var top = -Float.infinity
-                        for j in 0..<V { top = max(top, row[j]) }
+                        for j in 0..<V where row[j] > top { top = row[j] }
+                        // e_j = exp(l_j - top) in fp32 (the vector exp), summed in Double:
+                        // lse = top + log Σ e_j, and the softmax is e_j / Σ e_j.
+                        let e = dl.map { $0 + r * V } ?? Scratch.floats(.trainingLoss, V)
+                        e.update(from: row, count: V)
+                        VectorMath.expShifted(e, count: V, shift: top)
                         var sum = 0.0
-                        for j in 0..<V { sum += exp(Double(row[j]) - Double(top)) }
+                        for j in 0..<V { sum += Double(e[j]) }
                         let lse = Double(top) + log(sum)
                         loss[r] = lse - Double(row[target])
-                        if let dl {
-                            let out = dl + r * V
-                            for j in 0..<V { out[j] = Float(exp(Double(row[j]) - lse)) / normalizer }
-                            out[target] -= 1 / normalizer
+                        if dl != nil {
+                            let factor = Float(1 / (sum * Double(normalizer)))
+                            for j in 0..<V { e[j] *= factor }
+                            e[target] -= 1 / normalizer
                         }
                     }
                 }
@@ -297,18 +302,26 @@ package final class LoRABackprop: @unchecked Sendable {
     /// `dx = r (w ⊙ dy − n · mean(w ⊙ dy ⊙ n))`.
     package static func rmsBackward(_ x: [Float], _ weight: [Float], _ dy: [Float], _ T: Int, _ D: Int, _ eps: Float) -> [Float] {
         var dx = [Float](repeating: 0, count: T * D)
-        for t in 0..<T {
-            var ss: Float = 0
-            for d in 0..<D { ss += x[t * D + d] * x[t * D + d] }
-            let r = 1 / (ss / Float(D) + eps).squareRoot()
-            var dot: Float = 0
-            for d in 0..<D { dot += weight[d] * dy[t * D + d] * x[t * D + d] * r }
-            dot /= Float(D)
-            for d in 0..<D {
-                let n = x[t * D + d] * r
-                dx[t * D + d] = r * (weight[d] * dy[t * D + d] - n * dot)
+        x.withUnsafeBufferPointer { xb in weight.withUnsafeBufferPointer { wb in dy.withUnsafeBufferPointer { db in
+            dx.withUnsafeMutableBufferPointer { ob in
+                let x = xb.baseAddress!, weight = wb.baseAddress!, dy = db.baseAddress!, dx = ob.baseAddress!
+                // Each token on its own (whole tokens per task: the same bits for any split).
+                DenseProduct.elementwise(T * D) { range in
+                    for t in (range.lowerBound / D)..<((range.upperBound + D - 1) / D) where t * D >= range.lowerBound {
+                        var ss: Float = 0
+                        for d in 0..<D { ss += x[t * D + d] * x[t * D + d] }
+                        let r = 1 / (ss / Float(D) + eps).squareRoot()
+                        var dot: Float = 0
+                        for d in 0..<D { dot += weight[d] * dy[t * D + d] * x[t * D + d] * r }
+                        dot /= Float(D)
+                        for d in 0..<D {
+                            let n = x[t * D + d] * r
+                            dx[t * D + d] = r * (weight[d] * dy[t * D + d] - n * dot)
+                        }
+                    }
+                }
             }
-        }
+        } } }
         return dx
     }
 
@@ -337,10 +350,13 @@ package final class LoRABackprop: @unchecked Sendable {
         guard var pair = lora.pairs[layer][role] else { return dx }
         let s = lora.scale, r = pair.rank, n = pair.inDim, o = pair.outDim
         let xd = mask.map { m in zip(x, m).map { $0 * $1 } } ?? x
-        let u = Self.product(xd, Self.transpose(pair.a, r, n), T, n, r)                  // [T, r]
-        let sdy = dy.map { $0 * s }                                                   // [T, out]
-        let du = Self.product(sdy, pair.b, T, o, r)                                   // s dy B: [T, r]
-        Self.addProduct(&pair.gradB, Self.transpose(sdy, T, o), o, T, u, r)           // += s dyᵀ u: [out, r]
+        let su = Self.product(xd, Self.transpose(pair.a, r, n), T, n, r).map { $0 * s }   // s u = s xd Aᵀ: [T, r]
+        let du = Self.product(dy, pair.b.map { $0 * s }, T, o, r)                       // dy (s B): [T, r]
+        // dBᵀ += (s u)ᵀ dy, in the transposed layout [r, out] so only the small factors are
+        // transposed (each element the same chain of fused adds over t as dB += dyᵀ (s u)).
+        var gradBT = Self.transpose(pair.gradB, o, r)
+        Self.addProduct(&gradBT, Self.transpose(su, T, r), r, T, dy, o)
+        pair.gradB = Self.transpose(gradBT, r, o)
         Self.addProduct(&pair.gradA, Self.transpose(du, T, r), r, T, xd, n)           // += duᵀ xd: [r, in]
         if let mask {
             let dxd = Self.product(du, pair.a, T, r, n)                               // du A: [T, in]
@@ -391,8 +407,34 @@ package final class LoRABackprop: @unchecked Sendable {
         return (offsets, total)
     }
 
-    /// `attention` over several sequences laid end to end (`segments`: their token ranges).
+    /// `attention` over several sequences laid end to end (`segments`: their token ranges):
+    /// one task per sequence and query head on the C kernel (`fk_train_attend`).
     package func attention(q: [Float], k: [Float], v: [Float], segments: [Range<Int>]) -> (out: [Float], probs: [Float]) {
+        let hd = c.headDim, Hq = c.numHeads, Hkv = c.numKVHeads, group = Hq / Hkv
+        let QD = Hq * hd, KVD = Hkv * hd, scale = 1 / Float(hd).squareRoot()
+        let T = segments.last?.upperBound ?? 0
+        let (offsets, total) = Self.probOffsets(segments, heads: Hq)
+        var out = [Float](repeating: 0, count: T * QD), probs = [Float](repeating: 0, count: total)
+        let window = c.slidingWindow ?? 0
+        q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in v.withUnsafeBufferPointer { vp in
+            out.withUnsafeMutableBufferPointer { op in
+                probs.withUnsafeMutableBufferPointer { pp in
+                    let qb = qp.baseAddress!, kb = kp.baseAddress!, vb = vp.baseAddress!, o = op.baseAddress!, pr = pp.baseAddress!
+                    Parallel.forEach(Hq * segments.count) { item in
+                        let h = item % Hq, si = item / Hq, base = segments[si].lowerBound, g = h / group
+                        let n = segments[si].count
+                        TrainingAttention.forward(q: qb + base * QD + h * hd, k: kb + base * KVD + g * hd, v: vb + base * KVD + g * hd,
+                                                  qStride: QD, kvStride: KVD, tokens: n, headDim: hd, window: window, scale: scale,
+                                                  out: o + base * QD + h * hd, probs: pr + offsets[si] + h * n * n)
+                    }
+                }
+            }
+        } } }
+        return (out, probs)
+    }
+
+    /// The naive twin of `attention` (plain Swift loops, the tests' reference).
+    package func referenceAttention(q: [Float], k: [Float], v: [Float], segments: [Range<Int>]) -> (out: [Float], probs: [Float]) {
         let hd = c.headDim, Hq = c.numHeads, Hkv = c.numKVHeads, group = Hq / Hkv
         let QD = Hq * hd, KVD = Hkv * hd, scale = 1 / Float(hd).squareRoot()
         let T = segments.last?.upperBound ?? 0
@@ -440,6 +482,32 @@ package final class LoRABackprop: @unchecked Sendable {
     }
 
     package func attentionBackward(dout: [Float], q: [Float], k: [Float], v: [Float], probs: [Float], segments: [Range<Int>]) -> (dq: [Float], dk: [Float], dv: [Float]) {
+        let hd = c.headDim, Hq = c.numHeads, Hkv = c.numKVHeads, group = Hq / Hkv
+        let QD = Hq * hd, KVD = Hkv * hd, scale = 1 / Float(hd).squareRoot()
+        let window = c.slidingWindow ?? 0
+        let T = segments.last?.upperBound ?? 0
+        let offsets = Self.probOffsets(segments, heads: Hq).offsets
+        var dq = [Float](repeating: 0, count: T * QD), dk = [Float](repeating: 0, count: T * KVD), dv = [Float](repeating: 0, count: T * KVD)
+        dout.withUnsafeBufferPointer { dop in q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in
+            v.withUnsafeBufferPointer { vp in probs.withUnsafeBufferPointer { pp in
+                dq.withUnsafeMutableBufferPointer { dqp in dk.withUnsafeMutableBufferPointer { dkp in dv.withUnsafeMutableBufferPointer { dvp in
+                    let go = dop.baseAddress!, qb = qp.baseAddress!, kb = kp.baseAddress!, vb = vp.baseAddress!, pr = pp.baseAddress!
+                    let dQ = dqp.baseAddress!, dK = dkp.baseAddress!, dV = dvp.baseAddress!
+                    Parallel.forEach(Hkv * segments.count) { item in
+                        let g = item % Hkv, si = item / Hkv, n = segments[si].count, base = segments[si].lowerBound, h0 = g * group
+                        TrainingAttention.backward(dout: go + base * QD + h0 * hd, q: qb + base * QD + h0 * hd, k: kb + base * KVD + g * hd,
+                                                   v: vb + base * KVD + g * hd, probs: pr + offsets[si] + h0 * n * n, qStride: QD, kvStride: KVD,
+                                                   tokens: n, headDim: hd, group: group, window: window, scale: scale,
+                                                   dq: dQ + base * QD + h0 * hd, dk: dK + base * KVD + g * hd, dv: dV + base * KVD + g * hd)
+                    }
+                } } }
+            } }
+        } } }
+        return (dq, dk, dv)
+    }
+
+    /// The naive twin of `attentionBackward`.
+    package func referenceAttentionBackward(dout: [Float], q: [Float], k: [Float], v: [Float], probs: [Float], segments: [Range<Int>]) -> (dq: [Float], dk: [Float], dv: [Float]) {
         let hd = c.headDim, Hq = c.numHeads, Hkv = c.numKVHeads, group = Hq / Hkv
         let QD = Hq * hd, KVD = Hkv * hd, scale = 1 / Float(hd).squareRoot()
         let window = c.slidingWindow

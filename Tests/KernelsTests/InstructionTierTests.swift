@@ -144,6 +144,67 @@ import TestSupport
         }
     }
 
+    /// Training attention, forward and backward: bitwise across tiers, and within float
+    /// rounding of a naive Double computation (window, grouped heads, a head size with a tail).
+    @Test(arguments: [(7, 64, 3, 0), (33, 40, 2, 5), (1, 16, 1, 0), (20, 64, 1, 0)])
+    func trainingAttentionAgreesOnEveryTierAndWithTheMath(shape: (Int, Int, Int, Int)) {
+        let (n, hd, group, window) = shape
+        let qs = group * hd + 3, kvs = hd + 5, scale = 1 / Float(hd).squareRoot()
+        let q = Self.random(n * qs, 21, scale: 2), k = Self.random(n * kvs, 22, scale: 2), v = Self.random(n * kvs, 23), dout = Self.random(n * qs, 24)
+        var probs = [Float](), out = [Float]()
+        let both = Self.acrossTiers("training attention \(shape)") {
+            var o = [Float](repeating: 0, count: n * qs), p = [Float](repeating: 0, count: group * n * n)
+            var dq = [Float](repeating: 0, count: n * qs), dk = [Float](repeating: 0, count: n * kvs), dv = [Float](repeating: 0, count: n * kvs)
+            q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in v.withUnsafeBufferPointer { vp in dout.withUnsafeBufferPointer { gp in
+                o.withUnsafeMutableBufferPointer { op in p.withUnsafeMutableBufferPointer { pp in
+                    for i in 0..<group {
+                        TrainingAttention.forward(q: qp.baseAddress! + i * hd, k: kp.baseAddress!, v: vp.baseAddress!, qStride: qs, kvStride: kvs,
+                                                  tokens: n, headDim: hd, window: window, scale: scale, out: op.baseAddress! + i * hd,
+                                                  probs: pp.baseAddress! + i * n * n)
+                    }
+                    dq.withUnsafeMutableBufferPointer { dqp in dk.withUnsafeMutableBufferPointer { dkp in dv.withUnsafeMutableBufferPointer { dvp in
+                        TrainingAttention.backward(dout: gp.baseAddress!, q: qp.baseAddress!, k: kp.baseAddress!, v: vp.baseAddress!,
+                                                   probs: UnsafePointer(pp.baseAddress!), qStride: qs, kvStride: kvs, tokens: n, headDim: hd,
+                                                   group: group, window: window, scale: scale,
+                                                   dq: dqp.baseAddress!, dk: dkp.baseAddress!, dv: dvp.baseAddress!)
+                    } } }
+                } }
+            } } } }
+            probs = p
+            out = o
+            return o + p + dq + dk + dv
+        }
+        // The math in Double: P = softmax(q k^T * scale) over first...t, out = P v, and the
+        // gradients dv = P^T dout, dS = P (dP - rowsum(P dP)), dq = dS k * scale, dk = dS^T q * scale.
+        var wantOut = [Double](repeating: 0, count: n * qs), wantP = [Double](repeating: 0, count: group * n * n)
+        var dq = [Double](repeating: 0, count: n * qs), dk = [Double](repeating: 0, count: n * kvs), dv = [Double](repeating: 0, count: n * kvs)
+        for i in 0..<group {
+            for t in 0..<n {
+                let first = window > 0 ? max(0, t - window + 1) : 0
+                var s = [Double](repeating: 0, count: n)
+                for j in first...t { s[j] = (0..<hd).reduce(0.0) { $0 + Double(q[t * qs + i * hd + $1]) * Double(k[j * kvs + $1]) } * Double(scale) }
+                let top = s[first...t].max()!
+                let total = (first...t).reduce(0.0) { $0 + exp(s[$1] - top) }
+                for j in first...t { wantP[i * n * n + t * n + j] = exp(s[j] - top) / total }
+                for d in 0..<hd { wantOut[t * qs + i * hd + d] = (first...t).reduce(0.0) { $0 + wantP[i * n * n + t * n + $1] * Double(v[$1 * kvs + d]) } }
+                let dp = (0..<n).map { j in j < first || j > t ? 0 : (0..<hd).reduce(0.0) { $0 + Double(dout[t * qs + i * hd + $1]) * Double(v[j * kvs + $1]) } }
+                let sum = (first...t).reduce(0.0) { $0 + wantP[i * n * n + t * n + $1] * dp[$1] }
+                for j in first...t {
+                    let p = wantP[i * n * n + t * n + j], ds = p * (dp[j] - sum) * Double(scale)
+                    for d in 0..<hd {
+                        dv[j * kvs + d] += p * Double(dout[t * qs + i * hd + d])
+                        dq[t * qs + i * hd + d] += ds * Double(k[j * kvs + d])
+                        dk[j * kvs + d] += ds * Double(q[t * qs + i * hd + d])
+                    }
+                }
+            }
+        }
+        let want = wantOut + wantP + dq + dk + dv
+        let worst = zip(both, want).map { abs(Double($0) - $1) / max(1, abs($1)) }.max() ?? 0
+        #expect(worst < 1e-5, "training attention \(shape): worst relative error \(worst) against the math in Double")
+        #expect(out.count == n * qs && probs.count == group * n * n)
+    }
+
     /// A misspelt FACET_ISA is an error that names the valid values (only values that cap
     /// nothing are set here: the kernels read the variable once, possibly during this test).
     @Test func theTierCapIsValidated() throws {

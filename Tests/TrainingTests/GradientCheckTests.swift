@@ -77,6 +77,23 @@ import Training
         Self.check(v, dv, { Self.dot(dy, engine.attention(q: q, k: k, v: $0, T: T).out) }, "attention dv")
     }
 
+    /// The C attention kernels against their Swift twins on a flat batch of three sequences.
+    @Test func attentionKernelsMatchTheirTwins() throws {
+        let engine = try LoRABackprop(model: Self.model)
+        let c = Self.model.config
+        var rng = SplitMix(seed: 8)
+        let segments = [0..<5, 5..<6, 6..<23], T = 23, QD = c.numHeads * c.headDim, KVD = c.numKVHeads * c.headDim
+        let q = Self.random(T * QD, &rng), k = Self.random(T * KVD, &rng), v = Self.random(T * KVD, &rng), dy = Self.random(T * QD, &rng)
+        let fast = engine.attention(q: q, k: k, v: v, segments: segments), twin = engine.referenceAttention(q: q, k: k, v: v, segments: segments)
+        let g = engine.attentionBackward(dout: dy, q: q, k: k, v: v, probs: fast.probs, segments: segments)
+        let h = engine.referenceAttentionBackward(dout: dy, q: q, k: k, v: v, probs: fast.probs, segments: segments)
+        for (name, a, b) in [("out", fast.out, twin.out), ("probs", fast.probs, twin.probs), ("dq", g.dq, h.dq), ("dk", g.dk, h.dk), ("dv", g.dv, h.dv)] {
+            #expect(a.count == b.count)
+            let worst = zip(a, b).map { abs($0 - $1) / max(1, abs($1)) }.max() ?? 0
+            #expect(worst < 1e-5, "attention \(name): worst relative difference \(worst)")
+        }
+    }
+
     /// A frozen base weight (fp32 and a compact format) with a LoRA pair and a dropout mask:
     /// the input gradient and the gradients of A and B.
     @Test(arguments: [WeightFormat.f32, .q8_0])
