@@ -276,8 +276,7 @@ TIER_ATTR static void TIER_NAME(attend_any)(const fk_attention_tile *tile, int h
 // ---- Training attention (fk_train_attend, fk_train_attend_back): one sequence of n tokens
 // held whole (no cache), rows of stride qs (queries, outputs) and kvs (keys, values).
 
-// acc[c] (c < chunks of 16 at d) += w * row[d + 16c], for every 16-wide chunk of hd, then the
-// tail element by element: one fused multiply-add per element, the same on every tier.
+// y += w * x over hd elements: one fused multiply-add per element, the same on every tier.
 __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(axpy)(float *y, float w, const float *x, long hd) {
     const long vectorEnd = hd & ~15L;
     V16 wv = V_SET1(w);
@@ -286,43 +285,18 @@ __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(axpy)(floa
     for (; d < hd; d++) y[d] = fmaf(w, x[d], y[d]);
 }
 
-// y = sum over s in first...last of w[s] * rows[s * stride] (fused, increasing s, from zero),
-// 64 elements at a time in registers.
+// y (zero on entry) = sum over s in first...last of w[s] * rows[s * stride]: `weigh` on one row
+// (fused, increasing s); the total it also keeps is not needed here.
 __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(weigh_rows)(float *y, const float *w, const float *rows, long stride,
                                                                              long first, long last, long hd) {
-    const long vectorEnd = hd & ~15L;
-    long d = 0;
-    for (; d + 64 <= vectorEnd; d += 64) {
-        V16 a0 = V_ZERO(), a1 = V_ZERO(), a2 = V_ZERO(), a3 = V_ZERO();
-        for (long s = first; s <= last; s++) {
-            const float *r = rows + s * stride + d;
-            V16 wv = V_SET1(w[s]);
-            a0 = V_FMA(wv, V_LOAD(r), a0);
-            a1 = V_FMA(wv, V_LOAD(r + 16), a1);
-            a2 = V_FMA(wv, V_LOAD(r + 32), a2);
-            a3 = V_FMA(wv, V_LOAD(r + 48), a3);
-        }
-        V_STORE(y + d, a0);
-        V_STORE(y + d + 16, a1);
-        V_STORE(y + d + 32, a2);
-        V_STORE(y + d + 48, a3);
-    }
-    for (; d < vectorEnd; d += 16) {
-        V16 a = V_ZERO();
-        for (long s = first; s <= last; s++) a = V_FMA(V_SET1(w[s]), V_LOAD(rows + s * stride + d), a);
-        V_STORE(y + d, a);
-    }
-    for (; d < hd; d++) {
-        float a = 0;
-        for (long s = first; s <= last; s++) a = fmaf(w[s], rows[s * stride + d], a);
-        y[d] = a;
-    }
+    float unused = 0;
+    TIER_NAME(weigh)(1, w, 0, &unused, y, hd, (const char *)rows, stride, 0, first, last, FK_ROW_F32);
 }
 
 TIER_ATTR static void TIER_NAME(train_attend)(const float *q, const float *k, const float *v, long qs, long kvs, long n, long hd,
                                              long window, float scale, float *out, float *probs) {
     for (long t = 0; t < n; t++) {
-        const long first = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
+        const long first = window_first(t, window);
         float *row = probs + t * n;
         const float *qt = q + t * qs;
         float top = -INFINITY;
@@ -345,20 +319,16 @@ TIER_ATTR static void TIER_NAME(train_attend_back)(const float *dout, const floa
     for (long i = 0; i < group; i++) {
         const float *P = probs + i * n * n;
         for (long t = 0; t < n; t++) {
-            const long first = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
+            const long first = window_first(t, window);
             const float *go = dout + t * qs + i * hd, *qt = q + t * qs + i * hd, *pr = P + t * n;
             float sum = 0;
             for (long s = first; s <= t; s++) {
                 float x = TIER_NAME(dot)(go, v + s * kvs, FK_ROW_F32, hd);
                 ds[s] = x;
-                float term = pr[s] * x;
-                sum = sum + term;
+                sum = sum + pr[s] * x;
                 TIER_NAME(axpy)(dv + s * kvs, pr[s], go, hd);
             }
-            for (long s = first; s <= t; s++) {
-                float diff = ds[s] - sum, scaled = pr[s] * diff;
-                ds[s] = scaled * scale;
-            }
+            for (long s = first; s <= t; s++) ds[s] = pr[s] * (ds[s] - sum) * scale;
             // dq_t = sum of ds_s k_s, then dk_s += ds_s q_t.
             float *dqt = dq + t * qs + i * hd;
             TIER_NAME(weigh_rows)(dqt, ds, k, kvs, first, t, hd);

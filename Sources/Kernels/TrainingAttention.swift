@@ -6,7 +6,7 @@ internal import CKernels
 /// output (see `fk_train_attend` in ckernels.h), the same bits on every tier.
 package enum TrainingAttention {
     /// One query head over n tokens: `probs` `[n, n]` (row t, columns first...t written),
-    /// `out` row t = Σ_j p_tj v_j. Rows of q and out are `qStride` apart, of k and v `kvStride`.
+    /// `out` row t += Σ_j p_tj v_j (pass zeros). Rows of q and out are `qStride` apart, of k and v `kvStride`.
     /// `window` ≤ 0: none.
     package static func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, qStride: Int, kvStride: Int,
                                 tokens n: Int, headDim: Int, window: Int, scale: Float,
@@ -15,7 +15,7 @@ package enum TrainingAttention {
     }
 
     /// The gradients for the `group` query heads of one kv head (head i at `q + i·headDim`,
-    /// its probabilities at `probs + i·n·n`): dq written, dk and dv added to.
+    /// its probabilities at `probs + i·n·n`): added to dq (pass zeros), dk and dv.
     package static func backward(dout: UnsafePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                  probs: UnsafePointer<Float>, qStride: Int, kvStride: Int, tokens n: Int, headDim: Int, group: Int,
                                  window: Int, scale: Float,

@@ -306,8 +306,9 @@ package final class LoRABackprop: @unchecked Sendable {
             dx.withUnsafeMutableBufferPointer { ob in
                 let x = xb.baseAddress!, weight = wb.baseAddress!, dy = db.baseAddress!, dx = ob.baseAddress!
                 // Each token on its own (whole tokens per task: the same bits for any split).
-                DenseProduct.elementwise(T * D) { range in
-                    for t in (range.lowerBound / D)..<((range.upperBound + D - 1) / D) where t * D >= range.lowerBound {
+                let split = Parallel.Split(T, work: T * D * 3)
+                Parallel.forEach(split.parts) { part in
+                    for t in split.range(part) {
                         var ss: Float = 0
                         for d in 0..<D { ss += x[t * D + d] * x[t * D + d] }
                         let r = 1 / (ss / Float(D) + eps).squareRoot()

@@ -142,15 +142,15 @@ void fk_attend(const fk_attention_tile *tile, int heads, const fk_paged_layer *l
 /// Training attention, one query head of one sequence of n tokens held whole: for t < n and
 /// first = max(0, t - window + 1) (0 when window <= 0), s_j = fk_dot(q_t, k_j) * scale,
 /// w_j = fk_exp(s_j - max s), p_j = w_j / (sum of w in increasing j) written to
-/// probs[t * n + j] for first <= j <= t (other entries untouched), and out_t = sum_j p_j v_j
-/// (fused multiply-adds per element in increasing j, from zero). Rows of q and out are qs
+/// probs[t * n + j] for first <= j <= t (other entries untouched), and out_t += sum_j p_j v_j
+/// (fused multiply-adds per element in increasing j onto out_t: pass zeros). Rows of q and out are qs
 /// floats apart, of k and v kvs.
 void fk_train_attend(const float *q, const float *k, const float *v, long qs, long kvs, long n, long hd, long window, float scale,
                      float *out, float *probs);
 /// Its gradients for the `group` query heads sharing one kv head (head i at q + i * hd, its
 /// probabilities at probs + i * n * n), heads then tokens in increasing order: dp_j =
 /// fk_dot(dout_t, v_j), sum = sum_j p_j dp_j, dv_j += p_j dout_t, ds_j = p_j (dp_j - sum) *
-/// scale, dq_t = sum_j ds_j k_j (written), dk_j += ds_j q_t. `scratch` holds n floats.
+/// scale, dq_t += sum_j ds_j k_j (pass zeros), dk_j += ds_j q_t. `scratch` holds n floats.
 void fk_train_attend_back(const float *dout, const float *q, const float *k, const float *v, const float *probs, long qs, long kvs, long n,
                           long hd, long group, long window, float scale, float *dq, float *dk, float *dv, float *scratch);
 
