@@ -142,33 +142,59 @@ __attribute__((always_inline)) AVX2 static inline float quant_row_t1(int type, c
     return hfold(a0) + m0;
 }
 
-// One token (decode): two rows at a time with register accumulators. The per-output
-// arithmetic is exactly that of the tiled path below.
+// One token (decode), R rows at a time with register accumulators, the activations of a
+// block loaded once for all R. The per-output arithmetic is exactly that of the tiled path
+// below (quant_row_t1).
+__attribute__((always_inline)) AVX2 static inline void quant_t1_rows(const int R, int type, const float *x, const float *xsum, const uint8_t *r0,
+                                                                     int nb, int bb, float *y) {
+    const int off = type == 3 ? 4 : 2;
+    const size_t rowBytes = (size_t)nb * bb;
+    __m256 acc[4];
+    // The offset sums of rows 2i and 2i + 1 in lanes 0 and 2 of macc[i] (fmaf per lane, in
+    // increasing b, as the scalar sum does).
+    __m128 macc[2] = {_mm_setzero_ps(), _mm_setzero_ps()};
+    for (int i = 0; i < R; i++) acc[i] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *k0 = r0 + (size_t)b * bb;
+        for (int i = 0; i < R; i++) _mm_prefetch((const char *)(k0 + (size_t)(i + 4) * rowBytes), _MM_HINT_T0);
+        const float *xb = x + b * QK;
+        __m256 xv[4] = {_mm256_loadu_ps(xb), _mm256_loadu_ps(xb + 8), _mm256_loadu_ps(xb + 16), _mm256_loadu_ps(xb + 24)};
+        __m128 f[4];
+        for (int i = 0; i < R; i++) {
+            const uint8_t *k = k0 + (size_t)i * rowBytes;
+            __m256 q[4];
+            if (type == 8) q8_unpack(k + off, q); else q4_unpack(k + off, q);
+            // Scale (and Q4_1's minimum) widened together: lanes 0 and 1.
+            f[i] = block_scales(k);
+            __m256 v = _mm256_mul_ps(q[0], xv[0]);
+            v = _mm256_fmadd_ps(q[1], xv[1], v);
+            v = _mm256_fmadd_ps(q[2], xv[2], v);
+            v = _mm256_fmadd_ps(q[3], xv[3], v);
+            acc[i] = _mm256_fmadd_ps(_mm256_broadcastss_ps(f[i]), v, acc[i]);
+        }
+        if (type != 8) {
+            __m128 sb = _mm_broadcast_ss(xsum + b);
+            for (int i = 0; i + 1 < R; i += 2) {
+                __m128 m = type == 3 ? _mm_shuffle_ps(f[i], f[i + 1], _MM_SHUFFLE(1, 1, 1, 1))
+                                     : _mm_mul_ps(_mm_set1_ps(-8.0f), _mm_shuffle_ps(f[i], f[i + 1], 0));
+                macc[i / 2] = _mm_fmadd_ps(m, sb, macc[i / 2]);
+            }
+        }
+    }
+    for (int i = 0; i + 1 < R; i += 2) {
+        y[i] = hfold(acc[i]) + _mm_cvtss_f32(macc[i / 2]);
+        y[i + 1] = hfold(acc[i + 1]) + _mm_cvtss_f32(_mm_movehl_ps(macc[i / 2], macc[i / 2]));
+    }
+}
+
 __attribute__((always_inline)) AVX2 static inline void quant_t1(int type, const float *x, const float *xsum, const uint8_t *w, int K, int o0, int o1, float *y) {
     int nb = K / QK, bb = block_bytes(type);
-    int off = type == 3 ? 4 : 2;
     int o = o0;
-    for (; o + 2 <= o1; o += 2) {
+    for (; o + 4 <= o1; o += 4) {
         pf_tick();
-        const uint8_t *r0 = w + (size_t)o * nb * bb, *r1 = r0 + (size_t)nb * bb;
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-        float m0 = 0, m1 = 0;
-        for (int b = 0; b < nb; b++) {
-            const uint8_t *k0 = r0 + (size_t)b * bb, *k1 = r1 + (size_t)b * bb;
-            _mm_prefetch((const char *)(k0 + 4 * (size_t)nb * bb), _MM_HINT_T0);
-            _mm_prefetch((const char *)(k1 + 4 * (size_t)nb * bb), _MM_HINT_T0);
-            const float *xb = x + b * QK;
-            __m256 q0[4], q1[4];
-            if (type == 8) { q8_unpack(k0 + off, q0); q8_unpack(k1 + off, q1); } else { q4_unpack(k0 + off, q0); q4_unpack(k1 + off, q1); }
-            float d0 = rd_f16c(k0), d1 = rd_f16c(k1);
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), block_dot(q0, xb), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), block_dot(q1, xb), acc1);
-            if (type == 3) { m0 = fmaf(rd_f16c(k0 + 2), xsum[b], m0); m1 = fmaf(rd_f16c(k1 + 2), xsum[b], m1); }
-            if (type == 2) { m0 = fmaf(-8.0f * d0, xsum[b], m0); m1 = fmaf(-8.0f * d1, xsum[b], m1); }
-        }
-        y[o] = hfold(acc0) + m0;
-        y[o + 1] = hfold(acc1) + m1;
+        quant_t1_rows(4, type, x, xsum, w + (size_t)o * nb * bb, nb, bb, y + o);
     }
+    for (; o + 2 <= o1; o += 2) quant_t1_rows(2, type, x, xsum, w + (size_t)o * nb * bb, nb, bb, y + o);
     for (; o < o1; o++) y[o] = quant_row_t1(type, w + (size_t)o * nb * bb, nb, bb, x, xsum);
 }
 

@@ -34,6 +34,14 @@ static inline int block_bytes(int type) { return type == 3 ? 20 : type == 2 ? 18
 
 AVX2 static inline float rd_f16c(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return _cvtsh_ss(h); }
 
+// The first two half-precision fields of a block (scale d, and Q4_1's minimum m), widened
+// exactly: lanes 0 and 1.
+AVX2 static inline __m128 block_scales(const uint8_t *blk) {
+    int32_t v;
+    memcpy(&v, blk, 4);
+    return _mm_cvtph_ps(_mm_cvtsi32_si128(v));
+}
+
 AVX2 static inline float hfold(__m256 v) {
     float lanes[8];
     _mm256_storeu_ps(lanes, v);

@@ -2,24 +2,36 @@
 // with TIER_ATTR, the target attribute; TIER_DOT, the block dot product; TIER_NAME, the
 // name suffix). Every tier's dot gives the same exact integer per lane, and the float
 // arithmetic around it is the same code, so every tier's outputs are bitwise equal.
-// Two rows, one token (decode): both rows share the token's loaded activations.
-__attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(rows2_t1)(int type, const uint8_t *r0, const uint8_t *r1, int nb, int bb, size_t ahead,
-                                                                   const int8_t *qx, const float *dx, const float *sx, float *y0, float *y1) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    float m0 = 0, m1 = 0;
+// R rows (2 or 4), one token (decode): the rows share the token's loaded activations; each
+// block's scale and Q4_1 minimum are widened together (block_scales). Every output gets the
+// arithmetic of row_t1: d * dx as one float product, fused multiply-adds in increasing b,
+// the minimum's sum (lanes 0 and 2 of macc, one fmaf per lane) added after the fold.
+__attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(rows_t1)(const int R, int type, const uint8_t *r0, size_t rowb, int nb, int bb,
+                                                                  size_t ahead, const int8_t *qx, const float *dx, const float *sx, float *y) {
+    __m256 a[4];
+    __m128 macc[2] = {_mm_setzero_ps(), _mm_setzero_ps()};
+    for (int i = 0; i < R; i++) a[i] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        const uint8_t *k0 = r0 + (size_t)b * bb, *k1 = r1 + (size_t)b * bb;
-        _mm_prefetch((const char *)(k0 + ahead), _MM_HINT_T0);
-        _mm_prefetch((const char *)(k1 + ahead), _MM_HINT_T0);
+        const uint8_t *k0 = r0 + (size_t)b * bb;
+        for (int i = 0; i < R; i++) _mm_prefetch((const char *)(k0 + (size_t)i * rowb + ahead), _MM_HINT_T0);
         const int8_t *q = qx + b * QK;
-        float dxb = dx[b];
-        __m256 p0 = TIER_DOT(type, int_weights(type, k0), q), p1 = TIER_DOT(type, int_weights(type, k1), q);
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(rd_f16c(k0) * dxb), p0, a0);
-        a1 = _mm256_fmadd_ps(_mm256_set1_ps(rd_f16c(k1) * dxb), p1, a1);
-        if (type == 3) { m0 = fmaf(rd_f16c(k0 + 2), sx[b], m0); m1 = fmaf(rd_f16c(k1 + 2), sx[b], m1); }
+        __m128 dxb = _mm_broadcast_ss(dx + b);
+        __m128 f[4];
+        for (int i = 0; i < R; i++) {
+            const uint8_t *k = k0 + (size_t)i * rowb;
+            f[i] = block_scales(k);
+            __m256 p = TIER_DOT(type, int_weights(type, k), q);
+            a[i] = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_mul_ps(f[i], dxb)), p, a[i]);
+        }
+        if (type == 3) {
+            __m128 sb = _mm_broadcast_ss(sx + b);
+            for (int i = 0; i + 1 < R; i += 2) macc[i / 2] = _mm_fmadd_ps(_mm_shuffle_ps(f[i], f[i + 1], _MM_SHUFFLE(1, 1, 1, 1)), sb, macc[i / 2]);
+        }
     }
-    *y0 = hfold(a0) + m0;
-    *y1 = hfold(a1) + m1;
+    for (int i = 0; i + 1 < R; i += 2) {
+        y[i] = hfold(a[i]) + _mm_cvtss_f32(macc[i / 2]);
+        y[i + 1] = hfold(a[i + 1]) + _mm_cvtss_f32(_mm_movehl_ps(macc[i / 2], macc[i / 2]));
+    }
 }
 
 // One row, one token.
@@ -98,11 +110,11 @@ __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(int8_avx2)
         const float *d = dx + (size_t)t * nb, *s = sx + (size_t)t * nb;
         float *yt = y + (size_t)t * ldy;
         int o = o0;
-        for (; o + 2 <= o1; o += 2) {
+        for (; o + 4 <= o1; o += 4) {
             pf_tick();
-            const uint8_t *r0 = w + (size_t)o * rowb;
-            TIER_NAME(rows2_t1)(type, r0, r0 + rowb, nb, bb, 4 * rowb, q, d, s, yt + o, yt + o + 1);
+            TIER_NAME(rows_t1)(4, type, w + (size_t)o * rowb, rowb, nb, bb, 4 * rowb, q, d, s, yt + o);
         }
+        for (; o + 2 <= o1; o += 2) TIER_NAME(rows_t1)(2, type, w + (size_t)o * rowb, rowb, nb, bb, 4 * rowb, q, d, s, yt + o);
         for (; o < o1; o++) yt[o] = TIER_NAME(row_t1)(type, w + (size_t)o * rowb, nb, bb, q, d, s);
     }
 }
