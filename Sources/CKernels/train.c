@@ -76,15 +76,34 @@ __attribute__((always_inline)) AVX2 static inline void tile_avx2(const int MR, f
     for (int i = 0; i < MR; i++) { _mm256_storeu_ps(dx + i * ldx, c0[i]); _mm256_storeu_ps(dx + i * ldx + 8, c1[i]); }
 }
 
+// With two or more tiles of rows, each KC x 16 panel of w is first copied to a contiguous
+// buffer: a panel read at a stride of whole cache lines (ldw = 64 floats in the input
+// gradient, 576 or 1536 in the adapters' products) maps onto a few L1 sets and would come
+// from L2 on every tile; copied, it stays in L1 for all the tiles (the same values, so the
+// same bits). Alone on a Zen 3 core with hot caches: 0-6% on training's shapes.
 AVX2 static void add_scaled_avx2(float *dx, long ldx, const float *g, long gs, int rows, const float *w, long ldw, int nrows, int width) {
     int full = width / 16 * 16;
+    float pack[KC * 16] __attribute__((aligned(32)));
+    const int packed = rows >= 12;
     for (int o0 = 0; o0 < nrows; o0 += KC) {
         int o1 = nrows - o0 < KC ? nrows : o0 + KC;
         for (int j = 0; j < full; j += 16) {
+            // The panel's rows o0..o1 (in place, or copied to rows 0..o1-o0 of `pack`, the
+            // factors then read from g + o0: the same terms in the same order).
+            const float *pw = w + j, *pg = g;
+            long lp = ldw;
+            int p0 = o0, p1 = o1;
+            if (packed) {
+                for (int o = o0; o < o1; o++) {
+                    _mm256_store_ps(pack + (o - o0) * 16, _mm256_loadu_ps(w + (long)o * ldw + j));
+                    _mm256_store_ps(pack + (o - o0) * 16 + 8, _mm256_loadu_ps(w + (long)o * ldw + j + 8));
+                }
+                pw = pack, pg = g + o0, lp = 16, p0 = 0, p1 = o1 - o0;
+            }
             int t = 0;
-            for (; t + 6 <= rows; t += 6) tile_avx2(6, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1);
-            for (; t + 2 <= rows; t += 2) tile_avx2(2, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1);
-            for (; t < rows; t++) tile_avx2(1, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1);
+            for (; t + 6 <= rows; t += 6) tile_avx2(6, dx + t * ldx + j, ldx, pg + t * gs, gs, pw, lp, p0, p1);
+            for (; t + 2 <= rows; t += 2) tile_avx2(2, dx + t * ldx + j, ldx, pg + t * gs, gs, pw, lp, p0, p1);
+            for (; t < rows; t++) tile_avx2(1, dx + t * ldx + j, ldx, pg + t * gs, gs, pw, lp, p0, p1);
         }
     }
     if (full < width) add_scaled_scalar(dx, ldx, g, gs, rows, w, ldw, nrows, full, width);

@@ -48,8 +48,14 @@ struct TuneCommand: ParsableCommand {
     @Option(help: "Loss over the answer only (answer) or every token (all); default: the template's answer_only_loss.") var loss: String?
     @Option(help: "Seed of the initialisation, data order and dropout (same seed, same adapter).") var seed: UInt64 = 0
     @Flag(name: .customLong("keep-activations"),
-          help: "Keep every layer's activations for the backward pass instead of recomputing each layer from its input (a few percent faster; memory grows with layers x batch x length; bitwise the same adapter).")
+          help: "Always keep every layer's activations for the backward pass (memory grows with layers x batch x length).")
     var keepActivations = false
+    @Flag(name: .customLong("recompute-activations"),
+          help: "Always recompute each layer's activations from its input in the backward pass (memory: one layer's activations plus the layer inputs; about a third slower; bitwise the same adapter).")
+    var recomputeActivations = false
+    @Option(name: .customLong("activation-budget-mb"),
+            help: "Without either flag: keep a micro-batch's activations when they fit in this many MB, else recompute them.")
+    var activationBudgetMB = 1024
     @Option(help: "Output adapter directory.") var out: String
     @Option(name: .customLong("save-every"), help: "Write a checkpoint every N steps (out/checkpoint-N).") var saveEvery: Int?
     @Option(help: "Continue from a checkpoint directory (or the out directory's latest checkpoint).") var resume: String?
@@ -64,6 +70,8 @@ struct TuneCommand: ParsableCommand {
         if let s = saveEvery, s < 1 { throw ValidationError("--save-every must be at least 1") }
         if let m = maxSeqLength, m < 2 { throw ValidationError("--max-seq-length must be at least 2") }
         guard maxGradNorm >= 0 else { throw ValidationError("--max-grad-norm must be >= 0") }
+        guard !(keepActivations && recomputeActivations) else { throw ValidationError("pass at most one of --keep-activations and --recompute-activations") }
+        guard activationBudgetMB >= 0 else { throw ValidationError("--activation-budget-mb must be 0 or more") }
         _ = try roles()
     }
 
@@ -85,7 +93,8 @@ struct TuneCommand: ParsableCommand {
         let (model, tokenizer) = try modelOptions.load(tokenizerRequired: true)
         guard let tokenizer else { return }
         let engine = try LoRABackprop(model: model)
-        engine.recomputeAlways = !keepActivations
+        engine.recomputeAlways = recomputeActivations
+        engine.keepBudget = keepActivations ? Int.max : min(activationBudgetMB, Int.max >> 21) << 20
         let templateConfig: PromptTemplateConfig? = try template.map { path in
             guard let data = FileManager.default.contents(atPath: path) else {
                 throw FacetError(.notFound, "cannot read the template", file: path, remedy: "pass a JSON file with prompt_template and answer_field")

@@ -13,7 +13,11 @@ extension LinearWeight {
     package func addInputGradient(dy: UnsafePointer<Float>, t T: Int, dx: UnsafeMutablePointer<Float>) {
         guard T > 0 else { return }
         let K = cols, O = rows
-        let granule = format == .f32 ? 64 : max(format.blockValues, 64)
+        // Columns in chunks of 64 (whole blocks), or of 32 when 64 would leave the threads
+        // unevenly loaded (576 columns: 9 chunks for 2 threads, 18 with 32).
+        let unit = format.blockValues, threads = Parallel.threadCount
+        var granule = max(unit, 64)
+        if unit < granule, (K + granule - 1) / granule % threads != 0, (K + granule - 1) / granule < 8 * threads { granule = unit }
         let chunks = (K + granule - 1) / granule
         withoutActuallyEscaping({ (chunk: Int) in
             let k0 = chunk * granule, k1 = min(K, k0 + granule), width = k1 - k0

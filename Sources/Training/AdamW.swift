@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 
 /// torch.optim.AdamW (decoupled weight decay), element by element, with its moments kept
 /// per parameter in `TrainableLoRA`'s order:
@@ -29,27 +30,56 @@ package struct AdamW: Sendable, Codable {
         let stepSize = Float(lr / bc1), decay = Float(1 - lr * weightDecay)
         let b2 = Float(beta2), oneMinusB1 = Float(1 - beta1), oneMinusB2 = Float(1 - beta2)
         let bc2 = Float(bc2Sqrt), e = Float(eps)
-        var index = 0
-        func apply(_ p: inout [Float], _ g: [Float]) {
-            if m.count <= index {
-                m.append([Float](repeating: 0, count: p.count))
-                v.append([Float](repeating: 0, count: p.count))
-            }
-            for i in p.indices {
-                p[i] *= decay
-                m[index][i] += oneMinusB1 * (g[i] - m[index][i])
-                v[index][i] = v[index][i] * b2 + oneMinusB2 * g[i] * g[i]
-                let denom = v[index][i].squareRoot() / bc2 + e
-                p[i] -= stepSize * (m[index][i] / denom)
-            }
-            index += 1
-        }
+        // The parameters and their gradients are moved out of the pairs into flat lists
+        // (no copies) so that each tensor is updated on its own task; every element's
+        // arithmetic is as before, so the split changes no bit.
+        var params: [[Float]] = [], grads: [[Float]] = []
         for l in lora.pairs.indices {
             for role in lora.roles(l) {
-                var pair = lora.pairs[l][role]!
-                apply(&pair.a, pair.gradA)
-                apply(&pair.b, pair.gradB)
-                lora.pairs[l][role] = pair
+                params.append([]); swap(&params[params.count - 1], &lora.pairs[l][role]!.a)
+                grads.append([]); swap(&grads[grads.count - 1], &lora.pairs[l][role]!.gradA)
+                params.append([]); swap(&params[params.count - 1], &lora.pairs[l][role]!.b)
+                grads.append([]); swap(&grads[grads.count - 1], &lora.pairs[l][role]!.gradB)
+            }
+        }
+        while m.count < params.count {
+            m.append([Float](repeating: 0, count: params[m.count].count))
+            v.append([Float](repeating: 0, count: params[v.count].count))
+        }
+        params.withUnsafeMutableBufferPointer { pp in
+            m.withUnsafeMutableBufferPointer { mp in
+                v.withUnsafeMutableBufferPointer { vp in
+                    grads.withUnsafeBufferPointer { gp in
+                        let (pList, mList, vList, gList) = (pp, mp, vp, gp)
+                        Parallel.forEach(pList.count) { index in
+                            pList[index].withUnsafeMutableBufferPointer { p in
+                                mList[index].withUnsafeMutableBufferPointer { m in
+                                    vList[index].withUnsafeMutableBufferPointer { v in
+                                        gList[index].withUnsafeBufferPointer { g in
+                                            for i in 0..<p.count {
+                                                p[i] *= decay
+                                                m[i] += oneMinusB1 * (g[i] - m[i])
+                                                v[i] = v[i] * b2 + oneMinusB2 * g[i] * g[i]
+                                                let denom = v[i].squareRoot() / bc2 + e
+                                                p[i] -= stepSize * (m[i] / denom)
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        var index = 0
+        for l in lora.pairs.indices {
+            for role in lora.roles(l) {
+                swap(&params[index], &lora.pairs[l][role]!.a)
+                swap(&grads[index], &lora.pairs[l][role]!.gradA)
+                swap(&params[index + 1], &lora.pairs[l][role]!.b)
+                swap(&grads[index + 1], &lora.pairs[l][role]!.gradB)
+                index += 2
             }
         }
     }

@@ -34,9 +34,27 @@ package final class LoRABackprop: @unchecked Sendable {
     let c: LlamaConfiguration
     package let rope: RopeTable
     /// Recompute each layer's activations in the backward pass (keeping only the layer
-    /// inputs) when a micro-batch has more than this many tokens, or always.
-    package var recomputeAbove = 2048
+    /// inputs) when keeping all of a micro-batch's would take more than this many bytes
+    /// (`keptActivationBytes`), or always.
+    package var keepBudget = 1 << 30
     package var recomputeAlways = false
+
+    /// The bytes of every layer's kept activations for sequences of these lengths (the
+    /// layer caches: per token 4 rows of the hidden size, q and the attention output, k
+    /// and v, 3 of the intermediate size; per sequence and head n² probabilities).
+    package func keptActivationBytes(lengths: [Int]) -> Int {
+        let perToken = 4 * c.hiddenSize + 2 * c.numHeads * c.headDim + 2 * c.numKVHeads * c.headDim + 3 * c.intermediateSize
+        let floats = lengths.reduce(0) { $0 + $1 * perToken + c.numHeads * $1 * $1 }
+        return c.numLayers * 4 * floats
+    }
+
+    /// Activation buffers kept from one call to the next (layer caches, logits and their
+    /// gradient). Every value a step reads it has written first, so reuse changes no bit;
+    /// fresh pages for the ~0.8 GB of activations of a batch of 512 tokens cost page faults
+    /// and zeroing on the caller's thread while the other threads wait (about a tenth of a
+    /// step on 2 cores). Calls to `run` do not overlap (one trainer drives an engine).
+    private var spareCaches: [LayerCache] = []
+    private var spareLogits: [Float] = [], spareDLogits: [Float] = []
 
     package init(model: LlamaModel) throws {
         guard model.parallel == nil else {
@@ -110,60 +128,70 @@ package final class LoRABackprop: @unchecked Sendable {
             }
             x.withUnsafeMutableBufferPointer { w.embedding.row(Int(id), into: $0.baseAddress! + t * D) }
         }
-        // One layer's forward, keeping what its backward needs. With recomputation the
-        // backward pass runs it again from the layer's input and the dropout state it saw,
-        // so only the layer inputs stay in memory (the same operations: the same bits).
-        func layerForward(_ l: Int, _ x: inout [Float], _ rng: inout TrainingRandom?) -> LayerCache {
+        // One layer's forward, writing into `cache` what its backward needs. With
+        // recomputation the backward pass runs it again from the layer's input and the
+        // dropout state it saw, so only the layer inputs stay in memory (the same
+        // operations: the same bits).
+        func layerForward(_ l: Int, _ x: inout [Float], _ rng: inout TrainingRandom?, _ cache: inout LayerCache) {
             let lw = w.layers[l]
-            var cache = LayerCache()
             func mask(_ role: LinearRole, _ n: Int) -> [Float]? {
                 guard backward, p > 0, lora.pairs[l][role] != nil, rng != nil else { return nil }
                 let keep = Float(1 / (1 - p))
-                let m = (0..<n).map { _ in rng!.unit() < Float(p) ? 0 : keep }
-                cache.masks[role] = m
-                return m
+                return (0..<n).map { _ in rng!.unit() < Float(p) ? 0 : keep }
             }
-            cache.x = x
-            cache.h = Self.rms(x, lw.attnNorm, T, D, c.rmsNormEps)
-            var q = linear(lw.wq, lw.bq, cache.h, T, lora.pairs[l][.q], lora.scale, mask(.q, T * D))
-            var k = linear(lw.wk, lw.bk, cache.h, T, lora.pairs[l][.k], lora.scale, mask(.k, T * D))
-            cache.v = linear(lw.wv, lw.bv, cache.h, T, lora.pairs[l][.v], lora.scale, mask(.v, T * D))
+            cache.masks = [:]
+            for role in [LinearRole.q, .k, .v, .o, .gate, .up, .down] {
+                if let m = mask(role, T * (role == .o ? QD : role == .down ? I : D)) { cache.masks[role] = m }
+            }
+            Self.copy(x, into: &cache.x)
+            Self.rms(x, lw.attnNorm, T, D, c.rmsNormEps, into: &cache.h)
+            linear(lw.wq, lw.bq, cache.h, T, lora.pairs[l][.q], lora.scale, cache.masks[.q], into: &cache.q)
+            linear(lw.wk, lw.bk, cache.h, T, lora.pairs[l][.k], lora.scale, cache.masks[.k], into: &cache.k)
+            linear(lw.wv, lw.bv, cache.h, T, lora.pairs[l][.v], lora.scale, cache.masks[.v], into: &cache.v)
             positions.withUnsafeBufferPointer { pos in
-                q.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: T, heads: Hq, positions: pos.baseAddress!) }
-                k.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: T, heads: Hkv, positions: pos.baseAddress!) }
+                cache.q.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: T, heads: Hq, positions: pos.baseAddress!) }
+                cache.k.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: T, heads: Hkv, positions: pos.baseAddress!) }
             }
-            cache.q = q
-            cache.k = k
-            (cache.attn, cache.probs) = attention(q: q, k: k, v: cache.v, segments: segments)
-            let o = linear(lw.wo, lw.bo, cache.attn, T, lora.pairs[l][.o], lora.scale, mask(.o, T * QD))
+            attention(q: cache.q, k: cache.k, v: cache.v, segments: segments, out: &cache.attn, probs: &cache.probs)
+            let o = linear(lw.wo, lw.bo, cache.attn, T, lora.pairs[l][.o], lora.scale, cache.masks[.o])
             for i in 0..<(T * D) { x[i] += o[i] }
-            cache.xMid = x
-            cache.h2 = Self.rms(x, lw.ffnNorm, T, D, c.rmsNormEps)
-            cache.gate = linear(lw.wGate, lw.bGate, cache.h2, T, lora.pairs[l][.gate], lora.scale, mask(.gate, T * D))
-            cache.up = linear(lw.wUp, lw.bUp, cache.h2, T, lora.pairs[l][.up], lora.scale, mask(.up, T * D))
-            var act = [Float](repeating: 0, count: T * I)
+            Self.copy(x, into: &cache.xMid)
+            Self.rms(x, lw.ffnNorm, T, D, c.rmsNormEps, into: &cache.h2)
+            linear(lw.wGate, lw.bGate, cache.h2, T, lora.pairs[l][.gate], lora.scale, cache.masks[.gate], into: &cache.gate)
+            linear(lw.wUp, lw.bUp, cache.h2, T, lora.pairs[l][.up], lora.scale, cache.masks[.up], into: &cache.up)
+            Self.reuse(&cache.act, T * I)
             cache.gate.withUnsafeBufferPointer { gp in
                 cache.up.withUnsafeBufferPointer { up in
-                    act.withUnsafeMutableBufferPointer { ap in
+                    cache.act.withUnsafeMutableBufferPointer { ap in
                         let g = gp.baseAddress!, u = up.baseAddress!, a = ap.baseAddress!
                         DenseProduct.elementwise(T * I) { range in for i in range { a[i] = Self.silu(g[i]) * u[i] } }
                     }
                 }
             }
-            cache.act = act
-            let m = linear(lw.wDown, lw.bDown, cache.act, T, lora.pairs[l][.down], lora.scale, mask(.down, T * I))
+            let m = linear(lw.wDown, lw.bDown, cache.act, T, lora.pairs[l][.down], lora.scale, cache.masks[.down])
             for i in 0..<(T * D) { x[i] += m[i] }
-            return cache
         }
-        let recompute = backward && (recomputeAlways || T > recomputeAbove)
+        let recompute = backward && (recomputeAlways || keptActivationBytes(lengths: segments.map(\.count)) > keepBudget)
+        // Every layer's cache is kept for a backward pass without recomputation; otherwise
+        // one cache is rewritten layer after layer.
+        let keepAll = backward && !recompute
+        var pool = spareCaches
+        spareCaches = []
         var caches: [LayerCache] = []
+        var scratch = keepAll ? LayerCache() : (pool.popLast() ?? LayerCache())
+        defer {
+            spareCaches = pool + caches
+            if !keepAll { spareCaches.append(scratch) }
+        }
         var inputs: [(x: [Float], rng: TrainingRandom?)] = []
         for l in 0..<c.numLayers {
-            if recompute {
-                inputs.append((x, dropout))
-                _ = layerForward(l, &x, &dropout)
+            if recompute { inputs.append((x, dropout)) }
+            if keepAll {
+                var cache = pool.popLast() ?? LayerCache()
+                layerForward(l, &x, &dropout, &cache)
+                caches.append(cache)
             } else {
-                caches.append(layerForward(l, &x, &dropout))
+                layerForward(l, &x, &dropout, &scratch)
             }
         }
 
@@ -174,11 +202,18 @@ package final class LoRABackprop: @unchecked Sendable {
         var last = [Float](repeating: 0, count: R * D)
         for (r, t) in rows.enumerated() { for d in 0..<D { last[r * D + d] = x[t * D + d] } }
         let hf = Self.rms(last, w.finalNorm, R, D, c.rmsNormEps)
-        var logits = [Float](repeating: 0, count: R * V)
+        var logits = spareLogits
+        spareLogits = []
+        defer { spareLogits = logits }
+        Self.reuse(&logits, R * V)
         hf.withUnsafeBufferPointer { hp in
             logits.withUnsafeMutableBufferPointer { lp in w.lmHead.matmulDecoded(x: hp.baseAddress!, t: R, y: lp.baseAddress!) }
         }
-        var dlogits = [Float](repeating: 0, count: backward ? R * V : 0)
+        // (Every element is written by the loss rows below.)
+        var dlogits = spareDLogits
+        spareDLogits = []
+        defer { spareDLogits = dlogits }
+        Self.reuse(&dlogits, backward ? R * V : 0)
         for t in rows where Int(ex.labels[t + 1]) >= V {
             throw FacetError(.invalidArgument, "label \(ex.labels[t + 1]) is outside the vocabulary of \(V)", field: "labels")
         }
@@ -227,14 +262,12 @@ package final class LoRABackprop: @unchecked Sendable {
 
         for l in stride(from: c.numLayers - 1, through: 0, by: -1) {
             let lw = w.layers[l]
-            let cache: LayerCache
             if recompute {
                 var (input, rng) = inputs[l]
-                cache = layerForward(l, &input, &rng)
+                layerForward(l, &input, &rng, &scratch)
                 inputs[l] = ([], nil)
-            } else {
-                cache = caches[l]
             }
+            let cache = recompute ? scratch : caches[l]
             // MLP: x'' = x' + down(silu(g) ⊙ u)
             let dact = linearBackward(lw.wDown, cache.act, dx, T, &lora, l, .down, cache.masks[.down])
             var dgate = [Float](repeating: 0, count: T * I), dup = [Float](repeating: 0, count: T * I)
@@ -287,7 +320,13 @@ package final class LoRABackprop: @unchecked Sendable {
 
     /// `y = x / rms(x) ⊙ w` per row (transformers' LlamaRMSNorm).
     package static func rms(_ x: [Float], _ weight: [Float], _ T: Int, _ D: Int, _ eps: Float) -> [Float] {
-        var y = [Float](repeating: 0, count: T * D)
+        var y: [Float] = []
+        rms(x, weight, T, D, eps, into: &y)
+        return y
+    }
+
+    static func rms(_ x: [Float], _ weight: [Float], _ T: Int, _ D: Int, _ eps: Float, into y: inout [Float]) {
+        reuse(&y, T * D)
         x.withUnsafeBufferPointer { xp in
             weight.withUnsafeBufferPointer { wp in
                 y.withUnsafeMutableBufferPointer { yp in
@@ -295,7 +334,24 @@ package final class LoRABackprop: @unchecked Sendable {
                 }
             }
         }
-        return y
+    }
+
+    /// `a` resized to `n` elements, keeping its storage when it has room (the values are
+    /// zero when the count changes, else what they were: callers overwrite them).
+    static func reuse(_ a: inout [Float], _ n: Int) {
+        guard a.count != n else { return }
+        if a.capacity >= n {
+            a.removeAll(keepingCapacity: true)
+            a.append(contentsOf: repeatElement(0, count: n))
+        } else {
+            a = [Float](repeating: 0, count: n)
+        }
+    }
+
+    /// `a` ← a copy of `x`, in `a`'s storage.
+    static func copy(_ x: [Float], into a: inout [Float]) {
+        reuse(&a, x.count)
+        x.withUnsafeBufferPointer { src in a.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: src.baseAddress!, count: src.count) } }
     }
 
     /// With `n = x r`, `r = 1 / sqrt(mean(x²) + eps)`, `y = w ⊙ n`:
@@ -328,16 +384,23 @@ package final class LoRABackprop: @unchecked Sendable {
 
     /// `y = x Wᵀ (+ b) + s ((x ⊙ mask) Aᵀ) Bᵀ`.
     package func linear(_ weight: LinearWeight, _ bias: [Float]?, _ x: [Float], _ T: Int, _ pair: TrainablePair?, _ scale: Float, _ mask: [Float]?) -> [Float] {
-        var y = [Float](repeating: 0, count: T * weight.rows)
+        var y: [Float] = []
+        linear(weight, bias, x, T, pair, scale, mask, into: &y)
+        return y
+    }
+
+    /// `linear` into `y`'s storage (every element written).
+    func linear(_ weight: LinearWeight, _ bias: [Float]?, _ x: [Float], _ T: Int, _ pair: TrainablePair?, _ scale: Float, _ mask: [Float]?,
+                into y: inout [Float]) {
+        Self.reuse(&y, T * weight.rows)   // (matmulDecoded starts from zero)
         x.withUnsafeBufferPointer { xp in
             y.withUnsafeMutableBufferPointer { yp in weight.matmulDecoded(x: xp.baseAddress!, t: T, y: yp.baseAddress!, bias: bias) }
         }
-        guard let pair else { return y }
+        guard let pair else { return }
         let xd = mask.map { m in zip(x, m).map { $0 * $1 } } ?? x
         var u = Self.product(xd, Self.transpose(pair.a, pair.rank, pair.inDim), T, pair.inDim, pair.rank)   // [T, r]
         for i in u.indices { u[i] *= scale }
         Self.addProduct(&y, u, T, pair.rank, Self.transpose(pair.b, pair.outDim, pair.rank), pair.outDim)  // y += (s u) Bᵀ
-        return y
     }
 
     /// The input gradient of `linear`, adding the pair's gradients (`dB += s dyᵀ u`,
@@ -411,11 +474,22 @@ package final class LoRABackprop: @unchecked Sendable {
     /// `attention` over several sequences laid end to end (`segments`: their token ranges):
     /// one task per sequence and query head on the C kernel (`fk_train_attend`).
     package func attention(q: [Float], k: [Float], v: [Float], segments: [Range<Int>]) -> (out: [Float], probs: [Float]) {
+        var out: [Float] = [], probs: [Float] = []
+        attention(q: q, k: k, v: v, segments: segments, out: &out, probs: &probs)
+        return (out, probs)
+    }
+
+    /// `attention` into the storage of `out` and `probs` (both cleared first: the kernel adds
+    /// into the outputs and writes only the causal part of each probability row).
+    func attention(q: [Float], k: [Float], v: [Float], segments: [Range<Int>], out: inout [Float], probs: inout [Float]) {
         let hd = c.headDim, Hq = c.numHeads, Hkv = c.numKVHeads, group = Hq / Hkv
         let QD = Hq * hd, KVD = Hkv * hd, scale = 1 / Float(hd).squareRoot()
         let T = segments.last?.upperBound ?? 0
         let (offsets, total) = Self.probOffsets(segments, heads: Hq)
-        var out = [Float](repeating: 0, count: T * QD), probs = [Float](repeating: 0, count: total)
+        Self.reuse(&out, T * QD)
+        Self.reuse(&probs, total)
+        out.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
+        probs.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
         let window = c.slidingWindow ?? 0
         q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in v.withUnsafeBufferPointer { vp in
             out.withUnsafeMutableBufferPointer { op in
@@ -431,7 +505,6 @@ package final class LoRABackprop: @unchecked Sendable {
                 }
             }
         } } }
-        return (out, probs)
     }
 
     /// The naive twin of `attention` (plain Swift loops, the tests' reference).

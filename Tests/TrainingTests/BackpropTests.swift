@@ -143,3 +143,29 @@ extension BackpropTests {
         #expect(results[0].values.contains { $0.contains { $0 != 0 } })
     }
 }
+
+extension BackpropTests {
+    /// An engine reused across batches of other lengths, validation passes and a budget
+    /// too small to keep the activations (its buffers kept from call to call) gives bitwise
+    /// what a fresh engine gives.
+    @Test func reusedActivationBuffersChangeNoBit() throws {
+        let all = Self.examples(try Fixtures.json("tuning/tiny_grad.json"))
+        #expect(all.count >= 2)
+        func gradients(_ engine: LoRABackprop, _ batch: [TrainingExample]) throws -> [String: [Float]] {
+            var lora = try TrainableLoRA(starting: try AdapterLoader.load(directory: Fixtures.path("tuning/tiny_start_adapter"), base: Self.model.config,
+                                                                          baseEmbedding: Self.model.weights.embedding),
+                                         settings: LoRASettings(rank: 4, alpha: 8, targets: [.q, .v, .down], dropout: 0.2))
+            var rng: TrainingRandom? = TrainingRandom(training: 3)
+            _ = try engine.accumulate(batch, lora: &lora, normalizer: 15, dropout: &rng)
+            return Self.tensors(of: lora, gradients: true)
+        }
+        let reused = try LoRABackprop(model: Self.model)
+        for (i, batch) in [all, [all[0]], all, Array(all.reversed())].enumerated() {
+            reused.keepBudget = i == 2 ? 0 : 1 << 30
+            let lora = try TrainableLoRA(settings: LoRASettings(rank: 4, alpha: 8, targets: [.q, .v]), config: Self.model.config, seed: 1)
+            _ = try reused.evaluate(batch, lora: lora)
+            #expect(try gradients(reused, batch) == gradients(try LoRABackprop(model: Self.model), batch), "batch \(i)")
+        }
+        #expect(reused.keptActivationBytes(lengths: [4]) < reused.keptActivationBytes(lengths: [2, 3]))
+    }
+}
