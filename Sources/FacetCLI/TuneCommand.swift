@@ -94,7 +94,8 @@ struct TuneCommand: ParsableCommand {
         guard let tokenizer else { return }
         let engine = try LoRABackprop(model: model)
         engine.recomputeAlways = recomputeActivations
-        engine.keepBudget = keepActivations ? Int.max : min(activationBudgetMB, Int.max >> 21) << 20
+        let (budget, overflow) = activationBudgetMB.multipliedReportingOverflow(by: 1 << 20)
+        engine.keepBudget = keepActivations || overflow ? Int.max : budget
         let templateConfig: PromptTemplateConfig? = try template.map { path in
             guard let data = FileManager.default.contents(atPath: path) else {
                 throw FacetError(.notFound, "cannot read the template", file: path, remedy: "pass a JSON file with prompt_template and answer_field")

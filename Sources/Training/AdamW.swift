@@ -30,57 +30,63 @@ package struct AdamW: Sendable, Codable {
         let stepSize = Float(lr / bc1), decay = Float(1 - lr * weightDecay)
         let b2 = Float(beta2), oneMinusB1 = Float(1 - beta1), oneMinusB2 = Float(1 - beta2)
         let bc2 = Float(bc2Sqrt), e = Float(eps)
-        // The parameters and their gradients are moved out of the pairs into flat lists
-        // (no copies) so that each tensor is updated on its own task; every element's
-        // arithmetic is as before, so the split changes no bit.
-        var params: [[Float]] = [], grads: [[Float]] = []
-        for l in lora.pairs.indices {
-            for role in lora.roles(l) {
-                params.append([]); swap(&params[params.count - 1], &lora.pairs[l][role]!.a)
-                grads.append([]); swap(&grads[grads.count - 1], &lora.pairs[l][role]!.gradA)
-                params.append([]); swap(&params[params.count - 1], &lora.pairs[l][role]!.b)
-                grads.append([]); swap(&grads[grads.count - 1], &lora.pairs[l][role]!.gradB)
-            }
+        // Each tensor is updated on its own task; every element's arithmetic is as in one
+        // loop, so the split changes no bit.
+        var tensors = [Tensor](repeating: Tensor(), count: lora.pairs.indices.reduce(0) { $0 + 2 * lora.roles($1).count })
+        exchange(&lora, &tensors)
+        tensors.withUnsafeMutableBufferPointer { list in
+            let list = list
+            Parallel.forEach(list.count) { list[$0].update(decay: decay, oneMinusB1: oneMinusB1, b2: b2, oneMinusB2: oneMinusB2, bc2: bc2, e: e,
+                                                           stepSize: stepSize) }
         }
-        while m.count < params.count {
-            m.append([Float](repeating: 0, count: params[m.count].count))
-            v.append([Float](repeating: 0, count: params[v.count].count))
-        }
-        params.withUnsafeMutableBufferPointer { pp in
-            m.withUnsafeMutableBufferPointer { mp in
-                v.withUnsafeMutableBufferPointer { vp in
-                    grads.withUnsafeBufferPointer { gp in
-                        let (pList, mList, vList, gList) = (pp, mp, vp, gp)
-                        Parallel.forEach(pList.count) { index in
-                            pList[index].withUnsafeMutableBufferPointer { p in
-                                mList[index].withUnsafeMutableBufferPointer { m in
-                                    vList[index].withUnsafeMutableBufferPointer { v in
-                                        gList[index].withUnsafeBufferPointer { g in
-                                            for i in 0..<p.count {
-                                                p[i] *= decay
-                                                m[i] += oneMinusB1 * (g[i] - m[i])
-                                                v[i] = v[i] * b2 + oneMinusB2 * g[i] * g[i]
-                                                let denom = v[i].squareRoot() / bc2 + e
-                                                p[i] -= stepSize * (m[i] / denom)
-                                            }
-                                        }
-                                    }
-                                }
+        exchange(&lora, &tensors)
+    }
+
+    /// One parameter tensor with its gradient and moments, moved out of their owners while
+    /// it is updated.
+    private struct Tensor {
+        var p: [Float] = [], g: [Float] = [], m: [Float] = [], v: [Float] = []
+
+        mutating func update(decay: Float, oneMinusB1: Float, b2: Float, oneMinusB2: Float, bc2: Float, e: Float, stepSize: Float) {
+            p.withUnsafeMutableBufferPointer { p in
+                m.withUnsafeMutableBufferPointer { m in
+                    v.withUnsafeMutableBufferPointer { v in
+                        g.withUnsafeBufferPointer { g in
+                            for i in 0..<p.count {
+                                p[i] *= decay
+                                m[i] += oneMinusB1 * (g[i] - m[i])
+                                v[i] = v[i] * b2 + oneMinusB2 * g[i] * g[i]
+                                let denom = v[i].squareRoot() / bc2 + e
+                                p[i] -= stepSize * (m[i] / denom)
                             }
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Swaps every tensor's parameters, gradient and moments (in `TrainableLoRA`'s order:
+    /// A then B of each pair) with `tensors`: called once to move them out (no copies) and
+    /// once to move them back. Moments start at zero the first time.
+    private mutating func exchange(_ lora: inout TrainableLoRA, _ tensors: inout [Tensor]) {
         var index = 0
         for l in lora.pairs.indices {
             for role in lora.roles(l) {
-                swap(&params[index], &lora.pairs[l][role]!.a)
-                swap(&grads[index], &lora.pairs[l][role]!.gradA)
-                swap(&params[index + 1], &lora.pairs[l][role]!.b)
-                swap(&grads[index + 1], &lora.pairs[l][role]!.gradB)
+                swap(&tensors[index].p, &lora.pairs[l][role]!.a)
+                swap(&tensors[index].g, &lora.pairs[l][role]!.gradA)
+                swap(&tensors[index + 1].p, &lora.pairs[l][role]!.b)
+                swap(&tensors[index + 1].g, &lora.pairs[l][role]!.gradB)
                 index += 2
             }
+        }
+        for i in tensors.indices {
+            if m.count <= i {   // (moving out: the parameters are already in tensors[i].p)
+                m.append([Float](repeating: 0, count: tensors[i].p.count))
+                v.append([Float](repeating: 0, count: tensors[i].p.count))
+            }
+            swap(&tensors[i].m, &m[i])
+            swap(&tensors[i].v, &v[i])
         }
     }
 

@@ -112,3 +112,12 @@ def test_bad_records_and_templates_are_named(workdir):
     p = subprocess.run([FACET, "tune", "--data", f"{ROOT}/examples/tune/capitals_fr.jsonl", "--template", template, "--out", os.path.join(workdir, "y")],
                        capture_output=True, text=True, env=ENV, cwd=ROOT)
     assert p.returncode != 0 and "LoRA tuning uses no virtual tokens" in p.stderr and "remove" in p.stderr, p.stderr
+
+
+def test_activation_flags_are_validated(workdir):
+    out = os.path.join(workdir, "flags")
+    p = tune("--out", out, "--keep-activations", "--recompute-activations", check=False)
+    assert p.returncode != 0 and "at most one of --keep-activations and --recompute-activations" in p.stderr, p.stderr
+    p = tune("--out", out, "--activation-budget-mb", "-1", check=False)
+    assert p.returncode != 0 and "--activation-budget-mb must be 0 or more" in p.stderr, p.stderr
+    assert not os.path.exists(out)
