@@ -25,27 +25,6 @@ void fk_block_sums(const float *x, int T, int K, float *xsum) {
 
 // ---- Scalar reference paths (same operation order as the AVX2 ones) ----
 
-// One block's 32 weights as floats (unscaled quant values for Q4_x/Q8_0, real values for f16/bf16).
-static inline void block_values(int type, const uint8_t *blk, float q[32], float *d, float *m) {
-    switch (type) {
-    case 3: { // Q4_1: d, m, 16 bytes
-        *d = rd_f16(blk); *m = rd_f16(blk + 2);
-        const uint8_t *qs = blk + 4;
-        for (int j = 0; j < 16; j++) { q[j] = (float)(qs[j] & 0x0F); q[j + 16] = (float)(qs[j] >> 4); }
-        break; }
-    case 2: { // Q4_0: d, 16 bytes; x = d*(q-8) = d*q + (-8d)
-        *d = rd_f16(blk); *m = -8.0f * *d;
-        const uint8_t *qs = blk + 2;
-        for (int j = 0; j < 16; j++) { q[j] = (float)(qs[j] & 0x0F); q[j + 16] = (float)(qs[j] >> 4); }
-        break; }
-    case 8: { // Q8_0: d, 32 int8
-        *d = rd_f16(blk); *m = 0;
-        for (int j = 0; j < 32; j++) q[j] = (float)(int8_t)blk[2 + j];
-        break; }
-    }
-}
-
-
 static void matmul_quant_scalar(int type, const float *x, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
     int nb = K / QK, bb = block_bytes(type);
     for (int o = o0; o < o1; o++) {
@@ -98,22 +77,6 @@ static void matmul_half_scalar(int bf, const float *x, const uint16_t *w, int K,
 
 // ---- AVX2 paths ----
 #if defined(__x86_64__)
-
-// The 32 weights of a Q4 block as 4 float vectors: lanes j*8..j*8+7.
-// Two zero-extensions (bytes 0-7 and 8-15) serve both nibbles: fewer shuffle-port uops.
-AVX2 static inline void q4_unpack(const uint8_t *qs, __m256 q[4]) {
-    __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs));
-    __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8)));
-    __m256i mask = _mm256_set1_epi32(0x0F);
-    q[0] = _mm256_cvtepi32_ps(_mm256_and_si256(a, mask));
-    q[1] = _mm256_cvtepi32_ps(_mm256_and_si256(b, mask));
-    q[2] = _mm256_cvtepi32_ps(_mm256_srli_epi32(a, 4));
-    q[3] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
-}
-
-AVX2 static inline void q8_unpack(const uint8_t *qs, __m256 q[4]) {
-    for (int j = 0; j < 4; j++) q[j] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8 * j))));
-}
 
 AVX2 static inline __m256 block_dot(const __m256 q[4], const float *xb) {
     __m256 v = _mm256_mul_ps(q[0], _mm256_loadu_ps(xb));
@@ -386,15 +349,16 @@ AVX512Q static void matmul_half_avx512(int bf, const float *x, const uint16_t *w
 }
 #endif
 
-// Whether the CPU has AVX2/FMA/F16C, AVX-512 F/BW/VL and AVX-512 VNNI (read once;
-// FACET_ISA=scalar, avx2 or avx512 caps the tier for the whole process), and per-thread
-// switches to a lower tier for the twin tests. The pool hands a caller's switches to the
-// workers that run its tasks (fk_pool_run), so a test that asks for the scalar path gets it
-// in every task of its calls, while other threads keep theirs.
-static int cpu_avx2 = -1, cpu_vnni = -1, cpu_avx512 = -1;
+// Whether the CPU has AVX2/FMA/F16C, AVX-512 F/BW/VL, AVX-512 VNNI and AVX512_BF16 (read
+// once; FACET_ISA=scalar, avx2, avx512 or avx512vnni caps the tier for the whole process),
+// and per-thread switches to a lower tier for the twin tests. The pool hands a caller's
+// switches to the workers that run its tasks (fk_pool_run), so a test that asks for the
+// scalar path gets it in every task of its calls, while other threads keep theirs.
+static int cpu_avx2 = -1, cpu_vnni = -1, cpu_avx512 = -1, cpu_bf16 = -1;
 _Thread_local int fk_scalar_only = 0;
 _Thread_local int fk_no_vnni = 0;
 _Thread_local int fk_no_avx512 = 0;
+_Thread_local int fk_no_bf16 = 0;
 void fk_set_vector_path(int enabled) { fk_scalar_only = !enabled; }
 void fk_set_vnni_path(int enabled) { fk_no_vnni = !enabled; }
 void fk_set_avx512_path(int enabled) { fk_no_avx512 = !enabled; }
@@ -402,29 +366,36 @@ void fk_cap_tier(int tier) {
     fk_scalar_only = tier < 1;
     fk_no_avx512 = tier < 2;
     fk_no_vnni = tier < 3;
+    fk_no_bf16 = tier < 4;
 }
 static void detect(void) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
     const char *cap = getenv("FACET_ISA");
     int scalar = cap && strcmp(cap, "scalar") == 0, avx2only = cap && strcmp(cap, "avx2") == 0;
-    int novnni = cap && strcmp(cap, "avx512") == 0;
+    int novnni = cap && strcmp(cap, "avx512") == 0, nobf16 = cap && strcmp(cap, "avx512vnni") == 0;
     cpu_avx2 = !scalar && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     cpu_avx512 = cpu_avx2 && !avx2only && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
     cpu_vnni = cpu_avx512 && !novnni && __builtin_cpu_supports("avx512vnni");
+    cpu_bf16 = cpu_vnni && !nobf16 && __builtin_cpu_supports("avx512bf16");
 #else
     cpu_avx512 = 0;
     cpu_avx2 = 0;
     cpu_vnni = 0;
+    cpu_bf16 = 0;
 #endif
 }
 int fk_has_vnni(void) {
     if (cpu_vnni < 0) detect();
     return cpu_vnni && !fk_scalar_only && !fk_no_avx512 && !fk_no_vnni;
 }
+int fk_has_bf16(void) {
+    if (cpu_bf16 < 0) detect();
+    return cpu_bf16 && !fk_scalar_only && !fk_no_avx512 && !fk_no_vnni && !fk_no_bf16;
+}
 int fk_cpu_tier(void) {
     if (cpu_avx2 < 0) detect();
-    return cpu_vnni ? 3 : cpu_avx512 ? 2 : cpu_avx2 ? 1 : 0;
+    return cpu_bf16 ? 4 : cpu_vnni ? 3 : cpu_avx512 ? 2 : cpu_avx2 ? 1 : 0;
 }
 int fk_has_avx512(void) {
     if (cpu_avx512 < 0) detect();

@@ -27,9 +27,11 @@ static void *task_ctx;
 static int task_scalar_only;          // the caller's fk_scalar_only, for the workers
 static int task_no_vnni;              // and its fk_no_vnni
 static int task_no_avx512;            // and its fk_no_avx512
+static int task_no_bf16;              // and its fk_no_bf16
 extern _Thread_local int fk_scalar_only;
 extern _Thread_local int fk_no_vnni;
 extern _Thread_local int fk_no_avx512;
+extern _Thread_local int fk_no_bf16;
 static int pool_threads = 1;
 static atomic_int started;
 
@@ -43,6 +45,7 @@ static void drain(unsigned gen) {
         fk_scalar_only = task_scalar_only;
         fk_no_vnni = task_no_vnni;
         fk_no_avx512 = task_no_avx512;
+        fk_no_bf16 = task_no_bf16;
         task_fn(task_ctx, i);
         atomic_fetch_add_explicit(&done_tasks, 1, memory_order_acq_rel);
     }
@@ -94,6 +97,7 @@ void fk_pool_run(int tasks, fk_task_fn fn, void *ctx) {
     task_scalar_only = fk_scalar_only;
     task_no_vnni = fk_no_vnni;
     task_no_avx512 = fk_no_avx512;
+    task_no_bf16 = fk_no_bf16;
     total_tasks = tasks;
     atomic_store(&done_tasks, 0);
     unsigned gen = atomic_load(&generation) + 1;

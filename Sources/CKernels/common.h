@@ -28,6 +28,26 @@ static inline float fold8(const float v[8]) {
 
 static inline int block_bytes(int type) { return type == 3 ? 20 : type == 2 ? 18 : 34; }
 
+// One block's 32 weights as floats (unscaled quant values for Q4_x/Q8_0, real values for f16/bf16).
+static inline void block_values(int type, const uint8_t *blk, float q[32], float *d, float *m) {
+    switch (type) {
+    case 3: { // Q4_1: d, m, 16 bytes
+        *d = rd_f16(blk); *m = rd_f16(blk + 2);
+        const uint8_t *qs = blk + 4;
+        for (int j = 0; j < 16; j++) { q[j] = (float)(qs[j] & 0x0F); q[j + 16] = (float)(qs[j] >> 4); }
+        break; }
+    case 2: { // Q4_0: d, 16 bytes; x = d*(q-8) = d*q + (-8d)
+        *d = rd_f16(blk); *m = -8.0f * *d;
+        const uint8_t *qs = blk + 2;
+        for (int j = 0; j < 16; j++) { q[j] = (float)(qs[j] & 0x0F); q[j + 16] = (float)(qs[j] >> 4); }
+        break; }
+    case 8: { // Q8_0: d, 32 int8
+        *d = rd_f16(blk); *m = 0;
+        for (int j = 0; j < 32; j++) q[j] = (float)(int8_t)blk[2 + j];
+        break; }
+    }
+}
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -40,6 +60,22 @@ AVX2 static inline __m128 block_scales(const uint8_t *blk) {
     int32_t v;
     memcpy(&v, blk, 4);
     return _mm_cvtph_ps(_mm_cvtsi32_si128(v));
+}
+
+// The 32 weights of a Q4 block as 4 float vectors: lanes j*8..j*8+7.
+// Two zero-extensions (bytes 0-7 and 8-15) serve both nibbles: fewer shuffle-port uops.
+AVX2 static inline void q4_unpack(const uint8_t *qs, __m256 q[4]) {
+    __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs));
+    __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8)));
+    __m256i mask = _mm256_set1_epi32(0x0F);
+    q[0] = _mm256_cvtepi32_ps(_mm256_and_si256(a, mask));
+    q[1] = _mm256_cvtepi32_ps(_mm256_and_si256(b, mask));
+    q[2] = _mm256_cvtepi32_ps(_mm256_srli_epi32(a, 4));
+    q[3] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
+}
+
+AVX2 static inline void q8_unpack(const uint8_t *qs, __m256 q[4]) {
+    for (int j = 0; j < 4; j++) q[j] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8 * j))));
 }
 
 AVX2 static inline float hfold(__m256 v) {

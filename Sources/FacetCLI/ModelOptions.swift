@@ -19,7 +19,7 @@ struct ModelOptions: ParsableArguments {
             help: "Directory with tokenizer.json (default: the model's own tokenizer).")
     var tokenizerDir: String?
 
-    @Option(help: "Activations in products with compact weights: fp32 (default, follows the reference) or int8 (faster; rounds activations to 8 bits per block of 32, as llama.cpp does).")
+    @Option(help: "Activations in products with compact weights: fp32 (default, follows the reference), int8 (faster; rounds activations to 8 bits per block of 32, as llama.cpp does) or bf16 (rounds activations to bf16; vdpbf16ps on AVX512_BF16 CPUs, emulated elsewhere).")
     var compute: ComputeMode?
 
     var computeMode: ComputeMode { compute ?? .fp32 }

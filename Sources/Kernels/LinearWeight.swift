@@ -39,8 +39,12 @@ package enum WeightFormat: String, Sendable, CaseIterable {
 /// - `int8` (opt-in, faster): for Q4_0/Q4_1/Q8_0 weights, activations are rounded to 8 bits
 ///   per block of 32 (as llama.cpp does) and blocks are multiplied as exact integer dot
 ///   products; other formats keep fp32. Still batch invariant: each token is rounded alone.
+/// - `bf16` (opt-in): for Q4_0/Q4_1/Q8_0 weights, activations are rounded to bf16 and each
+///   block is taken as 16 pairs of products, each pair summed with one rounding (AVX512_BF16's
+///   `vdpbf16ps`; emulated with fused multiply-adds on other CPUs, with the same bits); other
+///   formats keep fp32. Batch invariant like the others.
 package enum ComputeMode: String, Sendable, CaseIterable, Codable {
-    case fp32, int8
+    case fp32, int8, bf16
 }
 
 /// Raw bytes kept alive by whatever owns them (a memory-mapped file, or a copy).
@@ -149,13 +153,22 @@ package struct LinearWeight: Sendable {
         // Per-input preparation, in this thread's scratch.
         var sums: UnsafeMutablePointer<Float>? = nil
         var int8: (q: UnsafeMutablePointer<Int8>, d: UnsafeMutablePointer<Float>)? = nil
+        var bf16: (x: UnsafeMutablePointer<Float>, pairs: UnsafeMutablePointer<UInt32>?, sums: UnsafeMutablePointer<Float>)? = nil
+        if products.contains(where: { $0.weight.usesBF16(compute) }) {
+            let xr = Scratch.floats(.bf16Activations, T * K)
+            let pairs = fk_has_bf16() != 0 ? Scratch.raw(.bf16Pairs, T * K * 2).assumingMemoryBound(to: UInt32.self) : nil
+            fk_prepare_bf16(x, Int32(T), Int32(K), xr, pairs)
+            let sums = Scratch.floats(.bf16BlockSums, T * nb)
+            fk_block_sums(xr, Int32(T), Int32(K), sums)
+            bf16 = (xr, pairs, sums)
+        }
         if products.contains(where: { $0.weight.usesInt8(compute) }) {
             let q = Scratch.raw(.int8Activations, T * K).assumingMemoryBound(to: Int8.self)
             let d = Scratch.floats(.int8Scales, 2 * T * nb)
             fk_quantize_activations(x, Int32(T), Int32(K), q, d, d + T * nb)
             int8 = (q, d)
         }
-        if products.contains(where: { !$0.weight.usesInt8(compute) && $0.weight.needsBlockSums }) {
+        if products.contains(where: { !$0.weight.usesInt8(compute) && !$0.weight.usesBF16(compute) && $0.weight.needsBlockSums }) {
             let p = Scratch.floats(.blockSums, T * nb)
             fk_block_sums(x, Int32(T), Int32(K), p)
             sums = p
@@ -164,7 +177,8 @@ package struct LinearWeight: Sendable {
         // found by walking the products: no list is built).
         let job = ProductsJob(products: products, regions: prefetch, T: T, K: K, compute: compute,
                               inputs: Inputs(x: x, sums: sums.map { UnsafePointer($0) }, q: int8.map { UnsafePointer($0.q) },
-                                             d: int8.map { UnsafePointer($0.d) }))
+                                             d: int8.map { UnsafePointer($0.d) }, rounded: bf16.map { UnsafePointer($0.x) },
+                                             pairs: bf16?.pairs.map { UnsafePointer($0) }, roundedSums: bf16.map { UnsafePointer($0.sums) }))
         Parallel.run(job.taskCount, serial: products.reduce(0) { $0 + T * K * $1.weight.rows } < 16_384, job)
         for p in products { p.weight.addBias(p.bias, p.y, T) }
     }
@@ -219,17 +233,25 @@ package struct LinearWeight: Sendable {
         }
     }
 
-    /// The prepared input of a product: fp32 activations with their block sums, or their
-    /// int8 rounding (`d`: `[T, K/32]` scales followed by `[T, K/32]` sums).
+    /// The prepared input of a product: fp32 activations with their block sums, their
+    /// int8 rounding (`d`: `[T, K/32]` scales followed by `[T, K/32]` sums), or their bf16
+    /// rounding (`rounded: [T, K]`, its block sums, and the pairs for vdpbf16ps).
     struct Inputs: @unchecked Sendable {
         let x: UnsafePointer<Float>
         let sums: UnsafePointer<Float>?
         let q: UnsafePointer<Int8>?
         let d: UnsafePointer<Float>?
+        var rounded: UnsafePointer<Float>? = nil
+        var pairs: UnsafePointer<UInt32>? = nil
+        var roundedSums: UnsafePointer<Float>? = nil
     }
 
     private func usesInt8(_ compute: ComputeMode) -> Bool {
         compute == .int8 && (format == .q4_0 || format == .q4_1 || format == .q8_0)
+    }
+
+    private func usesBF16(_ compute: ComputeMode) -> Bool {
+        compute == .bf16 && (format == .q4_0 || format == .q4_1 || format == .q8_0)
     }
 
     private var needsBlockSums: Bool { format == .q4_0 || format == .q4_1 || format == .q4_k }
@@ -249,6 +271,10 @@ package struct LinearWeight: Sendable {
         if usesInt8(compute), let q = input.q, let d = input.d {
             let nb = K / 32
             fk_matmul_int8(format.cType, q, d, d + T * nb, u8, Int32(K), Int32(T), o0, o1, y, Int32(O))
+            return
+        }
+        if usesBF16(compute), let xr = input.rounded, let rs = input.roundedSums {
+            fk_matmul_quant_bf16(format.cType, xr, input.pairs, format == .q8_0 ? nil : rs, u8, Int32(K), Int32(T), o0, o1, y, Int32(O))
             return
         }
         let x = input.x, s = input.sums
@@ -282,6 +308,14 @@ package struct LinearWeight: Sendable {
             }
         }
         return (q, d, s)
+    }
+
+    /// The bf16 mode's rounding of `x: [T, K]` (`K` a multiple of 32), on this thread's tier.
+    package static func roundActivationsBF16(_ x: [Float], t: Int, k: Int) -> [Float] {
+        precondition(x.count == t * k && k % 32 == 0, "x must be [t, k] with k a multiple of 32")
+        var out = [Float](repeating: 0, count: x.count)
+        out.withUnsafeMutableBufferPointer { fk_prepare_bf16(x, Int32(t), Int32(k), $0.baseAddress!, nil) }
+        return out
     }
 
     /// Row `r` as floats (embedding lookups).
@@ -404,6 +438,8 @@ package enum InstructionTier: Int, Sendable, CaseIterable, Comparable, CustomStr
     case avx512 = 2
     /// AVX-512 plus VNNI (`vpdpbusd`) for the int8 mode's integer dot products.
     case avx512VNNI = 3
+    /// Also AVX512_BF16 (`vdpbf16ps`) for the bf16 mode's products.
+    case avx512BF16 = 4
 
     /// The value of `FACET_ISA` that caps the kernels at this tier.
     package var environmentName: String {
@@ -411,7 +447,8 @@ package enum InstructionTier: Int, Sendable, CaseIterable, Comparable, CustomStr
         case .scalar: "scalar"
         case .avx2: "avx2"
         case .avx512: "avx512"
-        case .avx512VNNI: "native"
+        case .avx512VNNI: "avx512vnni"
+        case .avx512BF16: "native"
         }
     }
 
@@ -421,6 +458,7 @@ package enum InstructionTier: Int, Sendable, CaseIterable, Comparable, CustomStr
         case .avx2: "AVX2+FMA+F16C"
         case .avx512: "AVX-512 F/BW/VL (quantized products on AVX2)"
         case .avx512VNNI: "AVX-512 F/BW/VL, VNNI for int8 (quantized products on AVX2)"
+        case .avx512BF16: "AVX-512 F/BW/VL, VNNI for int8, BF16 for the bf16 mode (fp32 quantized products on AVX2)"
         }
     }
 
@@ -430,14 +468,14 @@ package enum InstructionTier: Int, Sendable, CaseIterable, Comparable, CustomStr
 
     /// Tests only: run the calling thread's kernels (and the pool tasks its calls start) at
     /// `tier` or the CPU's own tier, whichever is lower; `nil` lifts the cap.
-    package static func capThisThread(_ tier: InstructionTier?) { fk_cap_tier(Int32((tier ?? .avx512VNNI).rawValue)) }
+    package static func capThisThread(_ tier: InstructionTier?) { fk_cap_tier(Int32((tier ?? .avx512BF16).rawValue)) }
 
-    /// Checks `FACET_ISA` (unset, or one of scalar, avx2, avx512, native).
+    /// Checks `FACET_ISA` (unset, or one of scalar, avx2, avx512, avx512vnni, native).
     package static func validateEnvironment() throws {
         guard let value = getenvString("FACET_ISA") else { return }
         guard allCases.contains(where: { $0.environmentName == value }) else {
             throw FacetError(.invalidArgument, "FACET_ISA=\(value) is not a kernel tier", field: "FACET_ISA",
-                             remedy: "use one of scalar, avx2, avx512 or native, or unset it to use the best tier this CPU has")
+                             remedy: "use one of scalar, avx2, avx512, avx512vnni or native, or unset it to use the best tier this CPU has")
         }
     }
 }

@@ -10,6 +10,7 @@ package enum Scratch {
         case loraInput, loraRank
         case activations, finalHidden, logitInput, logitOutput, embeddingRow, logitRowIndex, logitShard, logitGather, parallelReduce
         case gradientRow, attentionTiles, trainingAttention, trainingLoss
+        case bf16Activations, bf16Pairs, bf16BlockSums
         /// Taken by the C kernels (the AVX-512 quantized products pair tokens there).
         case pairedActivations = 23
     }

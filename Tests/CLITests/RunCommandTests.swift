@@ -129,7 +129,7 @@ import TestSupport
         #expect(r.status == 0, "\(r.stderr)")
         let report = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/b.json"))) as! [String: Any]
         let names = (report["results"] as! [[String: Any]]).map { "\($0["mode"] ?? "")/\($0["name"]!)" }
-        for mode in ["fp32", "int8"] {
+        for mode in ["fp32", "int8", "bf16"] {
             for n in ["prefill 8", "decode batch 1", "decode batch 2", "decode batch 2, 2 adapters r4 f32", "decode batch 2, 2 adapters r4 bf16"] {
                 #expect(names.contains("\(mode)/\(n)"), "\(mode)/\(n) missing from \(names)")
             }
@@ -139,7 +139,7 @@ import TestSupport
             #expect(result["ratioToBase"] as? Double != nil)
             #expect((result["ratioRounds"] as? [Double])?.count == 2)
         }
-        #expect((report["accuracy"] as! [String: Any])["int8"] != nil)
+        #expect((report["accuracy"] as! [String: Any])["int8"] != nil && (report["accuracy"] as! [String: Any])["bf16"] != nil)
         let svg = try String(contentsOfFile: dir + "/b.svg", encoding: .utf8)
         #expect(svg.hasPrefix("<svg") && svg.contains("decode batch 2, 2 adapters r4 bf16") && svg.hasSuffix("</svg>\n"))
         let bad = try FacetProcess.run(["bench", "--model", Fixtures.tinyModel, "--batch-sizes", "0"])

@@ -84,6 +84,67 @@ import TestSupport
         Self.expectBitwiseContract(w, x, t, y, compute: .int8, "\(format) int8")
     }
 
+    /// The bf16 mode's activation rounding (vector and scalar paths) is the plainly written
+    /// twin's, ties, NaN, infinities, overflow and the flush of tiny values included.
+    @Test func bf16ActivationRoundingMatchesTheReferenceTwin() {
+        #expect(Reference.roundBF16(Float(bitPattern: 0x3F80_8000)) == 1, "a tie rounds to the even neighbour (down)")
+        #expect(Reference.roundBF16(Float(bitPattern: 0x3F81_8000)).bitPattern == 0x3F82_0000, "a tie rounds to the even neighbour (up)")
+        #expect(Reference.roundBF16(Float(bitPattern: 0x3F80_8001)).bitPattern == 0x3F81_0000)
+        #expect(Reference.roundBF16(.greatestFiniteMagnitude) == .infinity)
+        var edge: [Float] = [0, -0.0, 1, -1, .infinity, -.infinity, .nan, -.nan, .greatestFiniteMagnitude, -.greatestFiniteMagnitude,
+                             .leastNormalMagnitude, .leastNonzeroMagnitude, -.leastNonzeroMagnitude, 0x1p-64, -0x1p-64, 0x1.fffffep-65,
+                             Float(bitPattern: 0x3F80_8000), Float(bitPattern: 0x3F81_8000), Float(bitPattern: 0x3F80_8001),
+                             Float(bitPattern: 0xBF81_7FFF), Float(bitPattern: 0x7F80_0001), Float(bitPattern: 0xFFC1_2345)]
+        edge += Self.random(64 - edge.count, 21).map { $0 * 1e-3 }
+        let x = edge + Self.random(64 * 3, 22).map { $0 * 100 }
+        let want = x.map { Reference.roundBF16($0).bitPattern }
+        let vector = LinearWeight.roundActivationsBF16(x, t: 4, k: 64).map(\.bitPattern)
+        LinearWeight.useVectorKernels(false)
+        let scalar = LinearWeight.roundActivationsBF16(x, t: 4, k: 64).map(\.bitPattern)
+        LinearWeight.useVectorKernels(true)
+        #expect(vector == want)
+        #expect(scalar == want)
+        #expect(want.allSatisfy { $0 & 0xFFFF == 0 })
+    }
+
+    /// The bf16 mode: matches the Double reference on bf16-rounded activations, its own
+    /// scalar path and every tier bitwise, and is batch invariant; formats without a bf16
+    /// kernel keep fp32.
+    @Test(arguments: [WeightFormat.q4_0, .q4_1, .q8_0, .f16])
+    func bf16ModeMatchesReferenceScalarPathAndIsBatchInvariant(format: WeightFormat) throws {
+        let o = 37, k = 96, t = 11
+        let w = try LinearWeight.quantize(Matrix(rows: o, cols: k, data: Self.random(o * k, 5)), to: format)
+        let x = Self.random(t * k, 6)
+        let y = Self.run(w, x, t, compute: .bf16)
+        let fp32 = Self.run(w, x, t)
+        guard format != .f16 else {
+            #expect(y == fp32, "f16 weights have no bf16 kernel and must keep fp32")
+            return
+        }
+        let reference = Reference.matmulBF16(x: x, w: w.dequantized().data, t: t, k: k, o: o)
+        #expect(maxRelativeError(y, reference) < 1e-5, "\(format)")
+        let exact = Reference.matmulNT(x: x, w: w.dequantized().data, t: t, k: k, o: o)
+        let cost = maxRelativeError(y, exact)
+        #expect(cost > 1e-6 && cost < 0.02, "\(format): bf16 rounding error \(cost) is not in the expected range")
+        Self.expectBitwiseContract(w, x, t, y, compute: .bf16, "\(format) bf16")
+    }
+
+    /// The activations are rounded to bf16 before the product, and the sums stay fp32: with
+    /// integer weights (Q8_0, scale 1) 1 + 2^-10 counts as 1, while 2^20 + 1 (pair of
+    /// products 2^20 and 1) is kept whole.
+    @Test func bf16ModeRoundsActivationsButNotSums() throws {
+        var row = [Float](repeating: 0, count: 32)
+        row[0] = 1; row[16] = 1; row[5] = 127
+        let w = try LinearWeight.quantize(Matrix(rows: 1, cols: 32, data: row), to: .q8_0)
+        #expect(w.dequantized().data == row)
+        var x = [Float](repeating: 0, count: 32)
+        x[0] = 1 + 0x1p-10
+        #expect(Self.run(w, x, 1, compute: .bf16) == [1])
+        #expect(Self.run(w, x, 1) == [1 + 0x1p-10])
+        x[0] = 0x1p20; x[16] = 1
+        #expect(Self.run(w, x, 1, compute: .bf16) == [0x1p20 + 1])
+    }
+
     @Test(arguments: [WeightFormat.q4_0, .q4_1, .q8_0, .f16, .bf16])
     func matchesReferenceScalarPathAndIsBatchInvariant(format: WeightFormat) throws {
         let o = 37, k = 96, t = 11

@@ -208,7 +208,7 @@ import TestSupport
     /// A misspelt FACET_ISA is an error that names the valid values (only values that cap
     /// nothing are set here: the kernels read the variable once, possibly during this test).
     @Test func theTierCapIsValidated() throws {
-        #expect(InstructionTier.allCases.map(\.environmentName) == ["scalar", "avx2", "avx512", "native"])
+        #expect(InstructionTier.allCases.map(\.environmentName) == ["scalar", "avx2", "avx512", "avx512vnni", "native"])
         setenv("FACET_ISA", "avx-512", 1)
         #expect(throws: FacetError.self) { try InstructionTier.validateEnvironment() }
         setenv("FACET_ISA", "native", 1)

@@ -8,7 +8,7 @@ import Sampling
 import Testing
 import TestSupport
 
-/// The opt-in int8 compute mode on the default (Q4_1) model: still batch invariant, close
+/// The opt-in int8 and bf16 compute modes on the default (Q4_1) model: still batch invariant, close
 /// to the fp32 default, and measured honestly by the benchmark's accuracy report.
 @Suite struct ComputeModeTests {
     static let model: LlamaModel? = Fixtures.defaultModelFile.flatMap { try? ModelLoader.load(path: $0).0 }
@@ -26,12 +26,13 @@ import TestSupport
         Array(1...37).map { Int32($0 * 131 % 49_000 + 1) },
     ]
 
-    @Test func int8ModeIsBatchInvariant() throws {
+    @Test(arguments: [ComputeMode.int8, .bf16])
+    func fastModeIsBatchInvariant(mode: ComputeMode) throws {
         guard let base = Self.model else {
             Issue.record("default model not fetched: run scripts/setup")
             return
         }
-        let model = base.with(compute: .int8)
+        let model = base.with(compute: mode)
         let requests = Self.prompts.map { GenerationRequest(promptIDs: $0, parameters: Self.greedy(5)) }
         let alone = try requests.map { try BatchGenerator(model: model, tokenizer: nil).generate([$0], collectLogits: true)[0].stepLogits }
         let together = try BatchGenerator(model: model, tokenizer: nil).generate(requests, collectLogits: true).map(\.stepLogits)
@@ -41,7 +42,7 @@ import TestSupport
             #expect(chunked == alone, "prefill chunk \(chunk)")
         }
         let fp32 = try BatchGenerator(model: base, tokenizer: nil).generate([requests[0]], collectLogits: true)[0].stepLogits
-        #expect(fp32[0] != alone[0][0], "int8 mode must change the arithmetic")
+        #expect(fp32[0] != alone[0][0], "the \(mode) mode must change the arithmetic")
     }
 
     @Test func accuracyReportMeasuresTheDifference() throws {
@@ -55,5 +56,8 @@ import TestSupport
         #expect(int8.meanKL > 0 && int8.meanKL < 0.05, "mean KL \(int8.meanKL)")
         #expect(int8.maxKL >= int8.meanKL)
         #expect(int8.tokenAgreement > 0.6)
+        let bf16 = try Benchmark.accuracy(reference: base, candidate: base.with(compute: .bf16), prompts: Self.prompts, newTokens: 6)
+        #expect(bf16.meanKL > 0 && bf16.meanKL < 0.05, "mean KL \(bf16.meanKL)")
+        #expect(bf16.tokenAgreement > 0.6)
     }
 }

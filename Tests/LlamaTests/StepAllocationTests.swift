@@ -66,7 +66,7 @@ import TestSupport
             return
         }
         let model = try ModelLoader.load(path: path).0
-        for compute in [ComputeMode.fp32, .int8] {
+        for compute in ComputeMode.allCases {
             let counts = try Self.allocations(model.with(compute: compute), batch: batch)
             #expect(counts.allSatisfy { $0 == 0 }, "\(compute) batch \(batch): allocations per step \(counts)")
         }

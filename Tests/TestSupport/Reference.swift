@@ -98,4 +98,20 @@ public enum Reference {
         let xq = q.indices.map { Float(q[$0]) * d[$0 / 32] }
         return matmulNT(x: xq, w: w, t: t, k: k, o: o)
     }
+
+    /// The bf16 mode's rounding of one activation, written plainly: nearest even on the
+    /// 16 dropped bits, NaN kept (quieted), magnitudes below 2^-64 to a zero of their sign.
+    public static func roundBF16(_ x: Float) -> Float {
+        if x.isNaN { return Float(bitPattern: (x.bitPattern | 0x0040_0000) & 0xFFFF_0000) }
+        if x.isInfinite { return x }
+        if abs(x) < 0x1p-64 { return x.sign == .minus ? -0.0 : 0.0 }
+        let bits = x.bitPattern, dropped = bits & 0xFFFF, kept = bits & 0xFFFF_0000
+        let roundUp = dropped > 0x8000 || (dropped == 0x8000 && (kept >> 16) & 1 == 1)
+        return Float(bitPattern: roundUp ? kept &+ 0x1_0000 : kept)
+    }
+
+    /// The bf16 mode's products in Double on bf16-rounded activations.
+    public static func matmulBF16(x: [Float], w: [Float], t: Int, k: Int, o: Int) -> [Float] {
+        matmulNT(x: x.map(roundBF16), w: w, t: t, k: k, o: o)
+    }
 }

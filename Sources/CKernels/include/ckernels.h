@@ -20,8 +20,9 @@
 /// by fk_block_sums); other types ignore it.
 
 int fk_has_avx2(void);
-/// The best tier the CPU offers (after FACET_ISA=scalar|avx2|avx512): 0 scalar, 1
-/// AVX2+FMA+F16C, 2 AVX-512 F/BW/VL, 3 also AVX-512 VNNI (int8 products through vpdpbusd).
+/// The best tier the CPU offers (after FACET_ISA=scalar|avx2|avx512|avx512vnni): 0 scalar, 1
+/// AVX2+FMA+F16C, 2 AVX-512 F/BW/VL, 3 also AVX-512 VNNI (int8 products through vpdpbusd),
+/// 4 also AVX512_BF16 (the bf16 mode's products through vdpbf16ps).
 /// Every tier gives bitwise the same results.
 int fk_cpu_tier(void);
 /// Per-thread switch off the VNNI tier (twin tests), as fk_set_vector_path is for all vectors.
@@ -52,6 +53,26 @@ void fk_quantize_activations(const float *x, int T, int K, int8_t *qx, float *dx
 /// Q4_1 adds its offsets as m = fma(m_w, sx_b, m) in increasing block order; finally
 /// y = fold(acc) + m with the fold above. Scalar and AVX2 paths are bitwise identical.
 void fk_matmul_int8(int type, const int8_t *qx, const float *dx, const float *sx, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy);
+
+/// The bf16 compute mode (opt-in) for Q4_0 (type 2), Q4_1 (3) and Q8_0 (8) weights.
+/// `fk_prepare_bf16` rounds x: [T, K] to bf16 (nearest even; NaN stays NaN; |x| < 2^-64 and
+/// denormals become zeros of their sign) into `xr` (fp32 holding bf16 values) and, when
+/// `pairs` is not NULL, packs them for vdpbf16ps: block b's dword j of token t holds
+/// element 32b + j in its low half and 32b + j + 16 in its high half ([T, K/2]).
+/// Per output of `fk_matmul_quant_bf16`: 16 fp32 lanes; for each block b in increasing
+/// order, lane j gets p_j = xr[j] * w[j] + xr[j + 16] * w[j + 16] rounded once (w the
+/// block's integer weights as for fp32; both products are exact) and acc_j = fma(d, p_j,
+/// acc_j); offsets m = fma(m_w, xsum_b, m) in increasing block order (xsum: fk_block_sums of
+/// xr); y = fold(acc) + m with the fold of fk_dot (v[i] + v[i+8], then the 8-lane fold).
+/// AVX512_BF16 computes p with vdpbf16ps from a zero accumulator, the other tiers with a
+/// multiply and a fused multiply-add: the same bits everywhere. `pairs` may be NULL when
+/// fk_has_bf16() is 0.
+float fk_round_bf16(float x);
+void fk_prepare_bf16(const float *x, int T, int K, float *xr, uint32_t *pairs);
+void fk_matmul_quant_bf16(int type, const float *xr, const uint32_t *pairs, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1,
+                          float *y, int ldy);
+/// 1 when the AVX512_BF16 tier may run on this thread (after FACET_ISA and fk_cap_tier).
+int fk_has_bf16(void);
 
 /// Q4_K (type 12) and Q6_K (type 14): ggml's 256-value super-blocks, taken as blocks of 32
 /// in increasing order with the same lanes as above. Q4_K block b (sub-block b % 8 of
@@ -155,7 +176,7 @@ void fk_train_attend_back(const float *dout, const float *q, const float *k, con
                           long hd, long group, long window, float scale, float *dq, float *dk, float *dv, float *scratch);
 
 /// Caps the calling thread's tier (and the pool tasks its calls start) for the twin tests:
-/// 0 scalar, 1 AVX2, 2 AVX-512 F/BW/VL, 3 also VNNI; the CPU's own tier stays the ceiling.
+/// 0 scalar, 1 AVX2, 2 AVX-512 F/BW/VL, 3 also VNNI, 4 also BF16; the CPU's own tier stays the ceiling.
 void fk_cap_tier(int tier);
 
 #endif
