@@ -45,6 +45,11 @@ package enum WeightFormat: String, Sendable, CaseIterable {
 ///   formats keep fp32. Batch invariant like the others.
 package enum ComputeMode: String, Sendable, CaseIterable, Codable {
     case fp32, int8, bf16
+
+    /// Whether products with weights in `format` follow this mode (the others keep fp32).
+    package func covers(_ format: WeightFormat) -> Bool {
+        self == .fp32 || format == .q4_0 || format == .q4_1 || format == .q8_0
+    }
 }
 
 /// Raw bytes kept alive by whatever owns them (a memory-mapped file, or a copy).
@@ -246,13 +251,9 @@ package struct LinearWeight: Sendable {
         var roundedSums: UnsafePointer<Float>? = nil
     }
 
-    private func usesInt8(_ compute: ComputeMode) -> Bool {
-        compute == .int8 && (format == .q4_0 || format == .q4_1 || format == .q8_0)
-    }
+    private func usesInt8(_ compute: ComputeMode) -> Bool { compute == .int8 && compute.covers(format) }
 
-    private func usesBF16(_ compute: ComputeMode) -> Bool {
-        compute == .bf16 && (format == .q4_0 || format == .q4_1 || format == .q8_0)
-    }
+    private func usesBF16(_ compute: ComputeMode) -> Bool { compute == .bf16 && compute.covers(format) }
 
     private var needsBlockSums: Bool { format == .q4_0 || format == .q4_1 || format == .q4_k }
 

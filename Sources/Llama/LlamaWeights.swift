@@ -87,6 +87,16 @@ package struct LlamaWeights: Sendable {
         self.lmHead = lmHead
     }
 
+    /// How many of the linear weights (every layer's seven and the output head) are stored in
+    /// each format that `mode` does not cover: their products keep fp32 under it.
+    package func matricesOutside(_ mode: ComputeMode) -> [(format: WeightFormat, count: Int)] {
+        let all = layers.flatMap { l in LinearRole.allCases.map { l.linear($0).format } } + [lmHead.format]
+        return WeightFormat.allCases.compactMap { f in
+            let n = all.filter { $0 == f && !mode.covers(f) }.count
+            return n > 0 ? (f, n) : nil
+        }
+    }
+
     /// Checks every shape against the configuration (this rank's part of it under tensor
     /// parallelism); errors name the tensor.
     package func validate(against c: LlamaConfiguration, file: String? = nil, shard: TensorShard = .whole) throws {

@@ -28,6 +28,19 @@ import TestSupport
         #expect(maxRelativeError(logits.values.prefix(320).map(Float.init), floats(base["last_logits"])) < 1e-4)
     }
 
+    /// A fast mode that does not apply to a model's weight formats says so (the tiny model is
+    /// fp32: every matrix keeps fp32 products); the default mode says nothing.
+    @Test(arguments: ["int8", "bf16"])
+    func aFastModeNamesTheMatricesItDoesNotCover(mode: String) throws {
+        let r = try FacetProcess.run(["run", "--model", Fixtures.tinyModel, "--input_file", Fixtures.path("npy/ids_int32.npy"),
+                                      "--max_output_len", "2", "--compute", mode])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stderr.contains("--compute \(mode) applies to Q4_0, Q4_1 and Q8_0 weights: this model's") && r.stderr.contains("f32 matrices keep fp32"),
+                "\(r.stderr)")
+        let plain = try FacetProcess.run(["run", "--model", Fixtures.tinyModel, "--input_file", Fixtures.path("npy/ids_int32.npy"), "--max_output_len", "2"])
+        #expect(plain.status == 0 && !plain.stderr.contains("keep fp32"), "\(plain.stderr)")
+    }
+
     @Test func npyInputWorksToo() throws {
         let r = try FacetProcess.run(["run", "--model", Fixtures.tinyModel, "--input_file", Fixtures.path("npy/ids_int32.npy"), "--max_output_len", "3"])
         #expect(r.status == 0, "\(r.stderr)")
