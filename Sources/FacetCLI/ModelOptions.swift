@@ -19,7 +19,7 @@ struct ModelOptions: ParsableArguments {
             help: "Directory with tokenizer.json (default: the model's own tokenizer).")
     var tokenizerDir: String?
 
-    @Option(help: "Activations in products with compact weights: fp32 (default, follows the reference), int8 (faster; rounds activations to 8 bits per block of 32, as llama.cpp does) or bf16 (rounds activations to bf16; vdpbf16ps on AVX512_BF16 CPUs, emulated elsewhere).")
+    @Option(help: "Activations in products with compact weights: fp32 (default, follows the reference), int8 (faster; rounds activations to 8 bits per block of 32, as llama.cpp does) or bf16 (rounds activations to bf16 for Q4_0/Q4_1/Q8_0/Q4_K/Q6_K/BF16 weights; vdpbf16ps on AVX512_BF16 CPUs, emulated elsewhere).")
     var compute: ComputeMode?
 
     var computeMode: ComputeMode { compute ?? .fp32 }
@@ -80,7 +80,7 @@ struct ModelOptions: ParsableArguments {
         if !outside.isEmpty {
             // Not an error (a mixed-format file still gains where it can), but never silent.
             let n = outside.map { "\($0.count) \($0.format.rawValue)" }.joined(separator: ", ")
-            progress("--compute \(computeMode.rawValue) applies to Q4_0, Q4_1 and Q8_0 weights: this model's \(n) matrices keep fp32 products")
+            progress("--compute \(computeMode.rawValue) applies to \(computeMode.coveredFormats): this model's \(n) matrices keep fp32 products")
         }
         if let group {
             model = try group.shardModel(model)

@@ -39,16 +39,29 @@ package enum WeightFormat: String, Sendable, CaseIterable {
 /// - `int8` (opt-in, faster): for Q4_0/Q4_1/Q8_0 weights, activations are rounded to 8 bits
 ///   per block of 32 (as llama.cpp does) and blocks are multiplied as exact integer dot
 ///   products; other formats keep fp32. Still batch invariant: each token is rounded alone.
-/// - `bf16` (opt-in): for Q4_0/Q4_1/Q8_0 weights, activations are rounded to bf16 and each
-///   block is taken as 16 pairs of products, each pair summed with one rounding (AVX512_BF16's
-///   `vdpbf16ps`; emulated with fused multiply-adds on other CPUs, with the same bits); other
-///   formats keep fp32. Batch invariant like the others.
+/// - `bf16` (opt-in): for Q4_0/Q4_1/Q8_0/Q4_K/Q6_K and BF16 weights, activations are rounded
+///   to bf16 and each block of 32 is taken as 16 pairs of products, each pair summed with one
+///   rounding (AVX512_BF16's `vdpbf16ps`; emulated with fused multiply-adds on other CPUs,
+///   with the same bits); F16 and F32 weights keep fp32. Batch invariant like the others.
 package enum ComputeMode: String, Sendable, CaseIterable, Codable {
     case fp32, int8, bf16
 
     /// Whether products with weights in `format` follow this mode (the others keep fp32).
     package func covers(_ format: WeightFormat) -> Bool {
-        self == .fp32 || format == .q4_0 || format == .q4_1 || format == .q8_0
+        switch self {
+        case .fp32: true
+        case .int8: format == .q4_0 || format == .q4_1 || format == .q8_0
+        case .bf16: format != .f32 && format != .f16
+        }
+    }
+
+    /// The weight formats the mode applies to, for messages.
+    package var coveredFormats: String {
+        switch self {
+        case .fp32: "every weight format"
+        case .int8: "Q4_0, Q4_1 and Q8_0 weights"
+        case .bf16: "Q4_0, Q4_1, Q8_0, Q4_K, Q6_K and BF16 weights"
+        }
     }
 }
 
@@ -275,7 +288,7 @@ package struct LinearWeight: Sendable {
             return
         }
         if usesBF16(compute), let xr = input.rounded, let rs = input.roundedSums {
-            fk_matmul_quant_bf16(format.cType, xr, input.pairs, format == .q8_0 ? nil : rs, u8, Int32(K), Int32(T), o0, o1, y, Int32(O))
+            fk_matmul_quant_bf16(format == .bf16 ? 30 : format.cType, xr, input.pairs, rs, u8, Int32(K), Int32(T), o0, o1, y, Int32(O))
             return
         }
         let x = input.x, s = input.sums

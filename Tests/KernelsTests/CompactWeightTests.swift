@@ -110,7 +110,7 @@ import TestSupport
     /// The bf16 mode: matches the Double reference on bf16-rounded activations, its own
     /// scalar path and every tier bitwise, and is batch invariant; formats without a bf16
     /// kernel keep fp32.
-    @Test(arguments: [WeightFormat.q4_0, .q4_1, .q8_0, .f16])
+    @Test(arguments: [WeightFormat.q4_0, .q4_1, .q8_0, .bf16, .f16])
     func bf16ModeMatchesReferenceScalarPathAndIsBatchInvariant(format: WeightFormat) throws {
         let o = 37, k = 96, t = 11
         let w = try LinearWeight.quantize(Matrix(rows: o, cols: k, data: Self.random(o * k, 5)), to: format)
@@ -143,6 +143,15 @@ import TestSupport
         #expect(Self.run(w, x, 1) == [1 + 0x1p-10])
         x[0] = 0x1p20; x[16] = 1
         #expect(Self.run(w, x, 1, compute: .bf16) == [0x1p20 + 1])
+        // bf16-stored weights below 2^-32 count as zero (vdpbf16ps would flush their tiny
+        // products; the mode flushes them everywhere).
+        var tiny = [Float](repeating: 0, count: 32)
+        tiny[3] = 0x1p-40; tiny[4] = 0.5
+        let wb = try LinearWeight.quantize(Matrix(rows: 1, cols: 32, data: tiny), to: .bf16)
+        var xb = [Float](repeating: 0, count: 32)
+        xb[3] = 1; xb[4] = 0x1p-30
+        #expect(Self.run(wb, xb, 1, compute: .bf16) == [0x1p-31])
+        #expect(Self.run(wb, xb, 1) == [0x1p-40 + 0x1p-31])
     }
 
     @Test(arguments: [WeightFormat.q4_0, .q4_1, .q8_0, .f16, .bf16])
@@ -205,6 +214,19 @@ import TestSupport
         }
         Self.expectBitwiseContract(w, x, t, y, "\(format)")
         #expect(Self.run(w, x, t, compute: .int8) == y)
+        // The bf16 mode covers K-quants: the reference on bf16-rounded activations, its own
+        // paths bitwise, batch invariant.
+        let yb = Self.run(w, x, t, compute: .bf16)
+        let rounded = Reference.matmulBF16(x: x, w: dense, t: t, k: k, o: o)
+        for i in 0..<t {
+            for j in 0..<o {
+                var magnitude: Float = 0
+                for l in 0..<k { magnitude += abs(x[i * k + l] * dense[j * k + l]) }
+                #expect(abs(yb[i * o + j] - rounded[i * o + j]) <= 1e-6 * max(1, magnitude), "\(format) bf16 [\(i), \(j)]")
+            }
+        }
+        #expect(yb != y)
+        Self.expectBitwiseContract(w, x, t, yb, compute: .bf16, "\(format) bf16")
         #expect(throws: FacetError.self) { try LinearWeight.quantize(Matrix(rows: 1, cols: 256, data: Self.random(256, 1)), to: format) }
         #expect(throws: FacetError.self) { try LinearWeight(format: format, rows: 1, cols: 96, store: ByteStore(copying: UnsafeRawBufferPointer(start: nil, count: 0))) }
     }

@@ -125,6 +125,20 @@ import TestSupport
         }
     }
 
+    @Test(arguments: [WeightFormat.q4_k, .q6_k])
+    func kQuantProductsAgreeOnEveryTier(format: WeightFormat) throws {
+        let K = 256, O = 10, T = 19
+        let w = try CompactWeightTests.randomKQuant(format, rows: O, cols: K, seed: 31)
+        let x = Self.random(T * K, 32)
+        for compute in ComputeMode.allCases {
+            Self.acrossTiers("\(format) \(compute)") {
+                var y = [Float](repeating: .nan, count: T * O)
+                x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { w.matmul(x: xp.baseAddress!, t: T, y: $0.baseAddress!, compute: compute) } }
+                return y
+            }
+        }
+    }
+
     @Test func trainingProductsAndElementwiseMathAgreeOnEveryTier() {
         let rows = 9, inner = 300, width = 70
         let g = Self.random(rows * inner, 14), w = Self.random(inner * width, 15)

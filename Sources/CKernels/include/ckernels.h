@@ -54,16 +54,21 @@ void fk_quantize_activations(const float *x, int T, int K, int8_t *qx, float *dx
 /// y = fold(acc) + m with the fold above. Scalar and AVX2 paths are bitwise identical.
 void fk_matmul_int8(int type, const int8_t *qx, const float *dx, const float *sx, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy);
 
-/// The bf16 compute mode (opt-in) for Q4_0 (type 2), Q4_1 (3) and Q8_0 (8) weights.
-/// `fk_prepare_bf16` rounds x: [T, K] to bf16 (nearest even; NaN stays NaN; |x| < 2^-64 and
-/// denormals become zeros of their sign) into `xr` (fp32 holding bf16 values) and, when
-/// `pairs` is not NULL, packs them for vdpbf16ps: block b's dword j of token t holds
-/// element 32b + j in its low half and 32b + j + 16 in its high half ([T, K/2]).
-/// Per output of `fk_matmul_quant_bf16`: 16 fp32 lanes; for each block b in increasing
-/// order, lane j gets p_j = xr[j] * w[j] + xr[j + 16] * w[j + 16] rounded once (w the
-/// block's integer weights as for fp32; both products are exact) and acc_j = fma(d, p_j,
-/// acc_j); offsets m = fma(m_w, xsum_b, m) in increasing block order (xsum: fk_block_sums of
-/// xr); y = fold(acc) + m with the fold of fk_dot (v[i] + v[i+8], then the 8-lane fold).
+/// The bf16 compute mode (opt-in) for Q4_0 (type 2), Q4_1 (3), Q8_0 (8), Q4_K (12), Q6_K (14)
+/// and bf16-stored weights (30). `fk_prepare_bf16` rounds x: [T, K] to bf16 (nearest even;
+/// NaN stays NaN; |x| < 2^-64 and denormals become zeros of their sign) into `xr` (fp32
+/// holding bf16 values) and, when `pairs` is not NULL, packs them for vdpbf16ps ([T, K/2]
+/// dwords): block b's dword l < 8 holds element 32b + l in its low half and 32b + l + 8 in its
+/// high half, dword 8 + l holds 32b + 16 + l and 32b + 24 + l.
+/// Per output of `fk_matmul_quant_bf16`: 16 fp32 lanes; for each block b of 32 in increasing
+/// order, lane l < 8 gets p = xr[l] * w[l] + xr[l + 8] * w[l + 8] and lane 8 + l gets
+/// p = xr[16 + l] * w[16 + l] + xr[24 + l] * w[24 + l], each rounded once (w the block's
+/// integer weights as for fp32, or the stored bf16 values with magnitudes below 2^-32 taken as
+/// zeros of their sign; every product is exact), then acc = fma(d, p, acc) with d the scale
+/// of the block's first 16 elements for lanes 0-7 and of its last 16 for lanes 8-15 (they
+/// differ only for Q6_K; 1 for bf16 weights). Offsets (Q4_0 -8d, Q4_1 m, Q4_K -(dmin m)):
+/// m = fma(m_w, xsum_b, m) in increasing block order (xsum: fk_block_sums of xr). y =
+/// fold(acc) + m with the fold of fk_dot (v[i] + v[i+8], then the 8-lane fold).
 /// AVX512_BF16 computes p with vdpbf16ps from a zero accumulator, the other tiers with a
 /// multiply and a fused multiply-add: the same bits everywhere. `pairs` may be NULL when
 /// fk_has_bf16() is 0.
