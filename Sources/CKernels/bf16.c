@@ -136,12 +136,13 @@ __attribute__((always_inline)) AVX2 static inline void block_of_avx2(int type, c
     if (type == 12 || type == 14) {
         kblock_unpack(type, row, b, q, dlo, dhi, m);
     } else if (type == W_BF16) {
-        const __m256i limit = _mm256_set1_epi32(95 << 23), expo = _mm256_set1_epi32(0x7F800000), sign = _mm256_set1_epi32((int)0x80000000u);
+        // Flushed to +0 rather than to a zero of the weight's sign: a zero product's sign
+        // never reaches an output (the accumulators start at +0 and only add).
+        const __m256i limit = _mm256_set1_epi32((95 << 23) - 1), expo = _mm256_set1_epi32(0x7F800000);
         const uint16_t *p = (const uint16_t *)(row + (size_t)b * 64);
         for (int j = 0; j < 4; j++) {
             __m256i u = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 8 * j))), 16);
-            __m256i small = _mm256_cmpgt_epi32(limit, _mm256_and_si256(u, expo));
-            q[j] = _mm256_castsi256_ps(_mm256_blendv_epi8(u, _mm256_and_si256(u, sign), small));
+            q[j] = _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_cmpgt_epi32(_mm256_and_si256(u, expo), limit)));
         }
         *dlo = *dhi = 1; *m = 0;
     } else {
@@ -170,7 +171,7 @@ __attribute__((always_inline)) AVX2 static inline void bf16_t1_rows(const int R,
         const float *xb = x + b * QK;
         for (int i = 0; i < R; i++) {
             const uint8_t *row = r0 + (size_t)i * rb;
-            if ((b & 3) == 0) _mm_prefetch((const char *)(row + 4 * rb + (size_t)b * rb / nb), _MM_HINT_T0);
+            _mm_prefetch((const char *)(row + 4 * rb + (size_t)b * rb / nb), _MM_HINT_T0);
             __m256 q[4];
             float dlo, dhi, mw;
             block_of_avx2(type, row, b, q, &dlo, &dhi, &mw);
@@ -197,7 +198,7 @@ __attribute__((always_inline)) AVX2 static inline void bf16_avx2(int type, const
             float m[4] = {0, 0, 0, 0};
             for (int i = 0; i < 4; i++) { a[i] = _mm256_setzero_ps(); c[i] = _mm256_setzero_ps(); }
             for (int b = 0; b < nb; b++) {
-                if (t == 0 && (b & 3) == 0) _mm_prefetch((const char *)(row + 2 * rb + (size_t)b * rb / nb), _MM_HINT_T0);
+                if (t == 0) _mm_prefetch((const char *)(row + 2 * rb + (size_t)b * rb / nb), _MM_HINT_T0);
                 __m256 q[4];
                 float dlo, dhi, mw;
                 block_of_avx2(type, row, b, q, &dlo, &dhi, &mw);
@@ -329,7 +330,7 @@ __attribute__((always_inline)) BF16T static inline void bf16_512(int type, const
             float m[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (int i = 0; i < 8; i++) a[i] = _mm512_setzero_ps();
             for (int b = 0; b < nb; b++) {
-                if (t == 0 && (b & 3) == 0) _mm_prefetch((const char *)(row + 2 * rb + (size_t)b * rb / nb), _MM_HINT_T0);
+                if (t == 0) _mm_prefetch((const char *)(row + 2 * rb + (size_t)b * rb / nb), _MM_HINT_T0);
                 __m512 dv;
                 float mw;
                 __m512i wv = block_pairs(type, row, b, &tb, &dv, &mw);
@@ -353,7 +354,7 @@ __attribute__((always_inline)) BF16T static inline void bf16_512(int type, const
                 __m512i xv = _mm512_loadu_si512(xt + (size_t)b * 16);
                 for (int i = 0; i < n; i++) {
                     const uint8_t *row = w + (size_t)(o + i) * rb;
-                    if ((b & 3) == 0) _mm_prefetch((const char *)(row + 4 * rb + (size_t)b * rb / nb), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(row + 4 * rb + (size_t)b * rb / nb), _MM_HINT_T0);
                     __m512 dv;
                     float mw;
                     __m512i wv = block_pairs(type, row, b, &tb, &dv, &mw);
