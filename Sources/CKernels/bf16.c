@@ -25,10 +25,10 @@ static inline uint32_t round_bits(uint32_t u) {
 
 float fk_round_bf16(float x) { return u2f(round_bits(f2u(x))); }
 
-// A bf16 weight as the mode reads it: magnitudes below 2^-32 (denormals included) are
-// zeros of their sign, so that with activations of at least 2^-64 every product and pair
-// sum is a normal number or zero.
-static inline uint16_t weight_bf16(uint16_t h) { return (h & 0x7F80) < (95 << 7) ? (uint16_t)(h & 0x8000) : h; }
+// A bf16 weight as the mode reads it: magnitudes below 2^-32 (denormals included) are +0,
+// so that with activations of at least 2^-64 every product and pair sum is a normal number
+// or zero. (A zero's sign never reaches an output: the accumulators start at +0 and only add.)
+static inline uint16_t weight_bf16(uint16_t h) { return (h & 0x7F80) < (95 << 7) ? 0 : h; }
 
 #if defined(__x86_64__)
 AVX2 static void round_avx2(const float *x, size_t n, float *out) {
@@ -136,8 +136,6 @@ __attribute__((always_inline)) AVX2 static inline void block_of_avx2(int type, c
     if (type == 12 || type == 14) {
         kblock_unpack(type, row, b, q, dlo, dhi, m);
     } else if (type == W_BF16) {
-        // Flushed to +0 rather than to a zero of the weight's sign: a zero product's sign
-        // never reaches an output (the accumulators start at +0 and only add).
         const __m256i limit = _mm256_set1_epi32((95 << 23) - 1), expo = _mm256_set1_epi32(0x7F800000);
         const uint16_t *p = (const uint16_t *)(row + (size_t)b * 64);
         for (int j = 0; j < 4; j++) {
@@ -302,7 +300,7 @@ __attribute__((always_inline)) BF16T static inline __m512i block_pairs(int type,
     __mmask32 small = _mm512_cmplt_epu16_mask(_mm512_and_si512(v, _mm512_set1_epi16(0x7F80)), _mm512_set1_epi16(95 << 7));
     *dv = _mm512_set1_ps(1.0f);
     *m = 0;
-    return _mm512_mask_mov_epi16(v, small, _mm512_and_si512(v, _mm512_set1_epi16((short)0x8000)));
+    return _mm512_maskz_mov_epi16(~small, v);
 }
 
 BF16T static inline float fold16(__m512 v) {

@@ -64,7 +64,7 @@ void fk_matmul_int8(int type, const int8_t *qx, const float *dx, const float *sx
 /// order, lane l < 8 gets p = xr[l] * w[l] + xr[l + 8] * w[l + 8] and lane 8 + l gets
 /// p = xr[16 + l] * w[16 + l] + xr[24 + l] * w[24 + l], each rounded once (w the block's
 /// integer weights as for fp32, or the stored bf16 values with magnitudes below 2^-32 taken as
-/// zeros of their sign; every product is exact), then acc = fma(d, p, acc) with d the scale
+/// +0; every product is exact), then acc = fma(d, p, acc) with d the scale
 /// of the block's first 16 elements for lanes 0-7 and of its last 16 for lanes 8-15 (they
 /// differ only for Q6_K; 1 for bf16 weights). Offsets (Q4_0 -8d, Q4_1 m, Q4_K -(dmin m)):
 /// m = fma(m_w, xsum_b, m) in increasing block order (xsum: fk_block_sums of xr). y =
