@@ -270,30 +270,14 @@ __attribute__((always_inline)) BF16T static inline __m512i block_pairs(int type,
         return _mm512_permutexvar_epi16(pair_indices(v), tb->nibbles);
     }
     if (type == 12 || type == 14) {
-        const uint8_t *sb = row + (size_t)(b / 8) * kblock_bytes(type);
-        int j = b % 8;
+        float d1, d2;
+        __m256i ints = kblock_ints(type, row, b, &d1, &d2, m);
         if (type == 12) {
-            float d = rd_f16c(sb), dmin = rd_f16c(sb + 2);
-            int sc, mm;
-            scale_min_k4(j, sb + 4, &sc, &mm);
-            *dv = _mm512_set1_ps(d * (float)sc);
-            *m = -(dmin * (float)mm);
-            __m256i qs = _mm256_loadu_si256((const __m256i *)(sb + 16 + (j / 2) * 32));
-            if (j & 1) qs = _mm256_srli_epi16(qs, 4);
-            return _mm512_permutexvar_epi16(pair_indices(_mm256_and_si256(qs, _mm256_set1_epi8(0x0F))), tb->nibbles);
+            *dv = _mm512_set1_ps(d1);
+            return _mm512_permutexvar_epi16(pair_indices(ints), tb->nibbles);
         }
-        int n = j / 4, i = j % 4;
-        const int8_t *sc = (const int8_t *)(sb + 192 + 8 * n + 2 * i);
-        float d = rd_f16c(sb + 208);
-        *dv = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d * (float)sc[0]), _mm512_set1_ps(d * (float)sc[1]));
-        *m = 0;
-        __m256i ql = _mm256_loadu_si256((const __m256i *)(sb + 64 * n + (i & 1) * 32));
-        __m256i qh = _mm256_loadu_si256((const __m256i *)(sb + 128 + 32 * n));
-        if (i >= 2) ql = _mm256_srli_epi16(ql, 4);
-        ql = _mm256_and_si256(ql, _mm256_set1_epi8(0x0F));
-        qh = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * i)), _mm256_set1_epi8(3));
-        __m256i u = _mm256_or_si256(ql, _mm256_slli_epi16(qh, 4));   // q + 32, in 0..63
-        return _mm512_permutex2var_epi16(tb->lo6, pair_indices(u), tb->hi6);
+        *dv = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d1), _mm512_set1_ps(d2));
+        return _mm512_permutex2var_epi16(tb->lo6, pair_indices(ints), tb->hi6);   // q + 32 indexes bf16(q)
     }
     // bf16 values: the pairs are a fixed word permutation; small magnitudes flushed.
     __m512i v = _mm512_permutexvar_epi16(tb->spread, _mm512_loadu_si512(row + (size_t)b * 64));

@@ -304,12 +304,14 @@ AVX2 static inline __m256 half8(int bf, const uint16_t *p) {
     return _mm256_cvtph_ps(h);
 }
 
+// Groups of eight tokens outer (their activations stay in L1), rows inner (streaming from
+// L2); each output's operations do not depend on the order.
 AVX2 static void matmul_half_avx2(int bf, const float *x, const uint16_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
     int nb = K / QK;
-    for (int o = o0; o < o1; o++) {
-        const uint16_t *row = w + (size_t)o * K;
-        for (int t0 = 0; t0 < T; t0 += TT) {
-            int tn = T - t0 < TT ? T - t0 : TT;
+    for (int t0 = 0; t0 < T; t0 += TT) {
+        int tn = T - t0 < TT ? T - t0 : TT;
+        for (int o = o0; o < o1; o++) {
+            const uint16_t *row = w + (size_t)o * K;
             __m256 acc[TT];
             for (int i = 0; i < tn; i++) acc[i] = _mm256_setzero_ps();
             for (int b = 0; b < nb; b++) {

@@ -51,15 +51,21 @@ __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(mm_tile)(c
             y[(t + i) * O + o + j] = TIER_NAME(finish)(acc[i][j], x + (t + i) * K, w + (o + j) * K, K, full, bias ? bias + o + j : 0);
 }
 
+// Blocks of 32 tokens outer, so that a block's activations stay in L2 while the rows pass
+// (rows outer would stream every token's activations from L3 once per pair of rows); each
+// output is one tile's full dot product whatever the blocking, so the bits do not change.
 TIER_ATTR static void TIER_NAME(matmul)(const float *x, const float *w, const float *bias, float *y, long T, long K, long O, long o0, long o1) {
-    long o = o0;
-    for (; o + MM_OUTPUTS <= o1; o += MM_OUTPUTS) {
-        long t = 0;
-        for (; t + MM_TOKENS <= T; t += MM_TOKENS) TIER_NAME(mm_tile)(MM_TOKENS, MM_OUTPUTS, x, w, bias, y, K, O, t, o);
-        for (; t < T; t++) TIER_NAME(mm_tile)(1, MM_OUTPUTS, x, w, bias, y, K, O, t, o);
+    for (long t0 = 0; t0 < T; t0 += 32) {
+        long t1 = T - t0 < 32 ? T : t0 + 32;
+        long o = o0;
+        for (; o + MM_OUTPUTS <= o1; o += MM_OUTPUTS) {
+            long t = t0;
+            for (; t + MM_TOKENS <= t1; t += MM_TOKENS) TIER_NAME(mm_tile)(MM_TOKENS, MM_OUTPUTS, x, w, bias, y, K, O, t, o);
+            for (; t < t1; t++) TIER_NAME(mm_tile)(1, MM_OUTPUTS, x, w, bias, y, K, O, t, o);
+        }
+        for (; o < o1; o++)
+            for (long t = t0; t < t1; t++) TIER_NAME(mm_tile)(1, 1, x, w, bias, y, K, O, t, o);
     }
-    for (; o < o1; o++)
-        for (long t = 0; t < T; t++) TIER_NAME(mm_tile)(1, 1, x, w, bias, y, K, O, t, o);
 }
 
 __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(shrink)(const float *x, const void *a, const int fmt, float *u, long n, long K, long r) {

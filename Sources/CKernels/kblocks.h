@@ -38,11 +38,11 @@ static inline void kblock_values(int type, const uint8_t *row, int b, int q[32],
 }
 
 #if defined(__x86_64__)
-// Block b's 32 values as four float vectors (lane l of vector j = value 8j + l) and scales.
-__attribute__((always_inline)) AVX2 static inline void kblock_unpack(int type, const uint8_t *row, int b, __m256 q[4], float *d1, float *d2, float *m1) {
+// Block b's 32 values as unsigned bytes in element order (Q4_K: q in 0..15; Q6_K: q + 32 in
+// 0..63) and its scales (see kblock_values).
+__attribute__((always_inline)) AVX2 static inline __m256i kblock_ints(int type, const uint8_t *row, int b, float *d1, float *d2, float *m1) {
     const uint8_t *sb = row + (size_t)(b / 8) * kblock_bytes(type);
     int j = b % 8;
-    __m256i bytes;
     if (type == 12) {
         float d = rd_f16c(sb), dmin = rd_f16c(sb + 2);
         int sc, m;
@@ -50,19 +50,24 @@ __attribute__((always_inline)) AVX2 static inline void kblock_unpack(int type, c
         *d1 = d * (float)sc; *d2 = *d1; *m1 = -(dmin * (float)m);
         __m256i qs = _mm256_loadu_si256((const __m256i *)(sb + 16 + (j / 2) * 32));
         if (j & 1) qs = _mm256_srli_epi16(qs, 4);
-        bytes = _mm256_and_si256(qs, _mm256_set1_epi8(0x0F));
-    } else {
-        int n = j / 4, i = j % 4;
-        const int8_t *sc = (const int8_t *)(sb + 192 + 8 * n + 2 * i);
-        float d = rd_f16c(sb + 208);
-        *d1 = d * (float)sc[0]; *d2 = d * (float)sc[1]; *m1 = 0;
-        __m256i ql = _mm256_loadu_si256((const __m256i *)(sb + 64 * n + (i & 1) * 32));
-        __m256i qh = _mm256_loadu_si256((const __m256i *)(sb + 128 + 32 * n));
-        if (i >= 2) ql = _mm256_srli_epi16(ql, 4);
-        ql = _mm256_and_si256(ql, _mm256_set1_epi8(0x0F));
-        qh = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * i)), _mm256_set1_epi8(3));
-        bytes = _mm256_sub_epi8(_mm256_or_si256(ql, _mm256_slli_epi16(qh, 4)), _mm256_set1_epi8(32));
+        return _mm256_and_si256(qs, _mm256_set1_epi8(0x0F));
     }
+    int n = j / 4, i = j % 4;
+    const int8_t *sc = (const int8_t *)(sb + 192 + 8 * n + 2 * i);
+    float d = rd_f16c(sb + 208);
+    *d1 = d * (float)sc[0]; *d2 = d * (float)sc[1]; *m1 = 0;
+    __m256i ql = _mm256_loadu_si256((const __m256i *)(sb + 64 * n + (i & 1) * 32));
+    __m256i qh = _mm256_loadu_si256((const __m256i *)(sb + 128 + 32 * n));
+    if (i >= 2) ql = _mm256_srli_epi16(ql, 4);
+    ql = _mm256_and_si256(ql, _mm256_set1_epi8(0x0F));
+    qh = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * i)), _mm256_set1_epi8(3));
+    return _mm256_or_si256(ql, _mm256_slli_epi16(qh, 4));
+}
+
+// Block b's 32 values as four float vectors (lane l of vector j = value 8j + l) and scales.
+__attribute__((always_inline)) AVX2 static inline void kblock_unpack(int type, const uint8_t *row, int b, __m256 q[4], float *d1, float *d2, float *m1) {
+    __m256i bytes = kblock_ints(type, row, b, d1, d2, m1);
+    if (type != 12) bytes = _mm256_sub_epi8(bytes, _mm256_set1_epi8(32));
     __m128i lo = _mm256_castsi256_si128(bytes), hi = _mm256_extracti128_si256(bytes, 1);
     if (type == 12) {
         q[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));

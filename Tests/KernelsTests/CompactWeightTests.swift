@@ -63,27 +63,6 @@ import TestSupport
         #expect(c.q.allSatisfy { $0 >= -127 && $0 <= 127 })
     }
 
-    /// The int8 mode: matches the Double reference on rounded activations, its own scalar
-    /// path bitwise, and is batch invariant; formats without an int8 kernel keep fp32.
-    @Test(arguments: [WeightFormat.q4_0, .q4_1, .q8_0, .f16])
-    func int8ModeMatchesReferenceScalarPathAndIsBatchInvariant(format: WeightFormat) throws {
-        let o = 37, k = 96, t = 11
-        let w = try LinearWeight.quantize(Matrix(rows: o, cols: k, data: Self.random(o * k, 3)), to: format)
-        let x = Self.random(t * k, 4)
-        let y = Self.run(w, x, t, compute: .int8)
-        let fp32 = Self.run(w, x, t)
-        guard format != .f16 else {
-            #expect(y == fp32, "f16 weights have no int8 kernel and must keep fp32")
-            return
-        }
-        let reference = Reference.matmulInt8(x: x, w: w.dequantized().data, t: t, k: k, o: o)
-        #expect(maxRelativeError(y, reference) < 1e-5, "\(format)")
-        let exact = Reference.matmulNT(x: x, w: w.dequantized().data, t: t, k: k, o: o)
-        let cost = maxRelativeError(y, exact)
-        #expect(cost > 1e-6 && cost < 0.05, "\(format): int8 rounding error \(cost) is not in the expected range")
-        Self.expectBitwiseContract(w, x, t, y, compute: .int8, "\(format) int8")
-    }
-
     /// The bf16 mode's activation rounding (vector and scalar paths) is the plainly written
     /// twin's, ties, NaN, infinities, overflow and the flush of tiny values included.
     @Test func bf16ActivationRoundingMatchesTheReferenceTwin() {
@@ -107,26 +86,26 @@ import TestSupport
         #expect(want.allSatisfy { $0 & 0xFFFF == 0 })
     }
 
-    /// The bf16 mode: matches the Double reference on bf16-rounded activations, its own
-    /// scalar path and every tier bitwise, and is batch invariant; formats without a bf16
-    /// kernel keep fp32.
-    @Test(arguments: [WeightFormat.q4_0, .q4_1, .q8_0, .bf16, .f16])
-    func bf16ModeMatchesReferenceScalarPathAndIsBatchInvariant(format: WeightFormat) throws {
+    /// A fast mode (int8, bf16): matches the Double reference on its rounded activations,
+    /// its own scalar path and every tier bitwise, and is batch invariant; formats the mode
+    /// does not cover keep fp32.
+    @Test(arguments: [(ComputeMode.int8, WeightFormat.q4_0), (.int8, .q4_1), (.int8, .q8_0), (.int8, .f16),
+                      (.bf16, .q4_0), (.bf16, .q4_1), (.bf16, .q8_0), (.bf16, .bf16), (.bf16, .f16)])
+    func fastModeMatchesReferenceScalarPathAndIsBatchInvariant(mode: ComputeMode, format: WeightFormat) throws {
         let o = 37, k = 96, t = 11
-        let w = try LinearWeight.quantize(Matrix(rows: o, cols: k, data: Self.random(o * k, 5)), to: format)
-        let x = Self.random(t * k, 6)
-        let y = Self.run(w, x, t, compute: .bf16)
-        let fp32 = Self.run(w, x, t)
-        guard format != .f16 else {
-            #expect(y == fp32, "f16 weights have no bf16 kernel and must keep fp32")
+        let w = try LinearWeight.quantize(Matrix(rows: o, cols: k, data: Self.random(o * k, 3)), to: format)
+        let x = Self.random(t * k, 4)
+        let y = Self.run(w, x, t, compute: mode)
+        guard mode.covers(format) else {
+            #expect(y == Self.run(w, x, t), "\(format) weights are not covered by \(mode) and must keep fp32")
             return
         }
-        let reference = Reference.matmulBF16(x: x, w: w.dequantized().data, t: t, k: k, o: o)
-        #expect(maxRelativeError(y, reference) < 1e-5, "\(format)")
-        let exact = Reference.matmulNT(x: x, w: w.dequantized().data, t: t, k: k, o: o)
-        let cost = maxRelativeError(y, exact)
-        #expect(cost > 1e-6 && cost < 0.02, "\(format): bf16 rounding error \(cost) is not in the expected range")
-        Self.expectBitwiseContract(w, x, t, y, compute: .bf16, "\(format) bf16")
+        let dense = w.dequantized().data
+        let reference = mode == .int8 ? Reference.matmulInt8(x: x, w: dense, t: t, k: k, o: o) : Reference.matmulBF16(x: x, w: dense, t: t, k: k, o: o)
+        #expect(maxRelativeError(y, reference) < 1e-5, "\(format) \(mode)")
+        let cost = maxRelativeError(y, Reference.matmulNT(x: x, w: dense, t: t, k: k, o: o))
+        #expect(cost > 1e-6 && cost < (mode == .int8 ? 0.05 : 0.02), "\(format): \(mode) rounding error \(cost) is not in the expected range")
+        Self.expectBitwiseContract(w, x, t, y, compute: mode, "\(format) \(mode)")
     }
 
     /// The activations are rounded to bf16 before the product, and the sums stay fp32: with

@@ -111,32 +111,29 @@ import TestSupport
         }
     }
 
-    @Test(arguments: [WeightFormat.q4_0, .q4_1, .q8_0, .f16, .bf16])
-    func compactProductsAgreeOnEveryTier(format: WeightFormat) throws {
-        let K = 128, O = 10, T = 19   // two groups of 8 tokens (the AVX-512 path) and 3 more
-        let w = try LinearWeight.quantize(Matrix(rows: O, cols: K, data: Self.random(O * K, 12)), to: format)
-        let x = Self.random(T * K, 13)
+    /// `w`'s products with `x: [T, K]` in every compute mode, each on every tier.
+    static func productsAgreeAcrossTiers(_ w: LinearWeight, _ x: [Float], t T: Int, _ label: String) {
         for compute in ComputeMode.allCases {
-            Self.acrossTiers("\(format) \(compute)") {
-                var y = [Float](repeating: .nan, count: T * O)
+            Self.acrossTiers("\(label) \(compute)") {
+                var y = [Float](repeating: .nan, count: T * w.rows)
                 x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { w.matmul(x: xp.baseAddress!, t: T, y: $0.baseAddress!, compute: compute) } }
                 return y
             }
         }
     }
 
+    @Test(arguments: [WeightFormat.q4_0, .q4_1, .q8_0, .f16, .bf16])
+    func compactProductsAgreeOnEveryTier(format: WeightFormat) throws {
+        let K = 128, O = 10, T = 19   // two groups of 8 tokens (the AVX-512 path) and 3 more
+        let w = try LinearWeight.quantize(Matrix(rows: O, cols: K, data: Self.random(O * K, 12)), to: format)
+        Self.productsAgreeAcrossTiers(w, Self.random(T * K, 13), t: T, "\(format)")
+    }
+
     @Test(arguments: [WeightFormat.q4_k, .q6_k])
     func kQuantProductsAgreeOnEveryTier(format: WeightFormat) throws {
         let K = 256, O = 10, T = 19
         let w = try CompactWeightTests.randomKQuant(format, rows: O, cols: K, seed: 31)
-        let x = Self.random(T * K, 32)
-        for compute in ComputeMode.allCases {
-            Self.acrossTiers("\(format) \(compute)") {
-                var y = [Float](repeating: .nan, count: T * O)
-                x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { w.matmul(x: xp.baseAddress!, t: T, y: $0.baseAddress!, compute: compute) } }
-                return y
-            }
-        }
+        Self.productsAgreeAcrossTiers(w, Self.random(T * K, 32), t: T, "\(format)")
     }
 
     @Test func trainingProductsAndElementwiseMathAgreeOnEveryTier() {
