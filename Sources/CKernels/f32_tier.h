@@ -70,9 +70,14 @@ TIER_ATTR static void TIER_NAME(matmul)(const float *x, const float *w, const fl
 
 __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(shrink)(const float *x, const void *a, const int fmt, float *u, long n, long K, long r) {
     size_t bytes = fmt == FK_ROW_F32 ? 4 : 2;
-    for (long j = 0; j < r; j++) {
-        const char *row = (const char *)a + (size_t)j * K * bytes;
-        for (long i = 0; i < n; i++) u[i * r + j] = TIER_NAME(dot)(x + i * K, row, fmt, K);
+    // Eight tokens at a time outer (their inputs stay in L1), the factor's rows inner (from
+    // L2): with the rows outer a long group streamed every token's input once per rank.
+    for (long i0 = 0; i0 < n; i0 += 8) {
+        long i1 = n - i0 < 8 ? n : i0 + 8;
+        for (long j = 0; j < r; j++) {
+            const char *row = (const char *)a + (size_t)j * K * bytes;
+            for (long i = i0; i < i1; i++) u[i * r + j] = TIER_NAME(dot)(x + i * K, row, fmt, K);
+        }
     }
 }
 
