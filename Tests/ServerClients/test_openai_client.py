@@ -210,9 +210,9 @@ def test_curl_and_api_key():
         s.stop()
 
 
-@pytest.mark.parametrize("mode", [["--compute", "int8"], ["--kv-cache-dtype", "bf16"]])
+@pytest.mark.parametrize("mode", [["--compute", "int8"], ["--compute", "bf16"], ["--kv-cache-dtype", "bf16"]])
 def test_numerics_modes_reach_the_server_as_facet_run(server, mode):
-    """`--compute int8` and `--kv-cache-dtype bf16` reach the engine in both commands: same
+    """`--compute int8|bf16` and `--kv-cache-dtype bf16` reach the engine in both commands: same
     greedy text for the base and an adapter; and a bf16 cache holds twice the KV blocks in
     the same memory."""
     from openai import OpenAI
