@@ -130,11 +130,7 @@ struct BenchCommand: AsyncParsableCommand {
             }
             for mode in modes {
                 let bench = Benchmark(model: loaded.with(compute: mode))
-                let outside = loaded.weights.matricesOutside(mode)
-                if !outside.isEmpty {
-                    print("[\(mode.rawValue)] applies to \(mode.coveredFormats): this model's "
-                          + outside.map { "\($0.count) \($0.format.rawValue)" }.joined(separator: ", ") + " matrices keep fp32 products")
-                }
+                if let note = loaded.weights.fp32Note(mode) { print("[\(mode.rawValue)] \(note)") }
                 var reduced = group?.reduceStats.withLock { $0 }
                 func add(_ r: Benchmark.Result) {
                     var r = r

@@ -76,12 +76,8 @@ struct ModelOptions: ParsableArguments {
         let start = Date()
         let (loaded, source) = try ModelLoader.load(path: path, progress: progress)
         var model = loaded.with(compute: computeMode, kvCacheType: kvCacheDType ?? .fp32)
-        let outside = model.weights.matricesOutside(computeMode)
-        if !outside.isEmpty {
-            // Not an error (a mixed-format file still gains where it can), but never silent.
-            let n = outside.map { "\($0.count) \($0.format.rawValue)" }.joined(separator: ", ")
-            progress("--compute \(computeMode.rawValue) applies to \(computeMode.coveredFormats): this model's \(n) matrices keep fp32 products")
-        }
+        // Not an error (a mixed-format file still gains where it can), but never silent.
+        if let note = model.weights.fp32Note(computeMode) { progress("--compute \(computeMode.rawValue) \(note)") }
         if let group {
             model = try group.shardModel(model)
             progress("Tensor parallel: \(group.shard.size) ranks, each with \(model.localHeads) of \(model.config.numHeads) query heads, \(model.localKVHeads) of \(model.config.numKVHeads) key/value heads and \(model.localIntermediate) of \(model.config.intermediateSize) MLP rows")

@@ -28,6 +28,7 @@ package enum WeightFormat: String, Sendable, CaseIterable {
         case .q8_0: 8
         case .q4_k: 12
         case .q6_k: 14
+        case .bf16: 30   // read only by the bf16 mode's products (fk_matmul_quant_bf16)
         default: 0
         }
     }
@@ -186,7 +187,7 @@ package struct LinearWeight: Sendable {
             fk_quantize_activations(x, Int32(T), Int32(K), q, d, d + T * nb)
             int8 = (q, d)
         }
-        if products.contains(where: { !$0.weight.usesInt8(compute) && !$0.weight.usesBF16(compute) && $0.weight.needsBlockSums }) {
+        if products.contains(where: { !$0.weight.roundsActivations(compute) && $0.weight.needsBlockSums }) {
             let p = Scratch.floats(.blockSums, T * nb)
             fk_block_sums(x, Int32(T), Int32(K), p)
             sums = p
@@ -268,6 +269,9 @@ package struct LinearWeight: Sendable {
 
     private func usesBF16(_ compute: ComputeMode) -> Bool { compute == .bf16 && compute.covers(format) }
 
+    /// Whether this weight's products take `compute`'s rounded activations (not the fp32 ones).
+    private func roundsActivations(_ compute: ComputeMode) -> Bool { compute != .fp32 && compute.covers(format) }
+
     private var needsBlockSums: Bool { format == .q4_0 || format == .q4_1 || format == .q4_k }
 
     /// Outputs `rows` of `y = x W^T` (no bias).
@@ -288,7 +292,7 @@ package struct LinearWeight: Sendable {
             return
         }
         if usesBF16(compute), let xr = input.rounded, let rs = input.roundedSums {
-            fk_matmul_quant_bf16(format == .bf16 ? 30 : format.cType, xr, input.pairs, rs, u8, Int32(K), Int32(T), o0, o1, y, Int32(O))
+            fk_matmul_quant_bf16(format.cType, xr, input.pairs, rs, u8, Int32(K), Int32(T), o0, o1, y, Int32(O))
             return
         }
         let x = input.x, s = input.sums

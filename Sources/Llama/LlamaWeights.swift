@@ -87,14 +87,17 @@ package struct LlamaWeights: Sendable {
         self.lmHead = lmHead
     }
 
-    /// How many of the linear weights (every layer's seven and the output head) are stored in
-    /// each format that `mode` does not cover: their products keep fp32 under it.
-    package func matricesOutside(_ mode: ComputeMode) -> [(format: WeightFormat, count: Int)] {
+    /// What `mode` leaves in fp32, as a sentence for the load log ("applies to ...: this
+    /// model's 30 q6_K matrices keep fp32 products"), counting every layer's seven linear
+    /// weights and the output head; nil when the mode covers them all.
+    package func fp32Note(_ mode: ComputeMode) -> String? {
         let all = layers.flatMap { l in LinearRole.allCases.map { l.linear($0).format } } + [lmHead.format]
-        return WeightFormat.allCases.compactMap { f in
+        let outside = WeightFormat.allCases.compactMap { f -> String? in
             let n = all.filter { $0 == f && !mode.covers(f) }.count
-            return n > 0 ? (f, n) : nil
+            return n > 0 ? "\(n) \(f.rawValue)" : nil
         }
+        guard !outside.isEmpty else { return nil }
+        return "applies to \(mode.coveredFormats): this model's \(outside.joined(separator: ", ")) matrices keep fp32 products"
     }
 
     /// Checks every shape against the configuration (this rank's part of it under tensor
