@@ -21,7 +21,7 @@ static LINE atomic_uint generation;
 static LINE _Atomic unsigned long long ticket;
 static LINE atomic_int done_tasks;
 static LINE atomic_int sleepers;
-static int total_tasks;
+static atomic_int total_tasks;
 static fk_task_fn task_fn;
 static void *task_ctx;
 static int task_scalar_only;          // the caller's fk_scalar_only, for the workers
@@ -39,14 +39,14 @@ static void drain(unsigned gen) {
     for (;;) {
         unsigned long long v = atomic_load_explicit(&ticket, memory_order_acquire);
         if ((unsigned)(v >> 32) != gen) return;
-        int i = (int)(v & 0xFFFFFFFFu);
-        if (i >= total_tasks) return;
+        unsigned i = (unsigned)(v & 0xFFFFFFFFu);
+        if (i >= (unsigned)atomic_load_explicit(&total_tasks, memory_order_relaxed)) return;
         if (!atomic_compare_exchange_weak_explicit(&ticket, &v, v + 1, memory_order_acq_rel, memory_order_acquire)) continue;
         fk_scalar_only = task_scalar_only;
         fk_no_vnni = task_no_vnni;
         fk_no_avx512 = task_no_avx512;
         fk_no_bf16 = task_no_bf16;
-        task_fn(task_ctx, i);
+        task_fn(task_ctx, (int)i);
         atomic_fetch_add_explicit(&done_tasks, 1, memory_order_acq_rel);
     }
 }
@@ -92,15 +92,24 @@ void fk_pool_run(int tasks, fk_task_fn fn, void *ctx) {
         for (int i = 0; i < tasks; i++) fn(ctx, i);
         return;
     }
+    // Close the last run's ticket before touching the run's parameters. A worker that read
+    // the last run's exhausted ticket (index == its task count) but has not yet compared it
+    // with total_tasks would otherwise see the new, larger count, win its compare-and-swap
+    // on the old ticket, and run a task of this run before it is published (with stale or
+    // half-written parameters, its completion counted against this run: the caller could
+    // return while a task still writes). The exchange reads the workers' last claims, so
+    // their reads of total_tasks happen before the writes below; a claim on the closed
+    // ticket fails (other generation, index past any count).
+    unsigned gen = atomic_load(&generation) + 1;
+    atomic_exchange_explicit(&ticket, ((unsigned long long)gen << 32) | 0xFFFFFFFFull, memory_order_acq_rel);
     task_fn = fn;
     task_ctx = ctx;
     task_scalar_only = fk_scalar_only;
     task_no_vnni = fk_no_vnni;
     task_no_avx512 = fk_no_avx512;
     task_no_bf16 = fk_no_bf16;
-    total_tasks = tasks;
+    atomic_store_explicit(&total_tasks, tasks, memory_order_relaxed);
     atomic_store(&done_tasks, 0);
-    unsigned gen = atomic_load(&generation) + 1;
     atomic_store_explicit(&ticket, (unsigned long long)gen << 32, memory_order_release);
     atomic_store_explicit(&generation, gen, memory_order_release);
     if (atomic_load(&sleepers) > 0) {

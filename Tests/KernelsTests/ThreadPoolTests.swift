@@ -32,6 +32,27 @@ import TestSupport
         }
         #expect(counts.allSatisfy { $0 == 1 })
     }
+
+    /// Back-to-back runs whose task counts grow from one run to the next: a worker still
+    /// finishing the last run must never take a task of the next one before that run is
+    /// published (it would run it with stale parameters and let the caller return early).
+    /// Each task stamps its slot with the run's number; after every run, every slot of that
+    /// run carries it, and no slot beyond the run's tasks was touched.
+    @Test func aRunReturnsOnlyWhenAllItsTasksAreDone() {
+        let slots = 16
+        var stamps = [Int](repeating: -1, count: slots)
+        var bad = 0
+        stamps.withUnsafeMutableBufferPointer { s in
+            let p = SendableCounter(s.baseAddress!)
+            for run in 0..<1_000_000 {
+                let tasks = run % 2 == 0 ? 2 : 9 + run % 7
+                Parallel.forEach(tasks) { i in p.p[i] = run }
+                for i in 0..<tasks where p.p[i] != run { bad += 1 }
+                for i in tasks..<slots { p.p[i] = -1 }
+            }
+        }
+        #expect(bad == 0, "\(bad) task(s) not done when their run returned")
+    }
 }
 
 /// The split of a parallel range: its pieces tile `0..<count` in order, are aligned to the
