@@ -111,7 +111,10 @@ void fk_pool_run(int tasks, fk_task_fn fn, void *ctx) {
     atomic_store_explicit(&total_tasks, tasks, memory_order_relaxed);
     atomic_store(&done_tasks, 0);
     atomic_store_explicit(&ticket, (unsigned long long)gen << 32, memory_order_release);
-    atomic_store_explicit(&generation, gen, memory_order_release);
+    // Sequentially consistent, as is the sleepers check after it and the worker's increment
+    // before its own check: a release store could still sit in the store buffer when the
+    // check reads, and a worker going to sleep at that moment would miss the run's wake-up.
+    atomic_store(&generation, gen);
     if (atomic_load(&sleepers) > 0) {
         pthread_mutex_lock(&sleep_lock);
         pthread_cond_broadcast(&wake);
