@@ -8,6 +8,8 @@
 
 #include "common.h"
 #include "ckpool.h"
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -370,6 +372,8 @@ void fk_cap_tier(int tier) {
     fk_no_vnni = tier < 3;
     fk_no_bf16 = tier < 4;
 }
+static atomic_int detected;
+static pthread_once_t detect_once = PTHREAD_ONCE_INIT;
 static void detect(void) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
@@ -386,25 +390,31 @@ static void detect(void) {
     cpu_vnni = 0;
     cpu_bf16 = 0;
 #endif
+    atomic_store_explicit(&detected, 1, memory_order_release);
+}
+// Detection runs once, on whichever thread asks first; the others wait for it (a reader
+// must never see one flag set and another still -1, which reads as true).
+static inline void ensure_detected(void) {
+    if (!atomic_load_explicit(&detected, memory_order_acquire)) pthread_once(&detect_once, detect);
 }
 int fk_has_vnni(void) {
-    if (cpu_vnni < 0) detect();
+    ensure_detected();
     return cpu_vnni && !fk_scalar_only && !fk_no_avx512 && !fk_no_vnni;
 }
 int fk_has_bf16(void) {
-    if (cpu_bf16 < 0) detect();
+    ensure_detected();
     return cpu_bf16 && !fk_scalar_only && !fk_no_avx512 && !fk_no_vnni && !fk_no_bf16;
 }
 int fk_cpu_tier(void) {
-    if (cpu_avx2 < 0) detect();
+    ensure_detected();
     return cpu_bf16 ? 4 : cpu_vnni ? 3 : cpu_avx512 ? 2 : cpu_avx2 ? 1 : 0;
 }
 int fk_has_avx512(void) {
-    if (cpu_avx512 < 0) detect();
+    ensure_detected();
     return cpu_avx512 && !fk_scalar_only && !fk_no_avx512;
 }
 int fk_has_avx2(void) {
-    if (cpu_avx2 < 0) detect();
+    ensure_detected();
     return cpu_avx2 && !fk_scalar_only;
 }
 
