@@ -35,11 +35,20 @@ extern _Thread_local int fk_no_bf16;
 static int pool_threads = 1;
 static atomic_int started;
 
+static atomic_int stall;
+void fk_pool_stall_for_tests(int on) { atomic_store(&stall, on); }
+// 0 to 255 pauses, varying with the ticket.
+static void stall_a_little(unsigned long long v) {
+    unsigned long long h = (v + 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull;
+    for (unsigned n = (unsigned)(h >> 56); n > 0; n--) PAUSE();
+}
+
 static void drain(unsigned gen) {
     for (;;) {
         unsigned long long v = atomic_load_explicit(&ticket, memory_order_acquire);
         if ((unsigned)(v >> 32) != gen) return;
         unsigned i = (unsigned)(v & 0xFFFFFFFFu);
+        if (atomic_load_explicit(&stall, memory_order_relaxed)) stall_a_little(v);
         if (i >= (unsigned)atomic_load_explicit(&total_tasks, memory_order_relaxed)) return;
         if (!atomic_compare_exchange_weak_explicit(&ticket, &v, v + 1, memory_order_acq_rel, memory_order_acquire)) continue;
         fk_scalar_only = task_scalar_only;

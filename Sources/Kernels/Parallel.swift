@@ -70,6 +70,10 @@ package enum Parallel {
 
     private static let startPool: Void = fk_pool_start(Int32(threadCount))
 
+    /// For the pool's tests: makes the workers stall briefly after reading a ticket, so a
+    /// race between a late worker and the next run shows within a short test.
+    package static func stallWorkersForTests(_ on: Bool) { fk_pool_stall_for_tests(on ? 1 : 0) }
+
     /// Splits `0..<count` into about `threadCount * 2` ranges aligned to `granule` and runs
     /// them in parallel when `work` (an estimate of multiply-adds) is large enough to pay.
     package static func ranges(_ count: Int, granule: Int = 1, work: Int, _ body: (Range<Int>) -> Void) {

@@ -37,19 +37,47 @@ import TestSupport
     /// finishing the last run must never take a task of the next one before that run is
     /// published (it would run it with stale parameters and let the caller return early).
     /// Each task stamps its slot with the run's number; after every run, every slot of that
-    /// run carries it, and no slot beyond the run's tasks was touched.
-    @Test func aRunReturnsOnlyWhenAllItsTasksAreDone() {
+    /// run carries it. The window such a worker needs is a few instructions wide, so the
+    /// second case makes workers stall there (the race then showed in most tries).
+    @Test(arguments: [false, true])
+    func aRunReturnsOnlyWhenAllItsTasksAreDone(stalling: Bool) {
+        if stalling { Parallel.stallWorkersForTests(true) }
+        defer { if stalling { Parallel.stallWorkersForTests(false) } }
         let slots = 16
         var stamps = [Int](repeating: -1, count: slots)
         var bad = 0
         stamps.withUnsafeMutableBufferPointer { s in
             let p = SendableCounter(s.baseAddress!)
-            for run in 0..<1_000_000 {
+            for run in 0..<(stalling ? 100_000 : 1_000_000) {
                 let tasks = run % 2 == 0 ? 2 : 9 + run % 7
                 Parallel.forEach(tasks) { i in p.p[i] = run }
                 for i in 0..<tasks where p.p[i] != run { bad += 1 }
                 for i in tasks..<slots { p.p[i] = -1 }
             }
+        }
+        #expect(bad == 0, "\(bad) task(s) not done when their run returned")
+    }
+
+    /// The same with two callers at once (one holds the pool, the other runs its tasks on its
+    /// own thread meanwhile, as when a test or a second engine shares the process).
+    @Test func concurrentCallersEachGetAllTheirTasksDone() async {
+        let bad = await withTaskGroup(of: Int.self) { group in
+            for caller in 0..<2 {
+                group.addTask {
+                    var stamps = [Int](repeating: -1, count: 16)
+                    var bad = 0
+                    stamps.withUnsafeMutableBufferPointer { s in
+                        let p = SendableCounter(s.baseAddress!)
+                        for run in 0..<200_000 {
+                            let tasks = (run + caller) % 2 == 0 ? 2 : 9 + run % 7
+                            Parallel.forEach(tasks) { i in p.p[i] = run }
+                            for i in 0..<tasks where p.p[i] != run { bad += 1 }
+                        }
+                    }
+                    return bad
+                }
+            }
+            return await group.reduce(0, +)
         }
         #expect(bad == 0, "\(bad) task(s) not done when their run returned")
     }

@@ -9,6 +9,10 @@ typedef void (*fk_task_fn)(void *ctx, int task);
 void fk_pool_start(int threads);
 int fk_pool_threads(void);
 void fk_pool_run(int tasks, fk_task_fn fn, void *ctx);
+/// For the pool's own tests: when on, a worker that has read a ticket stalls for a varying
+/// few microseconds before it checks it, which widens the window a stale claim needs.
+/// Results never change; runs only get slower.
+void fk_pool_stall_for_tests(int on);
 
 /// Per-thread, grow-only scratch memory: slot `slot` (0..15) of the calling thread, at
 /// least `bytes` long, 64-byte aligned, contents unspecified. Reused by every later call on
