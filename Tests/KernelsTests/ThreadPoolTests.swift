@@ -43,18 +43,7 @@ import TestSupport
     func aRunReturnsOnlyWhenAllItsTasksAreDone(stalling: Bool) {
         if stalling { Parallel.stallWorkersForTests(true) }
         defer { if stalling { Parallel.stallWorkersForTests(false) } }
-        let slots = 16
-        var stamps = [Int](repeating: -1, count: slots)
-        var bad = 0
-        stamps.withUnsafeMutableBufferPointer { s in
-            let p = SendableCounter(s.baseAddress!)
-            for run in 0..<(stalling ? 100_000 : 1_000_000) {
-                let tasks = run % 2 == 0 ? 2 : 9 + run % 7
-                Parallel.forEach(tasks) { i in p.p[i] = run }
-                for i in 0..<tasks where p.p[i] != run { bad += 1 }
-                for i in tasks..<slots { p.p[i] = -1 }
-            }
-        }
+        let bad = Self.unfinishedTasks(runs: stalling ? 100_000 : 1_000_000, phase: 0)
         #expect(bad == 0, "\(bad) task(s) not done when their run returned")
     }
 
@@ -62,24 +51,27 @@ import TestSupport
     /// own thread meanwhile, as when a test or a second engine shares the process).
     @Test func concurrentCallersEachGetAllTheirTasksDone() async {
         let bad = await withTaskGroup(of: Int.self) { group in
-            for caller in 0..<2 {
-                group.addTask {
-                    var stamps = [Int](repeating: -1, count: 16)
-                    var bad = 0
-                    stamps.withUnsafeMutableBufferPointer { s in
-                        let p = SendableCounter(s.baseAddress!)
-                        for run in 0..<200_000 {
-                            let tasks = (run + caller) % 2 == 0 ? 2 : 9 + run % 7
-                            Parallel.forEach(tasks) { i in p.p[i] = run }
-                            for i in 0..<tasks where p.p[i] != run { bad += 1 }
-                        }
-                    }
-                    return bad
-                }
-            }
+            for caller in 0..<2 { group.addTask { Self.unfinishedTasks(runs: 200_000, phase: caller) } }
             return await group.reduce(0, +)
         }
         #expect(bad == 0, "\(bad) task(s) not done when their run returned")
+    }
+
+    /// Makes `runs` fork-joins alternating 2 and 9...15 tasks (`phase` shifts which runs are
+    /// short), each task stamping its slot with the run's number, and counts the slots a run
+    /// had not stamped when it returned.
+    static func unfinishedTasks(runs: Int, phase: Int) -> Int {
+        var stamps = [Int](repeating: -1, count: 16)
+        var bad = 0
+        stamps.withUnsafeMutableBufferPointer { s in
+            let p = SendableCounter(s.baseAddress!)
+            for run in 0..<runs {
+                let tasks = (run + phase) % 2 == 0 ? 2 : 9 + run % 7
+                Parallel.forEach(tasks) { i in p.p[i] = run }
+                for i in 0..<tasks where p.p[i] != run { bad += 1 }
+            }
+        }
+        return bad
     }
 }
 

@@ -14,7 +14,7 @@ void fk_pool_run(int tasks, fk_task_fn fn, void *ctx);
 /// Results never change; runs only get slower.
 void fk_pool_stall_for_tests(int on);
 
-/// Per-thread, grow-only scratch memory: slot `slot` (0..15) of the calling thread, at
+/// Per-thread, grow-only scratch memory: slot `slot` (0..23) of the calling thread, at
 /// least `bytes` long, 64-byte aligned, contents unspecified. Reused by every later call on
 /// that thread, so the step loop does not allocate once sizes have been seen. NULL only if
 /// memory is exhausted.
