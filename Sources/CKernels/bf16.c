@@ -295,34 +295,54 @@ BF16T static inline __m512 pair_dot(__m512i xp, __m512i wp) {
     return _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)xp, (__m512bh)wp);
 }
 
-// Eight tokens per row outer (groups), rows inner; the rest one token at a time, four rows
-// per pass. Every output: the same operations as the emulation.
+// G tokens (16 or 8) against rows o0..o1, all G accumulators in registers: each block's
+// weights are unpacked once for the G tokens. `sT` holds the G tokens' block sums
+// transposed (block b's G at sT + G b), so a block's offset terms are G/8 8-lane fused
+// multiply-adds: lane i is token i's sequence of fmaf over the blocks, as in the emulation.
+__attribute__((always_inline)) BF16T static inline void bf16_group(const int G, int type, const uint32_t *x0, const float *sT, const uint8_t *w,
+                                                                    int nb, size_t rb, size_t pk, const bf16_tables *tb, int first,
+                                                                    int o0, int o1, float *y, int ldy) {
+    for (int o = o0; o < o1; o++) {
+        pf_tick();
+        const uint8_t *row = w + (size_t)o * rb;
+        __m512 a[16];
+        __m256 mv[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int i = 0; i < G; i++) a[i] = _mm512_setzero_ps();
+        for (int b = 0; b < nb; b++) {
+            if (first) _mm_prefetch((const char *)(row + 2 * rb + (size_t)b * rb / nb), _MM_HINT_T0);
+            __m512 dv;
+            float mw;
+            __m512i wv = block_pairs(type, row, b, tb, &dv, &mw);
+            for (int i = 0; i < G; i++)
+                a[i] = _mm512_fmadd_ps(dv, pair_dot(_mm512_loadu_si512(x0 + (size_t)i * pk + (size_t)b * 16), wv), a[i]);
+            if (has_offsets(type))
+                for (int h = 0; h < G / 8; h++) mv[h] = _mm256_fmadd_ps(_mm256_set1_ps(mw), _mm256_loadu_ps(sT + (size_t)b * G + 8 * h), mv[h]);
+        }
+        float m[16];
+        for (int h = 0; h < G / 8; h++) _mm256_storeu_ps(m + 8 * h, mv[h]);
+        for (int i = 0; i < G; i++) y[(size_t)i * ldy + o] = fold16(a[i]) + m[i];
+    }
+}
+
+// Groups of 16 tokens, then of 8 (rows inner); the rest one token at a time, four rows per
+// pass. Every output: the same operations as the emulation, whichever path computes it.
 __attribute__((always_inline)) BF16T static inline void bf16_512(int type, const uint32_t *xp, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
     int nb = K / QK;
     size_t rb = row_bytes(type, K), pk = (size_t)K / 2;
     bf16_tables tb = make_tables();
     int t = 0;
-    for (; t + 8 <= T; t += 8) {
-        const uint32_t *x0 = xp + (size_t)t * pk;
-        const float *s0 = xsum ? xsum + (size_t)t * nb : 0;
-        for (int o = o0; o < o1; o++) {
-            pf_tick();
-            const uint8_t *row = w + (size_t)o * rb;
-            __m512 a[8];
-            float m[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int i = 0; i < 8; i++) a[i] = _mm512_setzero_ps();
-            for (int b = 0; b < nb; b++) {
-                if (t == 0) _mm_prefetch((const char *)(row + 2 * rb + (size_t)b * rb / nb), _MM_HINT_T0);
-                __m512 dv;
-                float mw;
-                __m512i wv = block_pairs(type, row, b, &tb, &dv, &mw);
-                for (int i = 0; i < 8; i++)
-                    a[i] = _mm512_fmadd_ps(dv, pair_dot(_mm512_loadu_si512(x0 + (size_t)i * pk + (size_t)b * 16), wv), a[i]);
+    // Without the scratch for the transposed block sums, every token goes one at a time.
+    float *sT = xsum && has_offsets(type) ? fk_thread_scratch(22, (size_t)16 * nb * sizeof(float)) : 0;   // Scratch.Slot.transposedBlockSums
+    if (sT || !has_offsets(type)) {
+        for (int G = 16; G >= 8; G -= 8)
+            for (; t + G <= T; t += G) {
                 if (has_offsets(type))
-                    for (int i = 0; i < 8; i++) m[i] = fmaf(mw, s0[(size_t)i * nb + b], m[i]);
+                    for (int b = 0; b < nb; b++)
+                        for (int i = 0; i < G; i++) sT[(size_t)b * G + i] = xsum[(size_t)(t + i) * nb + b];
+                const uint32_t *x0 = xp + (size_t)t * pk;
+                if (G == 16) bf16_group(16, type, x0, sT, w, nb, rb, pk, &tb, t == 0, o0, o1, y + (size_t)t * ldy, ldy);
+                else bf16_group(8, type, x0, sT, w, nb, rb, pk, &tb, t == 0, o0, o1, y + (size_t)t * ldy, ldy);
             }
-            for (int i = 0; i < 8; i++) y[(size_t)(t + i) * ldy + o] = fold16(a[i]) + m[i];
-        }
     }
     for (; t < T; t++) {
         const uint32_t *xt = xp + (size_t)t * pk;

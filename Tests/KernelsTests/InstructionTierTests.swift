@@ -124,14 +124,14 @@ import TestSupport
 
     @Test(arguments: [WeightFormat.q4_0, .q4_1, .q8_0, .f16, .bf16])
     func compactProductsAgreeOnEveryTier(format: WeightFormat) throws {
-        let K = 128, O = 10, T = 19   // two groups of 8 tokens (the AVX-512 path) and 3 more
+        let K = 128, O = 10, T = 27   // groups of 8 tokens (fp32/int8 AVX-512), of 16 and 8 (bf16), and 3 more
         let w = try LinearWeight.quantize(Matrix(rows: O, cols: K, data: Self.random(O * K, 12)), to: format)
         Self.productsAgreeAcrossTiers(w, Self.random(T * K, 13), t: T, "\(format)")
     }
 
     @Test(arguments: [WeightFormat.q4_k, .q6_k])
     func kQuantProductsAgreeOnEveryTier(format: WeightFormat) throws {
-        let K = 256, O = 10, T = 19
+        let K = 256, O = 10, T = 27
         let w = try CompactWeightTests.randomKQuant(format, rows: O, cols: K, seed: 31)
         Self.productsAgreeAcrossTiers(w, Self.random(T * K, 32), t: T, "\(format)")
     }
