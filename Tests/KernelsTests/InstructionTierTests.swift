@@ -74,7 +74,7 @@ import TestSupport
 
     @Test(arguments: LowRankMatrix.Precision.allCases)
     func loraFactorsAgreeOnEveryTier(precision: LowRankMatrix.Precision) {
-        let n = 5, inDim = 77, outDim = 53, r = 6
+        let n = 5, inDim = 77, outDim = 53, r = 13   // the shrink's rows in groups of 8, 4 and 1
         let x = Self.random(n * inDim, 4)
         let a = LowRankMatrix(Matrix(rows: r, cols: inDim, data: Self.random(r * inDim, 5)), precision: precision)
         let bT = LowRankMatrix(Matrix(rows: r, cols: outDim, data: Self.random(r * outDim, 6)), precision: precision)
@@ -87,6 +87,19 @@ import TestSupport
                 y.withUnsafeMutableBufferPointer { LowRank.expandAdd(u: up.baseAddress!, bT: bT, scale: 0.75, y: $0.baseAddress!, rows: rp.baseAddress!, n: n) }
             } }
             return u + y
+        }
+        // Whichever group of rows computes it, each u[i, j] is the dot product x_i . A_j.
+        let scalar = Self.acrossTiers("LoRA shrink \(precision)") {
+            var u = [Float](repeating: .nan, count: n * r)
+            x.withUnsafeBufferPointer { xp in u.withUnsafeMutableBufferPointer { LowRank.shrink(x: xp.baseAddress!, a: a, u: $0.baseAddress!, n: n) } }
+            return u
+        }
+        let widened = a.matrix.data
+        for i in 0..<n {
+            for j in 0..<r {
+                let expected = x.withUnsafeBufferPointer { xp in widened.withUnsafeBufferPointer { dot(xp.baseAddress! + i * inDim, $0.baseAddress! + j * inDim, inDim) } }
+                #expect(scalar[i * r + j].bitPattern == expected.bitPattern, "shrink u[\(i), \(j)] \(precision) is not the dot product")
+            }
         }
     }
 
