@@ -332,6 +332,7 @@ __attribute__((always_inline)) BF16T static inline void bf16_512(int type, const
     bf16_tables tb = make_tables();
     int t = 0;
     // Without the scratch for the transposed block sums, every token goes one at a time.
+    // (Each task transposes its groups' sums itself: 16 x nb floats, small next to its rows.)
     float *sT = xsum && has_offsets(type) ? fk_thread_scratch(22, (size_t)16 * nb * sizeof(float)) : 0;   // Scratch.Slot.transposedBlockSums
     if (sT || !has_offsets(type)) {
         for (int G = 16; G >= 8; G -= 8)

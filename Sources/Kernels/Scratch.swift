@@ -11,8 +11,8 @@ package enum Scratch {
         case activations, finalHidden, logitInput, logitOutput, embeddingRow, logitRowIndex, logitShard, logitGather, parallelReduce
         case gradientRow, attentionTiles, trainingAttention, trainingLoss
         case bf16Activations, bf16Pairs, bf16BlockSums
-        /// Taken by the C kernels: the bf16 mode's AVX512_BF16 products transpose eight
-        /// tokens' block sums there.
+        /// Taken by the C kernels: the bf16 mode's AVX512_BF16 products transpose a group's
+        /// (16 or 8 tokens') block sums there.
         case transposedBlockSums = 22
         /// Taken by the C kernels (the AVX-512 quantized products pair tokens there).
         case pairedActivations = 23
