@@ -10,42 +10,12 @@
 
 int fk_has_bf16(void);
 
-static inline uint32_t f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-static inline float u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-
-// Nearest-even rounding to bf16 (as fp32 bits). NaN stays NaN (quieted); |x| < 2^-64,
-// denormals included, becomes a zero of the same sign, so no product or pair sum of the
-// mode is ever denormal (vdpbf16ps flushes those; the emulation would not).
-static inline uint32_t round_bits(uint32_t u) {
-    uint32_t a = u & 0x7FFFFFFFu;
-    if (a > 0x7F800000u) return (u | 0x00400000u) & 0xFFFF0000u;
-    if (a < 0x1F800000u) return u & 0x80000000u;
-    return (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-}
-
 float fk_round_bf16(float x) { return u2f(round_bits(f2u(x))); }
-
-// A bf16 weight as the mode reads it: magnitudes below 2^-32 (denormals included) are +0,
-// so that with activations of at least 2^-64 every product and pair sum is a normal number
-// or zero. (A zero's sign never reaches an output: the accumulators start at +0 and only add.)
-static inline uint16_t weight_bf16(uint16_t h) { return (h & 0x7F80) < (95 << 7) ? 0 : h; }
 
 #if defined(__x86_64__)
 AVX2 static void round_avx2(const float *x, size_t n, float *out) {
     size_t i = 0;
-    const __m256i absMask = _mm256_set1_epi32(0x7FFFFFFF), inf = _mm256_set1_epi32(0x7F800000), tiny = _mm256_set1_epi32(0x1F800000);
-    const __m256i high = _mm256_set1_epi32((int)0xFFFF0000u), quiet = _mm256_set1_epi32(0x00400000), sign = _mm256_set1_epi32((int)0x80000000u);
-    const __m256i half = _mm256_set1_epi32(0x7FFF), one = _mm256_set1_epi32(1);
-    for (; i + 8 <= n; i += 8) {
-        __m256i u = _mm256_loadu_si256((const __m256i *)(x + i));
-        __m256i a = _mm256_and_si256(u, absMask);
-        __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, half), _mm256_and_si256(_mm256_srli_epi32(u, 16), one));
-        r = _mm256_and_si256(r, high);
-        __m256i nan = _mm256_and_si256(_mm256_or_si256(u, quiet), high);
-        r = _mm256_blendv_epi8(r, nan, _mm256_cmpgt_epi32(a, inf));
-        r = _mm256_blendv_epi8(r, _mm256_and_si256(u, sign), _mm256_cmpgt_epi32(tiny, a));
-        _mm256_storeu_si256((__m256i *)(out + i), r);
-    }
+    for (; i + 8 <= n; i += 8) _mm256_storeu_si256((__m256i *)(out + i), round8_avx2(_mm256_loadu_si256((const __m256i *)(x + i))));
     for (; i < n; i++) out[i] = u2f(round_bits(f2u(x[i])));
 }
 #endif

@@ -20,6 +20,25 @@ static inline float f16_to_f32(uint16_t h) {
 static inline float bf16_to_f32(uint16_t b) { uint32_t bits = (uint32_t)b << 16; float f; memcpy(&f, &bits, 4); return f; }
 static inline float rd_f16(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return f16_to_f32(h); }
 
+// bf16 rounding shared by the bf16 inference mode (bf16.c) and bf16 training products (train_bf16.c).
+static inline uint32_t f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+// Nearest-even rounding to bf16 (as fp32 bits). NaN stays NaN (quieted); |x| < 2^-64,
+// denormals included, becomes a zero of the same sign, so no product or pair sum of the
+// mode is ever denormal (vdpbf16ps flushes those; the emulation would not).
+static inline uint32_t round_bits(uint32_t u) {
+    uint32_t a = u & 0x7FFFFFFFu;
+    if (a > 0x7F800000u) return (u | 0x00400000u) & 0xFFFF0000u;
+    if (a < 0x1F800000u) return u & 0x80000000u;
+    return (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+}
+
+// A bf16 weight as the mode reads it: magnitudes below 2^-32 (denormals included) are +0,
+// so that with activations of at least 2^-64 every product and pair sum is a normal number
+// or zero. (A zero's sign never reaches an output: the accumulators start at +0 and only add.)
+static inline uint16_t weight_bf16(uint16_t h) { return (h & 0x7F80) < (95 << 7) ? 0 : h; }
+
 // Fixed lane fold: ((0+4)+(2+6))+((1+5)+(3+7)).
 static inline float fold8(const float v[8]) {
     float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
@@ -53,6 +72,18 @@ static inline void block_values(int type, const uint8_t *blk, float q[32], float
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 
 AVX2 static inline float rd_f16c(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return _cvtsh_ss(h); }
+
+// round_bits on 8 lanes (the rounded fp32 bits; their high halves are the bf16 values).
+AVX2 static inline __m256i round8_avx2(__m256i u) {
+    const __m256i absMask = _mm256_set1_epi32(0x7FFFFFFF), inf = _mm256_set1_epi32(0x7F800000), tiny = _mm256_set1_epi32(0x1F800000);
+    const __m256i high = _mm256_set1_epi32((int)0xFFFF0000u), quiet = _mm256_set1_epi32(0x00400000), sign = _mm256_set1_epi32((int)0x80000000u);
+    __m256i a = _mm256_and_si256(u, absMask);
+    __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)));
+    r = _mm256_and_si256(r, high);
+    __m256i nan = _mm256_and_si256(_mm256_or_si256(u, quiet), high);
+    r = _mm256_blendv_epi8(r, nan, _mm256_cmpgt_epi32(a, inf));
+    return _mm256_blendv_epi8(r, _mm256_and_si256(u, sign), _mm256_cmpgt_epi32(tiny, a));
+}
 
 // The first two half-precision fields of a block (scale d, and Q4_1's minimum m), widened
 // exactly: lanes 0 and 1.

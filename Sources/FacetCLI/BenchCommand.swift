@@ -436,6 +436,9 @@ extension BenchCommand {
             return TrainingExample(tokens: tokens, labels: tokens.indices.map { $0 >= trainLength / 2 ? tokens[$0] : -100 })
         }
         let engine = try LoRABackprop(model: model)
+        engine.products = try modelOptions.trainingProducts(for: "facet bench --train")
+        if engine.products == .bf16 { print(TuneCommand.bf16Note) }
+        let suffix = engine.products == .bf16 ? " (bf16 products)" : ""
         for (name, settings) in [("q,v r8", LoRASettings(rank: 8, alpha: 16, targets: [.q, .v])),
                                  ("all-linear r16", LoRASettings(rank: 16, alpha: 32, targets: LinearRole.allCases))] {
             var options = TuneOptions()
@@ -450,7 +453,7 @@ extension BenchCommand {
                 tokens += r.tokens
                 seconds += r.seconds
             }
-            let result = Benchmark.Result(name: "train \(name), batch \(options.batchSize) x \(trainLength)", tokensPerSecond: Double(tokens) / seconds,
+            let result = Benchmark.Result(name: "train \(name), batch \(options.batchSize) x \(trainLength)\(suffix)", tokensPerSecond: Double(tokens) / seconds,
                                           tokens: tokens, seconds: seconds)
             report.results.append(result)
             print(result.line + String(format: "  peak memory %.0f MB", Self.peakResidentMB()))

@@ -34,8 +34,18 @@ struct ModelOptions: ParsableArguments {
 
     /// Commands that only read or write files take the model options for the model path;
     /// the run-time options would be silently ignored there, so they are refused.
-    func rejectRuntimeOptions(for command: String) throws {
-        if compute != nil { throw ValidationError("--compute applies to run, serve and bench, not to \(command)") }
+    /// `--compute` for training (facet tune, facet bench --train): the products with the
+    /// frozen base in fp32 (default, the reference) or bf16; int8 is an inference mode.
+    func trainingProducts(for command: String) throws -> TrainingProducts {
+        switch compute {
+        case nil, .fp32?: return .fp32
+        case .bf16?: return .bf16
+        case .int8?: throw ValidationError("\(command) --compute takes fp32 or bf16 (int8 is an inference mode)")
+        }
+    }
+
+    func rejectRuntimeOptions(for command: String, allowingCompute: Bool = false) throws {
+        if allowingCompute { _ = try trainingProducts(for: command) } else if compute != nil { throw ValidationError("--compute applies to run, serve and bench, not to \(command)") }
         if loraPrecision != .exact { throw ValidationError("--lora-precision applies to run, serve and bench, not to \(command)") }
         if kvCacheDType != nil { throw ValidationError("--kv-cache-dtype applies to run, serve, bench and perplexity, not to \(command)") }
     }

@@ -5,6 +5,7 @@ import Foundation
 import FoundationNetworking
 #endif
 import Formats
+import Kernels
 import Llama
 import Loading
 import Tensors
@@ -65,7 +66,7 @@ struct TuneCommand: ParsableCommand {
     @Option(name: .customLong("serve-name"), help: "The adapter's name on the server (default: the out directory's name).") var serveName: String?
 
     func validate() throws {
-        try modelOptions.rejectRuntimeOptions(for: "facet tune")
+        try modelOptions.rejectRuntimeOptions(for: "facet tune", allowingCompute: true)
         if let loss, loss != "answer", loss != "all" { throw ValidationError("--loss must be answer or all") }
         if let s = saveEvery, s < 1 { throw ValidationError("--save-every must be at least 1") }
         if let m = maxSeqLength, m < 2 { throw ValidationError("--max-seq-length must be at least 2") }
@@ -89,10 +90,18 @@ struct TuneCommand: ParsableCommand {
         try failing { try train() }
     }
 
+    /// What --compute bf16 does to training, and whether this CPU makes it faster.
+    static var bf16Note: String {
+        let unit = TrainingProducts.bf16InHardware ? "AVX512_BF16's vdpbf16ps" : "an emulation (this CPU has no AVX512_BF16: no faster than fp32)"
+        return "--compute bf16: the frozen base's products round both operands to bf16 and sum pairs in fp32 through \(unit); the LoRA factors, gradients and optimizer stay fp32"
+    }
+
     func train() throws {
         let (model, tokenizer) = try modelOptions.load(tokenizerRequired: true)
         guard let tokenizer else { return }
         let engine = try LoRABackprop(model: model)
+        engine.products = try modelOptions.trainingProducts(for: "facet tune")
+        if engine.products == .bf16 { FileHandle.standardError.write(Data("[facet] \(Self.bf16Note)\n".utf8)) }
         engine.recomputeAlways = recomputeActivations
         let (budget, overflow) = activationBudgetMB.multipliedReportingOverflow(by: 1 << 20)
         engine.keepBudget = keepActivations || overflow ? Int.max : budget
@@ -143,6 +152,11 @@ struct TuneCommand: ParsableCommand {
         }
         let trainer = try Trainer(engine: engine, lora: lora, options: options, train: trainData.examples,
                                   validation: validationData?.examples ?? [], resume: resumed)
+        if let resumed, (resumed.products ?? .fp32) != engine.products {
+            log("note: the checkpoint was trained with --compute \((resumed.products ?? .fp32).rawValue); continuing with --compute \(engine.products.rawValue), "
+                + "so the result is not the uninterrupted run's bit for bit")
+        }
+        trainer.state.products = engine.products
         log("\(trainData.examples.count) examples (\(trainData.tokenCount) tokens, \(trainData.targetCount) trained targets; "
             + "\(trainData.truncated) truncated, \(trainData.skipped) skipped as longer than \(maxLength) tokens), "
             + "LoRA r\(trainer.lora.settings.rank) alpha \(trainer.lora.settings.alpha) on \(trainer.lora.settings.targets.map(\.rawValue).joined(separator: ",")): "

@@ -1,6 +1,20 @@
 internal import CKernels
 import Tensors
 
+/// The arithmetic of training's products with the frozen base weights (`x Wᵀ` forward,
+/// `dY W` backward). The LoRA factors' own products stay fp32 in both.
+package enum TrainingProducts: String, Sendable, Codable, CaseIterable {
+    /// Every term fused in fp32 (`fmaf`): transformers + PEFT's fp32 math, the reference.
+    case fp32
+    /// Both operands rounded to bf16 (nearest even), pairs of terms accumulated in fp32 as
+    /// AVX512_BF16's `vdpbf16ps` does (`fk_add_product_bf16`): about twice the fp32 product
+    /// rate where that unit exists, emulated with the same bits elsewhere (no faster there).
+    case bf16
+
+    /// Whether this thread's kernels run `.bf16` on the AVX512_BF16 unit (else emulated).
+    package static var bf16InHardware: Bool { fk_has_bf16() != 0 }
+}
+
 /// The input gradient of a frozen linear layer, for training adapters on top of it.
 extension LinearWeight {
     /// Semantics: `dx[t, k] += sum_o dy[t, o] * W[o, k]` (each term fused: `fmaf`) for `dy: [T, rows]`, `dx: [T, cols]`
@@ -10,14 +24,14 @@ extension LinearWeight {
     /// rows of its columns at a time and adds their terms in row order for every token
     /// (`fk_add_product`), so the sum over `o` for every element runs in the same order
     /// whatever the thread count or instruction set (deterministic training).
-    package func addInputGradient(dy: UnsafePointer<Float>, t T: Int, dx: UnsafeMutablePointer<Float>) {
+    ///
+    /// With `products: .bf16`, `dy` and `W` are rounded to bf16 and the terms go in pairs of
+    /// rows (`fk_add_product_bf16`), in the same fixed order.
+    package func addInputGradient(dy: UnsafePointer<Float>, t T: Int, dx: UnsafeMutablePointer<Float>, products: TrainingProducts = .fp32) {
         guard T > 0 else { return }
+        if products == .bf16 { addInputGradientBF16(dy: dy, t: T, dx: dx); return }
         let K = cols, O = rows
-        // Columns in chunks of 64 (whole blocks), or of 32 when 64 would leave the threads
-        // unevenly loaded (576 columns: 9 chunks for 2 threads, 18 with 32).
-        let unit = format.blockValues, threads = Parallel.threadCount
-        var granule = max(unit, 64)
-        if unit < granule, (K + granule - 1) / granule % threads != 0, (K + granule - 1) / granule < 8 * threads { granule = unit }
+        let granule = columnGranule
         let chunks = (K + granule - 1) / granule
         withoutActuallyEscaping({ (chunk: Int) in
             let k0 = chunk * granule, k1 = min(K, k0 + granule), width = k1 - k0
@@ -37,10 +51,26 @@ extension LinearWeight {
     /// decoded and transposed at a time) rather than the inference kernels, whose block
     /// structure suits one token at a time; the sum runs in the same order whatever the thread
     /// count or instruction set.
-    package func matmulDecoded(x: UnsafePointer<Float>, t T: Int, y: UnsafeMutablePointer<Float>, bias: [Float]? = nil) {
+    ///
+    /// With `products: .bf16`, `x` and `W` are rounded to bf16 and the terms go in pairs of
+    /// columns (`fk_add_product_bf16`), in the same fixed order.
+    package func matmulDecoded(x: UnsafePointer<Float>, t T: Int, y: UnsafeMutablePointer<Float>, bias: [Float]? = nil,
+                               products: TrainingProducts = .fp32) {
         guard T > 0 else { return }
-        let K = cols, O = rows, panel = 32
+        let O = rows
         y.update(repeating: 0, count: T * O)
+        if products == .bf16 {
+            matmulDecodedBF16(x: x, t: T, y: y)
+        } else {
+            matmulDecodedFP32(x: x, t: T, y: y)
+        }
+        if let bias {
+            for t in 0..<T { for o in 0..<O { y[t * O + o] += bias[o] } }
+        }
+    }
+
+    private func matmulDecodedFP32(x: UnsafePointer<Float>, t T: Int, y: UnsafeMutablePointer<Float>) {
+        let K = cols, O = rows, panel = 32
         withoutActuallyEscaping({ (chunk: Int) in
             let o0 = chunk * panel, n = min(panel, O - o0)
             let rowsBuffer = Scratch.floats(.gradientRow, 2 * panel * K)
@@ -49,9 +79,66 @@ extension LinearWeight {
             fk_transpose(rowsBuffer, n, K, transposed)      // [K, n]
             fk_add_product(y + o0, O, x, K, Int32(T), transposed, n, Int32(K), Int32(n))
         }) { body in Parallel.forEach((O + panel - 1) / panel, body) }
-        if let bias {
-            for t in 0..<T { for o in 0..<O { y[t * O + o] += bias[o] } }
-        }
+    }
+
+    /// `y += x Wᵀ` in bf16 products: x rounded once ([T, K] rounded to an even row length,
+    /// zero-padded), then per panel of 32 rows of W, the rows decoded and packed as pairs of
+    /// columns k (`[K/2, 32, 2]`).
+    private func matmulDecodedBF16(x: UnsafePointer<Float>, t T: Int, y: UnsafeMutablePointer<Float>) {
+        let K = cols, O = rows, panel = 32, Ke = K + (K & 1)
+        let xb = Self.roundedRows(x, rows: T, cols: K, paddedTo: Ke)
+        withoutActuallyEscaping({ (chunk: Int) in
+            let o0 = chunk * panel, n = min(panel, O - o0)
+            let rowsBuffer = Scratch.floats(.gradientRow, panel * K)
+            let packed = Scratch.raw(.trainingPairs, Ke * panel * 2).assumingMemoryBound(to: UInt16.self)
+            for i in 0..<n { decode(row: o0 + i, columns: 0..<K, into: rowsBuffer + i * K) }
+            // element (k, o) = W[o, k]: pairs of k, n columns
+            fk_pack_bf16_pairs(rowsBuffer, 1, K, Int32(K), Int32(n), packed)
+            fk_add_product_bf16(y + o0, O, xb, Ke, Int32(T), packed, Int32(Ke / 2), Int32(n))
+        }) { body in Parallel.forEach((O + panel - 1) / panel, body) }
+    }
+
+    /// `dx += dY W` in bf16 products: dY rounded once, then per task's columns and band of 256
+    /// rows of W, the band decoded and packed as pairs of rows (`[n/2, width, 2]`).
+    private func addInputGradientBF16(dy: UnsafePointer<Float>, t T: Int, dx: UnsafeMutablePointer<Float>) {
+        let K = cols, O = rows, Oe = O + (O & 1)
+        let granule = columnGranule
+        let chunks = (K + granule - 1) / granule
+        let gb = Self.roundedRows(dy, rows: T, cols: O, paddedTo: Oe)
+        withoutActuallyEscaping({ (chunk: Int) in
+            let k0 = chunk * granule, k1 = min(K, k0 + granule), width = k1 - k0
+            let band = 256
+            let w = Scratch.floats(.gradientRow, band * width)
+            let packed = Scratch.raw(.trainingPairs, band * width * 2).assumingMemoryBound(to: UInt16.self)
+            for o0 in stride(from: 0, to: O, by: band) {
+                let n = min(band, O - o0)
+                for i in 0..<n { decode(row: o0 + i, columns: k0..<k1, into: w + i * width) }
+                fk_pack_bf16_pairs(w, width, 1, Int32(n), Int32(width), packed)
+                fk_add_product_bf16(dx + k0, K, gb + o0, Oe, Int32(T), packed, Int32((n + 1) / 2), Int32(width))
+            }
+        }) { body in Parallel.forEach(chunks, body) }
+    }
+
+    /// The input gradient's columns go to the tasks in chunks of 64 (whole blocks), or of 32
+    /// when 64 would leave the threads unevenly loaded (576 columns: 9 chunks for 2 threads,
+    /// 18 with 32).
+    private var columnGranule: Int {
+        let K = cols, unit = format.blockValues, threads = Parallel.threadCount
+        let granule = max(unit, 64)
+        if unit < granule, (K + granule - 1) / granule % threads != 0, (K + granule - 1) / granule < 8 * threads { return unit }
+        return granule
+    }
+
+    /// `src: [rows, cols]` rounded to bf16 into the calling thread's `[rows, paddedTo]` scratch
+    /// (zeros after `cols`; valid until its next call), rows split over the threads.
+    static func roundedRows(_ src: UnsafePointer<Float>, rows: Int, cols: Int, paddedTo ld: Int) -> UnsafeMutablePointer<UInt16> {
+        let out = Scratch.raw(.trainingRounded, rows * ld * 2).assumingMemoryBound(to: UInt16.self)
+        let chunk = 16, chunks = (rows + chunk - 1) / chunk
+        withoutActuallyEscaping({ (c: Int) in
+            let r0 = c * chunk, n = min(chunk, rows - r0)
+            fk_round_bf16_rows(src + r0 * cols, n, cols, cols, out + r0 * ld, ld)
+        }) { body in Parallel.forEach(chunks, body) }
+        return out
     }
 
     /// Row `r`'s values in `columns` (block-aligned for compact formats, except at the end).

@@ -16,6 +16,10 @@ package enum Scratch {
         case transposedBlockSums = 22
         /// Taken by the C kernels (the AVX-512 quantized products pair tokens there).
         case pairedActivations = 23
+        /// Training's bf16 products: a panel of W packed as pairs.
+        case trainingPairs = 24
+        /// Training's bf16 products: the caller's operand rounded to bf16 (shared by its tasks).
+        case trainingRounded = 25
     }
 
     package static func floats(_ slot: Slot, _ count: Int) -> UnsafeMutablePointer<Float> {

@@ -38,6 +38,9 @@ package final class LoRABackprop: @unchecked Sendable {
     /// (`keptActivationBytes`), or always.
     package var keepBudget = 1 << 30
     package var recomputeAlways = false
+    /// The arithmetic of the products with the frozen base weights (the LoRA factors' own
+    /// products stay fp32): `.fp32` is the reference; `.bf16` (opt-in) rounds both operands.
+    package var products: TrainingProducts = .fp32
 
     /// The bytes of every layer's kept activations for sequences of these lengths (the
     /// layer caches: per token 4 rows of the hidden size, q and the attention output, k
@@ -207,7 +210,7 @@ package final class LoRABackprop: @unchecked Sendable {
         defer { spareLogits = logits }
         Self.reuse(&logits, R * V)
         hf.withUnsafeBufferPointer { hp in
-            logits.withUnsafeMutableBufferPointer { lp in w.lmHead.matmulDecoded(x: hp.baseAddress!, t: R, y: lp.baseAddress!) }
+            logits.withUnsafeMutableBufferPointer { lp in w.lmHead.matmulDecoded(x: hp.baseAddress!, t: R, y: lp.baseAddress!, products: products) }
         }
         // (Every element is written by the loss rows below.)
         var dlogits = spareDLogits
@@ -254,7 +257,7 @@ package final class LoRABackprop: @unchecked Sendable {
         // --- backward ---
         var dhf = [Float](repeating: 0, count: R * D)
         dlogits.withUnsafeBufferPointer { dp in
-            dhf.withUnsafeMutableBufferPointer { w.lmHead.addInputGradient(dy: dp.baseAddress!, t: R, dx: $0.baseAddress!) }
+            dhf.withUnsafeMutableBufferPointer { w.lmHead.addInputGradient(dy: dp.baseAddress!, t: R, dx: $0.baseAddress!, products: products) }
         }
         let dlast = Self.rmsBackward(last, w.finalNorm, dhf, R, D, c.rmsNormEps)
         var dx = [Float](repeating: 0, count: T * D)
@@ -394,7 +397,7 @@ package final class LoRABackprop: @unchecked Sendable {
                 into y: inout [Float]) {
         Self.reuse(&y, T * weight.rows)   // (matmulDecoded starts from zero)
         x.withUnsafeBufferPointer { xp in
-            y.withUnsafeMutableBufferPointer { yp in weight.matmulDecoded(x: xp.baseAddress!, t: T, y: yp.baseAddress!, bias: bias) }
+            y.withUnsafeMutableBufferPointer { yp in weight.matmulDecoded(x: xp.baseAddress!, t: T, y: yp.baseAddress!, bias: bias, products: products) }
         }
         guard let pair else { return }
         let xd = mask.map { m in zip(x, m).map { $0 * $1 } } ?? x
@@ -409,7 +412,7 @@ package final class LoRABackprop: @unchecked Sendable {
                         _ layer: Int, _ role: LinearRole, _ mask: [Float]?) -> [Float] {
         var dx = [Float](repeating: 0, count: T * weight.cols)
         dy.withUnsafeBufferPointer { dp in
-            dx.withUnsafeMutableBufferPointer { weight.addInputGradient(dy: dp.baseAddress!, t: T, dx: $0.baseAddress!) }
+            dx.withUnsafeMutableBufferPointer { weight.addInputGradient(dy: dp.baseAddress!, t: T, dx: $0.baseAddress!, products: products) }
         }
         guard var pair = lora.pairs[layer][role] else { return dx }
         let s = lora.scale, r = pair.rank, n = pair.inDim, o = pair.outDim

@@ -1,6 +1,7 @@
 import Foundation
 import Sampling
 import Tensors
+import Kernels
 
 package enum LRSchedule: String, Codable, CaseIterable, Sendable {
     /// Linear warmup, then cosine decay to 0 (transformers' get_cosine_schedule_with_warmup).
@@ -49,6 +50,8 @@ package struct TrainerState: Codable, Sendable {
     package var options: TuneOptions
     package var settings: LoRASettings
     package var exampleCount: Int
+    /// The base's products (`--compute`); absent in checkpoints from before it existed (fp32).
+    package var products: TrainingProducts?
 }
 
 /// One optimizer step's figures.

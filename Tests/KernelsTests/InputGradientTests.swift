@@ -110,3 +110,98 @@ import TestSupport
         }
     }
 }
+
+/// Training's opt-in bf16 products (`products: .bf16`): both operands rounded as the mode
+/// says, then each output the chain of pair steps of `vdpbf16ps`, checked bitwise against a
+/// Swift twin on every tier, on odd shapes (a padded last pair) and every tile remainder.
+@Suite(.serialized) struct BF16TrainingProductTests {
+    /// The mode's rounding of activations and gradients: nearest even, NaN quieted, |x| < 2^-64 to a signed zero.
+    static func roundActivation(_ x: Float) -> Float {
+        let u = x.bitPattern, a = u & 0x7FFF_FFFF
+        if a > 0x7F80_0000 { return Float(bitPattern: (u | 0x0040_0000) & 0xFFFF_0000) }
+        if a < 0x1F80_0000 { return Float(bitPattern: u & 0x8000_0000) }
+        return Float(bitPattern: (u &+ 0x7FFF &+ ((u >> 16) & 1)) & 0xFFFF_0000)
+    }
+    /// Weights: the same rounding, then magnitudes below 2^-32 read as +0.
+    static func roundWeight(_ x: Float) -> Float {
+        let r = roundActivation(x)
+        return r.bitPattern & 0x7F80_0000 < 95 << 23 ? 0 : r
+    }
+
+    /// Start + Σ over pairs p of the inner index: fma with element 2p+1, then with 2p (a missing last element is 0·0).
+    static func pairChain(_ start: Float, inner: Int, _ a: (Int) -> Float, _ b: (Int) -> Float) -> Float {
+        var acc = start
+        for p in stride(from: 0, to: inner, by: 2) {
+            let odd = p + 1 < inner
+            acc = acc.addingProduct(odd ? roundActivation(a(p + 1)) : 0, odd ? roundWeight(b(p + 1)) : 0)
+            acc = acc.addingProduct(roundActivation(a(p)), roundWeight(b(p)))
+        }
+        return acc
+    }
+
+    static func weight(_ format: WeightFormat, rows: Int, cols: Int, seed: UInt64) throws -> LinearWeight {
+        var rng = SplitMix(seed: seed)
+        // Include values that round on ties, tiny weights (flushed) and denormals.
+        var data = (0..<(rows * cols)).map { _ in rng.float() }
+        for i in stride(from: 0, to: data.count, by: 17) { data[i] = Float(bitPattern: 0x3F80_8000 | UInt32(i % 2) << 16) }
+        for i in stride(from: 5, to: data.count, by: 29) { data[i] = 1e-11 }
+        for i in stride(from: 11, to: data.count, by: 31) { data[i] = Float(bitPattern: 0x0000_0123) }
+        let m = Matrix(rows: rows, cols: cols, data: data)
+        return format == .f32 ? LinearWeight(m) : try LinearWeight.quantize(m, to: format)
+    }
+
+    @Test(arguments: [(WeightFormat.f32, 45, 97, 37), (.f32, 70, 33, 19), (.q4_1, 45, 96, 37), (.q8_0, 33, 64, 5)])
+    func forwardIsThePairChainOnEveryTier(shape: (WeightFormat, Int, Int, Int)) throws {
+        let (format, rows, cols, T) = shape
+        let weight = try Self.weight(format, rows: rows, cols: cols, seed: UInt64(rows * cols))
+        let w = weight.dequantized().data
+        var x = InstructionTierTests.random(T * cols, 9)
+        x[3] = 1e-25     // below 2^-64: a zero
+        let bias = InstructionTierTests.random(rows, 10)
+        let y = InstructionTierTests.acrossTiers("bf16 training forward \(shape)") {
+            var y = [Float](repeating: .nan, count: T * rows)
+            x.withUnsafeBufferPointer { xp in
+                y.withUnsafeMutableBufferPointer { weight.matmulDecoded(x: xp.baseAddress!, t: T, y: $0.baseAddress!, bias: bias, products: .bf16) }
+            }
+            return y
+        }
+        var worst: Float = 0
+        for t in 0..<T {
+            for o in 0..<rows {
+                let expected = Self.pairChain(0, inner: cols, { x[t * cols + $0] }, { w[o * cols + $0] }) + bias[o]
+                #expect(y[t * rows + o].bitPattern == expected.bitPattern, "\(shape) t \(t) o \(o): \(y[t * rows + o]) vs \(expected)")
+                var exact: Float = bias[o]
+                for k in 0..<cols { exact += x[t * cols + k] * w[o * cols + k] }
+                worst = max(worst, abs(exact - y[t * rows + o]))
+            }
+        }
+        #expect(worst < 0.05 * Float(cols).squareRoot(), "bf16 products far from fp32: \(worst)")
+    }
+
+    @Test(arguments: [(WeightFormat.f32, 45, 97, 37), (.f32, 301, 40, 19), (.q4_1, 45, 96, 13), (.q4_1, 300, 64, 4)])
+    func inputGradientIsThePairChainOnEveryTier(shape: (WeightFormat, Int, Int, Int)) throws {
+        let (format, rows, cols, T) = shape
+        let weight = try Self.weight(format, rows: rows, cols: cols, seed: UInt64(rows + cols))
+        let w = weight.dequantized().data
+        let dy = InstructionTierTests.random(T * rows, 11)
+        let start = InstructionTierTests.random(T * cols, 12)
+        let dx = InstructionTierTests.acrossTiers("bf16 input gradient \(shape)") {
+            var dx = start
+            dy.withUnsafeBufferPointer { d in
+                dx.withUnsafeMutableBufferPointer { weight.addInputGradient(dy: d.baseAddress!, t: T, dx: $0.baseAddress!, products: .bf16) }
+            }
+            return dx
+        }
+        // Rows go in bands of 256, each band's pairs from its first row.
+        for t in 0..<T {
+            for k in 0..<cols {
+                var expected = start[t * cols + k]
+                for o0 in stride(from: 0, to: rows, by: 256) {
+                    let n = min(256, rows - o0)
+                    expected = Self.pairChain(expected, inner: n, { dy[t * rows + o0 + $0] }, { w[(o0 + $0) * cols + k] })
+                }
+                #expect(dx[t * cols + k].bitPattern == expected.bitPattern, "\(shape) t \(t) k \(k)")
+            }
+        }
+    }
+}

@@ -74,6 +74,37 @@ import Training
         #expect(abs(eval - nll) < 1e-9 * max(1, nll))
     }
 
+    /// `--compute bf16` (opt-in): the frozen base's products in bf16 move the loss and the
+    /// gradients by bf16's rounding, not more; and they do move (the mode is engaged).
+    @Test func bf16ProductsStayNearPEFT() throws {
+        let fixture = try Fixtures.json("tuning/tiny_grad.json")
+        let examples = Self.examples(fixture)
+        let count = examples.reduce(0) { $0 + $1.targetCount }
+        var lora = try Self.start(), fp32 = try Self.start()
+        let engine = try LoRABackprop(model: Self.model), reference = try LoRABackprop(model: Self.model)
+        engine.products = .bf16
+        var none: TrainingRandom?
+        var nll = 0.0, nll32 = 0.0
+        for e in examples {
+            nll += try engine.accumulate(e, lora: &lora, normalizer: Float(count), dropout: &none).nll
+            nll32 += try reference.accumulate(e, lora: &fp32, normalizer: Float(count), dropout: &none).nll
+        }
+        let expected = (fixture["loss"] as! NSNumber).doubleValue
+        let loss = nll / Double(count)
+        print(String(format: "bf16 training products: loss %.6f (PEFT fp32 %.6f, Facet fp32 %.6f)", loss, expected, nll32 / Double(count)))
+        #expect(abs(loss - expected) / expected < 5e-3, "loss \(loss) vs \(expected)")
+        #expect(nll != nll32, "bf16 products gave fp32's loss bit for bit: the mode is not engaged")
+        let grads = fixture["grads"] as! [String: Any]
+        let mine = Self.tensors(of: lora, gradients: true)
+        var worst: Float = 0
+        for (name, g) in grads {
+            let err = Self.maxRelative(mine[name] ?? [], floats((g as! [String: Any])["values"]))
+            worst = max(worst, err)
+            #expect(err < 3e-2, "\(name): \(err)")
+        }
+        print("bf16 training products: worst gradient error \(worst) of each tensor's largest")
+    }
+
     @Test func fiveAdamWStepsMatchTorch() throws {
         let fixture = try Fixtures.json("tuning/tiny_train.json")
         let examples = Self.examples(fixture)

@@ -121,3 +121,25 @@ def test_activation_flags_are_validated(workdir):
     p = tune("--out", out, "--activation-budget-mb", "-1", check=False)
     assert p.returncode != 0 and "--activation-budget-mb must be 0 or more" in p.stderr, p.stderr
     assert not os.path.exists(out)
+
+
+def test_bf16_products_are_opt_in_recorded_and_validated(workdir):
+    """--compute bf16 trains (the base's products in bf16), says so, records it in the
+    checkpoint, and learns about as fp32 does; int8 is refused; resuming a bf16 checkpoint
+    with fp32 is allowed but said."""
+    fp32, bf16 = os.path.join(workdir, "fp32"), os.path.join(workdir, "bf16")
+    tune("--max-steps", "4", "--out", fp32, "--seed", "3")
+    p = tune("--max-steps", "4", "--out", bf16, "--seed", "3", "--compute", "bf16", "--save-every", "2")
+    assert "--compute bf16" in p.stderr and ("vdpbf16ps" in p.stderr or "emulation" in p.stderr), p.stderr
+    state = json.load(open(os.path.join(bf16, "checkpoint-2", "trainer_state.json")))
+    assert state["products"] == "bf16", state.keys()
+    losses = lambda d: [json.loads(line)["loss"] for line in open(os.path.join(d, "training_log.jsonl"))]
+    a, b = losses(fp32), losses(bf16)
+    assert len(a) == len(b) == 4 and a != b, (a, b)   # the mode is engaged ...
+    assert all(abs(x - y) <= 0.02 * x for x, y in zip(a, b)), (a, b)   # ... and moves the loss by rounding only
+    weights = lambda d: open(os.path.join(d, "adapter_model.safetensors"), "rb").read()
+    assert weights(fp32) != weights(bf16)
+    p = tune("--max-steps", "4", "--out", os.path.join(workdir, "mixed"), "--resume", os.path.join(bf16, "checkpoint-2"))
+    assert "trained with --compute bf16; continuing with --compute fp32" in p.stderr, p.stderr
+    p = tune("--max-steps", "1", "--out", os.path.join(workdir, "int8"), "--compute", "int8", check=False)
+    assert p.returncode != 0 and "--compute takes fp32 or bf16" in p.stderr, p.stderr

@@ -108,6 +108,19 @@ void fk_exp_shift(float *p, long n, float shift);
 /// accumulator in a register). Every path gives the same bits. The input gradient dY W, and
 /// with dx zeroed, g = x and w a transposed panel of W, the forward x W^T.
 void fk_add_product(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, long ldw, int nrows, int width);
+/// Training's bf16 products (opt-in): the same sums with both operands rounded to bf16 and the
+/// pairs taken as AVX512_BF16's vdpbf16ps does. `fk_round_bf16_rows` rounds x[t * ldx + k]
+/// (k < cols) to bf16 bits as fk_round_bf16 does into out[t * ldo + k], zeros up to ldo.
+/// `fk_pack_bf16_pairs` packs n rows of `width` values, element (r, j) = src[r * rs + j * cs],
+/// rounded the same way (then magnitudes below 2^-32 taken as +0, as the bf16 mode reads
+/// weights), row pairs interleaved: out[(p * width + j) * 2 + e] is element (2p + e, j), 0 for a
+/// missing last odd row. `fk_add_product_bf16`: for t < rows, j < width, starting from
+/// dx[t * ldx + j], for p = 0, 1, ... < npairs: acc = fma(g[t*gs + 2p+1], w(2p+1, j), acc), then
+/// acc = fma(g[t*gs + 2p], w(2p, j), acc) (products of bf16 values are exact, so this is the
+/// unit's own arithmetic): the same bits on every tier. gs must be even, g 4-byte aligned.
+void fk_round_bf16_rows(const float *x, long rows, long cols, long ldx, uint16_t *out, long ldo);
+void fk_pack_bf16_pairs(const float *src, long rs, long cs, int n, int width, uint16_t *out);
+void fk_add_product_bf16(float *dx, long ldx, const uint16_t *g, long gs, int rows, const uint16_t *wp, int npairs, int width);
 /// dst[c * rows + r] = src[r * cols + c].
 void fk_transpose(const float *src, long rows, long cols, float *dst);
 /// fk_transpose for source rows first..<end only (the pool splits a transpose this way).
