@@ -187,3 +187,15 @@ void fk_prefetch_arm(long ticks) {
 
 void fk_prefetch_clear(void) { fk_pf.count = 0; fk_pf.cur = 0; fk_pf.per_tick = 0; }
 
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+void fk_retain_freed_memory(long mmap_threshold, long trim_threshold) {
+#if defined(__GLIBC__)
+    mallopt(M_MMAP_THRESHOLD, (int)mmap_threshold);
+    mallopt(M_TRIM_THRESHOLD, (int)trim_threshold);
+#else
+    (void)mmap_threshold; (void)trim_threshold;
+#endif
+}

@@ -435,6 +435,7 @@ extension BenchCommand {
             let tokens = (0..<trainLength).map { _ in Int32(rng.next() % V) }
             return TrainingExample(tokens: tokens, labels: tokens.indices.map { $0 >= trainLength / 2 ? tokens[$0] : -100 })
         }
+        LoRABackprop.retainFreedMemory()
         let engine = try LoRABackprop(model: model)
         engine.products = try modelOptions.trainingProducts(for: "facet bench --train")
         if engine.products == .bf16 { print(TuneCommand.bf16Note) }

@@ -99,6 +99,7 @@ struct TuneCommand: ParsableCommand {
     func train() throws {
         let (model, tokenizer) = try modelOptions.load(tokenizerRequired: true)
         guard let tokenizer else { return }
+        LoRABackprop.retainFreedMemory()
         let engine = try LoRABackprop(model: model)
         engine.products = try modelOptions.trainingProducts(for: "facet tune")
         if engine.products == .bf16 { FileHandle.standardError.write(Data("[facet] \(Self.bf16Note)\n".utf8)) }

@@ -22,6 +22,12 @@ package enum Scratch {
         case trainingRounded = 25
     }
 
+    /// glibc's allocator: blocks below `mmapThreshold` bytes come from the heap, and the heap
+    /// is given back to the kernel only above `trimThreshold` free bytes (no-op elsewhere).
+    package static func retainFreedMemory(mmapThreshold: Int, trimThreshold: Int) {
+        fk_retain_freed_memory(mmapThreshold, trimThreshold)
+    }
+
     package static func floats(_ slot: Slot, _ count: Int) -> UnsafeMutablePointer<Float> {
         raw(slot, max(count, 1) * MemoryLayout<Float>.stride).assumingMemoryBound(to: Float.self)
     }

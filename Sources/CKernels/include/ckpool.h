@@ -26,4 +26,6 @@ void fk_prefetch_add(const void *p, unsigned long bytes);
 void fk_prefetch_arm(long ticks);
 void fk_prefetch_clear(void);
 
+/// glibc only: mallopt(M_MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD) (no-op elsewhere).
+void fk_retain_freed_memory(long mmap_threshold, long trim_threshold);
 #endif
