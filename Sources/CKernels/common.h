@@ -71,6 +71,9 @@ static inline void block_values(int type, const uint8_t *blk, float q[32], float
 #include <immintrin.h>
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 
+// The mask of the first n of 16 lanes (none for n <= 0, all for n >= 16).
+static inline uint16_t lanes16(int n) { return n >= 16 ? 0xFFFF : n <= 0 ? 0 : (uint16_t)((1u << n) - 1); }
+
 AVX2 static inline float rd_f16c(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return _cvtsh_ss(h); }
 
 // round_bits on 8 lanes (the rounded fp32 bits; their high halves are the bf16 values).

@@ -49,8 +49,7 @@ AVX512 static void add_scaled_avx512(float *dx, long ldx, const float *g, long g
         int o1 = nrows - o0 < KC ? nrows : o0 + KC;
         for (int j = 0; j < width; j += 32) {
             int n = width - j < 32 ? width - j : 32;
-            __mmask16 m0 = n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
-            __mmask16 m1 = n >= 32 ? 0xFFFF : n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
+            __mmask16 m0 = lanes16(n), m1 = lanes16(n - 16);
             int t = 0;
             for (; t + 8 <= rows; t += 8) tile_avx512(8, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m0, m1);
             for (; t + 4 <= rows; t += 4) tile_avx512(4, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m0, m1);

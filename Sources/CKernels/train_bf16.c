@@ -140,8 +140,7 @@ AVX512BF16 static void product_bf16(float *dx, long ldx, const uint16_t *g, long
         int p1 = npairs - p0 < PC ? npairs : p0 + PC;
         for (int j = 0; j < width; j += 32) {
             int n = width - j < 32 ? width - j : 32;
-            __mmask16 m0 = n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
-            __mmask16 m1 = n >= 32 ? 0xFFFF : n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
+            __mmask16 m0 = lanes16(n), m1 = lanes16(n - 16);
             const uint16_t *w = wp + (size_t)j * 2;
             int t = 0;
             for (; t + 12 <= rows; t += 12) tile_bf16(12, dx + t * ldx + j, ldx, g + t * gs, gs, w, width, p0, p1, m0, m1);
