@@ -50,7 +50,7 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Write a bar chart of the results as SVG to this file.") var svg: String?
 
     @Flag(help: "Benchmark serving instead: streaming requests at rising rates against `facet serve`.") var serving = false
-    @Flag(help: "Benchmark LoRA training instead (facet tune's steps): tokens/s and peak memory for q/v rank 8 and all-linear rank 16.")
+    @Flag(help: "Benchmark LoRA training instead (facet tune's steps): tokens/s and peak memory for q/v rank 8 and all-linear rank 16, with fp32 products and (on AVX512_BF16 CPUs, or with --compute bf16) bf16 products.")
     var train = false
     @Option(name: .customLong("train-length"), help: "With --train: tokens per synthetic sequence (the last half is the answer).") var trainLength = 64
     @Option(help: "With --serving: an already running OpenAI-compatible server (default: start facet serve).") var url: String?
@@ -437,27 +437,36 @@ extension BenchCommand {
         }
         LoRABackprop.retainFreedMemory()
         let engine = try LoRABackprop(model: model)
-        engine.products = try modelOptions.trainingProducts(for: "facet bench --train")
-        if engine.products == .bf16 { print(TuneCommand.bf16Note) }
-        let suffix = engine.products == .bf16 ? " (bf16 products)" : ""
-        for (name, settings) in [("q,v r8", LoRASettings(rank: 8, alpha: 16, targets: [.q, .v])),
-                                 ("all-linear r16", LoRASettings(rank: 16, alpha: 32, targets: LinearRole.allCases))] {
-            var options = TuneOptions()
-            options.batchSize = batchSizes.max() ?? 8
-            options.maxSteps = steps
-            let trainer = try Trainer(engine: engine, lora: try TrainableLoRA(settings: settings, config: model.config, seed: 1),
-                                      options: options, train: examples)
-            _ = try trainer.step()      // warm-up (scratch, pool)
-            var tokens = 0, seconds = 0.0
-            for _ in 0..<max(1, min(steps, 4)) {
-                let r = try trainer.step()
-                tokens += r.tokens
-                seconds += r.seconds
+        // --compute picks one; without it fp32, then bf16 where the CPU has AVX512_BF16.
+        var modes = [try modelOptions.trainingProducts(for: "facet bench --train")]
+        if modelOptions.compute == nil {
+            if TrainingProducts.bf16InHardware { modes.append(.bf16) } else {
+                print("bf16 products not timed: this CPU has no AVX512_BF16 (--compute bf16 times the emulation)")
             }
-            let result = Benchmark.Result(name: "train \(name), batch \(options.batchSize) x \(trainLength)\(suffix)", tokensPerSecond: Double(tokens) / seconds,
-                                          tokens: tokens, seconds: seconds)
-            report.results.append(result)
-            print(result.line + String(format: "  peak memory %.0f MB", Self.peakResidentMB()))
+        }
+        for mode in modes {
+            engine.products = mode
+            if mode == .bf16 { print(TuneCommand.bf16Note) }
+            let suffix = mode == .bf16 ? " (bf16 products)" : ""
+            for (name, settings) in [("q,v r8", LoRASettings(rank: 8, alpha: 16, targets: [.q, .v])),
+                                     ("all-linear r16", LoRASettings(rank: 16, alpha: 32, targets: LinearRole.allCases))] {
+                var options = TuneOptions()
+                options.batchSize = batchSizes.max() ?? 8
+                options.maxSteps = steps
+                let trainer = try Trainer(engine: engine, lora: try TrainableLoRA(settings: settings, config: model.config, seed: 1),
+                                          options: options, train: examples)
+                _ = try trainer.step()      // warm-up (scratch, pool)
+                var tokens = 0, seconds = 0.0
+                for _ in 0..<max(1, min(steps, 4)) {
+                    let r = try trainer.step()
+                    tokens += r.tokens
+                    seconds += r.seconds
+                }
+                let result = Benchmark.Result(name: "train \(name), batch \(options.batchSize) x \(trainLength)\(suffix)",
+                                              tokensPerSecond: Double(tokens) / seconds, tokens: tokens, seconds: seconds)
+                report.results.append(result)
+                print(result.line + String(format: "  peak memory %.0f MB", Self.peakResidentMB()))
+            }
         }
         try report.write(json: json, svg: svg)
     }
