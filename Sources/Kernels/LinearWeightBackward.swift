@@ -8,7 +8,7 @@ package enum TrainingProducts: String, Sendable, Codable, CaseIterable {
     case fp32
     /// Both operands rounded to bf16 (nearest even), pairs of terms accumulated in fp32 as
     /// AVX512_BF16's `vdpbf16ps` does (`fk_add_product_bf16`): about twice the fp32 product
-    /// rate where that unit exists, emulated with the same bits elsewhere (no faster there).
+    /// rate where that unit exists, emulated with the same bits elsewhere (about 0.8x the fp32 products there).
     case bf16
 
     /// Whether this thread's kernels run `.bf16` on the AVX512_BF16 unit (else emulated).
