@@ -77,6 +77,7 @@ struct BenchCommand: AsyncParsableCommand {
     var apiKey: String?
 
     func validate() throws {
+        if train { _ = try modelOptions.trainingProducts(for: "facet bench --train") }
         for (name, values) in [("--batch-sizes", batchSizes), ("--prompt-lengths", promptLengths), ("--adapter-counts", adapterCounts)]
         where values.contains(where: { $0 < 1 }) {
             throw ValidationError("\(name) must be positive")
@@ -444,31 +445,36 @@ extension BenchCommand {
                 print("bf16 products not timed: this CPU has no AVX512_BF16 (--compute bf16 times the emulation)")
             }
         }
+        let configurations = [("q,v r8", LoRASettings(rank: 8, alpha: 16, targets: [.q, .v])),
+                              ("all-linear r16", LoRASettings(rank: 16, alpha: 32, targets: LinearRole.allCases))]
         for mode in modes {
             engine.products = mode
             if mode == .bf16 { print(TuneCommand.bf16Note) }
-            let suffix = mode == .bf16 ? " (bf16 products)" : ""
-            for (name, settings) in [("q,v r8", LoRASettings(rank: 8, alpha: 16, targets: [.q, .v])),
-                                     ("all-linear r16", LoRASettings(rank: 16, alpha: 32, targets: LinearRole.allCases))] {
-                var options = TuneOptions()
-                options.batchSize = batchSizes.max() ?? 8
-                options.maxSteps = steps
-                let trainer = try Trainer(engine: engine, lora: try TrainableLoRA(settings: settings, config: model.config, seed: 1),
-                                          options: options, train: examples)
-                _ = try trainer.step()      // warm-up (scratch, pool)
-                var tokens = 0, seconds = 0.0
-                for _ in 0..<max(1, min(steps, 4)) {
-                    let r = try trainer.step()
-                    tokens += r.tokens
-                    seconds += r.seconds
-                }
-                let result = Benchmark.Result(name: "train \(name), batch \(options.batchSize) x \(trainLength)\(suffix)",
-                                              tokensPerSecond: Double(tokens) / seconds, tokens: tokens, seconds: seconds)
+            for (name, settings) in configurations {
+                let result = try timeSteps(engine, settings, model: model, examples: examples,
+                                           name: "train \(name), batch \(batchSizes.max() ?? 8) x \(trainLength)\(mode == .bf16 ? " (bf16 products)" : "")")
                 report.results.append(result)
                 print(result.line + String(format: "  peak memory %.0f MB", Self.peakResidentMB()))
             }
         }
         try report.write(json: json, svg: svg)
+    }
+
+    /// One warm-up optimizer step, then up to 4 timed ones, of a fresh adapter.
+    func timeSteps(_ engine: LoRABackprop, _ settings: LoRASettings, model: LlamaModel, examples: [TrainingExample], name: String) throws -> Benchmark.Result {
+        var options = TuneOptions()
+        options.batchSize = batchSizes.max() ?? 8
+        options.maxSteps = steps
+        let trainer = try Trainer(engine: engine, lora: try TrainableLoRA(settings: settings, config: model.config, seed: 1),
+                                  options: options, train: examples)
+        _ = try trainer.step()      // warm-up (scratch, pool)
+        var tokens = 0, seconds = 0.0
+        for _ in 0..<max(1, min(steps, 4)) {
+            let r = try trainer.step()
+            tokens += r.tokens
+            seconds += r.seconds
+        }
+        return Benchmark.Result(name: name, tokensPerSecond: Double(tokens) / seconds, tokens: tokens, seconds: seconds)
     }
 
     /// VmHWM of /proc/self/status (the most resident memory so far), in MB.

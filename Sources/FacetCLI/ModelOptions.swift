@@ -44,8 +44,13 @@ struct ModelOptions: ParsableArguments {
         }
     }
 
-    func rejectRuntimeOptions(for command: String, allowingCompute: Bool = false) throws {
-        if allowingCompute { _ = try trainingProducts(for: command) } else if compute != nil { throw ValidationError("--compute applies to run, serve and bench, not to \(command)") }
+    func rejectRuntimeOptions(for command: String) throws {
+        if compute != nil { throw ValidationError("--compute applies to run, serve, bench and tune, not to \(command)") }
+        try rejectInferenceOptions(for: command)
+    }
+
+    /// The options of inference alone (facet tune takes --compute, as `trainingProducts`).
+    func rejectInferenceOptions(for command: String) throws {
         if loraPrecision != .exact { throw ValidationError("--lora-precision applies to run, serve and bench, not to \(command)") }
         if kvCacheDType != nil { throw ValidationError("--kv-cache-dtype applies to run, serve, bench and perplexity, not to \(command)") }
     }

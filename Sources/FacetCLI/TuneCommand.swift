@@ -66,7 +66,8 @@ struct TuneCommand: ParsableCommand {
     @Option(name: .customLong("serve-name"), help: "The adapter's name on the server (default: the out directory's name).") var serveName: String?
 
     func validate() throws {
-        try modelOptions.rejectRuntimeOptions(for: "facet tune", allowingCompute: true)
+        try modelOptions.rejectInferenceOptions(for: "facet tune")
+        _ = try modelOptions.trainingProducts(for: "facet tune")
         if let loss, loss != "answer", loss != "all" { throw ValidationError("--loss must be answer or all") }
         if let s = saveEvery, s < 1 { throw ValidationError("--save-every must be at least 1") }
         if let m = maxSeqLength, m < 2 { throw ValidationError("--max-seq-length must be at least 2") }

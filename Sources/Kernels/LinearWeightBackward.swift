@@ -29,18 +29,25 @@ extension LinearWeight {
     /// rows (`fk_add_product_bf16`), in the same fixed order.
     package func addInputGradient(dy: UnsafePointer<Float>, t T: Int, dx: UnsafeMutablePointer<Float>, products: TrainingProducts = .fp32) {
         guard T > 0 else { return }
-        if products == .bf16 { addInputGradientBF16(dy: dy, t: T, dx: dx); return }
-        let K = cols, O = rows
+        let K = cols, O = rows, Oe = O + (O & 1), band = 256
         let granule = columnGranule
         let chunks = (K + granule - 1) / granule
+        // bf16: dY rounded once ([T, O] padded to an even row length with zeros).
+        let gb = products == .bf16 ? Self.roundedRows(dy, rows: T, cols: O, paddedTo: Oe) : nil
         withoutActuallyEscaping({ (chunk: Int) in
             let k0 = chunk * granule, k1 = min(K, k0 + granule), width = k1 - k0
-            let band = 256
             let w = Scratch.floats(.gradientRow, band * width)
             for o0 in stride(from: 0, to: O, by: band) {
                 let n = min(band, O - o0)
                 for i in 0..<n { decode(row: o0 + i, columns: k0..<k1, into: w + i * width) }
-                fk_add_product(dx + k0, K, dy + o0, O, Int32(T), w, width, Int32(n), Int32(width))
+                if let gb {
+                    // The band as pairs of rows: [n/2, width, 2].
+                    let packed = Scratch.raw(.trainingPairs, band * width * 2).assumingMemoryBound(to: UInt16.self)
+                    fk_pack_bf16_pairs(w, width, 1, Int32(n), Int32(width), packed)
+                    fk_add_product_bf16(dx + k0, K, gb + o0, Oe, Int32(T), packed, Int32((n + 1) / 2), Int32(width))
+                } else {
+                    fk_add_product(dx + k0, K, dy + o0, O, Int32(T), w, width, Int32(n), Int32(width))
+                }
             }
         }) { body in Parallel.forEach(chunks, body) }
     }
@@ -57,66 +64,28 @@ extension LinearWeight {
     package func matmulDecoded(x: UnsafePointer<Float>, t T: Int, y: UnsafeMutablePointer<Float>, bias: [Float]? = nil,
                                products: TrainingProducts = .fp32) {
         guard T > 0 else { return }
-        let O = rows
+        let K = cols, O = rows, panel = 32, Ke = K + (K & 1)
         y.update(repeating: 0, count: T * O)
-        if products == .bf16 {
-            matmulDecodedBF16(x: x, t: T, y: y)
-        } else {
-            matmulDecodedFP32(x: x, t: T, y: y)
-        }
-        if let bias {
-            for t in 0..<T { for o in 0..<O { y[t * O + o] += bias[o] } }
-        }
-    }
-
-    private func matmulDecodedFP32(x: UnsafePointer<Float>, t T: Int, y: UnsafeMutablePointer<Float>) {
-        let K = cols, O = rows, panel = 32
+        // bf16: x rounded once ([T, K] padded to an even row length with zeros).
+        let xb = products == .bf16 ? Self.roundedRows(x, rows: T, cols: K, paddedTo: Ke) : nil
         withoutActuallyEscaping({ (chunk: Int) in
             let o0 = chunk * panel, n = min(panel, O - o0)
             let rowsBuffer = Scratch.floats(.gradientRow, 2 * panel * K)
-            let transposed = rowsBuffer + panel * K
             for i in 0..<n { decode(row: o0 + i, columns: 0..<K, into: rowsBuffer + i * K) }
-            fk_transpose(rowsBuffer, n, K, transposed)      // [K, n]
-            fk_add_product(y + o0, O, x, K, Int32(T), transposed, n, Int32(K), Int32(n))
-        }) { body in Parallel.forEach((O + panel - 1) / panel, body) }
-    }
-
-    /// `y += x Wᵀ` in bf16 products: x rounded once ([T, K] rounded to an even row length,
-    /// zero-padded), then per panel of 32 rows of W, the rows decoded and packed as pairs of
-    /// columns k (`[K/2, 32, 2]`).
-    private func matmulDecodedBF16(x: UnsafePointer<Float>, t T: Int, y: UnsafeMutablePointer<Float>) {
-        let K = cols, O = rows, panel = 32, Ke = K + (K & 1)
-        let xb = Self.roundedRows(x, rows: T, cols: K, paddedTo: Ke)
-        withoutActuallyEscaping({ (chunk: Int) in
-            let o0 = chunk * panel, n = min(panel, O - o0)
-            let rowsBuffer = Scratch.floats(.gradientRow, panel * K)
-            let packed = Scratch.raw(.trainingPairs, Ke * panel * 2).assumingMemoryBound(to: UInt16.self)
-            for i in 0..<n { decode(row: o0 + i, columns: 0..<K, into: rowsBuffer + i * K) }
-            // element (k, o) = W[o, k]: pairs of k, n columns
-            fk_pack_bf16_pairs(rowsBuffer, 1, K, Int32(K), Int32(n), packed)
-            fk_add_product_bf16(y + o0, O, xb, Ke, Int32(T), packed, Int32(Ke / 2), Int32(n))
-        }) { body in Parallel.forEach((O + panel - 1) / panel, body) }
-    }
-
-    /// `dx += dY W` in bf16 products: dY rounded once, then per task's columns and band of 256
-    /// rows of W, the band decoded and packed as pairs of rows (`[n/2, width, 2]`).
-    private func addInputGradientBF16(dy: UnsafePointer<Float>, t T: Int, dx: UnsafeMutablePointer<Float>) {
-        let K = cols, O = rows, Oe = O + (O & 1)
-        let granule = columnGranule
-        let chunks = (K + granule - 1) / granule
-        let gb = Self.roundedRows(dy, rows: T, cols: O, paddedTo: Oe)
-        withoutActuallyEscaping({ (chunk: Int) in
-            let k0 = chunk * granule, k1 = min(K, k0 + granule), width = k1 - k0
-            let band = 256
-            let w = Scratch.floats(.gradientRow, band * width)
-            let packed = Scratch.raw(.trainingPairs, band * width * 2).assumingMemoryBound(to: UInt16.self)
-            for o0 in stride(from: 0, to: O, by: band) {
-                let n = min(band, O - o0)
-                for i in 0..<n { decode(row: o0 + i, columns: k0..<k1, into: w + i * width) }
-                fk_pack_bf16_pairs(w, width, 1, Int32(n), Int32(width), packed)
-                fk_add_product_bf16(dx + k0, K, gb + o0, Oe, Int32(T), packed, Int32((n + 1) / 2), Int32(width))
+            if let xb {
+                // Element (k, o) = W[o, k] as pairs of k: [K/2, n, 2].
+                let packed = Scratch.raw(.trainingPairs, Ke * panel * 2).assumingMemoryBound(to: UInt16.self)
+                fk_pack_bf16_pairs(rowsBuffer, 1, K, Int32(K), Int32(n), packed)
+                fk_add_product_bf16(y + o0, O, xb, Ke, Int32(T), packed, Int32(Ke / 2), Int32(n))
+            } else {
+                let transposed = rowsBuffer + panel * K
+                fk_transpose(rowsBuffer, n, K, transposed)      // [K, n]
+                fk_add_product(y + o0, O, x, K, Int32(T), transposed, n, Int32(K), Int32(n))
             }
-        }) { body in Parallel.forEach(chunks, body) }
+        }) { body in Parallel.forEach((O + panel - 1) / panel, body) }
+        if let bias {
+            for t in 0..<T { for o in 0..<O { y[t * O + o] += bias[o] } }
+        }
     }
 
     /// The input gradient's columns go to the tasks in chunks of 64 (whole blocks), or of 32

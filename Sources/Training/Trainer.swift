@@ -1,7 +1,7 @@
 import Foundation
+import Kernels
 import Sampling
 import Tensors
-import Kernels
 
 package enum LRSchedule: String, Codable, CaseIterable, Sendable {
     /// Linear warmup, then cosine decay to 0 (transformers' get_cosine_schedule_with_warmup).

@@ -143,3 +143,9 @@ def test_bf16_products_are_opt_in_recorded_and_validated(workdir):
     assert "trained with --compute bf16; continuing with --compute fp32" in p.stderr, p.stderr
     p = tune("--max-steps", "1", "--out", os.path.join(workdir, "int8"), "--compute", "int8", check=False)
     assert p.returncode != 0 and "--compute takes fp32 or bf16" in p.stderr, p.stderr
+
+
+def test_bench_train_refuses_int8_before_loading():
+    p = subprocess.run([FACET, "bench", "--train", "--compute", "int8"], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=60)
+    assert p.returncode != 0 and "facet bench --train --compute takes fp32 or bf16" in p.stderr, p.stderr
+    assert "Loading" not in p.stderr, p.stderr
