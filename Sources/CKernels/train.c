@@ -44,11 +44,50 @@ __attribute__((always_inline)) AVX512 static inline void tile_avx512(const int M
     for (int i = 0; i < MR; i++) { _mm512_mask_storeu_ps(dx + i * ldx, m0, c0[i]); _mm512_mask_storeu_ps(dx + i * ldx + 16, m1, c1[i]); }
 }
 
+// MR rows x up to 16 columns (one zmm per row) or up to 8 (one ymm: on CPUs that split a
+// 512-bit operation in two halves, a masked zmm would cost the full width): the narrow
+// outputs of LoRA's rank-wide products (u = x Aᵀ, du = dy B).
+__attribute__((always_inline)) AVX512 static inline void tile16_avx512(const int MR, float *dx, long ldx, const float *g, long gs,
+                                                                       const float *w, long ldw, int o0, int o1, __mmask16 m) {
+    __m512 c[12];
+    for (int i = 0; i < MR; i++) c[i] = _mm512_maskz_loadu_ps(m, dx + i * ldx);
+    for (int o = o0; o < o1; o++) {
+        __m512 b = _mm512_maskz_loadu_ps(m, w + (long)o * ldw);
+        for (int i = 0; i < MR; i++) c[i] = _mm512_fmadd_ps(_mm512_set1_ps(g[i * gs + o]), b, c[i]);
+    }
+    for (int i = 0; i < MR; i++) _mm512_mask_storeu_ps(dx + i * ldx, m, c[i]);
+}
+
+__attribute__((always_inline)) AVX512 static inline void tile8_avx512(const int MR, float *dx, long ldx, const float *g, long gs,
+                                                                      const float *w, long ldw, int o0, int o1, __mmask8 m) {
+    __m256 c[12];
+    for (int i = 0; i < MR; i++) c[i] = _mm256_maskz_loadu_ps(m, dx + i * ldx);
+    for (int o = o0; o < o1; o++) {
+        __m256 b = _mm256_maskz_loadu_ps(m, w + (long)o * ldw);
+        for (int i = 0; i < MR; i++) c[i] = _mm256_fmadd_ps(_mm256_set1_ps(g[i * gs + o]), b, c[i]);
+    }
+    for (int i = 0; i < MR; i++) _mm256_mask_storeu_ps(dx + i * ldx, m, c[i]);
+}
+
 AVX512 static void add_scaled_avx512(float *dx, long ldx, const float *g, long gs, int rows, const float *w, long ldw, int nrows, int width) {
     for (int o0 = 0; o0 < nrows; o0 += KC) {
         int o1 = nrows - o0 < KC ? nrows : o0 + KC;
         for (int j = 0; j < width; j += 32) {
             int n = width - j < 32 ? width - j : 32;
+            if (n <= 16) {
+                __mmask16 m = lanes16(n);
+                int t = 0;
+                if (n <= 8) {
+                    for (; t + 12 <= rows; t += 12) tile8_avx512(12, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, (__mmask8)m);
+                    for (; t + 4 <= rows; t += 4) tile8_avx512(4, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, (__mmask8)m);
+                    for (; t < rows; t++) tile8_avx512(1, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, (__mmask8)m);
+                } else {
+                    for (; t + 12 <= rows; t += 12) tile16_avx512(12, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m);
+                    for (; t + 4 <= rows; t += 4) tile16_avx512(4, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m);
+                    for (; t < rows; t++) tile16_avx512(1, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m);
+                }
+                continue;
+            }
             __mmask16 m0 = lanes16(n), m1 = lanes16(n - 16);
             int t = 0;
             for (; t + 8 <= rows; t += 8) tile_avx512(8, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m0, m1);
@@ -73,6 +112,18 @@ __attribute__((always_inline)) AVX2 static inline void tile_avx2(const int MR, f
         }
     }
     for (int i = 0; i < MR; i++) { _mm256_storeu_ps(dx + i * ldx, c0[i]); _mm256_storeu_ps(dx + i * ldx + 8, c1[i]); }
+}
+
+// MR rows x 8 columns (one ymm per row) over rows o0..o1 of w.
+__attribute__((always_inline)) AVX2 static inline void tile8_avx2(const int MR, float *dx, long ldx, const float *g, long gs,
+                                                                  const float *w, long ldw, int o0, int o1) {
+    __m256 c[12];
+    for (int i = 0; i < MR; i++) c[i] = _mm256_loadu_ps(dx + i * ldx);
+    for (int o = o0; o < o1; o++) {
+        __m256 b = _mm256_loadu_ps(w + (long)o * ldw);
+        for (int i = 0; i < MR; i++) c[i] = _mm256_fmadd_ps(_mm256_set1_ps(g[i * gs + o]), b, c[i]);
+    }
+    for (int i = 0; i < MR; i++) _mm256_storeu_ps(dx + i * ldx, c[i]);
 }
 
 // With two or more tiles of rows, each KC x 16 panel of w is first copied to a contiguous
@@ -104,6 +155,16 @@ AVX2 static void add_scaled_avx2(float *dx, long ldx, const float *g, long gs, i
             for (; t + 2 <= rows; t += 2) tile_avx2(2, dx + t * ldx + j, ldx, pg + t * gs, gs, pw, lp, p0, p1);
             for (; t < rows; t++) tile_avx2(1, dx + t * ldx + j, ldx, pg + t * gs, gs, pw, lp, p0, p1);
         }
+    }
+    // Eight more columns (a rank-8 product's whole width) in ymm tiles, the rest scalar.
+    if (width - full >= 8) {
+        for (int o0 = 0; o0 < nrows; o0 += KC) {
+            int o1 = nrows - o0 < KC ? nrows : o0 + KC;
+            int t = 0;
+            for (; t + 12 <= rows; t += 12) tile8_avx2(12, dx + t * ldx + full, ldx, g + t * gs, gs, w + full, ldw, o0, o1);
+            for (; t < rows; t++) tile8_avx2(1, dx + t * ldx + full, ldx, g + t * gs, gs, w + full, ldw, o0, o1);
+        }
+        full += 8;
     }
     if (full < width) add_scaled_scalar(dx, ldx, g, gs, rows, w, ldw, nrows, full, width);
 }

@@ -29,6 +29,15 @@ static inline float exp_scalar(float v) {
 
 static inline float silu_scalar(float v) { return v / (1.0f + exp_scalar(-v)); }
 
+// SiLU-gate's gradients, one element: s = 1 / (1 + exp(-g)), du = (da g) s,
+// dg = ((da u) s) (1 + g (1 - s)); each operation a separate rounding, in this order.
+static inline void silu_back_scalar(float g, float u, float da, float *dg, float *du) {
+    float s = 1.0f / (1.0f + exp_scalar(-g));
+    *du = (da * g) * s;
+    float k = 1.0f + g * (1.0f - s);
+    *dg = ((da * u) * s) * k;
+}
+
 #if defined(__x86_64__)
 AVX2 static inline __m256 exp_avx2(__m256 v) {
     __m256 x = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(EXP_LO)), _mm256_set1_ps(EXP_HI));
@@ -53,6 +62,19 @@ AVX2 static void silu_mul_avx2(float *g, const float *u, long n) {
     for (; i < n; i++) g[i] = silu_scalar(g[i]) * u[i];
 }
 
+AVX2 static void silu_back_avx2(const float *g, const float *u, const float *da, float *dg, float *du, long n) {
+    long i = 0;
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (; i + 8 <= n; i += 8) {
+        __m256 gv = _mm256_loadu_ps(g + i), dav = _mm256_loadu_ps(da + i);
+        __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_xor_ps(gv, _mm256_set1_ps(-0.0f)))));
+        _mm256_storeu_ps(du + i, _mm256_mul_ps(_mm256_mul_ps(dav, gv), s));
+        __m256 k = _mm256_add_ps(one, _mm256_mul_ps(gv, _mm256_sub_ps(one, s)));
+        _mm256_storeu_ps(dg + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dav, _mm256_loadu_ps(u + i)), s), k));
+    }
+    for (; i < n; i++) silu_back_scalar(g[i], u[i], da[i], dg + i, du + i);
+}
+
 AVX2 static void exp_shift_avx2(float *p, long n, float shift) {
     long i = 0;
     __m256 s = _mm256_set1_ps(shift);
@@ -68,6 +90,13 @@ void fk_silu_mul(float *gate, const float *up, long n) {
     if (fk_has_avx2()) { silu_mul_avx2(gate, up, n); return; }
 #endif
     for (long i = 0; i < n; i++) gate[i] = silu_scalar(gate[i]) * up[i];
+}
+
+void fk_silu_mul_backward(const float *gate, const float *up, const float *da, float *dgate, float *dup, long n) {
+#if defined(__x86_64__)
+    if (fk_has_avx2()) { silu_back_avx2(gate, up, da, dgate, dup, n); return; }
+#endif
+    for (long i = 0; i < n; i++) silu_back_scalar(gate[i], up[i], da[i], dgate + i, dup + i);
 }
 
 void fk_exp_shift(float *p, long n, float shift) {

@@ -44,6 +44,30 @@ package enum Activation {
         Parallel.run(job.split.parts, job)
     }
 
+    /// The gradients of `siluMul` (without its in-place write): with `s = 1 / (1 + exp(-g))`,
+    /// `dUp[i] = (da[i] g) s` and `dGate[i] = ((da[i] up[i]) s) (1 + g (1 - s))` for
+    /// `g = gate[i]`, every element the same arithmetic on every tier and split.
+    package static func siluMulBackward(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, dOut: UnsafePointer<Float>,
+                                        dGate: UnsafeMutablePointer<Float>, dUp: UnsafeMutablePointer<Float>, count: Int) {
+        let job = SiluBackJob(gate: gate, up: up, dOut: dOut, dGate: dGate, dUp: dUp, split: Parallel.Split(count, granule: 256, work: count * 12))
+        Parallel.run(job.split.parts, job)
+    }
+
+    struct SiluBackJob: ParallelJob, @unchecked Sendable {
+        let gate: UnsafePointer<Float>, up: UnsafePointer<Float>, dOut: UnsafePointer<Float>
+        let dGate: UnsafeMutablePointer<Float>, dUp: UnsafeMutablePointer<Float>
+        let split: Parallel.Split
+
+        static let entry: @convention(c) (UnsafeMutableRawPointer?, Int32) -> Void = { job, task in
+            job!.assumingMemoryBound(to: SiluBackJob.self).pointee.run(Int(task))
+        }
+
+        func run(_ task: Int) {
+            let r = split.range(task), i = r.lowerBound
+            fk_silu_mul_backward(gate + i, up + i, dOut + i, dGate + i, dUp + i, r.count)
+        }
+    }
+
     struct SiluJob: ParallelJob, @unchecked Sendable {
         let gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>
         let split: Parallel.Split

@@ -171,14 +171,9 @@ package final class LoRABackprop: @unchecked Sendable {
             Self.rms(x, lw.ffnNorm, T, D, c.rmsNormEps, into: &cache.h2)
             linear(lw.wGate, lw.bGate, cache.h2, T, lora.pairs[l][.gate], lora.scale, cache.masks[.gate], into: &cache.gate)
             linear(lw.wUp, lw.bUp, cache.h2, T, lora.pairs[l][.up], lora.scale, cache.masks[.up], into: &cache.up)
-            Self.reuse(&cache.act, T * I)
-            cache.gate.withUnsafeBufferPointer { gp in
-                cache.up.withUnsafeBufferPointer { up in
-                    cache.act.withUnsafeMutableBufferPointer { ap in
-                        let g = gp.baseAddress!, u = up.baseAddress!, a = ap.baseAddress!
-                        DenseProduct.elementwise(T * I) { range in for i in range { a[i] = Self.silu(g[i]) * u[i] } }
-                    }
-                }
+            Self.copy(cache.gate, into: &cache.act)   // act = silu(gate) ⊙ up: [T, I]
+            cache.up.withUnsafeBufferPointer { up in
+                cache.act.withUnsafeMutableBufferPointer { Activation.siluMul(gate: $0.baseAddress!, up: up.baseAddress!, count: T * I) }
             }
             let m = linear(lw.wDown, lw.bDown, cache.act, T, lora.pairs[l][.down], lora.scale, cache.masks[.down])
             for i in 0..<(T * D) { x[i] += m[i] }
@@ -288,15 +283,8 @@ package final class LoRABackprop: @unchecked Sendable {
                     dact.withUnsafeBufferPointer { dp in
                         dgate.withUnsafeMutableBufferPointer { dgp in
                             dup.withUnsafeMutableBufferPointer { dupp in
-                                let gate = gp.baseAddress!, upv = up.baseAddress!, da = dp.baseAddress!
-                                let dG = dgp.baseAddress!, dU = dupp.baseAddress!
-                                DenseProduct.elementwise(T * I) { range in
-                                    for i in range {
-                                        let g = gate[i], s = 1 / (1 + exp(-g))
-                                        dU[i] = da[i] * g * s
-                                        dG[i] = da[i] * upv[i] * s * (1 + g * (1 - s))
-                                    }
-                                }
+                                Activation.siluMulBackward(gate: gp.baseAddress!, up: up.baseAddress!, dOut: dp.baseAddress!,
+                                                           dGate: dgp.baseAddress!, dUp: dupp.baseAddress!, count: T * I)
                             }
                         }
                     }
@@ -328,7 +316,8 @@ package final class LoRABackprop: @unchecked Sendable {
 
     // MARK: - Ops
 
-    package static func silu(_ g: Float) -> Float { g / (1 + exp(-g)) }
+    /// `silu(g) = g / (1 + exp(-g))` with `VectorMath.exp`, as `Activation.siluMul` computes it.
+    package static func silu(_ g: Float) -> Float { g / (1 + VectorMath.exp(-g)) }
 
     /// `y = x / rms(x) ⊙ w` per row (transformers' LlamaRMSNorm).
     package static func rms(_ x: [Float], _ weight: [Float], _ T: Int, _ D: Int, _ eps: Float) -> [Float] {

@@ -145,21 +145,35 @@ import TestSupport
     }
 
     @Test func trainingProductsAndElementwiseMathAgreeOnEveryTier() {
-        let rows = 9, inner = 300, width = 70
-        let g = Self.random(rows * inner, 14), w = Self.random(inner * width, 15)
-        Self.acrossTiers("training product") {
-            var out = Self.random(rows * width, 16)
-            g.withUnsafeBufferPointer { gp in w.withUnsafeBufferPointer { wp in
-                out.withUnsafeMutableBufferPointer { DenseProduct.add($0.baseAddress!, gp.baseAddress!, rows: rows, inner: inner, wp.baseAddress!, width: width) }
+        // Wide outputs, and the rank-wide ones of LoRA (8 and 16 columns: their own tiles),
+        // with row counts that leave every tile's remainder.
+        for (rows, inner, width) in [(9, 300, 70), (29, 300, 8), (17, 70, 16), (13, 50, 5), (30, 40, 13), (25, 600, 24), (3, 9, 9)] {
+            let g = Self.random(rows * inner, 14), w = Self.random(inner * width, 15)
+            let scalar = Self.acrossTiers("training product \(rows)x\(inner)x\(width)") {
+                var out = Self.random(rows * width, 16)
+                g.withUnsafeBufferPointer { gp in w.withUnsafeBufferPointer { wp in
+                    out.withUnsafeMutableBufferPointer { DenseProduct.add($0.baseAddress!, gp.baseAddress!, rows: rows, inner: inner, wp.baseAddress!, width: width) }
+                } }
+                return out
+            }
+            // The scalar tier is each output's chain of fused adds in increasing inner index.
+            let start = Self.random(rows * width, 16)
+            for t in 0..<rows { for j in 0..<width {
+                var acc = start[t * width + j]
+                for o in 0..<inner { acc = acc.addingProduct(g[t * inner + o], w[o * width + j]) }
+                #expect(scalar[t * width + j].bitPattern == acc.bitPattern, "training product \(rows)x\(inner)x\(width) [\(t), \(j)]")
             } }
-            return out
         }
-        let values = Self.random(1000, 17, scale: 30)
+        let values = Self.random(1000, 17, scale: 30), da = Self.random(1000, 18)
         Self.acrossTiers("exp and SiLU") {
             var e = values, gate = values
+            var dGate = [Float](repeating: .nan, count: values.count), dUp = dGate
             e.withUnsafeMutableBufferPointer { VectorMath.expShifted($0.baseAddress!, count: $0.count, shift: 2) }
             values.withUnsafeBufferPointer { up in gate.withUnsafeMutableBufferPointer { Activation.siluMul(gate: $0.baseAddress!, up: up.baseAddress!, count: $0.count) } }
-            return e + gate
+            values.withUnsafeBufferPointer { g in da.withUnsafeBufferPointer { d in dGate.withUnsafeMutableBufferPointer { dg in dUp.withUnsafeMutableBufferPointer { du in
+                Activation.siluMulBackward(gate: g.baseAddress!, up: d.baseAddress!, dOut: g.baseAddress!, dGate: dg.baseAddress!, dUp: du.baseAddress!, count: values.count)
+            } } } }
+            return e + gate + dGate + dUp
         }
     }
 

@@ -100,6 +100,9 @@ void fk_dequantize_row(int type, const uint8_t *w, int K, int row, float *out);
 float fk_exp(float x);
 /// gate[i] = gate[i] / (1 + fk_exp(-gate[i])) * up[i]  (SiLU(gate) * up).
 void fk_silu_mul(float *gate, const float *up, long n);
+/// The gradients of silu(gate) * up given da = d(out): with s = 1 / (1 + fk_exp(-gate[i])),
+/// dup[i] = (da[i] * gate[i]) * s and dgate[i] = ((da[i] * up[i]) * s) * (1 + gate[i] * (1 - s)).
+void fk_silu_mul_backward(const float *gate, const float *up, const float *da, float *dgate, float *dup, long n);
 /// p[i] = fk_exp(p[i] - shift).
 void fk_exp_shift(float *p, long n, float shift);
 
