@@ -166,7 +166,7 @@ package final class LoRABackprop: @unchecked Sendable {
             }
             attention(q: cache.q, k: cache.k, v: cache.v, segments: segments, out: &cache.attn, probs: &cache.probs)
             let o = linear(lw.wo, lw.bo, cache.attn, T, lora.pairs[l][.o], lora.scale, cache.masks[.o])
-            for i in 0..<(T * D) { x[i] += o[i] }
+            Self.add(o, into: &x)
             Self.copy(x, into: &cache.xMid)
             Self.rms(x, lw.ffnNorm, T, D, c.rmsNormEps, into: &cache.h2)
             linear(lw.wGate, lw.bGate, cache.h2, T, lora.pairs[l][.gate], lora.scale, cache.masks[.gate], into: &cache.gate)
@@ -176,7 +176,7 @@ package final class LoRABackprop: @unchecked Sendable {
                 cache.act.withUnsafeMutableBufferPointer { Activation.siluMul(gate: $0.baseAddress!, up: up.baseAddress!, count: T * I) }
             }
             let m = linear(lw.wDown, lw.bDown, cache.act, T, lora.pairs[l][.down], lora.scale, cache.masks[.down])
-            for i in 0..<(T * D) { x[i] += m[i] }
+            Self.add(m, into: &x)
         }
         let recompute = backward && (recomputeAlways || keptActivationBytes(lengths: segments.map(\.count)) > keepBudget)
         // Every layer's cache is kept for a backward pass without recomputation; otherwise
@@ -292,9 +292,8 @@ package final class LoRABackprop: @unchecked Sendable {
             }
             var dh2 = linearBackward(lw.wGate, cache.h2, dgate, T, &lora, l, .gate, cache.masks[.gate])
             let dh2u = linearBackward(lw.wUp, cache.h2, dup, T, &lora, l, .up, cache.masks[.up])
-            for i in 0..<(T * D) { dh2[i] += dh2u[i] }
-            let dmid = Self.rmsBackward(cache.xMid, lw.ffnNorm, dh2, T, D, c.rmsNormEps)
-            for i in 0..<(T * D) { dx[i] += dmid[i] }
+            Self.add(dh2u, into: &dh2)
+            Self.rmsBackward(cache.xMid, lw.ffnNorm, dh2, T, D, c.rmsNormEps, adding: &dx)   // dx += rms'(dh2)
             // Attention: x' = x + o(attn(q, k, v))
             let dattn = linearBackward(lw.wo, cache.attn, dx, T, &lora, l, .o, cache.masks[.o])
             var (dq, dk, dv) = attentionBackward(dout: dattn, q: cache.q, k: cache.k, v: cache.v, probs: cache.probs, segments: segments)
@@ -307,9 +306,8 @@ package final class LoRABackprop: @unchecked Sendable {
             var dh = linearBackward(lw.wq, cache.h, dq, T, &lora, l, .q, cache.masks[.q])
             let dhk = linearBackward(lw.wk, cache.h, dk, T, &lora, l, .k, cache.masks[.k])
             let dhv = linearBackward(lw.wv, cache.h, dv, T, &lora, l, .v, cache.masks[.v])
-            for i in 0..<(T * D) { dh[i] += dhk[i] + dhv[i] }
-            let din = Self.rmsBackward(cache.x, lw.attnNorm, dh, T, D, c.rmsNormEps)
-            for i in 0..<(T * D) { dx[i] += din[i] }
+            Self.add(dhk, dhv, into: &dh)   // dh += dhk + dhv
+            Self.rmsBackward(cache.x, lw.attnNorm, dh, T, D, c.rmsNormEps, adding: &dx)     // dx += rms'(dh)
         }
         return (nll, R)
     }
@@ -359,6 +357,13 @@ package final class LoRABackprop: @unchecked Sendable {
     /// `dx = r (w ⊙ dy − n · mean(w ⊙ dy ⊙ n))`.
     package static func rmsBackward(_ x: [Float], _ weight: [Float], _ dy: [Float], _ T: Int, _ D: Int, _ eps: Float) -> [Float] {
         var dx = [Float](repeating: 0, count: T * D)
+        rmsBackward(x, weight, dy, T, D, eps, adding: &dx)
+        return dx
+    }
+
+    /// `rmsBackward` added into `dx` (each element one rounding of `dx + value`: the same bits
+    /// as adding the returned gradient afterwards).
+    static func rmsBackward(_ x: [Float], _ weight: [Float], _ dy: [Float], _ T: Int, _ D: Int, _ eps: Float, adding dx: inout [Float]) {
         x.withUnsafeBufferPointer { xb in weight.withUnsafeBufferPointer { wb in dy.withUnsafeBufferPointer { db in
             dx.withUnsafeMutableBufferPointer { ob in
                 let x = xb.baseAddress!, weight = wb.baseAddress!, dy = db.baseAddress!, dx = ob.baseAddress!
@@ -374,13 +379,34 @@ package final class LoRABackprop: @unchecked Sendable {
                         dot /= Float(D)
                         for d in 0..<D {
                             let n = x[t * D + d] * r
-                            dx[t * D + d] = r * (weight[d] * dy[t * D + d] - n * dot)
+                            dx[t * D + d] += r * (weight[d] * dy[t * D + d] - n * dot)
                         }
                     }
                 }
             }
         } } }
-        return dx
+    }
+
+    /// `a[i] += b[i]` on the pool (element-wise: the same bits for any split).
+    static func add(_ b: [Float], into a: inout [Float]) {
+        b.withUnsafeBufferPointer { bp in
+            a.withUnsafeMutableBufferPointer { ap in
+                let a = ap.baseAddress!, b = bp.baseAddress!
+                DenseProduct.elementwise(ap.count) { range in for i in range { a[i] += b[i] } }
+            }
+        }
+    }
+
+    /// `a[i] += b[i] + c[i]` (that grouping) on the pool.
+    static func add(_ b: [Float], _ c: [Float], into a: inout [Float]) {
+        b.withUnsafeBufferPointer { bp in
+            c.withUnsafeBufferPointer { cp in
+                a.withUnsafeMutableBufferPointer { ap in
+                    let a = ap.baseAddress!, b = bp.baseAddress!, c = cp.baseAddress!
+                    DenseProduct.elementwise(ap.count) { range in for i in range { a[i] += b[i] + c[i] } }
+                }
+            }
+        }
     }
 
     /// `y = x Wᵀ (+ b) + s ((x ⊙ mask) Aᵀ) Bᵀ`.
