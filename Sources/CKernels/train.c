@@ -44,9 +44,9 @@ __attribute__((always_inline)) AVX512 static inline void tile_avx512(const int M
     for (int i = 0; i < MR; i++) { _mm512_mask_storeu_ps(dx + i * ldx, m0, c0[i]); _mm512_mask_storeu_ps(dx + i * ldx + 16, m1, c1[i]); }
 }
 
-// MR rows x up to 16 columns (one zmm per row) or up to 8 (one ymm: on CPUs that split a
-// 512-bit operation in two halves, a masked zmm would cost the full width): the narrow
-// outputs of LoRA's rank-wide products (u = x Aᵀ, du = dy B).
+// MR rows x up to 16 columns (one zmm per row): the narrow outputs of LoRA's rank-wide
+// products (u = x Aᵀ, du = dy B). Exactly 8 columns (rank 8) take tile8_avx2's ymm instead:
+// on CPUs that split a 512-bit operation in two halves, a half-masked zmm costs the full width.
 __attribute__((always_inline)) AVX512 static inline void tile16_avx512(const int MR, float *dx, long ldx, const float *g, long gs,
                                                                        const float *w, long ldw, int o0, int o1, __mmask16 m) {
     __m512 c[12];
@@ -58,15 +58,16 @@ __attribute__((always_inline)) AVX512 static inline void tile16_avx512(const int
     for (int i = 0; i < MR; i++) _mm512_mask_storeu_ps(dx + i * ldx, m, c[i]);
 }
 
-__attribute__((always_inline)) AVX512 static inline void tile8_avx512(const int MR, float *dx, long ldx, const float *g, long gs,
-                                                                      const float *w, long ldw, int o0, int o1, __mmask8 m) {
+// MR rows x 8 columns (one ymm per row) over rows o0..o1 of w.
+__attribute__((always_inline)) AVX2 static inline void tile8_avx2(const int MR, float *dx, long ldx, const float *g, long gs,
+                                                                  const float *w, long ldw, int o0, int o1) {
     __m256 c[12];
-    for (int i = 0; i < MR; i++) c[i] = _mm256_maskz_loadu_ps(m, dx + i * ldx);
+    for (int i = 0; i < MR; i++) c[i] = _mm256_loadu_ps(dx + i * ldx);
     for (int o = o0; o < o1; o++) {
-        __m256 b = _mm256_maskz_loadu_ps(m, w + (long)o * ldw);
+        __m256 b = _mm256_loadu_ps(w + (long)o * ldw);
         for (int i = 0; i < MR; i++) c[i] = _mm256_fmadd_ps(_mm256_set1_ps(g[i * gs + o]), b, c[i]);
     }
-    for (int i = 0; i < MR; i++) _mm256_mask_storeu_ps(dx + i * ldx, m, c[i]);
+    for (int i = 0; i < MR; i++) _mm256_storeu_ps(dx + i * ldx, c[i]);
 }
 
 AVX512 static void add_scaled_avx512(float *dx, long ldx, const float *g, long gs, int rows, const float *w, long ldw, int nrows, int width) {
@@ -77,10 +78,9 @@ AVX512 static void add_scaled_avx512(float *dx, long ldx, const float *g, long g
             if (n <= 16) {
                 __mmask16 m = lanes16(n);
                 int t = 0;
-                if (n <= 8) {
-                    for (; t + 12 <= rows; t += 12) tile8_avx512(12, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, (__mmask8)m);
-                    for (; t + 4 <= rows; t += 4) tile8_avx512(4, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, (__mmask8)m);
-                    for (; t < rows; t++) tile8_avx512(1, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, (__mmask8)m);
+                if (n == 8) {
+                    for (; t + 12 <= rows; t += 12) tile8_avx2(12, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1);
+                    for (; t < rows; t++) tile8_avx2(1, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1);
                 } else {
                     for (; t + 12 <= rows; t += 12) tile16_avx512(12, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m);
                     for (; t + 4 <= rows; t += 4) tile16_avx512(4, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m);
@@ -112,18 +112,6 @@ __attribute__((always_inline)) AVX2 static inline void tile_avx2(const int MR, f
         }
     }
     for (int i = 0; i < MR; i++) { _mm256_storeu_ps(dx + i * ldx, c0[i]); _mm256_storeu_ps(dx + i * ldx + 8, c1[i]); }
-}
-
-// MR rows x 8 columns (one ymm per row) over rows o0..o1 of w.
-__attribute__((always_inline)) AVX2 static inline void tile8_avx2(const int MR, float *dx, long ldx, const float *g, long gs,
-                                                                  const float *w, long ldw, int o0, int o1) {
-    __m256 c[12];
-    for (int i = 0; i < MR; i++) c[i] = _mm256_loadu_ps(dx + i * ldx);
-    for (int o = o0; o < o1; o++) {
-        __m256 b = _mm256_loadu_ps(w + (long)o * ldw);
-        for (int i = 0; i < MR; i++) c[i] = _mm256_fmadd_ps(_mm256_set1_ps(g[i * gs + o]), b, c[i]);
-    }
-    for (int i = 0; i < MR; i++) _mm256_storeu_ps(dx + i * ldx, c[i]);
 }
 
 // With two or more tiles of rows, each KC x 16 panel of w is first copied to a contiguous

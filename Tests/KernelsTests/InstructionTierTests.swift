@@ -171,7 +171,7 @@ import TestSupport
             e.withUnsafeMutableBufferPointer { VectorMath.expShifted($0.baseAddress!, count: $0.count, shift: 2) }
             values.withUnsafeBufferPointer { up in gate.withUnsafeMutableBufferPointer { Activation.siluMul(gate: $0.baseAddress!, up: up.baseAddress!, count: $0.count) } }
             values.withUnsafeBufferPointer { g in da.withUnsafeBufferPointer { d in dGate.withUnsafeMutableBufferPointer { dg in dUp.withUnsafeMutableBufferPointer { du in
-                Activation.siluMulBackward(gate: g.baseAddress!, up: d.baseAddress!, dOut: g.baseAddress!, dGate: dg.baseAddress!, dUp: du.baseAddress!, count: values.count)
+                Activation.siluMulBackward(gate: g.baseAddress!, up: g.baseAddress!, dOut: d.baseAddress!, dGate: dg.baseAddress!, dUp: du.baseAddress!, count: values.count)
             } } } }
             return e + gate + dGate + dUp
         }
