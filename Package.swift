@@ -115,7 +115,7 @@ let package = Package(
             ]
         ),
         .target(name: "TestSupport", dependencies: ["Tensors", "Formats", "Llama", "Loading"], path: "Tests/TestSupport"),
-        .testTarget(name: "AdaptersTests", dependencies: ["Adapters", "Tensors", "Loading", "Engine", "Llama", "Sampling", "Formats", "TestSupport"]),
+        .testTarget(name: "AdaptersTests", dependencies: ["Adapters", "Tensors", "Loading", "Engine", "Llama", "Sampling", "Formats", "Kernels", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Tensors", "Formats", "TestSupport"]),
         .testTarget(name: "FormatsTests", dependencies: ["Formats", "Tensors", "TestSupport"]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "Tensors", "Loading", "TestSupport"]),

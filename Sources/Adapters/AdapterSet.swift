@@ -27,10 +27,51 @@ package final class AdapterSet: LinearDeltas, @unchecked Sendable {
 
     package func add(layer: Int, x: UnsafePointer<Float>, inDim: Int, outputs: UnsafeBufferPointer<DeltaOutput>, slots: UnsafePointer<Int32>, tokens: Int) {
         let plan = groups(slots: slots, tokens: tokens)
-        // One task per (output, adapter group, piece of the group's tokens) that has a pair,
-        // listed on the stack. A group's tokens are cut into pieces when they are many (one
-        // adapter's long prefill), so every core works on it; each token's delta is computed
-        // alone, so the cut changes no bit.
+        withTasks(plan: plan, layer: layer, inDim: inDim, outputs: outputs, tokens: tokens) { tasks, work in
+            let job = DeltaJob(set: self, layer: layer, tasks: tasks, plan: plan, x: x, inDim: inDim, outputs: outputs, store: false)
+            Parallel.run(tasks.count, serial: work < 65_536, job)
+        }
+    }
+
+    /// The deltas are computed into scratch rows by tasks that run in the products' region
+    /// (their factor reads overlap the products' arithmetic, and the threads meet once per
+    /// call instead of twice), then added to `y`: `y + d` with `d = delta * scale` rounded
+    /// as `add` rounds it, so the bits are `add`'s.
+    package func add(layer: Int, x: UnsafePointer<Float>, inDim: Int, outputs: UnsafeBufferPointer<DeltaOutput>, slots: UnsafePointer<Int32>, tokens: Int,
+                     around products: (ParallelTasks) -> Void) {
+        let plan = groups(slots: slots, tokens: tokens)
+        let d = Scratch.floats(.loraDeltas, outputs.reduce(0) { $0 + tokens * $1.outDim })
+        withUnsafeTemporaryAllocation(of: DeltaOutput.self, capacity: max(outputs.count, 1)) { stores in
+            var offset = 0
+            for (o, out) in outputs.enumerated() {
+                stores.initializeElement(at: o, to: DeltaOutput(role: out.role, y: d + offset, outDim: out.outDim))
+                offset += tokens * out.outDim
+            }
+            defer { _ = stores[0..<outputs.count].deinitialize() }
+            let deltas = UnsafeBufferPointer(rebasing: stores[0..<outputs.count])
+            withTasks(plan: plan, layer: layer, inDim: inDim, outputs: outputs, tokens: tokens) { tasks, _ in
+                var job = DeltaJob(set: self, layer: layer, tasks: tasks, plan: plan, x: x, inDim: inDim, outputs: deltas, store: true)
+                withUnsafeMutablePointer(to: &job) { products(ParallelTasks(count: tasks.count, entry: DeltaJob.entry, context: UnsafeMutableRawPointer($0))) }
+            }
+            // y[t] += d[t] for the rows that have a delta (in place, element by element).
+            for (o, out) in outputs.enumerated() {
+                let width = out.outDim
+                for group in plan where pair(group.slot, layer, out.role) != nil {
+                    for t in group.rows {
+                        let y = out.y + Int(t) * width, delta = deltas[o].y + Int(t) * width
+                        for c in 0..<width { y[c] = y[c] + delta[c] }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One task per (output, adapter group, piece of the group's tokens) that has a pair,
+    /// listed on the stack, and an estimate of their multiply-adds. A group's tokens are cut
+    /// into pieces when they are many (one adapter's long prefill), so every core works on
+    /// it; each token's delta is computed alone, so the cut changes no bit.
+    private func withTasks(plan: [SlotGroup], layer: Int, inDim: Int, outputs: UnsafeBufferPointer<DeltaOutput>, tokens: Int,
+                           _ body: (UnsafeBufferPointer<DeltaTask>, Int) -> Void) {
         let pieceRows = Parallel.threadCount == 1 ? max(tokens, 1) : max(16, (tokens + 2 * Parallel.threadCount - 1) / (2 * Parallel.threadCount))
         var pieces = 0
         for group in plan { pieces += (group.rows.count + pieceRows - 1) / pieceRows }
@@ -49,8 +90,7 @@ package final class AdapterSet: LinearDeltas, @unchecked Sendable {
                     work += group.rows.count * pair.rank * (inDim + out.outDim)
                 }
             }
-            let job = DeltaJob(set: self, layer: layer, tasks: UnsafeBufferPointer(rebasing: list[0..<n]), plan: plan, x: x, inDim: inDim, outputs: outputs)
-            Parallel.run(n, serial: work < 65_536, job)
+            body(UnsafeBufferPointer(rebasing: list[0..<n]), work)
         }
     }
 
@@ -70,6 +110,9 @@ package final class AdapterSet: LinearDeltas, @unchecked Sendable {
         let x: UnsafePointer<Float>
         let inDim: Int
         let outputs: UnsafeBufferPointer<DeltaOutput>
+        /// Whether each output receives the scaled delta itself (`y` is a scratch buffer)
+        /// rather than having it added.
+        let store: Bool
 
         static let entry: @convention(c) (UnsafeMutableRawPointer?, Int32) -> Void = { job, task in
             job!.assumingMemoryBound(to: DeltaJob.self).pointee.run(Int(task))
@@ -80,7 +123,7 @@ package final class AdapterSet: LinearDeltas, @unchecked Sendable {
             guard let pair = set.pair(group.slot, layer, out.role) else { return }
             group.rows.withUnsafeBufferPointer { all in
                 let rows = UnsafeBufferPointer(rebasing: all[Int(task.first) ..< Int(task.first + task.count)])
-                AdapterSet.apply(pair, rows: rows, x: x, inDim: inDim, y: out.y, outDim: out.outDim)
+                AdapterSet.apply(pair, rows: rows, x: x, inDim: inDim, y: out.y, outDim: out.outDim, store: store)
             }
         }
     }
@@ -125,13 +168,19 @@ package final class AdapterSet: LinearDeltas, @unchecked Sendable {
     private let planCache = Mutex<(slots: [Int32], groups: [SlotGroup])?>(nil)
 
     /// `y[t] += scale * ((x[t] A^T) B^T)` for the tokens `rows` (of one adapter's group).
-    static func apply(_ pair: LoRAPair, rows: UnsafeBufferPointer<Int32>, x: UnsafePointer<Float>, inDim: Int, y: UnsafeMutablePointer<Float>, outDim: Int) {
+    /// With `store`, `y[t] = scale * ((x[t] A^T) B^T)` (the same rounding as the delta added).
+    static func apply(_ pair: LoRAPair, rows: UnsafeBufferPointer<Int32>, x: UnsafePointer<Float>, inDim: Int, y: UnsafeMutablePointer<Float>, outDim: Int,
+                      store: Bool = false) {
         let n = rows.count, r = pair.rank
         let xs = Scratch.floats(.loraInput, n * inDim)
         let u = Scratch.floats(.loraRank, n * r)
         for (i, t) in rows.enumerated() { (xs + i * inDim).update(from: x + Int(t) * inDim, count: inDim) }
         LowRank.shrink(x: xs, a: pair.packedA, u: u, n: n)                                                     // [n, r]
-        LowRank.expandAdd(u: u, bT: pair.packedBT, scale: pair.scale, y: y, rows: rows.baseAddress!, n: n)   // y[rows] += [n, out]
+        if store {
+            LowRank.expandStore(u: u, bT: pair.packedBT, scale: pair.scale, d: y, rows: rows.baseAddress!, n: n)  // y[rows] = [n, out]
+        } else {
+            LowRank.expandAdd(u: u, bT: pair.packedBT, scale: pair.scale, y: y, rows: rows.baseAddress!, n: n)   // y[rows] += [n, out]
+        }
     }
 
     package func embed(token: Int32, slot: Int32, base: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, dim: Int) -> Bool {

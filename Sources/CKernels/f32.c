@@ -235,12 +235,13 @@ void fk_lowrank_shrink(const float *x, const void *a, int format, float *u, long
     lowrank_scalar(0, x, a, format, u, n, K, r, 0, 0);
 }
 
-void fk_lowrank_expand(const float *u, const void *bT, int format, long r, long O, float scale, float *y, const int32_t *rows, long n) {
+void fk_lowrank_expand(const float *u, const void *bT, int format, long r, long O, float scale, float *y, const int32_t *rows, long n, int add) {
+    const int mode = add ? 1 : 2;
 #if defined(__x86_64__)
-    if (fk_has_avx512()) { lowrank_avx512(1, u, bT, format, y, n, O, r, scale, rows); return; }
-    if (fk_has_avx2()) { lowrank_avx2(1, u, bT, format, y, n, O, r, scale, rows); return; }
+    if (fk_has_avx512()) { lowrank_avx512(mode, u, bT, format, y, n, O, r, scale, rows); return; }
+    if (fk_has_avx2()) { lowrank_avx2(mode, u, bT, format, y, n, O, r, scale, rows); return; }
 #endif
-    lowrank_scalar(1, u, bT, format, y, n, O, r, scale, rows);
+    lowrank_scalar(mode, u, bT, format, y, n, O, r, scale, rows);
 }
 
 void fk_attend(const fk_attention_tile *tile, int heads, const fk_paged_layer *layer, const int32_t *block_table, float scale,

@@ -82,7 +82,7 @@ __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(shrink)(co
 }
 
 __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(expand)(const float *u, const void *bT, const int fmt, long r, long O, float scale,
-                                                                         float *y, const int32_t *rows, long n) {
+                                                                         float *y, const int32_t *rows, long n, const int add) {
     V16 s16 = V_SET1(scale);
     long o = 0;
     // Output chunks outer: the r x 16 slice of B^T stays in L1 across the group's tokens.
@@ -92,7 +92,7 @@ __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(expand)(co
             V16 acc = V_MUL(V_LOADF(bT, o, fmt), V_SET1(ui[0]));
             for (long j = 1; j < r; j++) acc = V_FMA(V_SET1(ui[j]), V_LOADF(bT, j * O + o, fmt), acc);
             float *row = y + (long)rows[i] * O + o;
-            V_STORE(row, V_ADD(V_LOAD(row), V_MUL(acc, s16)));
+            V_STORE(row, add ? V_ADD(V_LOAD(row), V_MUL(acc, s16)) : V_MUL(acc, s16));
         }
     }
     for (; o < O; o++) {
@@ -101,16 +101,18 @@ __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(expand)(co
             float acc = ld1(bT, o, fmt) * ui[0];
             for (long j = 1; j < r; j++) acc = fmaf(ui[j], ld1(bT, j * O + o, fmt), acc);
             float *row = y + (long)rows[i] * O;
-            row[o] = row[o] + acc * scale;
+            row[o] = add ? row[o] + acc * scale : acc * scale;
         }
     }
 }
 
+// expand: 1 adds the scaled delta to out's rows, 2 stores it there; 0 shrinks.
 TIER_ATTR static void TIER_NAME(lowrank)(int expand, const float *x, const void *m, int fmt, float *out, long n, long K, long r, float scale, const int32_t *rows) {
     if (expand) {
-        if (fmt == FK_ROW_F16) TIER_NAME(expand)(x, m, FK_ROW_F16, r, K, scale, out, rows, n);
-        else if (fmt == FK_ROW_BF16) TIER_NAME(expand)(x, m, FK_ROW_BF16, r, K, scale, out, rows, n);
-        else TIER_NAME(expand)(x, m, FK_ROW_F32, r, K, scale, out, rows, n);
+        const int add = expand == 1;
+        if (fmt == FK_ROW_F16) TIER_NAME(expand)(x, m, FK_ROW_F16, r, K, scale, out, rows, n, add);
+        else if (fmt == FK_ROW_BF16) TIER_NAME(expand)(x, m, FK_ROW_BF16, r, K, scale, out, rows, n, add);
+        else TIER_NAME(expand)(x, m, FK_ROW_F32, r, K, scale, out, rows, n, add);
     } else {
         if (fmt == FK_ROW_F16) TIER_NAME(shrink)(x, m, FK_ROW_F16, out, n, K, r);
         else if (fmt == FK_ROW_BF16) TIER_NAME(shrink)(x, m, FK_ROW_BF16, out, n, K, r);

@@ -164,9 +164,16 @@ package struct LinearWeight: Sendable {
 
     /// `matmul(sharing:)` over products and prefetch regions the caller keeps (e.g. on its
     /// stack): nothing is allocated.
+    ///
+    /// `beside`: other tasks (e.g. the adapters' deltas) run in the same region, dealt out
+    /// among the products' tasks, so their memory traffic overlaps the products' arithmetic
+    /// and the threads meet once. They must not read `y`.
     package static func matmul(sharing x: UnsafePointer<Float>, t T: Int, compute: ComputeMode, _ products: UnsafeBufferPointer<Product>,
-                              prefetch: UnsafeBufferPointer<UnsafeRawBufferPointer>) {
-        guard T > 0, let K = products.first?.weight.cols else { return }
+                              prefetch: UnsafeBufferPointer<UnsafeRawBufferPointer>, beside extra: ParallelTasks = .none) {
+        guard T > 0, let K = products.first?.weight.cols else {
+            Parallel.run(extra)
+            return
+        }
         precondition(products.allSatisfy { $0.weight.cols == K }, "products sharing an input must have the same input width")
         let nb = K / 32
         // Per-input preparation, in this thread's scratch.
@@ -197,8 +204,9 @@ package struct LinearWeight: Sendable {
         let job = ProductsJob(products: products, regions: prefetch, T: T, K: K, compute: compute,
                               inputs: Inputs(x: x, sums: sums.map { UnsafePointer($0) }, q: int8.map { UnsafePointer($0.q) },
                                              d: int8.map { UnsafePointer($0.d) }, rounded: bf16.map { UnsafePointer($0.x) },
-                                             pairs: bf16?.pairs.map { UnsafePointer($0) }, roundedSums: bf16.map { UnsafePointer($0.sums) }))
-        Parallel.run(job.taskCount, serial: products.reduce(0) { $0 + T * K * $1.weight.rows } < 16_384, job)
+                                             pairs: bf16?.pairs.map { UnsafePointer($0) }, roundedSums: bf16.map { UnsafePointer($0.sums) }),
+                              extra: extra)
+        Parallel.run(job.taskCount, serial: extra.count == 0 && products.reduce(0) { $0 + T * K * $1.weight.rows } < 16_384, job)
         for p in products { p.weight.addBias(p.bias, p.y, T) }
     }
 
@@ -209,17 +217,21 @@ package struct LinearWeight: Sendable {
         let T: Int, K: Int
         let compute: ComputeMode
         let inputs: Inputs
-        let taskCount: Int
+        let extra: ParallelTasks
+        /// The products' tasks, and all tasks (the extra ones dealt out evenly among them).
+        let productTasks: Int, taskCount: Int
 
         init(products: UnsafeBufferPointer<Product>, regions: UnsafeBufferPointer<UnsafeRawBufferPointer>, T: Int, K: Int,
-             compute: ComputeMode, inputs: Inputs) {
+             compute: ComputeMode, inputs: Inputs, extra: ParallelTasks = .none) {
             self.products = products
             self.regions = regions
             self.T = T
             self.K = K
             self.compute = compute
             self.inputs = inputs
-            taskCount = products.reduce(0) { $0 + Self.split($1, T: T, K: K).parts }
+            self.extra = extra
+            productTasks = products.reduce(0) { $0 + Self.split($1, T: T, K: K).parts }
+            taskCount = productTasks + extra.count
         }
 
         static func split(_ p: Product, T: Int, K: Int) -> Parallel.Split { Parallel.Split(p.weight.rows, granule: 8, work: T * K * p.weight.rows) }
@@ -228,7 +240,14 @@ package struct LinearWeight: Sendable {
             job!.assumingMemoryBound(to: ProductsJob.self).pointee.run(Int(task))
         }
 
-        func run(_ task: Int) {
+        func run(_ index: Int) {
+            // Task `index` is extra task `e` when the count of extras before it grows there.
+            let e = extra.count == 0 ? 0 : index * extra.count / taskCount
+            if extra.count > 0, (index + 1) * extra.count / taskCount > e {
+                extra.run(e)
+                return
+            }
+            let task = index - e
             var i = task
             for p in products {
                 let s = Self.split(p, T: T, K: K)
@@ -241,7 +260,7 @@ package struct LinearWeight: Sendable {
                     var r = task
                     while r < regions.count {
                         if let base = regions[r].baseAddress { fk_prefetch_add(base, UInt(regions[r].count)) }
-                        r += taskCount
+                        r += productTasks
                     }
                     fk_prefetch_arm((rows.count + 1) / 2 * max(1, T / 4))
                 }

@@ -90,9 +90,21 @@ package enum LowRank {
     /// `u: [n, r]`, `bT: [r, outDim]`, `y: [*, outDim]`, `rows: [n]` (row of `y` for each `i`).
     package static func expandAdd(u: UnsafePointer<Float>, bT: LowRankMatrix, scale: Float, y: UnsafeMutablePointer<Float>,
                                  rows: UnsafePointer<Int32>, n: Int) {
+        expand(u: u, bT: bT, scale: scale, into: y, rows: rows, n: n, add: true)
+    }
+
+    /// `d[rows[i], o] = scale * sum_j u[i, j] * bT[j, o]` (the delta `expandAdd` adds, with
+    /// the same rounding: `y[rows[i], o] + d[rows[i], o]` afterwards is `expandAdd`'s result).
+    package static func expandStore(u: UnsafePointer<Float>, bT: LowRankMatrix, scale: Float, d: UnsafeMutablePointer<Float>,
+                                   rows: UnsafePointer<Int32>, n: Int) {
+        expand(u: u, bT: bT, scale: scale, into: d, rows: rows, n: n, add: false)
+    }
+
+    private static func expand(u: UnsafePointer<Float>, bT: LowRankMatrix, scale: Float, into y: UnsafeMutablePointer<Float>,
+                               rows: UnsafePointer<Int32>, n: Int, add: Bool) {
         precondition(bT.rows >= 1, "rank must be at least 1")
         bT.withBytes { raw in
-            fk_lowrank_expand(u, raw.baseAddress!, bT.precision.rowFormat, bT.rows, bT.cols, scale, y, rows, n)
+            fk_lowrank_expand(u, raw.baseAddress!, bT.precision.rowFormat, bT.rows, bT.cols, scale, y, rows, n, add ? 1 : 0)
         }
     }
 }

@@ -68,6 +68,17 @@ package enum Parallel {
         withUnsafeMutablePointer(to: &local) { fk_pool_run(Int32(tasks), J.entry, UnsafeMutableRawPointer($0)) }
     }
 
+    /// Runs `tasks` alone on the pool and waits.
+    package static func run(_ tasks: ParallelTasks) { run(tasks.count, TasksJob(tasks: tasks)) }
+
+    private struct TasksJob: ParallelJob {
+        let tasks: ParallelTasks
+        static let entry: @convention(c) (UnsafeMutableRawPointer?, Int32) -> Void = { job, task in
+            job!.assumingMemoryBound(to: TasksJob.self).pointee.run(Int(task))
+        }
+        func run(_ task: Int) { tasks.run(task) }
+    }
+
     private static let startPool: Void = fk_pool_start(Int32(threadCount))
 
     /// For the pool's tests: makes the workers stall briefly after reading a ticket, so a
@@ -100,6 +111,22 @@ package enum Parallel {
 
         package func range(_ i: Int) -> Range<Int> { (i * per)..<min(count, (i + 1) * per) }
     }
+}
+
+/// Tasks another region runs beside its own (e.g. the adapters' deltas beside the base
+/// products, so memory-bound and compute-bound work share one fork-join): `entry(context,
+/// i)` for `i in 0..<count`. The context must stay valid for the call it is handed to.
+package struct ParallelTasks {
+    package let count: Int
+    package let entry: @convention(c) (UnsafeMutableRawPointer?, Int32) -> Void
+    package let context: UnsafeMutableRawPointer?
+    package init(count: Int, entry: @convention(c) (UnsafeMutableRawPointer?, Int32) -> Void, context: UnsafeMutableRawPointer?) {
+        self.count = count
+        self.entry = entry
+        self.context = context
+    }
+    package static var none: ParallelTasks { ParallelTasks(count: 0, entry: { _, _ in }, context: nil) }
+    package func run(_ i: Int) { entry(context, Int32(i)) }
 }
 
 /// A parallel loop body whose state lives in the caller's frame (see `Parallel.run`).

@@ -20,6 +20,9 @@ package enum Scratch {
         case trainingPairs = 24
         /// Training's bf16 products: the caller's operand rounded to bf16 (shared by its tasks).
         case trainingRounded = 25
+        /// The adapters' deltas of one linear call, computed beside the base products and
+        /// added after them.
+        case loraDeltas = 26
     }
 
     /// glibc's allocator: blocks below `mmapThreshold` bytes come from the heap, and the heap

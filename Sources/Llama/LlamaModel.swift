@@ -14,6 +14,13 @@ package protocol LinearDeltas: Sendable {
     /// q, k and v), so an implementation can run them as one parallel region.
     func add(layer: Int, x: UnsafePointer<Float>, inDim: Int, outputs: UnsafeBufferPointer<DeltaOutput>, slots: UnsafePointer<Int32>, tokens: Int)
 
+    /// `add` around the outputs' base products: calls `products(tasks)` once, which computes
+    /// every `y` (`x W^T + b`) and runs `tasks` in the same parallel region (tasks that read
+    /// `x` and write only the implementation's own memory), then adds the deltas to `y`.
+    /// The results are `add`'s, bit for bit.
+    func add(layer: Int, x: UnsafePointer<Float>, inDim: Int, outputs: UnsafeBufferPointer<DeltaOutput>, slots: UnsafePointer<Int32>, tokens: Int,
+             around products: (ParallelTasks) -> Void)
+
     /// Overrides or adds to the embedding of token t (`out: [D]`) for an adapter slot;
     /// returns false when the base embedding should be used unchanged.
     func embed(token: Int32, slot: Int32, base: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, dim: Int) -> Bool
@@ -41,6 +48,12 @@ package protocol LinearDeltas: Sendable {
 }
 
 extension LinearDeltas {
+    package func add(layer: Int, x: UnsafePointer<Float>, inDim: Int, outputs: UnsafeBufferPointer<DeltaOutput>, slots: UnsafePointer<Int32>, tokens: Int,
+                     around products: (ParallelTasks) -> Void) {
+        products(.none)
+        add(layer: layer, x: x, inDim: inDim, outputs: outputs, slots: slots, tokens: tokens)
+    }
+
     package func weightRegions(layer: Int, role: LinearRole, slots: UnsafePointer<Int32>, tokens: Int,
                               into regions: UnsafeMutableBufferPointer<UnsafeRawBufferPointer>, count: inout Int) {}
 }
@@ -398,15 +411,22 @@ package final class LlamaModel: @unchecked Sendable {
                 LinearWeight.matmul(sharing: x, t: T, compute: compute, done, prefetch: UnsafeBufferPointer(start: nil, count: 0))
                 return
             }
-            // Two regions (A and B^T) per adapter group and role.
-            withUnsafeTemporaryAllocation(of: UnsafeRawBufferPointer.self, capacity: min(2 * n * max(deltas.slotCount, 1), 256)) { regions in
-                var count = 0
-                for i in 0..<n { deltas.weightRegions(layer: layer, role: out(i).role, slots: slots, tokens: T, into: regions, count: &count) }
-                LinearWeight.matmul(sharing: x, t: T, compute: compute, done, prefetch: UnsafeBufferPointer(rebasing: regions[0..<count]))
-            }
             withUnsafeTemporaryAllocation(of: DeltaOutput.self, capacity: 3) { outputs in
                 for i in 0..<n { outputs.initializeElement(at: i, to: DeltaOutput(role: out(i).role, y: out(i).y, outDim: out(i).w.rows)) }
-                deltas.add(layer: layer, x: x, inDim: a.w.cols, outputs: UnsafeBufferPointer(rebasing: outputs[0..<n]), slots: slots, tokens: T)
+                deltas.add(layer: layer, x: x, inDim: a.w.cols, outputs: UnsafeBufferPointer(rebasing: outputs[0..<n]), slots: slots, tokens: T) { tasks in
+                    guard tasks.count == 0 else {
+                        // The deltas run beside the products: nothing to prefetch for later.
+                        LinearWeight.matmul(sharing: x, t: T, compute: compute, done, prefetch: UnsafeBufferPointer(start: nil, count: 0), beside: tasks)
+                        return
+                    }
+                    // Two regions (A and B^T) per adapter group and role, pulled in while
+                    // the products compute.
+                    withUnsafeTemporaryAllocation(of: UnsafeRawBufferPointer.self, capacity: min(2 * n * max(deltas.slotCount, 1), 256)) { regions in
+                        var count = 0
+                        for i in 0..<n { deltas.weightRegions(layer: layer, role: out(i).role, slots: slots, tokens: T, into: regions, count: &count) }
+                        LinearWeight.matmul(sharing: x, t: T, compute: compute, done, prefetch: UnsafeBufferPointer(rebasing: regions[0..<count]))
+                    }
+                }
             }
         }
     }

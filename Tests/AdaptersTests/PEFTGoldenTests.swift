@@ -1,6 +1,7 @@
 import Adapters
 import Engine
 import Foundation
+import Kernels
 import Llama
 import Loading
 import Sampling
@@ -137,6 +138,66 @@ import TestSupport
         #expect(throws: (any Error).self) {
             try BatchGenerator(model: Self.model, tokenizer: nil)
                 .generate([GenerationRequest(promptIDs: [1, 2], parameters: Self.greedy(2), adapterSlot: 3)], deltas: set)
+        }
+    }
+}
+
+/// The deltas computed beside the base products (`add(..., around:)`, what a forward step
+/// uses) against the deltas added after them (`add`): the same bits, for mixed slots, base
+/// rows, groups cut into pieces, and the three outputs of a q/k/v call.
+@Suite struct DeltasBesideProductsTests {
+    @Test(arguments: ["all_linear_r8", "attn_r16_alpha8"])
+    func besideEqualsAfter(name: String) throws {
+        let model = PEFTGoldenTests.model
+        let c = model.config
+        let other = try PEFTGoldenTests.adapter("plain_qv")
+        let set = AdapterSet(adapters: [try PEFTGoldenTests.adapter(name), other], baseVocabulary: c.vocabSize)
+        let T = 70
+        // A long group (pieces), a short one, base rows between.
+        let slots: [Int32] = (0..<T).map { t in t % 7 == 3 ? -1 : t < 50 ? 0 : 1 }
+        var state: UInt64 = 0x9E3779B97F4A7C15
+        func random(_ n: Int) -> [Float] {
+            (0..<n).map { _ in
+                state = state &* 6364136223846793005 &+ 1442695040888963407
+                return Float(Int64(bitPattern: state >> 11) % 2001 - 1000) / 997
+            }
+        }
+        let D = c.hiddenSize, kvWidth = c.numKVHeads * c.headDim
+        let x = random(T * D)
+        // The q, k and v outputs one after another in one array.
+        let widths = [D, kvWidth, kvWidth]
+        let offsets = [0, T * D, T * (D + kvWidth)]
+        let base = random(T * (D + 2 * kvWidth))
+        let roles: [LinearRole] = [.q, .k, .v]
+        func outputs(_ y: UnsafeMutablePointer<Float>) -> [DeltaOutput] {
+            (0..<3).map { DeltaOutput(role: roles[$0], y: y + offsets[$0], outDim: widths[$0]) }
+        }
+        for layer in 0..<c.numLayers {
+            var after = base, beside = [Float](repeating: .nan, count: base.count)
+            var calls = 0
+            x.withUnsafeBufferPointer { xp in
+                slots.withUnsafeBufferPointer { sp in
+                    after.withUnsafeMutableBufferPointer { y in
+                        outputs(y.baseAddress!).withUnsafeBufferPointer {
+                            set.add(layer: layer, x: xp.baseAddress!, inDim: D, outputs: $0, slots: sp.baseAddress!, tokens: T)
+                        }
+                    }
+                    beside.withUnsafeMutableBufferPointer { y in
+                        outputs(y.baseAddress!).withUnsafeBufferPointer {
+                            set.add(layer: layer, x: xp.baseAddress!, inDim: D, outputs: $0, slots: sp.baseAddress!, tokens: T) { tasks in
+                                calls += 1
+                                // The "products": y written here, the deltas' tasks run alongside.
+                                base.withUnsafeBufferPointer { y.baseAddress!.update(from: $0.baseAddress!, count: $0.count) }
+                                Parallel.run(tasks)
+                            }
+                        }
+                    }
+                }
+            }
+            #expect(calls == 1)
+            #expect(after.map(\.bitPattern) == beside.map(\.bitPattern), "layer \(layer)")
+            // The adapters changed the outputs: the comparison is not of two copies of the base.
+            #expect(after != base)
         }
     }
 }

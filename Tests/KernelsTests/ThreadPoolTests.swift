@@ -33,6 +33,35 @@ import TestSupport
         #expect(counts.allSatisfy { $0 == 1 })
     }
 
+    /// Tasks run beside a product in its parallel region (`matmul(sharing:..., beside:)`, how
+    /// the adapters' deltas share the base products' fork-join): each extra task runs once,
+    /// whatever the product's own task count, and the product's output is the plain one.
+    @Test(arguments: [(1, 256), (3, 512), (32, 576), (70, 1536)], [1, 2, 5, 48])
+    func tasksBesideAProductRunOnceEach(shape: (t: Int, o: Int), extras: Int) throws {
+        var rng = SplitMix(seed: 21)
+        let k = 128
+        let w = try LinearWeight.quantize(Matrix(rows: shape.o, cols: k, data: (0..<(shape.o * k)).map { _ in rng.float() }), to: .q4_1)
+        let x = (0..<(shape.t * k)).map { _ in rng.float() }
+        var plain = [Float](repeating: 0, count: shape.t * shape.o), shared = plain
+        x.withUnsafeBufferPointer { xp in plain.withUnsafeMutableBufferPointer { w.matmul(x: xp.baseAddress!, t: shape.t, y: $0.baseAddress!) } }
+        var counts = [Int](repeating: 0, count: extras)
+        x.withUnsafeBufferPointer { xp in
+            shared.withUnsafeMutableBufferPointer { y in
+                counts.withUnsafeMutableBufferPointer { c in
+                    let tasks = ParallelTasks(count: extras, entry: { context, i in
+                        context!.assumingMemoryBound(to: Int.self)[Int(i)] += 1
+                    }, context: UnsafeMutableRawPointer(c.baseAddress!))
+                    let products = [LinearWeight.Product(w, y: y.baseAddress!)]
+                    products.withUnsafeBufferPointer {
+                        LinearWeight.matmul(sharing: xp.baseAddress!, t: shape.t, compute: .fp32, $0, prefetch: UnsafeBufferPointer(start: nil, count: 0), beside: tasks)
+                    }
+                }
+            }
+        }
+        #expect(counts == [Int](repeating: 1, count: extras))
+        #expect(shared.map(\.bitPattern) == plain.map(\.bitPattern))
+    }
+
     /// Back-to-back runs whose task counts grow from one run to the next: a worker still
     /// finishing the last run must never take a task of the next one before that run is
     /// published (it would run it with stale parameters and let the caller return early).

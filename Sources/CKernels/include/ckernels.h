@@ -148,8 +148,10 @@ void fk_matmul_f32(const float *x, const float *w, const float *bias, float *y, 
 /// LoRA's shrink: u[i * r + j] = fk_dot(x[i], a[j], K) for i < n, j < r (a: [r, K] in format).
 void fk_lowrank_shrink(const float *x, const void *a, int format, float *u, long n, long K, long r);
 /// LoRA's expansion: for i < n and o < O, delta = fma(u[i, r-1], bT[r-1, o], ... fma(u[i, 1],
-/// bT[1, o], u[i, 0] * bT[0, o])), y[rows[i] * O + o] = y[...] + delta * scale (bT: [r, O]).
-void fk_lowrank_expand(const float *u, const void *bT, int format, long r, long O, float scale, float *y, const int32_t *rows, long n);
+/// bT[1, o], u[i, 0] * bT[0, o])), y[rows[i] * O + o] = y[...] + delta * scale (bT: [r, O]);
+/// with add = 0 it stores y[rows[i] * O + o] = delta * scale instead (the same rounding, so
+/// adding the stored rows to y later gives the same bits).
+void fk_lowrank_expand(const float *u, const void *bT, int format, long r, long O, float scale, float *y, const int32_t *rows, long n, int add);
 
 /// Queries of one sequence attended together: query t is queries + t * stride, sees cached
 /// positions firsts[t]...lasts[t], writes out + t * stride.
