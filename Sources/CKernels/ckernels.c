@@ -495,3 +495,18 @@ void fk_dequantize_row(int type, const uint8_t *w, int K, int row, float *out) {
         for (int j = 0; j < 32; j++) out[b * QK + j] = type == 8 ? d * q[j] : (type == 2 ? d * (q[j] - 8.0f) : d * q[j] + m);
     }
 }
+
+void fk_dequantize_rows(int type, const uint8_t *w, long row_bytes, int rows, int K, float *out, int ld) {
+    if (type == 12 || type == 14) {   // Q4_K, Q6_K
+        for (int i = 0; i < rows; i++) fk_dequantize_row_k(type, w + (size_t)i * row_bytes, K, 0, out + (size_t)i * ld);
+        return;
+    }
+#if defined(__x86_64__)
+    if (fk_has_avx2()) {
+        int nb = K / QK, bb = block_bytes(type);
+        for (int i = 0; i < rows; i++) dequantize_row_avx2(type, w + (size_t)i * row_bytes, nb, bb, out + (size_t)i * ld);
+        return;
+    }
+#endif
+    for (int i = 0; i < rows; i++) fk_dequantize_row(type, w + (size_t)i * row_bytes, K, 0, out + (size_t)i * ld);
+}

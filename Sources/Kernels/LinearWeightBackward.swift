@@ -27,7 +27,12 @@ extension LinearWeight {
     ///
     /// With `products: .bf16`, `dy` and `W` are rounded to bf16 and the terms go in pairs of
     /// rows (`fk_add_product_bf16`), in the same fixed order.
-    package func addInputGradient(dy: UnsafePointer<Float>, t T: Int, dx: UnsafeMutablePointer<Float>, products: TrainingProducts = .fp32) {
+    ///
+    /// With `clearing`, `dx` is set to zero first (each task its own columns, warm in its
+    /// cache, instead of a serial pass before): `dx = dY · W`, the same bits as clearing
+    /// before the call.
+    package func addInputGradient(dy: UnsafePointer<Float>, t T: Int, dx: UnsafeMutablePointer<Float>, products: TrainingProducts = .fp32,
+                                  clearing: Bool = false) {
         guard T > 0 else { return }
         let K = cols, O = rows, Oe = O + (O & 1), band = 256
         let granule = columnGranule
@@ -36,10 +41,11 @@ extension LinearWeight {
         let gb = products == .bf16 ? Self.roundedRows(dy, rows: T, cols: O, paddedTo: Oe) : nil
         withoutActuallyEscaping({ (chunk: Int) in
             let k0 = chunk * granule, k1 = min(K, k0 + granule), width = k1 - k0
+            if clearing { for t in 0..<T { (dx + t * K + k0).update(repeating: 0, count: width) } }
             let w = Scratch.floats(.gradientRow, band * width)
             for o0 in stride(from: 0, to: O, by: band) {
                 let n = min(band, O - o0)
-                for i in 0..<n { decode(row: o0 + i, columns: k0..<k1, into: w + i * width) }
+                decode(rows: o0..<(o0 + n), columns: k0..<k1, into: w, ld: width)
                 if let gb {
                     // The band as pairs of rows: [n/2, width, 2].
                     let packed = Scratch.raw(.trainingPairs, band * width * 2).assumingMemoryBound(to: UInt16.self)
@@ -65,13 +71,14 @@ extension LinearWeight {
                                products: TrainingProducts = .fp32) {
         guard T > 0 else { return }
         let K = cols, O = rows, panel = 32, Ke = K + (K & 1)
-        y.update(repeating: 0, count: T * O)
         // bf16: x rounded once ([T, K] padded to an even row length with zeros).
         let xb = products == .bf16 ? Self.roundedRows(x, rows: T, cols: K, paddedTo: Ke) : nil
         withoutActuallyEscaping({ (chunk: Int) in
             let o0 = chunk * panel, n = min(panel, O - o0)
+            // The products add from zero: each task clears its own columns of y.
+            for t in 0..<T { (y + t * O + o0).update(repeating: 0, count: n) }
             let rowsBuffer = Scratch.floats(.gradientRow, 2 * panel * K)
-            for i in 0..<n { decode(row: o0 + i, columns: 0..<K, into: rowsBuffer + i * K) }
+            decode(rows: o0..<(o0 + n), columns: 0..<K, into: rowsBuffer, ld: K)
             if let xb {
                 // Element (k, o) = W[o, k] as pairs of k: [K/2, n, 2].
                 let packed = Scratch.raw(.trainingPairs, Ke * panel * 2).assumingMemoryBound(to: UInt16.self)
@@ -82,10 +89,9 @@ extension LinearWeight {
                 fk_transpose(rowsBuffer, n, K, transposed)      // [K, n]
                 fk_add_product(y + o0, O, x, K, Int32(T), transposed, n, Int32(K), Int32(n))
             }
+            // The bias after the whole sum, on the task's own columns.
+            if let bias { for t in 0..<T { for o in o0..<(o0 + n) { y[t * O + o] += bias[o] } } }
         }) { body in Parallel.forEach((O + panel - 1) / panel, body) }
-        if let bias {
-            for t in 0..<T { for o in 0..<O { y[t * O + o] += bias[o] } }
-        }
     }
 
     /// The input gradient's columns go to the tasks in chunks of 64 (whole blocks), or of 32
@@ -108,6 +114,20 @@ extension LinearWeight {
             fk_round_bf16_rows(src + r0 * cols, n, cols, cols, out + r0 * ld, ld)
         }) { body in Parallel.forEach(chunks, body) }
         return out
+    }
+
+    /// `decode(row:columns:into:)` for each row of `rows`, row i at `out + i * ld` (compact
+    /// formats in one C call: training's backward decodes bands of one or two blocks per row).
+    func decode(rows: Range<Int>, columns: Range<Int>, into out: UnsafeMutablePointer<Float>, ld: Int) {
+        guard !rows.isEmpty else { return }
+        if dense == nil, format != .f16, format != .bf16 {
+            let raw = store!.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            let rowBytes = format.rowBytes(cols)
+            let start = raw + rows.lowerBound * rowBytes + format.rowBytes(columns.lowerBound)
+            fk_dequantize_rows(format.cType, start, rowBytes, Int32(rows.count), Int32(columns.count), out, Int32(ld))
+            return
+        }
+        for (i, r) in rows.enumerated() { decode(row: r, columns: columns, into: out + i * ld) }
     }
 
     /// Row `r`'s values in `columns` (block-aligned for compact formats, except at the end).

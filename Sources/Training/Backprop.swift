@@ -58,6 +58,7 @@ package final class LoRABackprop: @unchecked Sendable {
     /// step on 2 cores). Calls to `run` do not overlap (one trainer drives an engine).
     private var spareCaches: [LayerCache] = []
     private var spareLogits: [Float] = [], spareDLogits: [Float] = []
+    private var spareBuffers = StepBuffers()
 
     /// Asks glibc to keep freed memory for reuse instead of returning it to the kernel: a
     /// training step frees and reallocates megabytes of activations per layer, and each page
@@ -75,6 +76,17 @@ package final class LoRABackprop: @unchecked Sendable {
         self.model = model
         c = model.config
         rope = RopeTable(invFreq: c.ropeInverseFrequencies(), headDim: c.headDim)
+    }
+
+    /// The per-layer outputs and gradients that no later layer reads, rewritten layer after
+    /// layer and kept from one call to the next (a step otherwise frees and reallocates
+    /// hundreds of megabytes of them: page faults and zeroing on the caller's thread while
+    /// the other threads wait).
+    struct StepBuffers {
+        var o: [Float] = [], m: [Float] = []
+        var dact: [Float] = [], dgate: [Float] = [], dup: [Float] = [], dh2: [Float] = [], dh2u: [Float] = []
+        var dattn: [Float] = [], dq: [Float] = [], dk: [Float] = [], dv: [Float] = []
+        var dh: [Float] = [], dhk: [Float] = [], dhv: [Float] = []
     }
 
     struct LayerCache {
@@ -140,6 +152,9 @@ package final class LoRABackprop: @unchecked Sendable {
             }
             x.withUnsafeMutableBufferPointer { w.embedding.row(Int(id), into: $0.baseAddress! + t * D) }
         }
+        var buffers = spareBuffers
+        spareBuffers = StepBuffers()
+        defer { spareBuffers = buffers }
         // One layer's forward, writing into `cache` what its backward needs. With
         // recomputation the backward pass runs it again from the layer's input and the
         // dropout state it saw, so only the layer inputs stay in memory (the same
@@ -161,12 +176,12 @@ package final class LoRABackprop: @unchecked Sendable {
             linear(lw.wk, lw.bk, cache.h, T, lora.pairs[l][.k], lora.scale, cache.masks[.k], into: &cache.k)
             linear(lw.wv, lw.bv, cache.h, T, lora.pairs[l][.v], lora.scale, cache.masks[.v], into: &cache.v)
             positions.withUnsafeBufferPointer { pos in
-                cache.q.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: T, heads: Hq, positions: pos.baseAddress!) }
-                cache.k.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: T, heads: Hkv, positions: pos.baseAddress!) }
+                cache.q.withUnsafeMutableBufferPointer { rope.applyInParallel($0.baseAddress!, tokens: T, heads: Hq, positions: pos.baseAddress!) }
+                cache.k.withUnsafeMutableBufferPointer { rope.applyInParallel($0.baseAddress!, tokens: T, heads: Hkv, positions: pos.baseAddress!) }
             }
             attention(q: cache.q, k: cache.k, v: cache.v, segments: segments, out: &cache.attn, probs: &cache.probs)
-            let o = linear(lw.wo, lw.bo, cache.attn, T, lora.pairs[l][.o], lora.scale, cache.masks[.o])
-            Self.add(o, into: &x)
+            linear(lw.wo, lw.bo, cache.attn, T, lora.pairs[l][.o], lora.scale, cache.masks[.o], into: &buffers.o)
+            Self.add(buffers.o, into: &x)
             Self.copy(x, into: &cache.xMid)
             Self.rms(x, lw.ffnNorm, T, D, c.rmsNormEps, into: &cache.h2)
             linear(lw.wGate, lw.bGate, cache.h2, T, lora.pairs[l][.gate], lora.scale, cache.masks[.gate], into: &cache.gate)
@@ -175,8 +190,8 @@ package final class LoRABackprop: @unchecked Sendable {
             cache.up.withUnsafeBufferPointer { up in
                 cache.act.withUnsafeMutableBufferPointer { Activation.siluMul(gate: $0.baseAddress!, up: up.baseAddress!, count: T * I) }
             }
-            let m = linear(lw.wDown, lw.bDown, cache.act, T, lora.pairs[l][.down], lora.scale, cache.masks[.down])
-            Self.add(m, into: &x)
+            linear(lw.wDown, lw.bDown, cache.act, T, lora.pairs[l][.down], lora.scale, cache.masks[.down], into: &buffers.m)
+            Self.add(buffers.m, into: &x)
         }
         let recompute = backward && (recomputeAlways || keptActivationBytes(lengths: segments.map(\.count)) > keepBudget)
         // Every layer's cache is kept for a backward pass without recomputation; otherwise
@@ -267,6 +282,7 @@ package final class LoRABackprop: @unchecked Sendable {
         var dx = [Float](repeating: 0, count: T * D)
         for (r, t) in rows.enumerated() { for d in 0..<D { dx[t * D + d] = dlast[r * D + d] } }
 
+        let back = positions.map { -$0 }
         for l in stride(from: c.numLayers - 1, through: 0, by: -1) {
             let lw = w.layers[l]
             if recompute {
@@ -276,13 +292,14 @@ package final class LoRABackprop: @unchecked Sendable {
             }
             let cache = recompute ? scratch : caches[l]
             // MLP: x'' = x' + down(silu(g) ⊙ u)
-            let dact = linearBackward(lw.wDown, cache.act, dx, T, &lora, l, .down, cache.masks[.down])
-            var dgate = [Float](repeating: 0, count: T * I), dup = [Float](repeating: 0, count: T * I)
+            linearBackward(lw.wDown, cache.act, dx, T, &lora, l, .down, cache.masks[.down], into: &buffers.dact)
+            Self.reuse(&buffers.dgate, T * I)   // (both written in full)
+            Self.reuse(&buffers.dup, T * I)
             cache.gate.withUnsafeBufferPointer { gp in
                 cache.up.withUnsafeBufferPointer { up in
-                    dact.withUnsafeBufferPointer { dp in
-                        dgate.withUnsafeMutableBufferPointer { dgp in
-                            dup.withUnsafeMutableBufferPointer { dupp in
+                    buffers.dact.withUnsafeBufferPointer { dp in
+                        buffers.dgate.withUnsafeMutableBufferPointer { dgp in
+                            buffers.dup.withUnsafeMutableBufferPointer { dupp in
                                 Activation.siluMulBackward(gate: gp.baseAddress!, up: up.baseAddress!, dOut: dp.baseAddress!,
                                                            dGate: dgp.baseAddress!, dUp: dupp.baseAddress!, count: T * I)
                             }
@@ -290,24 +307,24 @@ package final class LoRABackprop: @unchecked Sendable {
                     }
                 }
             }
-            var dh2 = linearBackward(lw.wGate, cache.h2, dgate, T, &lora, l, .gate, cache.masks[.gate])
-            let dh2u = linearBackward(lw.wUp, cache.h2, dup, T, &lora, l, .up, cache.masks[.up])
-            Self.add(dh2u, into: &dh2)
-            Self.rmsBackward(cache.xMid, lw.ffnNorm, dh2, T, D, c.rmsNormEps, adding: &dx)   // dx += rms'(dh2)
+            linearBackward(lw.wGate, cache.h2, buffers.dgate, T, &lora, l, .gate, cache.masks[.gate], into: &buffers.dh2)
+            linearBackward(lw.wUp, cache.h2, buffers.dup, T, &lora, l, .up, cache.masks[.up], into: &buffers.dh2u)
+            Self.add(buffers.dh2u, into: &buffers.dh2)
+            Self.rmsBackward(cache.xMid, lw.ffnNorm, buffers.dh2, T, D, c.rmsNormEps, adding: &dx)   // dx += rms'(dh2)
             // Attention: x' = x + o(attn(q, k, v))
-            let dattn = linearBackward(lw.wo, cache.attn, dx, T, &lora, l, .o, cache.masks[.o])
-            var (dq, dk, dv) = attentionBackward(dout: dattn, q: cache.q, k: cache.k, v: cache.v, probs: cache.probs, segments: segments)
+            linearBackward(lw.wo, cache.attn, dx, T, &lora, l, .o, cache.masks[.o], into: &buffers.dattn)
+            attentionBackward(dout: buffers.dattn, q: cache.q, k: cache.k, v: cache.v, probs: cache.probs, segments: segments,
+                              dq: &buffers.dq, dk: &buffers.dk, dv: &buffers.dv)
             // RoPE is a rotation: its transpose rotates back (negated positions).
-            let back = positions.map { -$0 }
             back.withUnsafeBufferPointer { pos in
-                dq.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: T, heads: Hq, positions: pos.baseAddress!) }
-                dk.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: T, heads: Hkv, positions: pos.baseAddress!) }
+                buffers.dq.withUnsafeMutableBufferPointer { rope.applyInParallel($0.baseAddress!, tokens: T, heads: Hq, positions: pos.baseAddress!) }
+                buffers.dk.withUnsafeMutableBufferPointer { rope.applyInParallel($0.baseAddress!, tokens: T, heads: Hkv, positions: pos.baseAddress!) }
             }
-            var dh = linearBackward(lw.wq, cache.h, dq, T, &lora, l, .q, cache.masks[.q])
-            let dhk = linearBackward(lw.wk, cache.h, dk, T, &lora, l, .k, cache.masks[.k])
-            let dhv = linearBackward(lw.wv, cache.h, dv, T, &lora, l, .v, cache.masks[.v])
-            Self.add(dhk, dhv, into: &dh)   // dh += dhk + dhv
-            Self.rmsBackward(cache.x, lw.attnNorm, dh, T, D, c.rmsNormEps, adding: &dx)     // dx += rms'(dh)
+            linearBackward(lw.wq, cache.h, buffers.dq, T, &lora, l, .q, cache.masks[.q], into: &buffers.dh)
+            linearBackward(lw.wk, cache.h, buffers.dk, T, &lora, l, .k, cache.masks[.k], into: &buffers.dhk)
+            linearBackward(lw.wv, cache.h, buffers.dv, T, &lora, l, .v, cache.masks[.v], into: &buffers.dhv)
+            Self.add(buffers.dhk, buffers.dhv, into: &buffers.dh)   // dh += dhk + dhv
+            Self.rmsBackward(cache.x, lw.attnNorm, buffers.dh, T, D, c.rmsNormEps, adding: &dx)     // dx += rms'(dh)
         }
         return (nll, R)
     }
@@ -347,10 +364,15 @@ package final class LoRABackprop: @unchecked Sendable {
         }
     }
 
-    /// `a` ← a copy of `x`, in `a`'s storage.
+    /// `a` ← a copy of `x`, in `a`'s storage (on the pool).
     static func copy(_ x: [Float], into a: inout [Float]) {
         reuse(&a, x.count)
-        x.withUnsafeBufferPointer { src in a.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: src.baseAddress!, count: src.count) } }
+        x.withUnsafeBufferPointer { src in
+            a.withUnsafeMutableBufferPointer { dst in
+                let s = src.baseAddress!, d = dst.baseAddress!
+                DenseProduct.elementwise(src.count) { range in (d + range.lowerBound).update(from: s + range.lowerBound, count: range.count) }
+            }
+        }
     }
 
     /// With `n = x r`, `r = 1 / sqrt(mean(x²) + eps)`, `y = w ⊙ n`:
@@ -434,11 +456,21 @@ package final class LoRABackprop: @unchecked Sendable {
     /// `du = s dy B`, `dA += duᵀ (x ⊙ mask)`, `dx += (du A) ⊙ mask`).
     package func linearBackward(_ weight: LinearWeight, _ x: [Float], _ dy: [Float], _ T: Int, _ lora: inout TrainableLoRA,
                         _ layer: Int, _ role: LinearRole, _ mask: [Float]?) -> [Float] {
-        var dx = [Float](repeating: 0, count: T * weight.cols)
+        var dx: [Float] = []
+        linearBackward(weight, x, dy, T, &lora, layer, role, mask, into: &dx)
+        return dx
+    }
+
+    /// `linearBackward` into `dx`'s storage (every element written).
+    func linearBackward(_ weight: LinearWeight, _ x: [Float], _ dy: [Float], _ T: Int, _ lora: inout TrainableLoRA,
+                        _ layer: Int, _ role: LinearRole, _ mask: [Float]?, into dx: inout [Float]) {
+        Self.reuse(&dx, T * weight.cols)
         dy.withUnsafeBufferPointer { dp in
-            dx.withUnsafeMutableBufferPointer { weight.addInputGradient(dy: dp.baseAddress!, t: T, dx: $0.baseAddress!, products: products) }
+            dx.withUnsafeMutableBufferPointer {
+                weight.addInputGradient(dy: dp.baseAddress!, t: T, dx: $0.baseAddress!, products: products, clearing: true)
+            }
         }
-        guard var pair = lora.pairs[layer][role] else { return dx }
+        guard var pair = lora.pairs[layer][role] else { return }
         let s = lora.scale, r = pair.rank, n = pair.inDim, o = pair.outDim
         let xd = mask.map { m in zip(x, m).map { $0 * $1 } } ?? x
         let su = Self.product(xd, Self.transpose(pair.a, r, n), T, n, r).map { $0 * s }   // s u = s xd Aᵀ: [T, r]
@@ -456,7 +488,6 @@ package final class LoRABackprop: @unchecked Sendable {
             Self.addProduct(&dx, du, T, r, pair.a, n)                                 // dx += du A
         }
         lora.pairs[layer][role] = pair
-        return dx
     }
 
     /// `[rows, cols]` → `[cols, rows]`.
@@ -506,8 +537,7 @@ package final class LoRABackprop: @unchecked Sendable {
         return (out, probs)
     }
 
-    /// `attention` into the storage of `out` and `probs` (both cleared first: the kernel adds
-    /// into the outputs and writes only the causal part of each probability row).
+    /// `attention` into the storage of `out` and `probs` (every element written).
     func attention(q: [Float], k: [Float], v: [Float], segments: [Range<Int>], out: inout [Float], probs: inout [Float]) {
         let hd = c.headDim, Hq = c.numHeads, Hkv = c.numKVHeads, group = Hq / Hkv
         let QD = Hq * hd, KVD = Hkv * hd, scale = 1 / Float(hd).squareRoot()
@@ -515,8 +545,6 @@ package final class LoRABackprop: @unchecked Sendable {
         let (offsets, total) = Self.probOffsets(segments, heads: Hq)
         Self.reuse(&out, T * QD)
         Self.reuse(&probs, total)
-        out.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
-        probs.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
         let window = c.slidingWindow ?? 0
         q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in v.withUnsafeBufferPointer { vp in
             out.withUnsafeMutableBufferPointer { op in
@@ -525,6 +553,10 @@ package final class LoRABackprop: @unchecked Sendable {
                     Parallel.forEach(Hq * segments.count) { item in
                         let h = item % Hq, si = item / Hq, base = segments[si].lowerBound, g = h / group
                         let n = segments[si].count
+                        // The kernel adds into its outputs and writes the causal part of each
+                        // probability row: the task clears its head's rows first.
+                        for t in base..<(base + n) { (o + t * QD + h * hd).update(repeating: 0, count: hd) }
+                        (pr + offsets[si] + h * n * n).update(repeating: 0, count: n * n)
                         TrainingAttention.forward(q: qb + base * QD + h * hd, k: kb + base * KVD + g * hd, v: vb + base * KVD + g * hd,
                                                   qStride: QD, kvStride: KVD, tokens: n, headDim: hd, window: window, scale: scale,
                                                   out: o + base * QD + h * hd, probs: pr + offsets[si] + h * n * n)
@@ -583,12 +615,23 @@ package final class LoRABackprop: @unchecked Sendable {
     }
 
     package func attentionBackward(dout: [Float], q: [Float], k: [Float], v: [Float], probs: [Float], segments: [Range<Int>]) -> (dq: [Float], dk: [Float], dv: [Float]) {
+        var dq: [Float] = [], dk: [Float] = [], dv: [Float] = []
+        attentionBackward(dout: dout, q: q, k: k, v: v, probs: probs, segments: segments, dq: &dq, dk: &dk, dv: &dv)
+        return (dq, dk, dv)
+    }
+
+    /// `attentionBackward` into the storage of `dq`, `dk` and `dv` (every element written:
+    /// each task clears the rows and heads it adds into first).
+    func attentionBackward(dout: [Float], q: [Float], k: [Float], v: [Float], probs: [Float], segments: [Range<Int>],
+                           dq: inout [Float], dk: inout [Float], dv: inout [Float]) {
         let hd = c.headDim, Hq = c.numHeads, Hkv = c.numKVHeads, group = Hq / Hkv
         let QD = Hq * hd, KVD = Hkv * hd, scale = 1 / Float(hd).squareRoot()
         let window = c.slidingWindow ?? 0
         let T = segments.last?.upperBound ?? 0
         let offsets = Self.probOffsets(segments, heads: Hq).offsets
-        var dq = [Float](repeating: 0, count: T * QD), dk = [Float](repeating: 0, count: T * KVD), dv = [Float](repeating: 0, count: T * KVD)
+        Self.reuse(&dq, T * QD)
+        Self.reuse(&dk, T * KVD)
+        Self.reuse(&dv, T * KVD)
         dout.withUnsafeBufferPointer { dop in q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in
             v.withUnsafeBufferPointer { vp in probs.withUnsafeBufferPointer { pp in
                 dq.withUnsafeMutableBufferPointer { dqp in dk.withUnsafeMutableBufferPointer { dkp in dv.withUnsafeMutableBufferPointer { dvp in
@@ -596,6 +639,11 @@ package final class LoRABackprop: @unchecked Sendable {
                     let dQ = dqp.baseAddress!, dK = dkp.baseAddress!, dV = dvp.baseAddress!
                     Parallel.forEach(Hkv * segments.count) { item in
                         let g = item % Hkv, si = item / Hkv, n = segments[si].count, base = segments[si].lowerBound, h0 = g * group
+                        for t in base..<(base + n) {
+                            (dQ + t * QD + h0 * hd).update(repeating: 0, count: group * hd)
+                            (dK + t * KVD + g * hd).update(repeating: 0, count: hd)
+                            (dV + t * KVD + g * hd).update(repeating: 0, count: hd)
+                        }
                         TrainingAttention.backward(dout: go + base * QD + h0 * hd, q: qb + base * QD + h0 * hd, k: kb + base * KVD + g * hd,
                                                    v: vb + base * KVD + g * hd, probs: pr + offsets[si] + h0 * n * n, qStride: QD, kvStride: KVD,
                                                    tokens: n, headDim: hd, group: group, window: window, scale: scale,
@@ -604,7 +652,6 @@ package final class LoRABackprop: @unchecked Sendable {
                 } } }
             } }
         } } }
-        return (dq, dk, dv)
     }
 
     /// The naive twin of `attentionBackward`.

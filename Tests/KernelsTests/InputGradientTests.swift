@@ -30,6 +30,13 @@ import TestSupport
             }
         }
         #expect(worst < 1e-5, "\(format): \(worst)")
+        // `clearing`: whatever `dx` held, the result is the product added to zeros, bit for bit.
+        var zeros = [Float](repeating: 0, count: T * cols), dirty = start
+        dy.withUnsafeBufferPointer { d in
+            zeros.withUnsafeMutableBufferPointer { weight.addInputGradient(dy: d.baseAddress!, t: T, dx: $0.baseAddress!) }
+            dirty.withUnsafeMutableBufferPointer { weight.addInputGradient(dy: d.baseAddress!, t: T, dx: $0.baseAddress!, clearing: true) }
+        }
+        #expect(dirty == zeros, "\(format)")
     }
 }
 
