@@ -497,16 +497,10 @@ void fk_dequantize_row(int type, const uint8_t *w, int K, int row, float *out) {
 }
 
 void fk_dequantize_rows(int type, const uint8_t *w, long row_bytes, int rows, int K, float *out, int ld) {
-    if (type == 12 || type == 14) {   // Q4_K, Q6_K
-        for (int i = 0; i < rows; i++) fk_dequantize_row_k(type, w + (size_t)i * row_bytes, K, 0, out + (size_t)i * ld);
-        return;
+    for (int i = 0; i < rows; i++) {
+        const uint8_t *r = w + (size_t)i * row_bytes;
+        float *o = out + (size_t)i * ld;
+        if (type == 12 || type == 14) fk_dequantize_row_k(type, r, K, 0, o);   // Q4_K, Q6_K
+        else fk_dequantize_row(type, r, K, 0, o);
     }
-#if defined(__x86_64__)
-    if (fk_has_avx2()) {
-        int nb = K / QK, bb = block_bytes(type);
-        for (int i = 0; i < rows; i++) dequantize_row_avx2(type, w + (size_t)i * row_bytes, nb, bb, out + (size_t)i * ld);
-        return;
-    }
-#endif
-    for (int i = 0; i < rows; i++) fk_dequantize_row(type, w + (size_t)i * row_bytes, K, 0, out + (size_t)i * ld);
 }

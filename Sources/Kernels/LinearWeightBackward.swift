@@ -116,39 +116,30 @@ extension LinearWeight {
         return out
     }
 
-    /// `decode(row:columns:into:)` for each row of `rows`, row i at `out + i * ld` (compact
-    /// formats in one C call: training's backward decodes bands of one or two blocks per row).
+    /// Rows `rows` of the weight, their values in `columns` (block-aligned for compact
+    /// formats, except at the end), row i of the range at `out + i * ld`. Compact formats go
+    /// in one C call: training's backward decodes bands of one or two blocks per row.
     func decode(rows: Range<Int>, columns: Range<Int>, into out: UnsafeMutablePointer<Float>, ld: Int) {
         guard !rows.isEmpty else { return }
-        if dense == nil, format != .f16, format != .bf16 {
-            let raw = store!.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
-            let rowBytes = format.rowBytes(cols)
-            let start = raw + rows.lowerBound * rowBytes + format.rowBytes(columns.lowerBound)
-            fk_dequantize_rows(format.cType, start, rowBytes, Int32(rows.count), Int32(columns.count), out, Int32(ld))
-            return
-        }
-        for (i, r) in rows.enumerated() { decode(row: r, columns: columns, into: out + i * ld) }
-    }
-
-    /// Row `r`'s values in `columns` (block-aligned for compact formats, except at the end).
-    func decode(row r: Int, columns: Range<Int>, into out: UnsafeMutablePointer<Float>) {
         if let dense {
-            dense.withUnsafeBufferPointer { out.update(from: $0.baseAddress! + r * cols + columns.lowerBound, count: columns.count) }
+            dense.withUnsafeBufferPointer { d in
+                for (i, r) in rows.enumerated() { (out + i * ld).update(from: d.baseAddress! + r * cols + columns.lowerBound, count: columns.count) }
+            }
             return
         }
         let raw = store!.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
         switch format {
         case .f16, .bf16:
-            let p = UnsafeRawPointer(raw).assumingMemoryBound(to: UInt16.self) + r * cols + columns.lowerBound
-            for i in 0..<columns.count { out[i] = format == .f16 ? HalfFloat.fromF16(p[i]) : HalfFloat.fromBF16(p[i]) }
+            let p = UnsafeRawPointer(raw).assumingMemoryBound(to: UInt16.self)
+            for (i, r) in rows.enumerated() {
+                let row = p + r * cols + columns.lowerBound, o = out + i * ld
+                for j in 0..<columns.count { o[j] = format == .f16 ? HalfFloat.fromF16(row[j]) : HalfFloat.fromBF16(row[j]) }
+            }
         default:
             // A run of whole blocks of one row is itself a row of the same format.
-            let start = raw + r * format.rowBytes(cols) + format.rowBytes(columns.lowerBound)
-            if format == .q4_k || format == .q6_k {
-                fk_dequantize_row_k(format.cType, start, Int32(columns.count), 0, out)
-            } else {
-                fk_dequantize_row(format.cType, start, Int32(columns.count), 0, out)
-            }
+            let rowBytes = format.rowBytes(cols)
+            let start = raw + rows.lowerBound * rowBytes + format.rowBytes(columns.lowerBound)
+            fk_dequantize_rows(format.cType, start, rowBytes, Int32(rows.count), Int32(columns.count), out, Int32(ld))
         }
     }
 }

@@ -20,21 +20,6 @@ package struct RopeTable: Sendable {
     /// `x1 = x[t,h,i]`, `x2 = x[t,h,i+half]`;
     /// `x[t,h,i] = x1 cos f_i - x2 sin f_i`, `x[t,h,i+half] = x2 cos f_i + x1 sin f_i`.
     package func apply(_ x: UnsafeMutablePointer<Float>, tokens T: Int, heads: Int, positions: UnsafePointer<Int32>) {
-        applySerially(x, tokens: T, heads: heads, positions: positions)
-    }
-
-    /// `apply` with the tokens split over the pool (each token's rotation on one task: the
-    /// same bits), for training's whole-batch passes.
-    package func applyInParallel(_ x: UnsafeMutablePointer<Float>, tokens T: Int, heads: Int, positions: UnsafePointer<Int32>) {
-        let split = Parallel.Split(T, work: T * heads * headDim * 4)
-        let stride = heads * headDim
-        Parallel.forEach(split.parts) { part in
-            let r = split.range(part)
-            applySerially(x + r.lowerBound * stride, tokens: r.count, heads: heads, positions: positions + r.lowerBound)
-        }
-    }
-
-    private func applySerially(_ x: UnsafeMutablePointer<Float>, tokens T: Int, heads: Int, positions: UnsafePointer<Int32>) {
         let half = headDim / 2
         let rowStride = heads * headDim
         // The tables live on the stack: a step does not allocate here.
@@ -56,6 +41,17 @@ package struct RopeTable: Sendable {
                     }
                 }
             }
+        }
+    }
+
+    /// `apply` with the tokens split over the pool (each token's rotation on one task: the
+    /// same bits), for training's whole-batch passes.
+    package func applyInParallel(_ x: UnsafeMutablePointer<Float>, tokens T: Int, heads: Int, positions: UnsafePointer<Int32>) {
+        let split = Parallel.Split(T, work: T * heads * headDim * 4)
+        let stride = heads * headDim
+        Parallel.forEach(split.parts) { part in
+            let r = split.range(part)
+            apply(x + r.lowerBound * stride, tokens: r.count, heads: heads, positions: positions + r.lowerBound)
         }
     }
 }

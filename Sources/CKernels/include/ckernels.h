@@ -92,8 +92,8 @@ void fk_dequantize_row_k(int type, const uint8_t *w, int K, int row, float *out)
 
 /// Dequantizes row `row` of a Q4_0/Q4_1/Q8_0 matrix with K columns into `out` (K floats).
 void fk_dequantize_row(int type, const uint8_t *w, int K, int row, float *out);
-// `rows` rows of K values each (whole blocks), the rows `row_bytes` apart from `w`, into
-// `out` with `ld` floats between rows: fk_dequantize_row (or _k) on each, the tier chosen once.
+/// `rows` rows of K values each (whole blocks), the rows `row_bytes` apart from `w`, into
+/// `out` with `ld` floats between rows: fk_dequantize_row (fk_dequantize_row_k for Q4_K/Q6_K) on each.
 void fk_dequantize_rows(int type, const uint8_t *w, long row_bytes, int rows, int K, float *out, int ld);
 
 /// Elementwise exp: within 2 ulp of exp(x) for x in [-86.5, 88.7]; below, 0 or a tiny
