@@ -36,7 +36,7 @@ package struct SamplingParameters: Sendable, Equatable, Codable {
         func bad(_ field: String, _ message: String) -> FacetError {
             FacetError(.invalidArgument, message, field: field)
         }
-        guard temperature >= 0, temperature.isFinite else { throw bad("temperature", "must be >= 0, got \(temperature)") }
+        guard temperature >= 0, temperature.isFinite else { throw bad("temperature", "must be a finite number >= 0, got \(temperature)") }
         guard topK >= 0 else { throw bad("top_k", "must be >= 0, got \(topK)") }
         guard topP >= 0, topP <= 1 else { throw bad("top_p", "must be in [0, 1], got \(topP)") }
         guard minP >= 0, minP <= 1 else { throw bad("min_p", "must be in [0, 1], got \(minP)") }

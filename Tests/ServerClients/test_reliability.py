@@ -120,6 +120,23 @@ def test_chat_roles_are_limited(server):
                       json={**CHAT, "messages": [{"role": "hacker", "content": "hi"}]}, timeout=30)
     assert r.status_code == 400 and "role" in r.text, r.text
 
+    # A user or system turn needs content (an assistant's may be null, as in OpenAI's API).
+    for role in ("user", "system"):
+        r = requests.post(server.url + "/v1/chat/completions", json={**CHAT, "messages": [{"role": role}]}, timeout=30)
+        assert r.status_code == 400 and "content" in r.json()["error"]["message"], r.text
+    r = requests.post(server.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 1, "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": None}, {"role": "user", "content": "again"}]}, timeout=60)
+    assert r.status_code == 200, r.text
+
+
+# An integer no 64-bit field holds is named, not called invalid JSON; an infinite
+# temperature is refused as not finite.
+def test_out_of_range_numbers_name_their_field(server):
+    r = requests.post(server.url + "/v1/completions", json={"model": BASE, "prompt": "hi", "max_tokens": 1, "seed": 2**70}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "seed" and "range" in r.text, r.text
+    r = requests.post(server.url + "/v1/completions", json={"model": BASE, "prompt": "hi", "max_tokens": 1, "temperature": 1e300}, timeout=30)
+    assert r.status_code == 400 and "finite" in r.text, r.text
+
 
 def test_special_tokens_in_content_are_text(server):
     def prompt_tokens(content):
