@@ -194,6 +194,7 @@ package enum AdapterLoader {
             guard am.rows == bm.cols else {
                 throw FacetError(.shapeMismatch, "lora_A rank \(am.rows) != lora_B rank \(bm.cols)", field: module, remedy: "the adapter file is corrupt")
             }
+            try Self.checkRank(config: config, module: module, rank: am.rows)
             let scale = try Self.scale(config: config, module: module, rank: am.rows)
             adapter.pairs[layer][role] = LoRAPair(a: am, b: bm, scale: scale)
         }
@@ -205,6 +206,7 @@ package enum AdapterLoader {
             guard a.rows == b.cols else {
                 throw FacetError(.shapeMismatch, "lora_embedding_A rank \(a.rows) != lora_embedding_B rank \(b.cols)", field: "embed_tokens")
             }
+            try Self.checkRank(config: config, module: WeightNames.hfEmbeddingModule, rank: a.rows)
             adapter.embeddingLoRA = .init(aT: a.transposed(), b: b, scale: try scale(config: config, module: WeightNames.hfEmbeddingModule, rank: a.rows))
         }
         return adapter
@@ -213,25 +215,38 @@ package enum AdapterLoader {
     /// `alpha / r` (or `alpha / sqrt(r)` with rsLoRA), alpha taken from `alpha_pattern`
     /// when a pattern matches the module name as PEFT matches it (`(.*\.)?pattern$`).
     static func scale(config: PEFTConfig, module: String, rank: Int) throws -> Float {
-        var alpha = config.loraAlpha
-        if let patterns = config.alphaPattern {
-            for key in patterns.keys.sorted() {
-                let regex: NSRegularExpression
-                do {
-                    regex = try NSRegularExpression(pattern: "^(.*\\.)?(" + key + ")$")
-                } catch {
-                    throw FacetError(.invalidConfig, "alpha_pattern key \(key) is not a valid regular expression", field: "alpha_pattern")
-                }
-                if regex.firstMatch(in: module, range: NSRange(module.startIndex..., in: module)) != nil {
-                    alpha = patterns[key]!
-                    break
-                }
-            }
-        }
+        let alpha = try pattern(config.alphaPattern, "alpha_pattern", module: module) ?? config.loraAlpha
         let r = Double(rank)
         let scale = config.useRSLoRA == true ? alpha / r.squareRoot() : alpha / r
         try LoRAAdapter.checkScale(scale, module: module)
         return Float(scale)
+    }
+
+    /// The rank the config gives `module` (`rank_pattern`, else `r`) must be the saved
+    /// tensors' rank: PEFT builds its layers from the config and refuses such a file, and
+    /// the scale `alpha / r` would otherwise rest on a guess.
+    static func checkRank(config: PEFTConfig, module: String, rank: Int) throws {
+        let expected = try pattern(config.rankPattern, "rank_pattern", module: module) ?? config.r
+        guard rank == expected else {
+            throw FacetError(.shapeMismatch, "lora_A has rank \(rank) but adapter_config.json gives this module r = \(expected)", field: module,
+                             remedy: "set r (or a rank_pattern entry for this module) to the saved tensors' rank; PEFT refuses this adapter too")
+        }
+    }
+
+    /// The value of the first key (in sorted order) of `patterns` that matches `module` as
+    /// PEFT matches its rank and alpha patterns (`(.*\.)?key$`), or nil.
+    static func pattern<Value>(_ patterns: [String: Value]?, _ field: String, module: String) throws -> Value? {
+        guard let patterns else { return nil }
+        for key in patterns.keys.sorted() {
+            let regex: NSRegularExpression
+            do {
+                regex = try NSRegularExpression(pattern: "^(.*\\.)?(" + key + ")$")
+            } catch {
+                throw FacetError(.invalidConfig, "\(field) key \(key) is not a valid regular expression", field: field)
+            }
+            if regex.firstMatch(in: module, range: NSRange(module.startIndex..., in: module)) != nil { return patterns[key]! }
+        }
+        return nil
     }
 
     static func matrix(_ t: (shape: [Int], values: [Float]), _ name: String) throws -> Matrix {

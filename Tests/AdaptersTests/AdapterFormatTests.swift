@@ -185,6 +185,23 @@ import TestSupport
         let patterned = try edited("\"alpha_pattern\": {}", "\"alpha_pattern\": {\"layers.1.self_attn.v_proj\": 2}")
         #expect(patterned.pairs[1][.v]?.scale == 0.5)
         #expect(patterned.pairs[0][.v]?.scale == 2 && patterned.pairs[1][.q]?.scale == 2)
+        // The configured rank must be the tensors' (PEFT builds its layers from it): r = 8
+        // over rank-4 tensors is refused, unless rank_pattern gives these modules 4.
+        #expect {
+            try edited("\"r\": 4", "\"r\": 8")
+        } throws: { error in
+            let e = error as? FacetError
+            return e?.code == .shapeMismatch && e!.message.contains("r = 8") && e?.field?.hasSuffix("_proj") == true
+        }
+        let ranked = try edited("\"rank_pattern\": {}", "\"rank_pattern\": {\"q_proj\": 4, \"v_proj\": 4}").pairs[0][.q]
+        #expect(ranked?.rank == 4 && ranked?.scale == 2)
+        let rankedPatterns = try Fixtures.temporaryDirectory() + "/a"
+        try FileManager.default.copyItem(atPath: src, toPath: rankedPatterns)
+        let path = rankedPatterns + "/adapter_config.json"
+        try (try String(contentsOfFile: path, encoding: .utf8)).replacingOccurrences(of: "\"r\": 4", with: "\"r\": 16")
+            .replacingOccurrences(of: "\"rank_pattern\": {}", with: "\"rank_pattern\": {\"q_proj\": 4, \"v_proj\": 4}")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(try Self.load(rankedPatterns).pairs[1][.v]?.scale == 2)   // alpha 8 over the tensors' rank 4
     }
 
     @Test func badTensorRTArraysAreRefused() throws {
