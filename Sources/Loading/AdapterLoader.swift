@@ -194,7 +194,6 @@ package enum AdapterLoader {
             guard am.rows == bm.cols else {
                 throw FacetError(.shapeMismatch, "lora_A rank \(am.rows) != lora_B rank \(bm.cols)", field: module, remedy: "the adapter file is corrupt")
             }
-            try Self.checkRank(config: config, module: module, rank: am.rows)
             let scale = try Self.scale(config: config, module: module, rank: am.rows)
             adapter.pairs[layer][role] = LoRAPair(a: am, b: bm, scale: scale)
         }
@@ -206,15 +205,16 @@ package enum AdapterLoader {
             guard a.rows == b.cols else {
                 throw FacetError(.shapeMismatch, "lora_embedding_A rank \(a.rows) != lora_embedding_B rank \(b.cols)", field: "embed_tokens")
             }
-            try Self.checkRank(config: config, module: WeightNames.hfEmbeddingModule, rank: a.rows)
             adapter.embeddingLoRA = .init(aT: a.transposed(), b: b, scale: try scale(config: config, module: WeightNames.hfEmbeddingModule, rank: a.rows))
         }
         return adapter
     }
 
     /// `alpha / r` (or `alpha / sqrt(r)` with rsLoRA), alpha taken from `alpha_pattern`
-    /// when a pattern matches the module name as PEFT matches it (`(.*\.)?pattern$`).
+    /// when a pattern matches the module name as PEFT matches it (`(.*\.)?pattern$`), for
+    /// tensors of rank `rank` (which must be the rank the config gives the module).
     static func scale(config: PEFTConfig, module: String, rank: Int) throws -> Float {
+        try checkRank(config: config, module: module, rank: rank)
         let alpha = try pattern(config.alphaPattern, "alpha_pattern", module: module) ?? config.loraAlpha
         let r = Double(rank)
         let scale = config.useRSLoRA == true ? alpha / r.squareRoot() : alpha / r

@@ -126,7 +126,7 @@ struct OpenAIRequestBody: Decodable {
             // An integer too large for 64 bits fails the whole decode with no coding path
             // ("not valid JSON"): name the field instead.
             if context.codingPath.isEmpty, let key = object.keys.sorted().first(where: { Self.isHugeNumber(object[$0]) }) {
-                throw APIError.badRequest("'\(key)' is out of range (integers here must fit in 64 bits)", param: key)
+                throw APIError.badRequest("'\(key)' is out of range (remedy: send an integer that fits in 64 bits)", param: key)
             }
             throw Self.fieldError(context, context.debugDescription)
         }
@@ -135,7 +135,7 @@ struct OpenAIRequestBody: Decodable {
     /// A JSON number whose magnitude no 64-bit integer holds.
     static func isHugeNumber(_ value: Any?) -> Bool {
         guard let n = value as? NSNumber, !(value is Bool) else { return false }
-        return !(abs(n.doubleValue) < 9.2e18)
+        return !(abs(n.doubleValue) < Double(Int64.max))
     }
 
     static func describe(_ type: Any.Type) -> String {
@@ -185,7 +185,7 @@ struct OpenAIRequestBody: Decodable {
                 case nil:
                     // Only an assistant's turn may come without content (as OpenAI's API has it).
                     guard m.role == "assistant" else {
-                        throw APIError.badRequest("'messages[\(i)].content' is required for a \(m.role) message", param: "messages")
+                        throw APIError.badRequest("'messages[\(i)].content' is required for a \(m.role) message (remedy: give it a content string)", param: "messages")
                     }
                 }
                 list.append(.init(role: m.role, content: content))

@@ -173,35 +173,31 @@ import TestSupport
     /// matches module names.
     @Test func scalesFollowPEFTRules() throws {
         let src = Fixtures.path("tiny_llama_untied/adapters/plain_qv")   // r 4, alpha 8
-        func edited(_ replace: String, _ with: String) throws -> LoRAAdapter {
+        func edited(_ edits: (String, String)...) throws -> LoRAAdapter {
             let dir = try Fixtures.temporaryDirectory() + "/a"
             try FileManager.default.copyItem(atPath: src, toPath: dir)
             let path = dir + "/adapter_config.json"
-            try (try String(contentsOfFile: path, encoding: .utf8)).replacingOccurrences(of: replace, with: with).write(toFile: path, atomically: true, encoding: .utf8)
+            let text = try String(contentsOfFile: path, encoding: .utf8)
+            try edits.reduce(text) { $0.replacingOccurrences(of: $1.0, with: $1.1) }.write(toFile: path, atomically: true, encoding: .utf8)
             return try Self.load(dir)
         }
         #expect(try Self.load(src).pairs[0][.q]?.scale == 2)
-        #expect(try edited("\"use_rslora\": false", "\"use_rslora\": true").pairs[0][.q]?.scale == 4)
-        let patterned = try edited("\"alpha_pattern\": {}", "\"alpha_pattern\": {\"layers.1.self_attn.v_proj\": 2}")
+        #expect(try edited(("\"use_rslora\": false", "\"use_rslora\": true")).pairs[0][.q]?.scale == 4)
+        let patterned = try edited(("\"alpha_pattern\": {}", "\"alpha_pattern\": {\"layers.1.self_attn.v_proj\": 2}"))
         #expect(patterned.pairs[1][.v]?.scale == 0.5)
         #expect(patterned.pairs[0][.v]?.scale == 2 && patterned.pairs[1][.q]?.scale == 2)
         // The configured rank must be the tensors' (PEFT builds its layers from it): r = 8
         // over rank-4 tensors is refused, unless rank_pattern gives these modules 4.
         #expect {
-            try edited("\"r\": 4", "\"r\": 8")
+            try edited(("\"r\": 4", "\"r\": 8"))
         } throws: { error in
             let e = error as? FacetError
             return e?.code == .shapeMismatch && e!.message.contains("r = 8") && e?.field?.hasSuffix("_proj") == true
         }
-        let ranked = try edited("\"rank_pattern\": {}", "\"rank_pattern\": {\"q_proj\": 4, \"v_proj\": 4}").pairs[0][.q]
+        let ranked = try edited(("\"rank_pattern\": {}", "\"rank_pattern\": {\"q_proj\": 4, \"v_proj\": 4}")).pairs[0][.q]
         #expect(ranked?.rank == 4 && ranked?.scale == 2)
-        let rankedPatterns = try Fixtures.temporaryDirectory() + "/a"
-        try FileManager.default.copyItem(atPath: src, toPath: rankedPatterns)
-        let path = rankedPatterns + "/adapter_config.json"
-        try (try String(contentsOfFile: path, encoding: .utf8)).replacingOccurrences(of: "\"r\": 4", with: "\"r\": 16")
-            .replacingOccurrences(of: "\"rank_pattern\": {}", with: "\"rank_pattern\": {\"q_proj\": 4, \"v_proj\": 4}")
-            .write(toFile: path, atomically: true, encoding: .utf8)
-        #expect(try Self.load(rankedPatterns).pairs[1][.v]?.scale == 2)   // alpha 8 over the tensors' rank 4
+        let rankedPatterns = try edited(("\"r\": 4", "\"r\": 16"), ("\"rank_pattern\": {}", "\"rank_pattern\": {\"q_proj\": 4, \"v_proj\": 4}"))
+        #expect(rankedPatterns.pairs[1][.v]?.scale == 2)   // alpha 8 over the tensors' rank 4
     }
 
     @Test func badTensorRTArraysAreRefused() throws {
