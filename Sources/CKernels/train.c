@@ -12,12 +12,13 @@ extern _Thread_local int fk_scalar_only;
 // between slices, which changes no bit), so every path gives the same bits.
 enum { KC = 256 };
 
-static void add_scaled_scalar(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, long ldw, int nrows, int j0, int j1) {
+static void add_scaled_scalar(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, long ldw, int nrows, int j0, int j1,
+                              int zero) {
     for (int t = 0; t < rows; t++) {
         float *out = dx + t * ldx;
         const float *gt = g + t * gstride;
         for (int j = j0; j < j1; j++) {
-            float acc = out[j];
+            float acc = zero ? 0.0f : out[j];
             for (int o = 0; o < nrows; o++) acc = fmaf(gt[o], w[(long)o * ldw + j], acc);
             out[j] = acc;
         }
@@ -29,9 +30,12 @@ static void add_scaled_scalar(float *dx, long ldx, const float *g, long gstride,
 
 // MR rows x 32 columns (two zmm per row; m0/m1 mask the columns that exist) over rows o0..o1 of w.
 __attribute__((always_inline)) AVX512 static inline void tile_avx512(const int MR, float *dx, long ldx, const float *g, long gs,
-                                                                     const float *w, long ldw, int o0, int o1, __mmask16 m0, __mmask16 m1) {
+                                                                     const float *w, long ldw, int o0, int o1, __mmask16 m0, __mmask16 m1, int z) {
     __m512 c0[8], c1[8];
-    for (int i = 0; i < MR; i++) { c0[i] = _mm512_maskz_loadu_ps(m0, dx + i * ldx); c1[i] = _mm512_maskz_loadu_ps(m1, dx + i * ldx + 16); }
+    for (int i = 0; i < MR; i++) {
+        c0[i] = z ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m0, dx + i * ldx);
+        c1[i] = z ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m1, dx + i * ldx + 16);
+    }
     for (int o = o0; o < o1; o++) {
         const float *wo = w + (long)o * ldw;
         __m512 b0 = _mm512_maskz_loadu_ps(m0, wo), b1 = _mm512_maskz_loadu_ps(m1, wo + 16);
@@ -48,9 +52,9 @@ __attribute__((always_inline)) AVX512 static inline void tile_avx512(const int M
 // products (u = x Aᵀ, du = dy B). Exactly 8 columns (rank 8) take tile8_avx2's ymm instead:
 // on CPUs that split a 512-bit operation in two halves, a half-masked zmm costs the full width.
 __attribute__((always_inline)) AVX512 static inline void tile16_avx512(const int MR, float *dx, long ldx, const float *g, long gs,
-                                                                       const float *w, long ldw, int o0, int o1, __mmask16 m) {
+                                                                       const float *w, long ldw, int o0, int o1, __mmask16 m, int z) {
     __m512 c[12];
-    for (int i = 0; i < MR; i++) c[i] = _mm512_maskz_loadu_ps(m, dx + i * ldx);
+    for (int i = 0; i < MR; i++) c[i] = z ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, dx + i * ldx);
     for (int o = o0; o < o1; o++) {
         __m512 b = _mm512_maskz_loadu_ps(m, w + (long)o * ldw);
         for (int i = 0; i < MR; i++) c[i] = _mm512_fmadd_ps(_mm512_set1_ps(g[i * gs + o]), b, c[i]);
@@ -60,9 +64,9 @@ __attribute__((always_inline)) AVX512 static inline void tile16_avx512(const int
 
 // MR rows x 8 columns (one ymm per row) over rows o0..o1 of w.
 __attribute__((always_inline)) AVX2 static inline void tile8_avx2(const int MR, float *dx, long ldx, const float *g, long gs,
-                                                                  const float *w, long ldw, int o0, int o1) {
+                                                                  const float *w, long ldw, int o0, int o1, int z) {
     __m256 c[12];
-    for (int i = 0; i < MR; i++) c[i] = _mm256_loadu_ps(dx + i * ldx);
+    for (int i = 0; i < MR; i++) c[i] = z ? _mm256_setzero_ps() : _mm256_loadu_ps(dx + i * ldx);
     for (int o = o0; o < o1; o++) {
         __m256 b = _mm256_loadu_ps(w + (long)o * ldw);
         for (int i = 0; i < MR; i++) c[i] = _mm256_fmadd_ps(_mm256_set1_ps(g[i * gs + o]), b, c[i]);
@@ -70,38 +74,41 @@ __attribute__((always_inline)) AVX2 static inline void tile8_avx2(const int MR, 
     for (int i = 0; i < MR; i++) _mm256_storeu_ps(dx + i * ldx, c[i]);
 }
 
-AVX512 static void add_scaled_avx512(float *dx, long ldx, const float *g, long gs, int rows, const float *w, long ldw, int nrows, int width) {
+AVX512 static void add_scaled_avx512(float *dx, long ldx, const float *g, long gs, int rows, const float *w, long ldw, int nrows, int width, int zero) {
     for (int o0 = 0; o0 < nrows; o0 += KC) {
-        int o1 = nrows - o0 < KC ? nrows : o0 + KC;
+        int o1 = nrows - o0 < KC ? nrows : o0 + KC, z = zero && o0 == 0;
         for (int j = 0; j < width; j += 32) {
             int n = width - j < 32 ? width - j : 32;
             if (n <= 16) {
                 __mmask16 m = lanes16(n);
                 int t = 0;
                 if (n == 8) {
-                    for (; t + 12 <= rows; t += 12) tile8_avx2(12, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1);
-                    for (; t < rows; t++) tile8_avx2(1, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1);
+                    for (; t + 12 <= rows; t += 12) tile8_avx2(12, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, z);
+                    for (; t < rows; t++) tile8_avx2(1, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, z);
                 } else {
-                    for (; t + 12 <= rows; t += 12) tile16_avx512(12, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m);
-                    for (; t + 4 <= rows; t += 4) tile16_avx512(4, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m);
-                    for (; t < rows; t++) tile16_avx512(1, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m);
+                    for (; t + 12 <= rows; t += 12) tile16_avx512(12, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m, z);
+                    for (; t + 4 <= rows; t += 4) tile16_avx512(4, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m, z);
+                    for (; t < rows; t++) tile16_avx512(1, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m, z);
                 }
                 continue;
             }
             __mmask16 m0 = lanes16(n), m1 = lanes16(n - 16);
             int t = 0;
-            for (; t + 8 <= rows; t += 8) tile_avx512(8, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m0, m1);
-            for (; t + 4 <= rows; t += 4) tile_avx512(4, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m0, m1);
-            for (; t < rows; t++) tile_avx512(1, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m0, m1);
+            for (; t + 8 <= rows; t += 8) tile_avx512(8, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m0, m1, z);
+            for (; t + 4 <= rows; t += 4) tile_avx512(4, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m0, m1, z);
+            for (; t < rows; t++) tile_avx512(1, dx + t * ldx + j, ldx, g + t * gs, gs, w + j, ldw, o0, o1, m0, m1, z);
         }
     }
 }
 
 // MR rows x 16 columns (two ymm per row) over rows o0..o1 of w.
 __attribute__((always_inline)) AVX2 static inline void tile_avx2(const int MR, float *dx, long ldx, const float *g, long gs,
-                                                                 const float *w, long ldw, int o0, int o1) {
+                                                                 const float *w, long ldw, int o0, int o1, int z) {
     __m256 c0[6], c1[6];
-    for (int i = 0; i < MR; i++) { c0[i] = _mm256_loadu_ps(dx + i * ldx); c1[i] = _mm256_loadu_ps(dx + i * ldx + 8); }
+    for (int i = 0; i < MR; i++) {
+        c0[i] = z ? _mm256_setzero_ps() : _mm256_loadu_ps(dx + i * ldx);
+        c1[i] = z ? _mm256_setzero_ps() : _mm256_loadu_ps(dx + i * ldx + 8);
+    }
     for (int o = o0; o < o1; o++) {
         const float *wo = w + (long)o * ldw;
         __m256 b0 = _mm256_loadu_ps(wo), b1 = _mm256_loadu_ps(wo + 8);
@@ -119,12 +126,12 @@ __attribute__((always_inline)) AVX2 static inline void tile_avx2(const int MR, f
 // gradient, 576 or 1536 in the adapters' products) maps onto a few L1 sets and would come
 // from L2 on every tile; copied, it stays in L1 for all the tiles (the same values, so the
 // same bits). Alone on a Zen 3 core with hot caches: 0-6% on training's shapes.
-AVX2 static void add_scaled_avx2(float *dx, long ldx, const float *g, long gs, int rows, const float *w, long ldw, int nrows, int width) {
+AVX2 static void add_scaled_avx2(float *dx, long ldx, const float *g, long gs, int rows, const float *w, long ldw, int nrows, int width, int zero) {
     int full = width / 16 * 16;
     float pack[KC * 16] __attribute__((aligned(32)));
     const int packed = rows >= 12;
     for (int o0 = 0; o0 < nrows; o0 += KC) {
-        int o1 = nrows - o0 < KC ? nrows : o0 + KC;
+        int o1 = nrows - o0 < KC ? nrows : o0 + KC, z = zero && o0 == 0;
         for (int j = 0; j < full; j += 16) {
             // The panel's rows o0..o1 (in place, or copied to rows 0..o1-o0 of `pack`, the
             // factors then read from g + o0: the same terms in the same order).
@@ -139,37 +146,76 @@ AVX2 static void add_scaled_avx2(float *dx, long ldx, const float *g, long gs, i
                 pw = pack, pg = g + o0, lp = 16, p0 = 0, p1 = o1 - o0;
             }
             int t = 0;
-            for (; t + 6 <= rows; t += 6) tile_avx2(6, dx + t * ldx + j, ldx, pg + t * gs, gs, pw, lp, p0, p1);
-            for (; t + 2 <= rows; t += 2) tile_avx2(2, dx + t * ldx + j, ldx, pg + t * gs, gs, pw, lp, p0, p1);
-            for (; t < rows; t++) tile_avx2(1, dx + t * ldx + j, ldx, pg + t * gs, gs, pw, lp, p0, p1);
+            for (; t + 6 <= rows; t += 6) tile_avx2(6, dx + t * ldx + j, ldx, pg + t * gs, gs, pw, lp, p0, p1, z);
+            for (; t + 2 <= rows; t += 2) tile_avx2(2, dx + t * ldx + j, ldx, pg + t * gs, gs, pw, lp, p0, p1, z);
+            for (; t < rows; t++) tile_avx2(1, dx + t * ldx + j, ldx, pg + t * gs, gs, pw, lp, p0, p1, z);
         }
     }
     // Eight more columns (a rank-8 product's whole width) in ymm tiles, the rest scalar.
     if (width - full >= 8) {
         for (int o0 = 0; o0 < nrows; o0 += KC) {
-            int o1 = nrows - o0 < KC ? nrows : o0 + KC;
+            int o1 = nrows - o0 < KC ? nrows : o0 + KC, z = zero && o0 == 0;
             int t = 0;
-            for (; t + 12 <= rows; t += 12) tile8_avx2(12, dx + t * ldx + full, ldx, g + t * gs, gs, w + full, ldw, o0, o1);
-            for (; t < rows; t++) tile8_avx2(1, dx + t * ldx + full, ldx, g + t * gs, gs, w + full, ldw, o0, o1);
+            for (; t + 12 <= rows; t += 12) tile8_avx2(12, dx + t * ldx + full, ldx, g + t * gs, gs, w + full, ldw, o0, o1, z);
+            for (; t < rows; t++) tile8_avx2(1, dx + t * ldx + full, ldx, g + t * gs, gs, w + full, ldw, o0, o1, z);
         }
         full += 8;
     }
-    if (full < width) add_scaled_scalar(dx, ldx, g, gs, rows, w, ldw, nrows, full, width);
+    if (full < width) add_scaled_scalar(dx, ldx, g, gs, rows, w, ldw, nrows, full, width, zero);
 }
 #endif
 
-void fk_add_product(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, long ldw, int nrows, int width) {
+static void product(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, long ldw, int nrows, int width, int zero) {
+    if (zero && nrows <= 0) {
+        for (int t = 0; t < rows; t++) for (int j = 0; j < width; j++) dx[t * ldx + j] = 0;
+        return;
+    }
 #if defined(__x86_64__)
-    if (fk_has_avx512()) { add_scaled_avx512(dx, ldx, g, gstride, rows, w, ldw, nrows, width); return; }
-    if (fk_has_avx2()) { add_scaled_avx2(dx, ldx, g, gstride, rows, w, ldw, nrows, width); return; }
+    if (fk_has_avx512()) { add_scaled_avx512(dx, ldx, g, gstride, rows, w, ldw, nrows, width, zero); return; }
+    if (fk_has_avx2()) { add_scaled_avx2(dx, ldx, g, gstride, rows, w, ldw, nrows, width, zero); return; }
 #endif
-    add_scaled_scalar(dx, ldx, g, gstride, rows, w, ldw, nrows, 0, width);
+    add_scaled_scalar(dx, ldx, g, gstride, rows, w, ldw, nrows, 0, width, zero);
 }
+
+void fk_add_product(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, long ldw, int nrows, int width) {
+    product(dx, ldx, g, gstride, rows, w, ldw, nrows, width, 0);
+}
+
+void fk_set_product(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, long ldw, int nrows, int width) {
+    product(dx, ldx, g, gstride, rows, w, ldw, nrows, width, 1);
+}
+
+#if defined(__x86_64__)
+// dst[c * rows + r] = src[r * cols + c] for an 8 x 8 block (rows r0.., columns c0..).
+AVX2 static inline void transpose8x8(const float *src, long cols, float *dst, long rows) {
+    __m256 r[8], t[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * cols);
+    for (int i = 0; i < 8; i += 2) { t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]); t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]); }
+    for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    // r[0..3]: columns 0, 1, 2, 3 of rows 0-3 (low half) and 4-7 of rows 0-3 (high half); r[4..7] the same for rows 4-7.
+    for (int i = 0; i < 4; i++) {
+        _mm256_storeu_ps(dst + i * rows, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (i + 4) * rows, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+    }
+}
+#endif
 
 void fk_transpose_rows(const float *src, long rows, long cols, long first, long end, float *dst) {
     for (long r0 = first; r0 < end; r0 += 16)
         for (long c0 = 0; c0 < cols; c0 += 16) {
             long r1 = r0 + 16 < end ? r0 + 16 : end, c1 = c0 + 16 < cols ? c0 + 16 : cols;
+#if defined(__x86_64__)
+            if (r1 - r0 == 16 && c1 - c0 == 16 && fk_has_avx2()) {
+                for (int i = 0; i < 16; i += 8)
+                    for (int j = 0; j < 16; j += 8) transpose8x8(src + (r0 + i) * cols + c0 + j, cols, dst + (c0 + j) * rows + r0 + i, rows);
+                continue;
+            }
+#endif
             for (long r = r0; r < r1; r++)
                 for (long c = c0; c < c1; c++) dst[c * rows + r] = src[r * cols + c];
         }

@@ -41,7 +41,8 @@ extension LinearWeight {
         let gb = products == .bf16 ? Self.roundedRows(dy, rows: T, cols: O, paddedTo: Oe) : nil
         withoutActuallyEscaping({ (chunk: Int) in
             let k0 = chunk * granule, k1 = min(K, k0 + granule), width = k1 - k0
-            if clearing { for t in 0..<T { (dx + t * K + k0).update(repeating: 0, count: width) } }
+            // fp32 products start the first band's chains from zero instead (the same bits).
+            if clearing, gb != nil || O == 0 { for t in 0..<T { (dx + t * K + k0).update(repeating: 0, count: width) } }
             let w = Scratch.floats(.gradientRow, band * width)
             for o0 in stride(from: 0, to: O, by: band) {
                 let n = min(band, O - o0)
@@ -51,6 +52,8 @@ extension LinearWeight {
                     let packed = Scratch.raw(.trainingPairs, band * width * 2).assumingMemoryBound(to: UInt16.self)
                     fk_pack_bf16_pairs(w, width, 1, Int32(n), Int32(width), packed)
                     fk_add_product_bf16(dx + k0, K, gb + o0, Oe, Int32(T), packed, Int32((n + 1) / 2), Int32(width))
+                } else if clearing && o0 == 0 {
+                    fk_set_product(dx + k0, K, dy + o0, O, Int32(T), w, width, Int32(n), Int32(width))
                 } else {
                     fk_add_product(dx + k0, K, dy + o0, O, Int32(T), w, width, Int32(n), Int32(width))
                 }
@@ -75,8 +78,9 @@ extension LinearWeight {
         let xb = products == .bf16 ? Self.roundedRows(x, rows: T, cols: K, paddedTo: Ke) : nil
         withoutActuallyEscaping({ (chunk: Int) in
             let o0 = chunk * panel, n = min(panel, O - o0)
-            // The products add from zero: each task clears its own columns of y.
-            for t in 0..<T { (y + t * O + o0).update(repeating: 0, count: n) }
+            // The products add from zero: the bf16 one onto its task's own columns of y, cleared
+            // here; the fp32 one starts its chains from zero itself (the same bits).
+            if xb != nil { for t in 0..<T { (y + t * O + o0).update(repeating: 0, count: n) } }
             let rowsBuffer = Scratch.floats(.gradientRow, 2 * panel * K)
             decode(rows: o0..<(o0 + n), columns: 0..<K, into: rowsBuffer, ld: K)
             if let xb {
@@ -87,7 +91,7 @@ extension LinearWeight {
             } else {
                 let transposed = rowsBuffer + panel * K
                 fk_transpose(rowsBuffer, n, K, transposed)      // [K, n]
-                fk_add_product(y + o0, O, x, K, Int32(T), transposed, n, Int32(K), Int32(n))
+                fk_set_product(y + o0, O, x, K, Int32(T), transposed, n, Int32(K), Int32(n))
             }
             // The bias after the whole sum, on the task's own columns.
             if let bias { for t in 0..<T { for o in o0..<(o0 + n) { y[t * O + o] += bias[o] } } }

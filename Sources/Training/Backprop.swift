@@ -320,11 +320,16 @@ package final class LoRABackprop: @unchecked Sendable {
                 buffers.dq.withUnsafeMutableBufferPointer { rope.applyInParallel($0.baseAddress!, tokens: T, heads: Hq, positions: pos.baseAddress!) }
                 buffers.dk.withUnsafeMutableBufferPointer { rope.applyInParallel($0.baseAddress!, tokens: T, heads: Hkv, positions: pos.baseAddress!) }
             }
-            linearBackward(lw.wq, cache.h, buffers.dq, T, &lora, l, .q, cache.masks[.q], into: &buffers.dh)
-            linearBackward(lw.wk, cache.h, buffers.dk, T, &lora, l, .k, cache.masks[.k], into: &buffers.dhk)
-            linearBackward(lw.wv, cache.h, buffers.dv, T, &lora, l, .v, cache.masks[.v], into: &buffers.dhv)
-            Self.add(buffers.dhk, buffers.dhv, into: &buffers.dh)   // dh += dhk + dhv
-            Self.rmsBackward(cache.x, lw.attnNorm, buffers.dh, T, D, c.rmsNormEps, adding: &dx)     // dx += rms'(dh)
+            // Below layer 0 are the frozen embeddings: its q, k, v pairs take their gradients,
+            // but no gradient flows into its input.
+            let below = l > 0
+            linearBackward(lw.wq, cache.h, buffers.dq, T, &lora, l, .q, cache.masks[.q], into: &buffers.dh, input: below)
+            linearBackward(lw.wk, cache.h, buffers.dk, T, &lora, l, .k, cache.masks[.k], into: &buffers.dhk, input: below)
+            linearBackward(lw.wv, cache.h, buffers.dv, T, &lora, l, .v, cache.masks[.v], into: &buffers.dhv, input: below)
+            if below {
+                Self.add(buffers.dhk, buffers.dhv, into: &buffers.dh)   // dh += dhk + dhv
+                Self.rmsBackward(cache.x, lw.attnNorm, buffers.dh, T, D, c.rmsNormEps, adding: &dx)     // dx += rms'(dh)
+            }
         }
         return (nll, R)
     }
@@ -461,13 +466,16 @@ package final class LoRABackprop: @unchecked Sendable {
         return dx
     }
 
-    /// `linearBackward` into `dx`'s storage (every element written).
+    /// `linearBackward` into `dx`'s storage (every element written), or with `input: false`
+    /// only the pair's gradients (`dx` untouched: nothing reads the input gradient).
     func linearBackward(_ weight: LinearWeight, _ x: [Float], _ dy: [Float], _ T: Int, _ lora: inout TrainableLoRA,
-                        _ layer: Int, _ role: LinearRole, _ mask: [Float]?, into dx: inout [Float]) {
-        Self.reuse(&dx, T * weight.cols)
-        dy.withUnsafeBufferPointer { dp in
-            dx.withUnsafeMutableBufferPointer {
-                weight.addInputGradient(dy: dp.baseAddress!, t: T, dx: $0.baseAddress!, products: products, clearing: true)
+                        _ layer: Int, _ role: LinearRole, _ mask: [Float]?, into dx: inout [Float], input: Bool = true) {
+        if input {
+            Self.reuse(&dx, T * weight.cols)
+            dy.withUnsafeBufferPointer { dp in
+                dx.withUnsafeMutableBufferPointer {
+                    weight.addInputGradient(dy: dp.baseAddress!, t: T, dx: $0.baseAddress!, products: products, clearing: true)
+                }
             }
         }
         guard var pair = lora.pairs[layer][role] else { return }
@@ -481,10 +489,10 @@ package final class LoRABackprop: @unchecked Sendable {
         Self.addProduct(&gradBT, Self.transpose(su, T, r), r, T, dy, o)
         pair.gradB = Self.transpose(gradBT, r, o)
         Self.addProduct(&pair.gradA, Self.transpose(du, T, r), r, T, xd, n)           // += duᵀ xd: [r, in]
-        if let mask {
+        if input, let mask {
             let dxd = Self.product(du, pair.a, T, r, n)                               // du A: [T, in]
             for i in dxd.indices { dx[i] += dxd[i] * mask[i] }
-        } else {
+        } else if input {
             Self.addProduct(&dx, du, T, r, pair.a, n)                                 // dx += du A
         }
         lora.pairs[layer][role] = pair

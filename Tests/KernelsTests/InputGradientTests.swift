@@ -38,6 +38,33 @@ import TestSupport
         }
         #expect(dirty == zeros, "\(format)")
     }
+
+    /// `clearing` on every tier, with more rows than one band (the first band's products start
+    /// from zero, the later ones add) and `dx` full of NaN: never read, the bits of zeros + the product.
+    @Test(arguments: [WeightFormat.f32, .q4_1])
+    func clearingNeverReadsTheOutput(format: WeightFormat) throws {
+        var rng = SplitMix(seed: 23)
+        let rows = 300, cols = 96, T = 13
+        let data = (0..<(rows * cols)).map { _ in rng.float() }
+        let weight = format == .f32 ? LinearWeight(Matrix(rows: rows, cols: cols, data: data))
+                                    : try LinearWeight.quantize(Matrix(rows: rows, cols: cols, data: data), to: format)
+        let dy = (0..<(T * rows)).map { _ in rng.float() }
+        func gradient(clearing: Bool) -> [UInt32] {
+            var dx = [Float](repeating: clearing ? .nan : 0, count: T * cols)
+            dy.withUnsafeBufferPointer { d in
+                dx.withUnsafeMutableBufferPointer { weight.addInputGradient(dy: d.baseAddress!, t: T, dx: $0.baseAddress!, clearing: clearing) }
+            }
+            return dx.map(\.bitPattern)
+        }
+        LinearWeight.useVectorKernels(false)
+        let scalar = gradient(clearing: false)
+        #expect(gradient(clearing: true) == scalar, "\(format) scalar")
+        LinearWeight.useVectorKernels(true)
+        LinearWeight.useAVX512Kernels(false)
+        #expect(gradient(clearing: true) == scalar, "\(format) \(InstructionTier.current) without AVX-512")
+        LinearWeight.useAVX512Kernels(true)
+        #expect(gradient(clearing: true) == scalar, "\(format) \(InstructionTier.current)")
+    }
 }
 
 /// Training's dense products (`DenseProduct.add`, `LinearWeight.matmulDecoded`): every
@@ -87,11 +114,29 @@ import TestSupport
         if !LinearWeight.hasAVX512 { print("DenseProductTests: AVX-512 tier not on this CPU; compared scalar and \(InstructionTier.current)") }
     }
 
+    /// `DenseProduct.transpose` (whole 16 x 16 blocks in vector registers, the edges one by one)
+    /// moves every element where the naive loop does, with and without the vector path.
+    @Test(arguments: [(16, 16), (37, 45), (64, 576), (300, 33), (3, 100), (130, 70)])
+    func transposeMovesEveryElement(shape: (Int, Int)) {
+        let (rows, cols) = shape
+        let m = (0..<(rows * cols)).map { Float($0) + 0.5 }
+        var expected = [Float](repeating: 0, count: rows * cols)
+        for r in 0..<rows { for c in 0..<cols { expected[c * rows + r] = m[r * cols + c] } }
+        for vector in [false, true] {
+            LinearWeight.useVectorKernels(vector)
+            defer { LinearWeight.useVectorKernels(true) }
+            var out = [Float](repeating: .nan, count: rows * cols)
+            m.withUnsafeBufferPointer { mp in out.withUnsafeMutableBufferPointer { DenseProduct.transpose(mp.baseAddress!, rows: rows, cols: cols, into: $0.baseAddress!) } }
+            #expect(out == expected, "\(rows) x \(cols), vector path \(vector)")
+        }
+    }
+
     /// `matmulDecoded` (training's forward `x Wᵀ + b`) is the fma chain over k from zero, on the decoded weight.
     @Test(arguments: [WeightFormat.f32, .q4_1, .q8_0, .q4_k])
     func decodedProductIsTheChainOverK(format: WeightFormat) throws {
         var rng = SplitMix(seed: 77)
-        let rows = 45, cols = format == .q4_k ? 256 : 96, T = 11
+        // 288 columns: two slices of the kernel's 256-term panels; 13 tokens: a packed tile and remainders.
+        let rows = 45, cols = format == .q4_k ? 512 : 288, T = 13
         let weight: LinearWeight
         switch format {
         case .q4_k: weight = try CompactWeightTests.randomKQuant(format, rows: rows, cols: cols, seed: 5)
@@ -105,15 +150,23 @@ import TestSupport
         #expect(w.map(\.bitPattern) == scalarDecoded.map(\.bitPattern), "\(format): vector and scalar dequantization differ")
         let x = (0..<(T * cols)).map { _ in rng.float() }
         let bias = (0..<rows).map { _ in rng.float() }
-        var y = [Float](repeating: .nan, count: T * rows)
-        x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { weight.matmulDecoded(x: xp.baseAddress!, t: T, y: $0.baseAddress!, bias: bias) } }
-        for t in 0..<T {
-            for o in 0..<rows {
-                var acc: Float = 0
-                for k in 0..<cols { acc = acc.addingProduct(x[t * cols + k], w[o * cols + k]) }
-                acc += bias[o]
-                #expect(y[t * rows + o].bitPattern == acc.bitPattern, "\(format) t \(t) o \(o)")
+        // Every tier, onto outputs full of NaN (the products start from zero, never reading them).
+        for tier in ["scalar", "no AVX-512", "best"] {
+            LinearWeight.useVectorKernels(tier != "scalar")
+            LinearWeight.useAVX512Kernels(tier == "best")
+            defer { LinearWeight.useVectorKernels(true); LinearWeight.useAVX512Kernels(true) }
+            var y = [Float](repeating: .nan, count: T * rows)
+            x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { weight.matmulDecoded(x: xp.baseAddress!, t: T, y: $0.baseAddress!, bias: bias) } }
+            var wrong = 0
+            for t in 0..<T {
+                for o in 0..<rows {
+                    var acc: Float = 0
+                    for k in 0..<cols { acc = acc.addingProduct(x[t * cols + k], w[o * cols + k]) }
+                    acc += bias[o]
+                    if y[t * rows + o].bitPattern != acc.bitPattern { wrong += 1 }
+                }
             }
+            #expect(wrong == 0, "\(format) \(tier): \(wrong) outputs differ from the chain over k")
         }
     }
 }

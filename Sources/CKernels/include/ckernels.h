@@ -114,6 +114,9 @@ void fk_exp_shift(float *p, long n, float shift);
 /// accumulator in a register). Every path gives the same bits. The input gradient dY W, and
 /// with dx zeroed, g = x and w a transposed panel of W, the forward x W^T.
 void fk_add_product(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, long ldw, int nrows, int width);
+/// The same chains from zero: dx[t * ldx + j] = the sum (the bits of zeroing dx, then
+/// fk_add_product; without reading dx). nrows = 0 writes zeros.
+void fk_set_product(float *dx, long ldx, const float *g, long gstride, int rows, const float *w, long ldw, int nrows, int width);
 /// Training's bf16 products (opt-in): the same sums with both operands rounded to bf16 and the
 /// pairs taken as AVX512_BF16's vdpbf16ps does. `fk_round_bf16_rows` rounds x[t * ldx + k]
 /// (k < cols) to bf16 bits as fk_round_bf16 does into out[t * ldo + k], zeros up to ldo.
