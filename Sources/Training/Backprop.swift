@@ -44,7 +44,8 @@ package final class LoRABackprop: @unchecked Sendable {
 
     /// The bytes of every layer's kept activations for sequences of these lengths (the
     /// layer caches: per token 4 rows of the hidden size, q and the attention output, k
-    /// and v, 3 of the intermediate size; per sequence and head n² probabilities).
+    /// and v, 3 of the intermediate size; per sequence and head n² probabilities; not the
+    /// adapters' own `s u` [T, r] per adapted layer, a rank's worth of floats per token).
     package func keptActivationBytes(lengths: [Int]) -> Int {
         let perToken = 4 * c.hiddenSize + 2 * c.numHeads * c.headDim + 2 * c.numKVHeads * c.headDim + 3 * c.intermediateSize
         let floats = lengths.reduce(0) { $0 + $1 * perToken + c.numHeads * $1 * $1 }
@@ -94,6 +95,9 @@ package final class LoRABackprop: @unchecked Sendable {
         var probs: [Float] = [], attn: [Float] = [], xMid: [Float] = [], h2: [Float] = []
         var gate: [Float] = [], up: [Float] = [], act: [Float] = []
         var masks: [LinearRole: [Float]] = [:]
+        /// Per adapted layer, `s u = s (x ⊙ mask) Aᵀ` [T, r] from the forward pass: the
+        /// backward pass needs the same product (the same bits) for `dB`.
+        var scaledLowRank: [LinearRole: [Float]] = [:]
     }
 
     /// Σ nll and the number of targets of `example`, without gradients (validation).
@@ -167,30 +171,31 @@ package final class LoRABackprop: @unchecked Sendable {
                 return (0..<n).map { _ in rng!.unit() < Float(p) ? 0 : keep }
             }
             cache.masks = [:]
+            cache.scaledLowRank = [:]
             for role in [LinearRole.q, .k, .v, .o, .gate, .up, .down] {
                 if let m = mask(role, T * (role == .o ? QD : role == .down ? I : D)) { cache.masks[role] = m }
             }
             Self.copy(x, into: &cache.x)
             Self.rms(x, lw.attnNorm, T, D, c.rmsNormEps, into: &cache.h)
-            linear(lw.wq, lw.bq, cache.h, T, lora.pairs[l][.q], lora.scale, cache.masks[.q], into: &cache.q)
-            linear(lw.wk, lw.bk, cache.h, T, lora.pairs[l][.k], lora.scale, cache.masks[.k], into: &cache.k)
-            linear(lw.wv, lw.bv, cache.h, T, lora.pairs[l][.v], lora.scale, cache.masks[.v], into: &cache.v)
+            cache.scaledLowRank[.q] = linear(lw.wq, lw.bq, cache.h, T, lora.pairs[l][.q], lora.scale, cache.masks[.q], into: &cache.q)
+            cache.scaledLowRank[.k] = linear(lw.wk, lw.bk, cache.h, T, lora.pairs[l][.k], lora.scale, cache.masks[.k], into: &cache.k)
+            cache.scaledLowRank[.v] = linear(lw.wv, lw.bv, cache.h, T, lora.pairs[l][.v], lora.scale, cache.masks[.v], into: &cache.v)
             positions.withUnsafeBufferPointer { pos in
                 cache.q.withUnsafeMutableBufferPointer { rope.applyInParallel($0.baseAddress!, tokens: T, heads: Hq, positions: pos.baseAddress!) }
                 cache.k.withUnsafeMutableBufferPointer { rope.applyInParallel($0.baseAddress!, tokens: T, heads: Hkv, positions: pos.baseAddress!) }
             }
             attention(q: cache.q, k: cache.k, v: cache.v, segments: segments, out: &cache.attn, probs: &cache.probs)
-            linear(lw.wo, lw.bo, cache.attn, T, lora.pairs[l][.o], lora.scale, cache.masks[.o], into: &buffers.o)
+            cache.scaledLowRank[.o] = linear(lw.wo, lw.bo, cache.attn, T, lora.pairs[l][.o], lora.scale, cache.masks[.o], into: &buffers.o)
             Self.add(buffers.o, into: &x)
             Self.copy(x, into: &cache.xMid)
             Self.rms(x, lw.ffnNorm, T, D, c.rmsNormEps, into: &cache.h2)
-            linear(lw.wGate, lw.bGate, cache.h2, T, lora.pairs[l][.gate], lora.scale, cache.masks[.gate], into: &cache.gate)
-            linear(lw.wUp, lw.bUp, cache.h2, T, lora.pairs[l][.up], lora.scale, cache.masks[.up], into: &cache.up)
+            cache.scaledLowRank[.gate] = linear(lw.wGate, lw.bGate, cache.h2, T, lora.pairs[l][.gate], lora.scale, cache.masks[.gate], into: &cache.gate)
+            cache.scaledLowRank[.up] = linear(lw.wUp, lw.bUp, cache.h2, T, lora.pairs[l][.up], lora.scale, cache.masks[.up], into: &cache.up)
             Self.copy(cache.gate, into: &cache.act)   // act = silu(gate) ⊙ up: [T, I]
             cache.up.withUnsafeBufferPointer { up in
                 cache.act.withUnsafeMutableBufferPointer { Activation.siluMul(gate: $0.baseAddress!, up: up.baseAddress!, count: T * I) }
             }
-            linear(lw.wDown, lw.bDown, cache.act, T, lora.pairs[l][.down], lora.scale, cache.masks[.down], into: &buffers.m)
+            cache.scaledLowRank[.down] = linear(lw.wDown, lw.bDown, cache.act, T, lora.pairs[l][.down], lora.scale, cache.masks[.down], into: &buffers.m)
             Self.add(buffers.m, into: &x)
         }
         let recompute = backward && (recomputeAlways || keptActivationBytes(lengths: segments.map(\.count)) > keepBudget)
@@ -292,7 +297,7 @@ package final class LoRABackprop: @unchecked Sendable {
             }
             let cache = recompute ? scratch : caches[l]
             // MLP: x'' = x' + down(silu(g) ⊙ u)
-            linearBackward(lw.wDown, cache.act, dx, T, &lora, l, .down, cache.masks[.down], into: &buffers.dact)
+            linearBackward(lw.wDown, cache.act, dx, T, &lora, l, .down, cache.masks[.down], scaledLowRank: cache.scaledLowRank[.down], into: &buffers.dact)
             Self.reuse(&buffers.dgate, T * I)   // (both written in full)
             Self.reuse(&buffers.dup, T * I)
             cache.gate.withUnsafeBufferPointer { gp in
@@ -307,12 +312,12 @@ package final class LoRABackprop: @unchecked Sendable {
                     }
                 }
             }
-            linearBackward(lw.wGate, cache.h2, buffers.dgate, T, &lora, l, .gate, cache.masks[.gate], into: &buffers.dh2)
-            linearBackward(lw.wUp, cache.h2, buffers.dup, T, &lora, l, .up, cache.masks[.up], into: &buffers.dh2u)
+            linearBackward(lw.wGate, cache.h2, buffers.dgate, T, &lora, l, .gate, cache.masks[.gate], scaledLowRank: cache.scaledLowRank[.gate], into: &buffers.dh2)
+            linearBackward(lw.wUp, cache.h2, buffers.dup, T, &lora, l, .up, cache.masks[.up], scaledLowRank: cache.scaledLowRank[.up], into: &buffers.dh2u)
             Self.add(buffers.dh2u, into: &buffers.dh2)
             Self.rmsBackward(cache.xMid, lw.ffnNorm, buffers.dh2, T, D, c.rmsNormEps, adding: &dx)   // dx += rms'(dh2)
             // Attention: x' = x + o(attn(q, k, v))
-            linearBackward(lw.wo, cache.attn, dx, T, &lora, l, .o, cache.masks[.o], into: &buffers.dattn)
+            linearBackward(lw.wo, cache.attn, dx, T, &lora, l, .o, cache.masks[.o], scaledLowRank: cache.scaledLowRank[.o], into: &buffers.dattn)
             attentionBackward(dout: buffers.dattn, q: cache.q, k: cache.k, v: cache.v, probs: cache.probs, segments: segments,
                               dq: &buffers.dq, dk: &buffers.dk, dv: &buffers.dv)
             // RoPE is a rotation: its transpose rotates back (negated positions).
@@ -323,9 +328,9 @@ package final class LoRABackprop: @unchecked Sendable {
             // Below layer 0 are the frozen embeddings: its q, k, v pairs take their gradients,
             // but no gradient flows into its input.
             let below = l > 0
-            linearBackward(lw.wq, cache.h, buffers.dq, T, &lora, l, .q, cache.masks[.q], into: &buffers.dh, input: below)
-            linearBackward(lw.wk, cache.h, buffers.dk, T, &lora, l, .k, cache.masks[.k], into: &buffers.dhk, input: below)
-            linearBackward(lw.wv, cache.h, buffers.dv, T, &lora, l, .v, cache.masks[.v], into: &buffers.dhv, input: below)
+            linearBackward(lw.wq, cache.h, buffers.dq, T, &lora, l, .q, cache.masks[.q], scaledLowRank: cache.scaledLowRank[.q], into: &buffers.dh, input: below)
+            linearBackward(lw.wk, cache.h, buffers.dk, T, &lora, l, .k, cache.masks[.k], scaledLowRank: cache.scaledLowRank[.k], into: &buffers.dhk, input: below)
+            linearBackward(lw.wv, cache.h, buffers.dv, T, &lora, l, .v, cache.masks[.v], scaledLowRank: cache.scaledLowRank[.v], into: &buffers.dhv, input: below)
             if below {
                 Self.add(buffers.dhk, buffers.dhv, into: &buffers.dh)   // dh += dhk + dhv
                 Self.rmsBackward(cache.x, lw.attnNorm, buffers.dh, T, D, c.rmsNormEps, adding: &dx)     // dx += rms'(dh)
@@ -443,18 +448,26 @@ package final class LoRABackprop: @unchecked Sendable {
         return y
     }
 
-    /// `linear` into `y`'s storage (every element written).
+    /// `linear` into `y`'s storage (every element written); returns the pair's `s u` [T, r].
+    @discardableResult
     func linear(_ weight: LinearWeight, _ bias: [Float]?, _ x: [Float], _ T: Int, _ pair: TrainablePair?, _ scale: Float, _ mask: [Float]?,
-                into y: inout [Float]) {
+                into y: inout [Float]) -> [Float]? {
         Self.reuse(&y, T * weight.rows)   // (matmulDecoded starts from zero)
         x.withUnsafeBufferPointer { xp in
             y.withUnsafeMutableBufferPointer { yp in weight.matmulDecoded(x: xp.baseAddress!, t: T, y: yp.baseAddress!, bias: bias, products: products) }
         }
-        guard let pair else { return }
+        guard let pair else { return nil }
         let xd = mask.map { m in zip(x, m).map { $0 * $1 } } ?? x
-        var u = Self.product(xd, Self.transpose(pair.a, pair.rank, pair.inDim), T, pair.inDim, pair.rank)   // [T, r]
-        for i in u.indices { u[i] *= scale }
+        let u = Self.scaledLowRank(xd, pair, scale, T)
         Self.addProduct(&y, u, T, pair.rank, Self.transpose(pair.b, pair.outDim, pair.rank), pair.outDim)  // y += (s u) Bᵀ
+        return u
+    }
+
+    /// `s u = s (xd Aᵀ)`: [T, r] (the product, then each element times s).
+    static func scaledLowRank(_ xd: [Float], _ pair: TrainablePair, _ scale: Float, _ T: Int) -> [Float] {
+        var u = product(xd, transpose(pair.a, pair.rank, pair.inDim), T, pair.inDim, pair.rank)   // [T, r]
+        for i in u.indices { u[i] *= scale }
+        return u
     }
 
     /// The input gradient of `linear`, adding the pair's gradients (`dB += s dyᵀ u`,
@@ -469,7 +482,8 @@ package final class LoRABackprop: @unchecked Sendable {
     /// `linearBackward` into `dx`'s storage (every element written), or with `input: false`
     /// only the pair's gradients (`dx` untouched: nothing reads the input gradient).
     func linearBackward(_ weight: LinearWeight, _ x: [Float], _ dy: [Float], _ T: Int, _ lora: inout TrainableLoRA,
-                        _ layer: Int, _ role: LinearRole, _ mask: [Float]?, into dx: inout [Float], input: Bool = true) {
+                        _ layer: Int, _ role: LinearRole, _ mask: [Float]?, scaledLowRank kept: [Float]? = nil,
+                        into dx: inout [Float], input: Bool = true) {
         if input {
             Self.reuse(&dx, T * weight.cols)
             dy.withUnsafeBufferPointer { dp in
@@ -481,7 +495,7 @@ package final class LoRABackprop: @unchecked Sendable {
         guard var pair = lora.pairs[layer][role] else { return }
         let s = lora.scale, r = pair.rank, n = pair.inDim, o = pair.outDim
         let xd = mask.map { m in zip(x, m).map { $0 * $1 } } ?? x
-        let su = Self.product(xd, Self.transpose(pair.a, r, n), T, n, r).map { $0 * s }   // s u = s xd Aᵀ: [T, r]
+        let su = kept ?? Self.scaledLowRank(xd, pair, s, T)                           // s u = s xd Aᵀ: [T, r]
         let du = Self.product(dy, pair.b.map { $0 * s }, T, o, r)                       // dy (s B): [T, r]
         // dBᵀ += (s u)ᵀ dy, in the transposed layout [r, out] so only the small factors are
         // transposed (each element the same chain of fused adds over t as dB += dyᵀ (s u)).
