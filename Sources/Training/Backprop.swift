@@ -327,11 +327,11 @@ package final class LoRABackprop: @unchecked Sendable {
             }
             // Below layer 0 are the frozen embeddings: its q, k, v pairs take their gradients,
             // but no gradient flows into its input.
-            let below = l > 0
-            linearBackward(lw.wq, cache.h, buffers.dq, T, &lora, l, .q, cache.masks[.q], scaledLowRank: cache.scaledLowRank[.q], into: &buffers.dh, input: below)
-            linearBackward(lw.wk, cache.h, buffers.dk, T, &lora, l, .k, cache.masks[.k], scaledLowRank: cache.scaledLowRank[.k], into: &buffers.dhk, input: below)
-            linearBackward(lw.wv, cache.h, buffers.dv, T, &lora, l, .v, cache.masks[.v], scaledLowRank: cache.scaledLowRank[.v], into: &buffers.dhv, input: below)
-            if below {
+            let inputNeeded = l > 0
+            linearBackward(lw.wq, cache.h, buffers.dq, T, &lora, l, .q, cache.masks[.q], scaledLowRank: cache.scaledLowRank[.q], into: &buffers.dh, input: inputNeeded)
+            linearBackward(lw.wk, cache.h, buffers.dk, T, &lora, l, .k, cache.masks[.k], scaledLowRank: cache.scaledLowRank[.k], into: &buffers.dhk, input: inputNeeded)
+            linearBackward(lw.wv, cache.h, buffers.dv, T, &lora, l, .v, cache.masks[.v], scaledLowRank: cache.scaledLowRank[.v], into: &buffers.dhv, input: inputNeeded)
+            if inputNeeded {
                 Self.add(buffers.dhk, buffers.dhv, into: &buffers.dh)   // dh += dhk + dhv
                 Self.rmsBackward(cache.x, lw.attnNorm, buffers.dh, T, D, c.rmsNormEps, adding: &dx)     // dx += rms'(dh)
             }
@@ -503,11 +503,13 @@ package final class LoRABackprop: @unchecked Sendable {
         Self.addProduct(&gradBT, Self.transpose(su, T, r), r, T, dy, o)
         pair.gradB = Self.transpose(gradBT, r, o)
         Self.addProduct(&pair.gradA, Self.transpose(du, T, r), r, T, xd, n)           // += duᵀ xd: [r, in]
-        if input, let mask {
-            let dxd = Self.product(du, pair.a, T, r, n)                               // du A: [T, in]
-            for i in dxd.indices { dx[i] += dxd[i] * mask[i] }
-        } else if input {
-            Self.addProduct(&dx, du, T, r, pair.a, n)                                 // dx += du A
+        if input {
+            if let mask {
+                let dxd = Self.product(du, pair.a, T, r, n)                           // du A: [T, in]
+                for i in dxd.indices { dx[i] += dxd[i] * mask[i] }
+            } else {
+                Self.addProduct(&dx, du, T, r, pair.a, n)                             // dx += du A
+            }
         }
         lora.pairs[layer][role] = pair
     }

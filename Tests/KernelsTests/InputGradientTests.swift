@@ -49,21 +49,16 @@ import TestSupport
         let weight = format == .f32 ? LinearWeight(Matrix(rows: rows, cols: cols, data: data))
                                     : try LinearWeight.quantize(Matrix(rows: rows, cols: cols, data: data), to: format)
         let dy = (0..<(T * rows)).map { _ in rng.float() }
-        func gradient(clearing: Bool) -> [UInt32] {
+        func gradient(clearing: Bool) -> [Float] {
             var dx = [Float](repeating: clearing ? .nan : 0, count: T * cols)
             dy.withUnsafeBufferPointer { d in
                 dx.withUnsafeMutableBufferPointer { weight.addInputGradient(dy: d.baseAddress!, t: T, dx: $0.baseAddress!, clearing: clearing) }
             }
-            return dx.map(\.bitPattern)
+            return dx
         }
-        LinearWeight.useVectorKernels(false)
-        let scalar = gradient(clearing: false)
-        #expect(gradient(clearing: true) == scalar, "\(format) scalar")
-        LinearWeight.useVectorKernels(true)
-        LinearWeight.useAVX512Kernels(false)
-        #expect(gradient(clearing: true) == scalar, "\(format) \(InstructionTier.current) without AVX-512")
-        LinearWeight.useAVX512Kernels(true)
-        #expect(gradient(clearing: true) == scalar, "\(format) \(InstructionTier.current)")
+        let added = InstructionTierTests.acrossTiers("input gradient onto zeros, \(format)") { gradient(clearing: false) }
+        let cleared = InstructionTierTests.acrossTiers("input gradient clearing, \(format)") { gradient(clearing: true) }
+        #expect(cleared.map(\.bitPattern) == added.map(\.bitPattern), "\(format)")
     }
 }
 
@@ -115,20 +110,19 @@ import TestSupport
     }
 
     /// `DenseProduct.transpose` (whole 16 x 16 blocks in vector registers, the edges one by one)
-    /// moves every element where the naive loop does, with and without the vector path.
+    /// moves every element where the naive loop does, on every tier.
     @Test(arguments: [(16, 16), (37, 45), (64, 576), (300, 33), (3, 100), (130, 70)])
     func transposeMovesEveryElement(shape: (Int, Int)) {
         let (rows, cols) = shape
         let m = (0..<(rows * cols)).map { Float($0) + 0.5 }
         var expected = [Float](repeating: 0, count: rows * cols)
         for r in 0..<rows { for c in 0..<cols { expected[c * rows + r] = m[r * cols + c] } }
-        for vector in [false, true] {
-            LinearWeight.useVectorKernels(vector)
-            defer { LinearWeight.useVectorKernels(true) }
+        let out = InstructionTierTests.acrossTiers("transpose \(rows) x \(cols)") {
             var out = [Float](repeating: .nan, count: rows * cols)
             m.withUnsafeBufferPointer { mp in out.withUnsafeMutableBufferPointer { DenseProduct.transpose(mp.baseAddress!, rows: rows, cols: cols, into: $0.baseAddress!) } }
-            #expect(out == expected, "\(rows) x \(cols), vector path \(vector)")
+            return out
         }
+        #expect(out == expected, "\(rows) x \(cols)")
     }
 
     /// `matmulDecoded` (training's forward `x Wᵀ + b`) is the fma chain over k from zero, on the decoded weight.
@@ -151,23 +145,21 @@ import TestSupport
         let x = (0..<(T * cols)).map { _ in rng.float() }
         let bias = (0..<rows).map { _ in rng.float() }
         // Every tier, onto outputs full of NaN (the products start from zero, never reading them).
-        for tier in ["scalar", "no AVX-512", "best"] {
-            LinearWeight.useVectorKernels(tier != "scalar")
-            LinearWeight.useAVX512Kernels(tier == "best")
-            defer { LinearWeight.useVectorKernels(true); LinearWeight.useAVX512Kernels(true) }
+        let y = InstructionTierTests.acrossTiers("training forward \(format)") {
             var y = [Float](repeating: .nan, count: T * rows)
             x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { weight.matmulDecoded(x: xp.baseAddress!, t: T, y: $0.baseAddress!, bias: bias) } }
-            var wrong = 0
-            for t in 0..<T {
-                for o in 0..<rows {
-                    var acc: Float = 0
-                    for k in 0..<cols { acc = acc.addingProduct(x[t * cols + k], w[o * cols + k]) }
-                    acc += bias[o]
-                    if y[t * rows + o].bitPattern != acc.bitPattern { wrong += 1 }
-                }
-            }
-            #expect(wrong == 0, "\(format) \(tier): \(wrong) outputs differ from the chain over k")
+            return y
         }
+        var wrong = 0
+        for t in 0..<T {
+            for o in 0..<rows {
+                var acc: Float = 0
+                for k in 0..<cols { acc = acc.addingProduct(x[t * cols + k], w[o * cols + k]) }
+                acc += bias[o]
+                if y[t * rows + o].bitPattern != acc.bitPattern { wrong += 1 }
+            }
+        }
+        #expect(wrong == 0, "\(format): \(wrong) outputs differ from the chain over k")
     }
 }
 
