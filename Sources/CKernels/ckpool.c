@@ -134,7 +134,7 @@ void fk_pool_run(int tasks, fk_task_fn fn, void *ctx) {
     pthread_mutex_unlock(&run_lock);
 }
 
-enum { SCRATCH_SLOTS = 27 };
+enum { SCRATCH_SLOTS = 28 };
 static _Thread_local void *scratch_ptr[SCRATCH_SLOTS];
 static _Thread_local unsigned long scratch_len[SCRATCH_SLOTS];
 static pthread_key_t scratch_key;

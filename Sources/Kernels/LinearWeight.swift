@@ -88,6 +88,13 @@ package final class ByteStore: @unchecked Sendable {
         bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<source.count])
     }
 
+    /// Memory this store takes over (allocated by the caller, freed with the store).
+    package init(adopting buffer: UnsafeMutableRawBufferPointer, count: Int) {
+        owned = buffer
+        owner = nil
+        bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
+    }
+
     deinit { owned?.deallocate() }
 }
 
@@ -102,6 +109,9 @@ package struct LinearWeight: Sendable {
     package let format: WeightFormat
     let dense: [Float]?
     let store: ByteStore?
+    /// The int8 mode's copy of a Q4_0/Q4_1/Q8_0 weight in tiles of 8 rows (`fk_int8_tiles`),
+    /// made by `withInt8Tiles()`; its products give the row layout's bits, faster.
+    let int8Tiles: ByteStore?
 
     package init(_ m: Matrix) {
         rows = m.rows
@@ -109,6 +119,7 @@ package struct LinearWeight: Sendable {
         format = .f32
         dense = m.data
         store = nil
+        int8Tiles = nil
     }
 
     package init(format: WeightFormat, rows: Int, cols: Int, store: ByteStore) throws {
@@ -126,7 +137,32 @@ package struct LinearWeight: Sendable {
         self.format = format
         self.dense = nil
         self.store = store
+        self.int8Tiles = nil
     }
+
+    private init(_ other: LinearWeight, int8Tiles: ByteStore) {
+        rows = other.rows
+        cols = other.cols
+        format = other.format
+        dense = other.dense
+        store = other.store
+        self.int8Tiles = int8Tiles
+    }
+
+    /// This weight with the int8 mode's tiled copy beside it (for Q4_0, Q4_1 and Q8_0; other
+    /// formats, and a weight that has one, are returned as they are). The copy is as large as
+    /// the weight; products in the other modes keep reading the original.
+    package func withInt8Tiles() -> LinearWeight {
+        guard int8Tiles == nil, ComputeMode.int8.covers(format), let store else { return self }
+        let size = Int(fk_int8_tiles_size(format.cType, Int32(rows), Int32(cols)))
+        let tiles = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 1), alignment: 64)
+        fk_int8_tiles(format.cType, store.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(rows), Int32(cols),
+                      tiles.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        return LinearWeight(self, int8Tiles: ByteStore(adopting: tiles, count: size))
+    }
+
+    /// Whether products in the int8 mode read a tiled copy (see `withInt8Tiles`).
+    package var hasInt8Tiles: Bool { int8Tiles != nil }
 
     /// Bytes the weight occupies.
     package var byteSize: Int { format == .f32 ? rows * cols * 4 : store!.bytes.count }
@@ -178,7 +214,7 @@ package struct LinearWeight: Sendable {
         let nb = K / 32
         // Per-input preparation, in this thread's scratch.
         var sums: UnsafeMutablePointer<Float>? = nil
-        var int8: (q: UnsafeMutablePointer<Int8>, d: UnsafeMutablePointer<Float>)? = nil
+        var int8: (q: UnsafeMutablePointer<Int8>, d: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Int32>?)? = nil
         var bf16: (x: UnsafeMutablePointer<Float>, pairs: UnsafeMutablePointer<UInt32>?, sums: UnsafeMutablePointer<Float>)? = nil
         if products.contains(where: { $0.weight.usesBF16(compute) }) {
             let xr = Scratch.floats(.bf16Activations, T * K)
@@ -192,7 +228,13 @@ package struct LinearWeight: Sendable {
             let q = Scratch.raw(.int8Activations, T * K).assumingMemoryBound(to: Int8.self)
             let d = Scratch.floats(.int8Scales, 2 * T * nb)
             fk_quantize_activations(x, Int32(T), Int32(K), q, d, d + T * nb)
-            int8 = (q, d)
+            var sums: UnsafeMutablePointer<Int32>? = nil
+            if products.contains(where: { $0.weight.usesInt8(compute) && $0.weight.int8Tiles != nil }) {
+                let s = Scratch.raw(.int8BlockSums, T * nb * 4).assumingMemoryBound(to: Int32.self)
+                fk_int8_block_sums(q, Int32(T), Int32(K), s)
+                sums = s
+            }
+            int8 = (q, d, sums)
         }
         if products.contains(where: { !$0.weight.roundsActivations(compute) && $0.weight.needsBlockSums }) {
             let p = Scratch.floats(.blockSums, T * nb)
@@ -203,7 +245,7 @@ package struct LinearWeight: Sendable {
         // found by walking the products: no list is built).
         let job = ProductsJob(products: products, regions: prefetch, T: T, K: K, compute: compute,
                               inputs: Inputs(x: x, sums: sums.map { UnsafePointer($0) }, q: int8.map { UnsafePointer($0.q) },
-                                             d: int8.map { UnsafePointer($0.d) }, rounded: bf16.map { UnsafePointer($0.x) },
+                                             d: int8.map { UnsafePointer($0.d) }, qsums: int8?.sums.map { UnsafePointer($0) }, rounded: bf16.map { UnsafePointer($0.x) },
                                              pairs: bf16?.pairs.map { UnsafePointer($0) }, roundedSums: bf16.map { UnsafePointer($0.sums) }),
                               extra: extra)
         Parallel.run(job.taskCount, serial: extra.count == 0 && products.reduce(0) { $0 + T * K * $1.weight.rows } < 16_384, job)
@@ -279,6 +321,8 @@ package struct LinearWeight: Sendable {
         let sums: UnsafePointer<Float>?
         let q: UnsafePointer<Int8>?
         let d: UnsafePointer<Float>?
+        /// The int8 activations' integer block sums `[T, K/32]` (for tiled weights).
+        var qsums: UnsafePointer<Int32>? = nil
         var rounded: UnsafePointer<Float>? = nil
         var pairs: UnsafePointer<UInt32>? = nil
         var roundedSums: UnsafePointer<Float>? = nil
@@ -307,6 +351,11 @@ package struct LinearWeight: Sendable {
         let u8 = raw.assumingMemoryBound(to: UInt8.self), u16 = raw.assumingMemoryBound(to: UInt16.self)
         if usesInt8(compute), let q = input.q, let d = input.d {
             let nb = K / 32
+            if let tiles = int8Tiles, let sums = input.qsums {
+                fk_matmul_int8_tiles(format.cType, q, d, d + T * nb, sums, tiles.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                     Int32(K), Int32(T), o0, o1, y, Int32(O))
+                return
+            }
             fk_matmul_int8(format.cType, q, d, d + T * nb, u8, Int32(K), Int32(T), o0, o1, y, Int32(O))
             return
         }

@@ -23,6 +23,8 @@ package enum Scratch {
         /// The adapters' deltas of one linear call, computed beside the base products and
         /// added after them.
         case loraDeltas = 26
+        /// The int8 mode's integer block sums of its activations (tiled products).
+        case int8BlockSums = 27
     }
 
     /// glibc's allocator: blocks below `mmapThreshold` bytes come from the heap, and the heap

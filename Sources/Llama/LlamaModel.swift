@@ -121,7 +121,7 @@ package final class LlamaModel: @unchecked Sendable {
         try TensorShard.check(size: shard.size, config)
         try weights.validate(against: config, shard: shard)
         self.config = config
-        self.weights = weights
+        self.weights = compute == .int8 ? weights.withInt8Tiles() : weights
         self.compute = compute
         self.kvCacheType = kvCacheType
         self.parallel = parallel
@@ -132,14 +132,15 @@ package final class LlamaModel: @unchecked Sendable {
     /// The rank of a tensor-parallel group this model is (`.whole` for none).
     package var shard: TensorShard { parallel?.shard ?? .whole }
 
-    /// The same weights (shared, not copied) under another compute mode or KV cache type.
+    /// The same weights (shared, not copied) under another compute mode or KV cache type
+    /// (the int8 mode adds its tiled copies of the compact weights, `withInt8Tiles`).
     package func with(compute: ComputeMode? = nil, kvCacheType: KVCacheType? = nil) -> LlamaModel {
         LlamaModel(validated: self, compute: compute ?? self.compute, kvCacheType: kvCacheType ?? self.kvCacheType)
     }
 
     private init(validated other: LlamaModel, compute: ComputeMode, kvCacheType: KVCacheType) {
         config = other.config
-        weights = other.weights
+        weights = compute == .int8 ? other.weights.withInt8Tiles() : other.weights
         rope = other.rope
         parallel = other.parallel
         (localHeads, localKVHeads, localIntermediate) = (other.localHeads, other.localKVHeads, other.localIntermediate)

@@ -106,6 +106,64 @@ import TestSupport
         let cost = maxRelativeError(y, Reference.matmulNT(x: x, w: dense, t: t, k: k, o: o))
         #expect(cost > 1e-6 && cost < (mode == .int8 ? 0.05 : 0.02), "\(format): \(mode) rounding error \(cost) is not in the expected range")
         Self.expectBitwiseContract(w, x, t, y, compute: mode, "\(format) \(mode)")
+        if mode == .int8 {
+            // The tiled copy (8 rows per tile; 37 rows leave a tile of 5) gives the same bits.
+            let tiled = w.withInt8Tiles()
+            #expect(tiled.hasInt8Tiles && !w.hasInt8Tiles)
+            #expect(Self.run(tiled, x, t, compute: .int8) == y, "\(format): tiled and row layouts differ")
+            Self.expectBitwiseContract(tiled, x, t, y, compute: .int8, "\(format) int8 tiled")
+            #expect(Self.run(tiled, x, t) == Self.run(w, x, t), "\(format): fp32 products must not read the tiles")
+        }
+    }
+
+    /// The int8 contract written out in Swift (ckernels.h): per block the exact integer dot
+    /// of the weights' integers with the activations' bytes, `acc = fma(d_w * dx_b, P_b, acc)`,
+    /// Q4_1's `m = fma(m_w, sx_b, m)`, `y = acc + m`; on random raw blocks (every nibble and
+    /// byte, extreme activations), in both layouts.
+    @Test(arguments: [WeightFormat.q4_0, .q4_1, .q8_0])
+    func int8ModeFollowsItsContract(format: WeightFormat) throws {
+        let o = 13, k = 128, t = 6, nb = k / 32
+        var rng = SplitMix(seed: 41)
+        var bytes = (0..<(o * format.rowBytes(k))).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        let bb = format.rowBytes(32)
+        for b in stride(from: 0, to: bytes.count, by: bb) {
+            for off in format == .q4_1 ? [0, 2] : [0] {
+                let h = HalfFloat.toF16(Float(Int(rng.next() % 2001) - 1000) * 1e-4)
+                bytes[b + off] = UInt8(h & 0xFF)
+                bytes[b + off + 1] = UInt8(h >> 8)
+            }
+        }
+        let w = try LinearWeight(format: format, rows: o, cols: k, store: bytes.withUnsafeBytes { ByteStore(copying: $0) })
+        var x = Self.random(t * k, 42)
+        for i in 0..<32 { x[k + i] = i % 2 == 0 ? 100 : -100 }   // bytes of +-127
+        let (q, dx, sx) = LinearWeight.quantizeActivations(x, t: t, k: k)
+        func f16(_ at: Int) -> Float { HalfFloat.fromF16(UInt16(bytes[at]) | UInt16(bytes[at + 1]) << 8) }
+        var want = [Float](repeating: 0, count: t * o)
+        for i in 0..<t {
+            for r in 0..<o {
+                var acc: Float = 0, m: Float = 0
+                for b in 0..<nb {
+                    let blk = r * format.rowBytes(k) + b * bb
+                    var p = 0
+                    for e in 0..<32 {
+                        let v: Int
+                        switch format {
+                        case .q8_0: v = Int(Int8(bitPattern: bytes[blk + 2 + e]))
+                        default:
+                            let byte = bytes[blk + (format == .q4_1 ? 4 : 2) + e % 16]
+                            v = Int(e < 16 ? byte & 0x0F : byte >> 4) - (format == .q4_0 ? 8 : 0)
+                        }
+                        p += v * Int(q[i * k + b * 32 + e])
+                    }
+                    acc = acc.addingProduct(f16(blk) * dx[i * nb + b], Float(p))
+                    if format == .q4_1 { m = m.addingProduct(f16(blk + 2), sx[i * nb + b]) }
+                }
+                want[i * o + r] = acc + m
+            }
+        }
+        let y = Self.run(w, x, t, compute: .int8)
+        #expect(y.map(\.bitPattern) == want.map(\.bitPattern), "\(format): the int8 product is not its contract")
+        #expect(Self.run(w.withInt8Tiles(), x, t, compute: .int8).map(\.bitPattern) == want.map(\.bitPattern), "\(format): tiled")
     }
 
     /// The activations are rounded to bf16 before the product, and the sums stay fp32: with

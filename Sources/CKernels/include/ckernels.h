@@ -47,12 +47,28 @@ void fk_matmul_bf16(const float *x, const uint16_t *w, int K, int T, int o0, int
 void fk_quantize_activations(const float *x, int T, int K, int8_t *qx, float *dx, float *sx);
 
 /// Products against 8-bit activations for Q4_0 (type 2), Q4_1 (3) and Q8_0 (8) weights.
-/// Per output: 8 fp32 lanes; for each block b in increasing order, lane j gets the exact
-/// integer p_j = sum_{i<4} w[4j+i] * q[4j+i] (w the block's integer weights: q-8 for
-/// Q4_0, the nibble for Q4_1, the byte for Q8_0) and acc_j = fma(d_w * dx_b, p_j, acc_j);
-/// Q4_1 adds its offsets as m = fma(m_w, sx_b, m) in increasing block order; finally
-/// y = fold(acc) + m with the fold above. Scalar and AVX2 paths are bitwise identical.
+/// Per output, for each block b in increasing order: the exact integer block dot product
+/// P_b = sum_{i<32} w[i] * q[i] (w the block's integer weights: q-8 for Q4_0, the nibble
+/// for Q4_1, the byte for Q8_0; |P_b| < 2^24, so (float)P_b is exact), then
+/// acc = fma(d_w * dx_b, (float)P_b, acc) and, for Q4_1, m = fma(m_w, sx_b, m), both from
+/// +0; finally y = acc + m (m = +0 for Q4_0 and Q8_0). Every tier and layout (rows here,
+/// tiles in fk_matmul_int8_tiles) gives these bits.
 void fk_matmul_int8(int type, const int8_t *qx, const float *dx, const float *sx, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy);
+
+/// The int8 mode's weights in tiles of 8 rows: for tile i (rows 8i..8i+7, rows past the end
+/// zero) and block b, at ((i * K/32) + b) * 8 * block bytes: the 8 rows' f16 scales, for Q4_1
+/// their 8 f16 minimums, then the quantized bytes in 4-byte groups g (4 for Q4_0/Q4_1, 8 for
+/// Q8_0), each group as 32 bytes: row r's bytes 4g..4g+3 at 4r. So one 32-byte load holds
+/// one group of 8 rows, and a broadcast of 4 activation bytes multiplies all 8 rows.
+/// `fk_int8_tiles_size` is its size in bytes (0 for another type).
+unsigned long fk_int8_tiles_size(int type, int rows, int K);
+void fk_int8_tiles(int type, const uint8_t *w, int rows, int K, uint8_t *out);
+/// The integer sums of each block of 32 activations, `qsum: [T, K/32]` (Q4_0 and Q8_0's
+/// tiled products subtract 8 or 128 times them where their unsigned forms are multiplied).
+void fk_int8_block_sums(const int8_t *qx, int T, int K, int32_t *qsum);
+/// fk_matmul_int8 on tiled weights (same bits); rows o0..o1 of y.
+void fk_matmul_int8_tiles(int type, const int8_t *qx, const float *dx, const float *sx, const int32_t *qsum, const uint8_t *tiles, int K, int T,
+                          int o0, int o1, float *y, int ldy);
 
 /// The bf16 compute mode (opt-in) for Q4_0 (type 2), Q4_1 (3), Q8_0 (8), Q4_K (12), Q6_K (14)
 /// and bf16-stored weights (30). `fk_prepare_bf16` rounds x: [T, K] to bf16 (nearest even;
