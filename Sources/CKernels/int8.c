@@ -4,7 +4,7 @@
 #include "common.h"
 #include <math.h>
 
-void fk_quantize_activations(const float *x, int T, int K, int8_t *qx, float *dx, float *sx) {
+void fk_quantize_activations(const float *x, int T, int K, int8_t *qx, float *dx, float *sx, int32_t *qsum) {
     int nb = K / QK;
     for (int t = 0; t < T; t++) {
         for (int b = 0; b < nb; b++) {
@@ -23,6 +23,7 @@ void fk_quantize_activations(const float *x, int T, int K, int8_t *qx, float *dx
             }
             dx[(size_t)t * nb + b] = d;
             sx[(size_t)t * nb + b] = d * (float)sum;
+            if (qsum) qsum[(size_t)t * nb + b] = sum;
         }
     }
 }
@@ -82,15 +83,6 @@ void fk_int8_tiles(int type, const uint8_t *w, int rows, int K, uint8_t *out) {
                 for (int g = 0; g < groups; g++) memcpy(o + hdr + 32 * g + 4 * r, qs + 4 * g, 4);
             }
         }
-}
-
-void fk_int8_block_sums(const int8_t *qx, int T, int K, int32_t *qsum) {
-    int nb = K / QK;
-    for (size_t i = 0; i < (size_t)T * nb; i++) {
-        int s = 0;
-        for (int j = 0; j < QK; j++) s += qx[i * QK + j];
-        qsum[i] = s;
-    }
 }
 
 // The tiled reference: the same arithmetic per output, reading the tile layout.

@@ -46,6 +46,7 @@ __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(tile_nt)(c
     for (int b = 0; b < nb; b++) {
         const uint8_t *k = tile + (size_t)b * tb;
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)k));
+        const __m256 mw = type == 3 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + 16))) : d;
         __m256i v[8];
         if (type == 8) {
             for (int g = 0; g < 8; g++) v[g] = _mm256_loadu_si256((const __m256i *)(k + hdr + 32 * g));
@@ -67,7 +68,7 @@ __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(tile_nt)(c
                 p = type == 8 ? TIER_Q8(p, v[g], _mm256_set1_epi32(q4)) : TIER_DPB(p, v[g], _mm256_set1_epi32(q4));
             }
             acc[n] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(dx[sb])), _mm256_cvtepi32_ps(p), acc[n]);
-            if (type == 3) mac[n] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + 16))), _mm256_set1_ps(sx[sb]), mac[n]);
+            if (type == 3) mac[n] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx[sb]), mac[n]);
         }
     }
     for (int n = 0; n < NT; n++) out[n] = _mm256_add_ps(acc[n], mac[n]);

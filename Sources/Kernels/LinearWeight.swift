@@ -214,7 +214,7 @@ package struct LinearWeight: Sendable {
         let nb = K / 32
         // Per-input preparation, in this thread's scratch.
         var sums: UnsafeMutablePointer<Float>? = nil
-        var int8: (q: UnsafeMutablePointer<Int8>, d: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Int32>?)? = nil
+        var int8: (q: UnsafeMutablePointer<Int8>, d: UnsafeMutablePointer<Float>, qsums: UnsafeMutablePointer<Int32>?)? = nil
         var bf16: (x: UnsafeMutablePointer<Float>, pairs: UnsafeMutablePointer<UInt32>?, sums: UnsafeMutablePointer<Float>)? = nil
         if products.contains(where: { $0.weight.usesBF16(compute) }) {
             let xr = Scratch.floats(.bf16Activations, T * K)
@@ -227,14 +227,10 @@ package struct LinearWeight: Sendable {
         if products.contains(where: { $0.weight.usesInt8(compute) }) {
             let q = Scratch.raw(.int8Activations, T * K).assumingMemoryBound(to: Int8.self)
             let d = Scratch.floats(.int8Scales, 2 * T * nb)
-            fk_quantize_activations(x, Int32(T), Int32(K), q, d, d + T * nb)
-            var sums: UnsafeMutablePointer<Int32>? = nil
-            if products.contains(where: { $0.weight.usesInt8(compute) && $0.weight.int8Tiles != nil }) {
-                let s = Scratch.raw(.int8BlockSums, T * nb * 4).assumingMemoryBound(to: Int32.self)
-                fk_int8_block_sums(q, Int32(T), Int32(K), s)
-                sums = s
-            }
-            int8 = (q, d, sums)
+            let tiled = products.contains { $0.weight.usesInt8(compute) && $0.weight.int8Tiles != nil }
+            let qsums = tiled ? Scratch.raw(.int8BlockSums, T * nb * 4).assumingMemoryBound(to: Int32.self) : nil
+            fk_quantize_activations(x, Int32(T), Int32(K), q, d, d + T * nb, qsums)
+            int8 = (q, d, qsums)
         }
         if products.contains(where: { !$0.weight.roundsActivations(compute) && $0.weight.needsBlockSums }) {
             let p = Scratch.floats(.blockSums, T * nb)
@@ -245,7 +241,7 @@ package struct LinearWeight: Sendable {
         // found by walking the products: no list is built).
         let job = ProductsJob(products: products, regions: prefetch, T: T, K: K, compute: compute,
                               inputs: Inputs(x: x, sums: sums.map { UnsafePointer($0) }, q: int8.map { UnsafePointer($0.q) },
-                                             d: int8.map { UnsafePointer($0.d) }, qsums: int8?.sums.map { UnsafePointer($0) }, rounded: bf16.map { UnsafePointer($0.x) },
+                                             d: int8.map { UnsafePointer($0.d) }, qsums: int8?.qsums.map { UnsafePointer($0) }, rounded: bf16.map { UnsafePointer($0.x) },
                                              pairs: bf16?.pairs.map { UnsafePointer($0) }, roundedSums: bf16.map { UnsafePointer($0.sums) }),
                               extra: extra)
         Parallel.run(job.taskCount, serial: extra.count == 0 && products.reduce(0) { $0 + T * K * $1.weight.rows } < 16_384, job)
@@ -389,7 +385,7 @@ package struct LinearWeight: Sendable {
         q.withUnsafeMutableBufferPointer { qp in
             d.withUnsafeMutableBufferPointer { dp in
                 s.withUnsafeMutableBufferPointer { sp in
-                    fk_quantize_activations(x, Int32(t), Int32(k), qp.baseAddress!, dp.baseAddress!, sp.baseAddress!)
+                    fk_quantize_activations(x, Int32(t), Int32(k), qp.baseAddress!, dp.baseAddress!, sp.baseAddress!, nil)
                 }
             }
         }

@@ -43,8 +43,10 @@ void fk_matmul_bf16(const float *x, const uint16_t *w, int K, int T, int o0, int
 /// The int8 compute mode (opt-in): activations are rounded to 8 bits per block of 32
 /// before the product, as ggml does for its Q8 activations:
 ///   d = max|x| / 127, q = round-half-even(x * (1/d)) in [-127, 127], s = d * sum(q).
-/// `qx: [T, K]`, `dx, sx: [T, K/32]`.
-void fk_quantize_activations(const float *x, int T, int K, int8_t *qx, float *dx, float *sx);
+/// `qx: [T, K]`, `dx, sx: [T, K/32]`; `qsum` ([T, K/32], may be NULL): the integer sum(q)
+/// of each block (Q4_0 and Q8_0's tiled products subtract 8 or 128 times it where their
+/// unsigned forms are multiplied).
+void fk_quantize_activations(const float *x, int T, int K, int8_t *qx, float *dx, float *sx, int32_t *qsum);
 
 /// Products against 8-bit activations for Q4_0 (type 2), Q4_1 (3) and Q8_0 (8) weights.
 /// Per output, for each block b in increasing order: the exact integer block dot product
@@ -63,9 +65,6 @@ void fk_matmul_int8(int type, const int8_t *qx, const float *dx, const float *sx
 /// `fk_int8_tiles_size` is its size in bytes (0 for another type).
 unsigned long fk_int8_tiles_size(int type, int rows, int K);
 void fk_int8_tiles(int type, const uint8_t *w, int rows, int K, uint8_t *out);
-/// The integer sums of each block of 32 activations, `qsum: [T, K/32]` (Q4_0 and Q8_0's
-/// tiled products subtract 8 or 128 times them where their unsigned forms are multiplied).
-void fk_int8_block_sums(const int8_t *qx, int T, int K, int32_t *qsum);
 /// fk_matmul_int8 on tiled weights (same bits); rows o0..o1 of y.
 void fk_matmul_int8_tiles(int type, const int8_t *qx, const float *dx, const float *sx, const int32_t *qsum, const uint8_t *tiles, int K, int T,
                           int o0, int o1, float *y, int ldy);
