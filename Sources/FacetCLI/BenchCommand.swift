@@ -426,7 +426,7 @@ extension BenchCommand {
     /// drawn from the vocabulary, the last half the answer), per LoRA configuration: tokens
     /// per second (forward + backward + AdamW) and the process's peak resident memory.
     func runTraining() throws {
-        let (model, _) = try modelOptions.load(tokenizerRequired: false)
+        let (model, _) = try modelOptions.load(tokenizerRequired: false, training: true)
         var report = BenchReport(machine: BenchReport.Machine.current(), model: try modelOptions.resolvedModelPath())
         print("facet bench --train — \(model.config.architecture), \(model.config.numLayers) layers, hidden \(model.config.hiddenSize), "
               + "\(report.machine.threads) threads, \(report.machine.cpu); sequences of \(trainLength) tokens, batch \(batchSizes.max() ?? 8)")

@@ -32,6 +32,10 @@ struct ModelOptions: ParsableArguments {
             help: "How adapters keep their LoRA factors: exact (default; 16-bit files stay 16-bit), or bf16/f16 (rounds fp32 adapters: half the memory and traffic, small accuracy cost).")
     var loraPrecision: LoRAPrecision = .exact
 
+    @Option(name: .customLong("weight-tiles"),
+            help: "Tiled copies of Q4_0/Q4_1/Q8_0 weights, which some products read faster: auto (default: made where the compute mode reads them, int8 everywhere and fp32 on AVX-512 CPUs; they take the weights' size again in memory) or off (same results, slower; for a large model in little memory). Training never makes them.")
+    var weightTiles: WeightTiles = .auto
+
     /// Commands that only read or write files take the model options for the model path;
     /// the run-time options would be silently ignored there, so they are refused.
     /// `--compute` for training (facet tune, facet bench --train): the products with the
@@ -53,6 +57,7 @@ struct ModelOptions: ParsableArguments {
     func rejectInferenceOptions(for command: String) throws {
         if loraPrecision != .exact { throw ValidationError("--lora-precision applies to run, serve and bench, not to \(command)") }
         if kvCacheDType != nil { throw ValidationError("--kv-cache-dtype applies to run, serve, bench and perplexity, not to \(command)") }
+        if weightTiles != .auto { throw ValidationError("--weight-tiles applies to run, serve, bench and perplexity, not to \(command)") }
     }
 
     /// Where `scripts/setup` puts the default model, searched from the working directory,
@@ -84,15 +89,22 @@ struct ModelOptions: ParsableArguments {
     ///
     /// With a tensor-parallel `group`, the model is this rank's shard; ranks other than 0
     /// load no tokenizer and print nothing.
-    func load(tokenizerRequired: Bool, group: RankGroup? = nil) throws -> (LlamaModel, Tokenizer?) {
+    /// `training`: the model is for `facet tune` or `facet bench --train`, whose products read
+    /// no tiles, so none are made.
+    func load(tokenizerRequired: Bool, group: RankGroup? = nil, training: Bool = false) throws -> (LlamaModel, Tokenizer?) {
         let path = try resolvedModelPath()
         let quiet = (group?.shard.rank ?? 0) != 0
         let progress: (String) -> Void = { if !quiet { FileHandle.standardError.write(Data("[facet] \($0)\n".utf8)) } }
         let start = Date()
         let (loaded, source) = try ModelLoader.load(path: path, progress: progress)
-        var model = loaded.with(compute: computeMode, kvCacheType: kvCacheDType ?? .fp32)
+        var model = loaded.with(compute: computeMode, kvCacheType: kvCacheDType ?? .fp32, weightTiles: training ? .off : weightTiles)
         // Not an error (a mixed-format file still gains where it can), but never silent.
         if let note = model.weights.fp32Note(computeMode) { progress("--compute \(computeMode.rawValue) \(note)") }
+        let tileBytes = model.weights.tileBytes
+        if tileBytes > 0 {
+            progress(String(format: "Tiled copies of the compact weights for faster --compute %@ products: %.1f MB more memory (--weight-tiles off: none, slower)",
+                            computeMode.rawValue, Double(tileBytes) / 1e6))
+        }
         if let group {
             model = try group.shardModel(model)
             progress("Tensor parallel: \(group.shard.size) ranks, each with \(model.localHeads) of \(model.config.numHeads) query heads, \(model.localKVHeads) of \(model.config.numKVHeads) key/value heads and \(model.localIntermediate) of \(model.config.intermediateSize) MLP rows")
@@ -121,5 +133,6 @@ struct ModelOptions: ParsableArguments {
 
 extension ComputeMode: ExpressibleByArgument {}
 extension KVCacheType: ExpressibleByArgument {}
+extension WeightTiles: ExpressibleByArgument {}
 
 extension LoRAPrecision: ExpressibleByArgument {}

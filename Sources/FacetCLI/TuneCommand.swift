@@ -98,7 +98,7 @@ struct TuneCommand: ParsableCommand {
     }
 
     func train() throws {
-        let (model, tokenizer) = try modelOptions.load(tokenizerRequired: true)
+        let (model, tokenizer) = try modelOptions.load(tokenizerRequired: true, training: true)
         guard let tokenizer else { return }
         LoRABackprop.retainFreedMemory()
         let engine = try LoRABackprop(model: model)

@@ -109,9 +109,11 @@ package struct LinearWeight: Sendable {
     package let format: WeightFormat
     let dense: [Float]?
     let store: ByteStore?
-    /// The int8 mode's copy of a Q4_0/Q4_1/Q8_0 weight in tiles of 8 rows (`fk_int8_tiles`),
-    /// made by `withInt8Tiles()`; its products give the row layout's bits, faster.
-    let int8Tiles: ByteStore?
+    /// A copy of a Q4_0/Q4_1/Q8_0 weight in tiles of 8 rows (`fk_int8_tiles`), made by
+    /// `withTiles()`: read by the int8 mode's products and by fp32 products where
+    /// `fk_f32_tiles_used` says the tier has a tiled path (up to 7 tokens on AVX-512). Products
+    /// give the row layout's bits either way, faster from the tiles.
+    private(set) var tiles: ByteStore?
 
     package init(_ m: Matrix) {
         rows = m.rows
@@ -119,7 +121,7 @@ package struct LinearWeight: Sendable {
         format = .f32
         dense = m.data
         store = nil
-        int8Tiles = nil
+        tiles = nil
     }
 
     package init(format: WeightFormat, rows: Int, cols: Int, store: ByteStore) throws {
@@ -137,32 +139,60 @@ package struct LinearWeight: Sendable {
         self.format = format
         self.dense = nil
         self.store = store
-        self.int8Tiles = nil
+        self.tiles = nil
     }
 
-    private init(_ other: LinearWeight, int8Tiles: ByteStore) {
+    private init(_ other: LinearWeight, tiles: ByteStore) {
         rows = other.rows
         cols = other.cols
         format = other.format
         dense = other.dense
         store = other.store
-        self.int8Tiles = int8Tiles
+        self.tiles = tiles
     }
 
-    /// This weight with the int8 mode's tiled copy beside it (for Q4_0, Q4_1 and Q8_0; other
-    /// formats, and a weight that has one, are returned as they are). The copy is as large as
-    /// the weight; products in the other modes keep reading the original.
-    package func withInt8Tiles() -> LinearWeight {
-        guard int8Tiles == nil, ComputeMode.int8.covers(format), let store else { return self }
+    /// This weight with its tiled copy beside it (for Q4_0, Q4_1 and Q8_0; other formats, and
+    /// a weight that has one, are returned as they are). The copy is as large as the weight;
+    /// the bf16 mode and the fp32 products without a tiled path keep reading the original.
+    package func withTiles() -> LinearWeight {
+        guard tiles == nil, ComputeMode.int8.covers(format), let store else { return self }
         let size = Int(fk_int8_tiles_size(format.cType, Int32(rows), Int32(cols)))
         let tiles = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 1), alignment: 64)
         fk_int8_tiles(format.cType, store.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(rows), Int32(cols),
                       tiles.baseAddress!.assumingMemoryBound(to: UInt8.self))
-        return LinearWeight(self, int8Tiles: ByteStore(adopting: tiles, count: size))
+        return LinearWeight(self, tiles: ByteStore(adopting: tiles, count: size))
     }
 
-    /// Whether products in the int8 mode read a tiled copy (see `withInt8Tiles`).
-    package var hasInt8Tiles: Bool { int8Tiles != nil }
+    /// This weight without its tiled copy (the copy is freed with its last user).
+    package func withoutTiles() -> LinearWeight {
+        guard tiles != nil else { return self }
+        var w = self
+        w.tiles = nil
+        return w
+    }
+
+    /// Bytes of the tiled copy (0 without one).
+    package var tileBytes: Int { tiles?.bytes.count ?? 0 }
+
+    /// Whether this weight has a tiled copy (see `withTiles`).
+    package var hasTiles: Bool { tiles != nil }
+
+    /// Outputs `rows` of the fp32 product `y = x W^T` (`y: [T, rows]`, all `self.rows` wide)
+    /// read from the tiled copy through `fk_matmul_f32_tiles` on this thread's tier, even where
+    /// `matmul` would read the rows (for tests: partial tiles, the reference twin).
+    package func fp32FromTiles(x: UnsafePointer<Float>, t T: Int, rows range: Range<Int>, y: UnsafeMutablePointer<Float>) {
+        guard let tiles else { preconditionFailure("fp32FromTiles needs withTiles()") }
+        var sums = [Float](repeating: 0, count: T * cols / 32)
+        sums.withUnsafeMutableBufferPointer { s in
+            fk_block_sums(x, Int32(T), Int32(cols), s.baseAddress!)
+            fk_matmul_f32_tiles(format.cType, x, s.baseAddress!, tiles.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(cols), Int32(T),
+                                Int32(range.lowerBound), Int32(range.upperBound), y, Int32(rows))
+        }
+    }
+
+    /// Whether fp32 models should make tiled copies: when this CPU's tier has a tiled fp32
+    /// path (AVX-512; the AVX2 and scalar tiers would only pay the memory).
+    package static var fp32ReadsTiles: Bool { fk_f32_tiles_used(1) != 0 }
 
     /// Bytes the weight occupies.
     package var byteSize: Int { format == .f32 ? rows * cols * 4 : store!.bytes.count }
@@ -227,7 +257,7 @@ package struct LinearWeight: Sendable {
         if products.contains(where: { $0.weight.usesInt8(compute) }) {
             let q = Scratch.raw(.int8Activations, T * K).assumingMemoryBound(to: Int8.self)
             let d = Scratch.floats(.int8Scales, 2 * T * nb)
-            let tiled = products.contains { $0.weight.usesInt8(compute) && $0.weight.int8Tiles != nil }
+            let tiled = products.contains { $0.weight.usesInt8(compute) && $0.weight.tiles != nil }
             let qsums = tiled ? Scratch.raw(.int8BlockSums, T * nb * 4).assumingMemoryBound(to: Int32.self) : nil
             fk_quantize_activations(x, Int32(T), Int32(K), q, d, d + T * nb, qsums)
             int8 = (q, d, qsums)
@@ -347,7 +377,7 @@ package struct LinearWeight: Sendable {
         let u8 = raw.assumingMemoryBound(to: UInt8.self), u16 = raw.assumingMemoryBound(to: UInt16.self)
         if usesInt8(compute), let q = input.q, let d = input.d {
             let nb = K / 32
-            if let tiles = int8Tiles, let sums = input.qsums {
+            if let tiles, let sums = input.qsums {
                 fk_matmul_int8_tiles(format.cType, q, d, d + T * nb, sums, tiles.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self),
                                      Int32(K), Int32(T), o0, o1, y, Int32(O))
                 return
@@ -360,6 +390,10 @@ package struct LinearWeight: Sendable {
             return
         }
         let x = input.x, s = input.sums
+        if let tiles, fk_f32_tiles_used(Int32(T)) != 0 {
+            fk_matmul_f32_tiles(format.cType, x, s, tiles.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(K), Int32(T), o0, o1, y, Int32(O))
+            return
+        }
         switch format {
         case .q4_1: fk_matmul_q4_1(x, s, u8, Int32(K), Int32(T), o0, o1, y, Int32(O))
         case .q4_0: fk_matmul_q4_0(x, s, u8, Int32(K), Int32(T), o0, o1, y, Int32(O))

@@ -95,6 +95,14 @@ package struct ForwardTap {
 /// tap; used by tests now, by tensor parallelism and training next.
 package typealias ForwardHook = (ForwardTap) -> Void
 
+/// Whether a model keeps tiled copies of its Q4_0/Q4_1/Q8_0 weights (`LinearWeight.withTiles`)
+/// for the products that read them faster: `auto` where its compute mode does (int8, and fp32
+/// on CPUs with AVX-512), at the cost of those weights' size again in memory; `off` never
+/// (products read the file's layout: the same results, slower).
+package enum WeightTiles: String, Sendable, CaseIterable {
+    case auto, off
+}
+
 /// A Llama-family decoder: embeddings, L blocks of (RMSNorm, GQA attention with RoPE,
 /// RMSNorm, SwiGLU MLP) with residuals, final RMSNorm and `lm_head`.
 /// Port of the math in transformers' `modeling_llama.py` (eager attention, fp32).
@@ -105,6 +113,8 @@ package final class LlamaModel: @unchecked Sendable {
     package let compute: ComputeMode
     /// How the KV caches this model makes store keys and values.
     package let kvCacheType: KVCacheType
+    /// Whether the weights get tiled copies where `compute` reads them (`readsTiles`).
+    package let weightTiles: WeightTiles
     /// The tensor-parallel group this model is one rank of; nil for the whole model in one
     /// process. `weights` then hold this rank's shard (`TensorShard`).
     package let parallel: (any TensorParallelGroup)?
@@ -115,32 +125,48 @@ package final class LlamaModel: @unchecked Sendable {
 
     /// `weights` are the whole model, or this rank's shard when `parallel` is given.
     package init(config: LlamaConfiguration, weights: LlamaWeights, compute: ComputeMode = .fp32, kvCacheType: KVCacheType = .fp32,
-                 parallel: (any TensorParallelGroup)? = nil) throws {
+                 parallel: (any TensorParallelGroup)? = nil, weightTiles: WeightTiles = .auto) throws {
         try config.validate()
         let shard = parallel?.shard ?? .whole
         try TensorShard.check(size: shard.size, config)
         try weights.validate(against: config, shard: shard)
         self.config = config
-        self.weights = compute == .int8 ? weights.withInt8Tiles() : weights
+        self.weights = Self.tiled(weights, compute, weightTiles)
         self.compute = compute
+        self.weightTiles = weightTiles
         self.kvCacheType = kvCacheType
         self.parallel = parallel
         (localHeads, localKVHeads, localIntermediate) = shard.localSizes(config)
         self.rope = RopeTable(invFreq: config.ropeInverseFrequencies(), headDim: config.headDim)
     }
 
+    /// Whether `compute`'s products read tiled copies of the compact weights (`withTiles`):
+    /// the int8 mode's always, fp32's on CPUs with its tiled path (up to 7 tokens on AVX-512:
+    /// at one token 1.5x the row layout's rate for Q4_1 and 2.5x for Q8_0 from memory, at
+    /// two or three ~2.4x). The copies cost the
+    /// compact weights' size again in memory; the bf16 mode reads the rows only.
+    static func readsTiles(_ compute: ComputeMode) -> Bool { compute == .int8 || (compute == .fp32 && LinearWeight.fp32ReadsTiles) }
+
+    /// `weights` with tiled copies where `compute` reads them and `policy` allows, and
+    /// without any elsewhere (they would be memory nothing reads).
+    private static func tiled(_ weights: LlamaWeights, _ compute: ComputeMode, _ policy: WeightTiles) -> LlamaWeights {
+        policy == .auto && readsTiles(compute) ? weights.withTiles() : weights.withoutTiles()
+    }
+
     /// The rank of a tensor-parallel group this model is (`.whole` for none).
     package var shard: TensorShard { parallel?.shard ?? .whole }
 
     /// The same weights (shared, not copied) under another compute mode or KV cache type
-    /// (the int8 mode adds its tiled copies of the compact weights, `withInt8Tiles`).
-    package func with(compute: ComputeMode? = nil, kvCacheType: KVCacheType? = nil) -> LlamaModel {
-        LlamaModel(validated: self, compute: compute ?? self.compute, kvCacheType: kvCacheType ?? self.kvCacheType)
+    /// (adding the compact weights' tiled copies where the mode reads them, `readsTiles`).
+    package func with(compute: ComputeMode? = nil, kvCacheType: KVCacheType? = nil, weightTiles: WeightTiles? = nil) -> LlamaModel {
+        LlamaModel(validated: self, compute: compute ?? self.compute, kvCacheType: kvCacheType ?? self.kvCacheType,
+                   weightTiles: weightTiles ?? self.weightTiles)
     }
 
-    private init(validated other: LlamaModel, compute: ComputeMode, kvCacheType: KVCacheType) {
+    private init(validated other: LlamaModel, compute: ComputeMode, kvCacheType: KVCacheType, weightTiles: WeightTiles) {
         config = other.config
-        weights = compute == .int8 ? other.weights.withInt8Tiles() : other.weights
+        weights = Self.tiled(other.weights, compute, weightTiles)
+        self.weightTiles = weightTiles
         rope = other.rope
         parallel = other.parallel
         (localHeads, localKVHeads, localIntermediate) = (other.localHeads, other.localKVHeads, other.localIntermediate)

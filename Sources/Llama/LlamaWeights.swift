@@ -87,21 +87,45 @@ package struct LlamaWeights: Sendable {
         self.lmHead = lmHead
     }
 
-    /// These weights with the int8 mode's tiled copies of every Q4_0/Q4_1/Q8_0 product weight
-    /// (the seven per layer and the output head; the embedding is only looked up by row).
-    /// Products give the same bits either way, faster with the tiles.
-    package func withInt8Tiles() -> LlamaWeights {
+    /// These weights with tiled copies of every Q4_0/Q4_1/Q8_0 product weight (the seven per
+    /// layer and the output head; the embedding is only looked up by row), read by the int8
+    /// mode and by fp32 one-token products on AVX-512. Products give the same bits either
+    /// way, faster with the tiles.
+    package func withTiles() -> LlamaWeights {
         var w = self
         for i in w.layers.indices {
-            w.layers[i].wq = w.layers[i].wq.withInt8Tiles()
-            w.layers[i].wk = w.layers[i].wk.withInt8Tiles()
-            w.layers[i].wv = w.layers[i].wv.withInt8Tiles()
-            w.layers[i].wo = w.layers[i].wo.withInt8Tiles()
-            w.layers[i].wGate = w.layers[i].wGate.withInt8Tiles()
-            w.layers[i].wUp = w.layers[i].wUp.withInt8Tiles()
-            w.layers[i].wDown = w.layers[i].wDown.withInt8Tiles()
+            w.layers[i].wq = w.layers[i].wq.withTiles()
+            w.layers[i].wk = w.layers[i].wk.withTiles()
+            w.layers[i].wv = w.layers[i].wv.withTiles()
+            w.layers[i].wo = w.layers[i].wo.withTiles()
+            w.layers[i].wGate = w.layers[i].wGate.withTiles()
+            w.layers[i].wUp = w.layers[i].wUp.withTiles()
+            w.layers[i].wDown = w.layers[i].wDown.withTiles()
         }
-        w.lmHead = w.lmHead.withInt8Tiles()
+        w.lmHead = w.lmHead.withTiles()
+        return w
+    }
+
+    /// Bytes of the tiled copies (see `withTiles`).
+    package var tileBytes: Int {
+        layers.reduce(lmHead.tileBytes) { sum, l in
+            sum + l.wq.tileBytes + l.wk.tileBytes + l.wv.tileBytes + l.wo.tileBytes + l.wGate.tileBytes + l.wUp.tileBytes + l.wDown.tileBytes
+        }
+    }
+
+    /// These weights without tiled copies (see `withTiles`).
+    package func withoutTiles() -> LlamaWeights {
+        var w = self
+        for i in w.layers.indices {
+            w.layers[i].wq = w.layers[i].wq.withoutTiles()
+            w.layers[i].wk = w.layers[i].wk.withoutTiles()
+            w.layers[i].wv = w.layers[i].wv.withoutTiles()
+            w.layers[i].wo = w.layers[i].wo.withoutTiles()
+            w.layers[i].wGate = w.layers[i].wGate.withoutTiles()
+            w.layers[i].wUp = w.layers[i].wUp.withoutTiles()
+            w.layers[i].wDown = w.layers[i].wDown.withoutTiles()
+        }
+        w.lmHead = w.lmHead.withoutTiles()
         return w
     }
 

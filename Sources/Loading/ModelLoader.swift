@@ -58,7 +58,7 @@ package enum ModelLoader {
                                    name: { WeightNames.hf(layer: $0, $1) },
                                    embedding: WeightNames.hfEmbedding, finalNorm: WeightNames.hfFinalNorm, lmHead: WeightNames.hfLMHead,
                                    permuteQK: false)
-        return try LlamaModel(config: config, weights: weights)
+        return try LlamaModel(config: config, weights: weights, weightTiles: .off)
     }
 
     // MARK: - GGUF
@@ -125,7 +125,7 @@ package enum ModelLoader {
                                    embedding: WeightNames.ggufEmbedding, finalNorm: WeightNames.ggufFinalNorm,
                                    lmHead: WeightNames.ggufLMHead,
                                    permuteQK: config.architecture != "Qwen2ForCausalLM")
-        return try LlamaModel(config: config, weights: weights)
+        return try LlamaModel(config: config, weights: weights, weightTiles: .off)
     }
 
     /// Inverse of llama.cpp's `permute`: GGUF row `h*hd + 2i + j` holds HF row

@@ -61,7 +61,7 @@ package final class RankGroup: TensorParallelGroup, @unchecked Sendable {
         try TensorShard.check(size: shard.size, model.config)
         lock.withLock { config = model.config }
         let weights = try model.weights.sharded(shard, config: model.config)
-        return try LlamaModel(config: model.config, weights: weights, compute: model.compute, kvCacheType: model.kvCacheType, parallel: self)
+        return try LlamaModel(config: model.config, weights: weights, compute: model.compute, kvCacheType: model.kvCacheType, parallel: self, weightTiles: model.weightTiles)
     }
 
     // MARK: - Collectives

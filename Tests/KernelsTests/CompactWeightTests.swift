@@ -108,11 +108,43 @@ import TestSupport
         Self.expectBitwiseContract(w, x, t, y, compute: mode, "\(format) \(mode)")
         if mode == .int8 {
             // The tiled copy (8 rows per tile; 37 rows leave a tile of 5) gives the same bits.
-            let tiled = w.withInt8Tiles()
-            #expect(tiled.hasInt8Tiles && !w.hasInt8Tiles)
+            let tiled = w.withTiles()
+            #expect(tiled.hasTiles && !w.hasTiles)
             #expect(Self.run(tiled, x, t, compute: .int8) == y, "\(format): tiled and row layouts differ")
             Self.expectBitwiseContract(tiled, x, t, y, compute: .int8, "\(format) int8 tiled")
-            #expect(Self.run(tiled, x, t) == Self.run(w, x, t), "\(format): fp32 products must not read the tiles")
+            #expect(Self.run(tiled, x, t) == Self.run(w, x, t), "\(format): fp32 products of the tiled copy differ")
+        }
+    }
+
+    /// fp32 products read from the tiled copy (`fk_matmul_f32_tiles`: up to 7 tokens on
+    /// AVX-512, the reference twin elsewhere) give the row layout's bits on every tier: whole tiles,
+    /// a tile cut by the row range on either side, the last tile partly past the matrix, and
+    /// several tokens; through `matmul` too, at one token and at several.
+    @Test(arguments: [WeightFormat.q4_0, .q4_1, .q8_0])
+    func fp32ProductsFromTilesMatchTheRowLayout(format: WeightFormat) throws {
+        let o = 37, k = 160
+        let w = try LinearWeight.quantize(Matrix(rows: o, cols: k, data: Self.random(o * k, 7)), to: format)
+        let tiled = w.withTiles()
+        for t in [1, 3, 4, 7, 9] {   // AVX-512 groups of 1, 3, 2 + 2, 3 + 2 + 2 tokens; 9: the reference twin
+            let x = Self.random(t * k, 8 + UInt64(t))
+            LinearWeight.useVectorKernels(false)
+            let want = Self.run(w, x, t)
+            LinearWeight.useVectorKernels(true)
+            InstructionTierTests.acrossTiers("\(format) fp32 from tiles, \(t) tokens") {
+                var y = [Float](repeating: .nan, count: t * o)
+                x.withUnsafeBufferPointer { xp in
+                    y.withUnsafeMutableBufferPointer { yp in
+                        for range in [0..<3, 3..<13, 13..<16, 16..<24, 24..<o] { tiled.fp32FromTiles(x: xp.baseAddress!, t: t, rows: range, y: yp.baseAddress!) }
+                    }
+                }
+                #expect(y.map(\.bitPattern) == want.map(\.bitPattern), "\(format): \(t) tokens from the tiles")
+                return y
+            }
+            InstructionTierTests.acrossTiers("\(format) fp32 matmul with tiles, \(t) tokens") {
+                let y = Self.run(tiled, x, t)
+                #expect(y.map(\.bitPattern) == want.map(\.bitPattern), "\(format): \(t) tokens through matmul")
+                return y
+            }
         }
     }
 
@@ -163,7 +195,7 @@ import TestSupport
         }
         let y = Self.run(w, x, t, compute: .int8)
         #expect(y.map(\.bitPattern) == want.map(\.bitPattern), "\(format): the int8 product is not its contract")
-        #expect(Self.run(w.withInt8Tiles(), x, t, compute: .int8).map(\.bitPattern) == want.map(\.bitPattern), "\(format): tiled")
+        #expect(Self.run(w.withTiles(), x, t, compute: .int8).map(\.bitPattern) == want.map(\.bitPattern), "\(format): tiled")
     }
 
     /// The activations are rounded to bf16 before the product, and the sums stay fp32: with

@@ -132,9 +132,11 @@ import TestSupport
 
     @Test(arguments: [WeightFormat.q4_0, .q4_1, .q8_0, .f16, .bf16])
     func compactProductsAgreeOnEveryTier(format: WeightFormat) throws {
-        let K = 128, O = 10, T = 27   // groups of 8 tokens (fp32/int8 AVX-512), of 16 and 8 (bf16), and 3 more
+        // 27 tokens: groups of 8 (fp32/int8 AVX-512), of 16 and 8 (bf16), and 3 more; 1 token: the
+        // decode paths (fp32 AVX-512: 8 rows, then a pair, then one row alone, so 19 rows).
+        let K = 128, O = 19
         let w = try LinearWeight.quantize(Matrix(rows: O, cols: K, data: Self.random(O * K, 12)), to: format)
-        Self.productsAgreeAcrossTiers(w, Self.random(T * K, 13), t: T, "\(format)")
+        for T in [27, 1] { Self.productsAgreeAcrossTiers(w, Self.random(T * K, 13 + UInt64(T)), t: T, "\(format) T=\(T)") }
     }
 
     @Test(arguments: [WeightFormat.q4_k, .q6_k])

@@ -45,6 +45,32 @@ import TestSupport
         #expect(fp32[0] != alone[0][0], "the \(mode) mode must change the arithmetic")
     }
 
+    /// fp32 products from the tiled copies (`--weight-tiles auto`; read by up to 7 tokens on
+    /// AVX-512) give the file layout's bits: one sequence alone (one-token decode steps),
+    /// three together (three-token steps) and prompts prefilled in chunks of 1 and 3 all
+    /// reproduce the model without tiles, logit for logit.
+    @Test func fp32TilesChangeNoBit() throws {
+        guard let base = Self.model else {
+            Issue.record("default model not fetched: run scripts/setup")
+            return
+        }
+        let plain = base.with(weightTiles: .off), tiled = base.with(weightTiles: .auto)
+        #expect(plain.weights.tileBytes == 0)
+        #expect((tiled.weights.tileBytes > 0) == LinearWeight.fp32ReadsTiles, "tiles are made where the fp32 products read them")
+        let requests = Self.prompts.map { GenerationRequest(promptIDs: $0, parameters: Self.greedy(5)) }
+        let want = try requests.map { try BatchGenerator(model: plain, tokenizer: nil).generate([$0], collectLogits: true)[0].stepLogits }
+        let alone = try requests.map { try BatchGenerator(model: tiled, tokenizer: nil).generate([$0], collectLogits: true)[0].stepLogits }
+        #expect(alone == want)
+        #expect(try BatchGenerator(model: tiled, tokenizer: nil).generate(requests, collectLogits: true).map(\.stepLogits) == want)
+        for chunk in [1, 3] {
+            let chunked = try BatchGenerator(model: tiled, tokenizer: nil, prefillChunk: chunk).generate(requests, collectLogits: true).map(\.stepLogits)
+            #expect(chunked == want, "prefill chunk \(chunk)")
+        }
+        #expect(base.with(compute: .bf16, weightTiles: .auto).weights.tileBytes == 0, "the bf16 mode reads no tiles, so it keeps none")
+        #expect(base.with(compute: .int8, weightTiles: .auto).weights.tileBytes > 0)
+        #expect(base.with(compute: .int8, weightTiles: .off).weights.tileBytes == 0)
+    }
+
     @Test func accuracyReportMeasuresTheDifference() throws {
         guard let base = Self.model else {
             Issue.record("default model not fetched: run scripts/setup")

@@ -1,0 +1,194 @@
+// fp32 products against the tiled copy of Q4_0/Q4_1/Q8_0 weights (fk_int8_tiles' layout).
+// Same arithmetic per output as fk_matmul_q4_0/q4_1/q8_0: see include/ckernels.h.
+#include "ckernels.h"
+#include "common.h"
+#include "ckpool.h"
+#include <math.h>
+
+// Where a tile-block's quantized bytes start (after the 8 scales and, for Q4_1, 8 minimums).
+static inline int header_bytes(int type) { return type == 3 ? 32 : 16; }
+
+// Row r's block as ggml stores it, read back from its tile-block: 32 unscaled weights in
+// element order, the scale, and the offset weight (Q4_1's minimum, Q4_0's -8d, Q8_0's 0).
+static inline void tile_block_values(int type, const uint8_t *k, int r, float q[32], float *d, float *m) {
+    const int hdr = header_bytes(type);
+    *d = rd_f16(k + 2 * r);
+    *m = type == 3 ? rd_f16(k + 16 + 2 * r) : type == 2 ? -8.0f * *d : 0.0f;
+    for (int e = 0; e < 32; e++) {
+        if (type == 8) { q[e] = (float)(int8_t)k[hdr + 32 * (e / 4) + 4 * r + e % 4]; continue; }
+        int i = e % 16;
+        uint8_t v = k[hdr + 32 * (i / 4) + 4 * r + i % 4];
+        q[e] = (float)(e < 16 ? v & 0x0F : v >> 4);
+    }
+}
+
+// The reference twin: matmul_quant_scalar's arithmetic (ckernels.c), reading the tiles.
+static void f32_tiles_scalar(int type, const float *x, const float *xsum, const uint8_t *tiles, int K, int T, int o0, int o1, float *y, int ldy) {
+    int nb = K / QK, tb = 8 * block_bytes(type);
+    for (int o = o0; o < o1; o++) {
+        const uint8_t *tile = tiles + (size_t)(o / 8) * nb * tb;
+        for (int t = 0; t < T; t++) {
+            const float *xt = x + (size_t)t * K;
+            float acc[8] = {0};
+            float macc = 0;
+            for (int b = 0; b < nb; b++) {
+                float q[32], d, m;
+                tile_block_values(type, tile + (size_t)b * tb, o % 8, q, &d, &m);
+                const float *xb = xt + b * QK;
+                for (int l = 0; l < 8; l++) {
+                    float v = q[l] * xb[l];
+                    v = fmaf(q[8 + l], xb[8 + l], v);
+                    v = fmaf(q[16 + l], xb[16 + l], v);
+                    v = fmaf(q[24 + l], xb[24 + l], v);
+                    acc[l] = fmaf(d, v, acc[l]);
+                }
+                if (type != 8) macc = fmaf(m, xsum[(size_t)t * nb + b], macc);
+            }
+            y[(size_t)t * ldy + o] = fold8(acc) + macc;
+        }
+    }
+}
+
+#if defined(__x86_64__)
+#define AVX512T __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")))
+
+// NT tokens (1-3), one tile of 8 rows, AVX-512. A register holds four rows' lanes l =
+// 4h..4h+3 (h = 0, 1): lane 4r + i is row r's lane 4h + i. A 16-byte run of a tile group is
+// exactly such a register's bytes (group g holds each row's bytes 4g..4g+3), so one
+// zero-extension spreads it; low nibbles become floats through a 16-entry table (vpermps
+// reads each lane's low four bits), high ones shifted down and converted (the two spread
+// the work over the shuffle and conversion units). The weights are unpacked once for the
+// NT tokens. The activations are laid out to match (`xq`, 4K floats per token: per block,
+// per h, per j, the four values x[32b + 8j + 4h + i] repeated for the four rows). The
+// eight lanes of a row fold in fk_dot's tree across the two registers and within each
+// 128-bit lane.
+__attribute__((always_inline)) AVX512T static inline void f32_tile(const int NT, int type, const float *xq, size_t xqStride, const float *xsum,
+                                                                  const uint8_t *tile, int nb, int tb, __m512 table, __m256 out[3]) {
+    const int hdr = header_bytes(type);
+    const __m512i lo4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m512i hi4 = _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7);
+    __m512 acc[3][2][2];   // [token][rows 4a..4a+3][lane half h]
+    __m256 macc[3];
+    for (int t = 0; t < NT; t++) {
+        macc[t] = _mm256_setzero_ps();
+        for (int a = 0; a < 2; a++) for (int h = 0; h < 2; h++) acc[t][a][h] = _mm512_setzero_ps();
+    }
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *k = tile + (size_t)b * tb;
+        const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)k));
+        const __m512 dAll = _mm512_castps256_ps512(d8);
+        const __m512 ds[2] = {_mm512_permutexvar_ps(lo4, dAll), _mm512_permutexvar_ps(hi4, dAll)};
+        for (int a = 0; a < 2; a++)
+            for (int h = 0; h < 2; h++) {
+                __m512 q0, q1, q2, q3;
+                if (type == 8) {
+                    // Group 2j + h holds elements 8j + 4h + i.
+                    q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(k + hdr + 32 * h + 16 * a))));
+                    q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(k + hdr + 32 * (2 + h) + 16 * a))));
+                    q2 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(k + hdr + 32 * (4 + h) + 16 * a))));
+                    q3 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(k + hdr + 32 * (6 + h) + 16 * a))));
+                } else {
+                    // Group h holds bytes 4h + i: elements 4h + i (low nibble) and 16 + 4h + i
+                    // (high); group 2 + h holds elements 8 + 4h + i and 24 + 4h + i.
+                    __m512i A = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(k + hdr + 32 * h + 16 * a)));
+                    __m512i B = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(k + hdr + 32 * (2 + h) + 16 * a)));
+                    q0 = _mm512_permutexvar_ps(A, table);
+                    q1 = _mm512_permutexvar_ps(B, table);
+                    q2 = _mm512_cvtepi32_ps(_mm512_srli_epi32(A, 4));
+                    q3 = _mm512_cvtepi32_ps(_mm512_srli_epi32(B, 4));
+                }
+                for (int t = 0; t < NT; t++) {
+                    const float *xh = xq + (size_t)t * xqStride + (size_t)b * 128 + 64 * h;
+                    __m512 v = _mm512_mul_ps(q0, _mm512_loadu_ps(xh));
+                    v = _mm512_fmadd_ps(q1, _mm512_loadu_ps(xh + 16), v);
+                    v = _mm512_fmadd_ps(q2, _mm512_loadu_ps(xh + 32), v);
+                    v = _mm512_fmadd_ps(q3, _mm512_loadu_ps(xh + 48), v);
+                    acc[t][a][h] = _mm512_fmadd_ps(ds[a], v, acc[t][a][h]);
+                }
+            }
+        if (type != 8) {
+            const __m256 m8 = type == 3 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + 16))) : _mm256_mul_ps(_mm256_set1_ps(-8.0f), d8);
+            for (int t = 0; t < NT; t++) macc[t] = _mm256_fmadd_ps(m8, _mm256_set1_ps(xsum[(size_t)t * nb + b]), macc[t]);
+        }
+    }
+    // fold8 per row: s_i = v_i + v_(4+i), then (s_0 + s_2) + (s_1 + s_3).
+    const __m512i firsts = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+    for (int t = 0; t < NT; t++) {
+        __m512 f[2];
+        for (int a = 0; a < 2; a++) {
+            __m512 s = _mm512_add_ps(acc[t][a][0], acc[t][a][1]);
+            s = _mm512_add_ps(s, _mm512_permute_ps(s, _MM_SHUFFLE(1, 0, 3, 2)));
+            f[a] = _mm512_add_ps(s, _mm512_permute_ps(s, _MM_SHUFFLE(2, 3, 0, 1)));
+        }
+        out[t] = _mm256_add_ps(_mm512_castps512_ps256(_mm512_permutex2var_ps(f[0], firsts, f[1])), macc[t]);
+    }
+}
+
+// Rows o0..o1 for NT tokens of x (rows of y ldy apart), tile by tile.
+__attribute__((always_inline)) AVX512T static inline void f32_tiles_group(const int NT, int type, const float *xq, size_t xqStride, const float *xsum,
+                                                                         const uint8_t *tiles, int nb, int o0, int o1, float *y, int ldy) {
+    const int tb = 8 * block_bytes(type);
+    const __m512 table = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int i = o0 / 8; i * 8 < o1; i++) {
+        pf_tick();
+        __m256 r8[3];
+        const uint8_t *tile = tiles + (size_t)i * nb * tb;
+        if (type == 3) f32_tile(NT, 3, xq, xqStride, xsum, tile, nb, tb, table, r8);
+        else if (type == 2) f32_tile(NT, 2, xq, xqStride, xsum, tile, nb, tb, table, r8);
+        else f32_tile(NT, 8, xq, xqStride, xsum, tile, nb, tb, table, r8);
+        for (int t = 0; t < NT; t++) {
+            float *yt = y + (size_t)t * ldy;
+            if (i * 8 >= o0 && i * 8 + 8 <= o1) { _mm256_storeu_ps(yt + i * 8, r8[t]); continue; }
+            float part[8];
+            _mm256_storeu_ps(part, r8[t]);
+            for (int r = 0; r < 8; r++)
+                if (i * 8 + r >= o0 && i * 8 + r < o1) yt[i * 8 + r] = part[r];
+        }
+    }
+}
+
+AVX512T static void f32_tiles_avx512(int type, const float *x, const float *xsum, const uint8_t *tiles, int K, int T, int o0, int o1, float *y, int ldy) {
+    const int nb = K / QK;
+    const size_t stride = (size_t)4 * K;
+    float *xq = fk_thread_scratch(23, (size_t)3 * stride * sizeof(float));   // Scratch.Slot.pairedActivations
+    if (!xq) { f32_tiles_scalar(type, x, xsum, tiles, K, T, o0, o1, y, ldy); return; }
+    // Groups of three tokens (four would spill accumulators), four left as two and two.
+    for (int t0 = 0, nt; t0 < T; t0 += nt) {
+        nt = T - t0 == 4 ? 2 : T - t0 < 3 ? T - t0 : 3;
+        for (int t = 0; t < nt; t++) {
+            const float *xt = x + (size_t)(t0 + t) * K;
+            float *q = xq + (size_t)t * stride;
+            for (int b = 0; b < nb; b++)
+                for (int h = 0; h < 2; h++)
+                    for (int j = 0; j < 4; j++)
+                        for (int r = 0; r < 4; r++) memcpy(q + (size_t)b * 128 + 64 * h + 16 * j + 4 * r, xt + b * QK + 8 * j + 4 * h, 4 * sizeof(float));
+        }
+        const float *st = xsum ? xsum + (size_t)t0 * nb : 0;
+        float *yt = y + (size_t)t0 * ldy;
+        switch (nt) {
+        case 1: f32_tiles_group(1, type, xq, stride, st, tiles, nb, o0, o1, yt, ldy); break;
+        case 2: f32_tiles_group(2, type, xq, stride, st, tiles, nb, o0, o1, yt, ldy); break;
+        default: f32_tiles_group(3, type, xq, stride, st, tiles, nb, o0, o1, yt, ldy); break;
+        }
+    }
+}
+#endif
+
+// Up to 7 tokens the tiles win (one token 1.3-2.5x the rows from memory; 2-3 tokens ~2.4x,
+// sharing each unpacked block); from 8 on, quant_tn512's paired tokens do.
+enum { TILED_TOKENS = 7 };
+int fk_f32_tiles_used(int T) {
+#if defined(__x86_64__)
+    return T >= 1 && T <= TILED_TOKENS && fk_has_avx512();
+#else
+    (void)T;
+    return 0;
+#endif
+}
+
+void fk_matmul_f32_tiles(int type, const float *x, const float *xsum, const uint8_t *tiles, int K, int T, int o0, int o1, float *y, int ldy) {
+#if defined(__x86_64__)
+    if (T >= 1 && fk_has_avx512()) { f32_tiles_avx512(type, x, xsum, tiles, K, T, o0, o1, y, ldy); return; }
+#endif
+    f32_tiles_scalar(type, x, xsum, tiles, K, T, o0, o1, y, ldy);
+}
