@@ -147,39 +147,52 @@ __attribute__((always_inline)) AVX512T static inline void f32_tiles_group(const 
     }
 }
 
+// Tokens in super-blocks of up to SUPER (their prepared activations, 16 bytes per value,
+// kept at once), rows in chunks of CHUNK tiles (their weights stay in L2 while the
+// super-block's token groups pass), tokens in groups of three within (four would spill
+// accumulators; four left go as two and two). Each output is still one tile call's whole
+// chain, so the blocking changes no bit.
+enum { SUPER = 48, CHUNK = 16 };
+
 AVX512T static void f32_tiles_avx512(int type, const float *x, const float *xsum, const uint8_t *tiles, int K, int T, int o0, int o1, float *y, int ldy) {
     const int nb = K / QK;
     const size_t stride = (size_t)4 * K;
-    float *xq = fk_thread_scratch(23, (size_t)3 * stride * sizeof(float));   // Scratch.Slot.pairedActivations
+    const int super = T < SUPER ? T : SUPER;
+    float *xq = fk_thread_scratch(23, (size_t)super * stride * sizeof(float));   // Scratch.Slot.pairedActivations
     if (!xq) { f32_tiles_scalar(type, x, xsum, tiles, K, T, o0, o1, y, ldy); return; }
-    // Groups of three tokens (four would spill accumulators), four left as two and two.
-    for (int t0 = 0, nt; t0 < T; t0 += nt) {
-        nt = T - t0 == 4 ? 2 : T - t0 < 3 ? T - t0 : 3;
-        for (int t = 0; t < nt; t++) {
-            const float *xt = x + (size_t)(t0 + t) * K;
+    for (int s0 = 0; s0 < T; s0 += super) {
+        const int ns = T - s0 < super ? T - s0 : super;
+        for (int t = 0; t < ns; t++) {
+            const float *xt = x + (size_t)(s0 + t) * K;
             float *q = xq + (size_t)t * stride;
             for (int b = 0; b < nb; b++)
                 for (int h = 0; h < 2; h++)
                     for (int j = 0; j < 4; j++)
-                        for (int r = 0; r < 4; r++) memcpy(q + (size_t)b * 128 + 64 * h + 16 * j + 4 * r, xt + b * QK + 8 * j + 4 * h, 4 * sizeof(float));
+                        _mm512_storeu_ps(q + (size_t)b * 128 + 64 * h + 16 * j, _mm512_broadcast_f32x4(_mm_loadu_ps(xt + b * QK + 8 * j + 4 * h)));
         }
-        const float *st = xsum ? xsum + (size_t)t0 * nb : 0;
-        float *yt = y + (size_t)t0 * ldy;
-        switch (nt) {
-        case 1: f32_tiles_group(1, type, xq, stride, st, tiles, nb, o0, o1, yt, ldy); break;
-        case 2: f32_tiles_group(2, type, xq, stride, st, tiles, nb, o0, o1, yt, ldy); break;
-        default: f32_tiles_group(3, type, xq, stride, st, tiles, nb, o0, o1, yt, ldy); break;
+        for (int c = o0 / 8 * 8; c < o1; c += 8 * CHUNK) {
+            const int r0 = c > o0 ? c : o0, r1 = c + 8 * CHUNK < o1 ? c + 8 * CHUNK : o1;
+            for (int t0 = 0, nt; t0 < ns; t0 += nt) {
+                nt = ns - t0 == 4 ? 2 : ns - t0 < 3 ? ns - t0 : 3;
+                const float *qt = xq + (size_t)t0 * stride;
+                const float *st = xsum ? xsum + (size_t)(s0 + t0) * nb : 0;
+                float *yt = y + (size_t)(s0 + t0) * ldy;
+                switch (nt) {
+                case 1: f32_tiles_group(1, type, qt, stride, st, tiles, nb, r0, r1, yt, ldy); break;
+                case 2: f32_tiles_group(2, type, qt, stride, st, tiles, nb, r0, r1, yt, ldy); break;
+                default: f32_tiles_group(3, type, qt, stride, st, tiles, nb, r0, r1, yt, ldy); break;
+                }
+            }
         }
     }
 }
 #endif
 
-// Up to 7 tokens the tiles win (one token 1.3-2.5x the rows from memory; 2-3 tokens ~2.4x,
-// sharing each unpacked block); from 8 on, quant_tn512's paired tokens do.
-enum { TILED_TOKENS = 7 };
+// On AVX-512 the tiles win at every token count (alone on one core: one token 1.2-1.5x the
+// rows in cache, 1.5-2.5x from memory; two or three tokens 2-2.6x; 8-32 tokens 1.0-1.7x).
 int fk_f32_tiles_used(int T) {
 #if defined(__x86_64__)
-    return T >= 1 && T <= TILED_TOKENS && fk_has_avx512();
+    return T >= 1 && fk_has_avx512();
 #else
     (void)T;
     return 0;

@@ -111,7 +111,7 @@ package struct LinearWeight: Sendable {
     let store: ByteStore?
     /// A copy of a Q4_0/Q4_1/Q8_0 weight in tiles of 8 rows (`fk_int8_tiles`), made by
     /// `withTiles()`: read by the int8 mode's products and by fp32 products where
-    /// `fk_f32_tiles_used` says the tier has a tiled path (up to 7 tokens on AVX-512). Products
+    /// `fk_f32_tiles_used` says the tier has a tiled path (AVX-512). Products
     /// give the row layout's bits either way, faster from the tiles.
     private(set) var tiles: ByteStore?
 

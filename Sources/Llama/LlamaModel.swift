@@ -141,9 +141,9 @@ package final class LlamaModel: @unchecked Sendable {
     }
 
     /// Whether `compute`'s products read tiled copies of the compact weights (`withTiles`):
-    /// the int8 mode's always, fp32's on CPUs with its tiled path (up to 7 tokens on AVX-512:
-    /// at one token 1.5x the row layout's rate for Q4_1 and 2.5x for Q8_0 from memory, at
-    /// two or three ~2.4x). The copies cost the
+    /// the int8 mode's always, fp32's on CPUs with its tiled path (AVX-512: alone on one core,
+    /// one token 1.5x the row layout's rate for Q4_1 and 2.5x for Q8_0 from memory, two or
+    /// three tokens ~2.4x, batches 1.1-1.7x). The copies cost the
     /// compact weights' size again in memory; the bf16 mode reads the rows only.
     static func readsTiles(_ compute: ComputeMode) -> Bool { compute == .int8 || (compute == .fp32 && LinearWeight.fp32ReadsTiles) }
 

@@ -45,10 +45,10 @@ import TestSupport
         #expect(fp32[0] != alone[0][0], "the \(mode) mode must change the arithmetic")
     }
 
-    /// fp32 products from the tiled copies (`--weight-tiles auto`; read by up to 7 tokens on
-    /// AVX-512) give the file layout's bits: one sequence alone (one-token decode steps),
-    /// three together (three-token steps) and prompts prefilled in chunks of 1 and 3 all
-    /// reproduce the model without tiles, logit for logit.
+    /// fp32 products from the tiled copies (`--weight-tiles auto`; read on AVX-512) give the
+    /// file layout's bits: one sequence alone (one-token decode steps, whole prompts), three
+    /// together (three-token steps) and prompts prefilled in chunks of 1 and 3 all reproduce
+    /// the model without tiles, logit for logit.
     @Test func fp32TilesChangeNoBit() throws {
         guard let base = Self.model else {
             Issue.record("default model not fetched: run scripts/setup")
