@@ -39,13 +39,7 @@ static void matmul_quant_scalar(int type, const float *x, const float *xsum, con
                 float q[32], d, m;
                 block_values(type, row + (size_t)b * bb, q, &d, &m);
                 const float *xb = xt + b * QK;
-                for (int l = 0; l < 8; l++) {
-                    float v = q[l] * xb[l];
-                    v = fmaf(q[8 + l], xb[8 + l], v);
-                    v = fmaf(q[16 + l], xb[16 + l], v);
-                    v = fmaf(q[24 + l], xb[24 + l], v);
-                    acc[l] = fmaf(d, v, acc[l]);
-                }
+                block_lanes(q, d, xb, acc);
                 if (type != 8) macc = fmaf(m, xsum[(size_t)t * nb + b], macc);
             }
             y[(size_t)t * ldy + o] = fold8(acc) + macc;

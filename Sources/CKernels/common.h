@@ -3,6 +3,7 @@
 #define FACET_CKERNELS_COMMON_H
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
 
 enum { QK = 32 };
 
@@ -43,6 +44,19 @@ static inline uint16_t weight_bf16(uint16_t h) { return (h & 0x7F80) < (95 << 7)
 static inline float fold8(const float v[8]) {
     float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
     return (a0 + a2) + (a1 + a3);
+}
+
+// One block of the fp32 contract (ckernels.h) on the 8 lanes: lane l takes elements
+// l, 8 + l, 16 + l, 24 + l as a product and three fused multiply-adds, then joins acc[l]
+// with one fused multiply-add by the block's scale.
+static inline void block_lanes(const float q[32], float d, const float *xb, float acc[8]) {
+    for (int l = 0; l < 8; l++) {
+        float v = q[l] * xb[l];
+        v = fmaf(q[8 + l], xb[8 + l], v);
+        v = fmaf(q[16 + l], xb[16 + l], v);
+        v = fmaf(q[24 + l], xb[24 + l], v);
+        acc[l] = fmaf(d, v, acc[l]);
+    }
 }
 
 static inline int block_bytes(int type) { return type == 3 ? 20 : type == 2 ? 18 : 34; }

@@ -35,13 +35,7 @@ static void f32_tiles_scalar(int type, const float *x, const float *xsum, const 
                 float q[32], d, m;
                 tile_block_values(type, tile + (size_t)b * tb, o % 8, q, &d, &m);
                 const float *xb = xt + b * QK;
-                for (int l = 0; l < 8; l++) {
-                    float v = q[l] * xb[l];
-                    v = fmaf(q[8 + l], xb[8 + l], v);
-                    v = fmaf(q[16 + l], xb[16 + l], v);
-                    v = fmaf(q[24 + l], xb[24 + l], v);
-                    acc[l] = fmaf(d, v, acc[l]);
-                }
+                block_lanes(q, d, xb, acc);
                 if (type != 8) macc = fmaf(m, xsum[(size_t)t * nb + b], macc);
             }
             y[(size_t)t * ldy + o] = fold8(acc) + macc;

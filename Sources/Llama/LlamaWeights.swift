@@ -89,45 +89,34 @@ package struct LlamaWeights: Sendable {
 
     /// These weights with tiled copies of every Q4_0/Q4_1/Q8_0 product weight (the seven per
     /// layer and the output head; the embedding is only looked up by row), read by the int8
-    /// mode and by fp32 one-token products on AVX-512. Products give the same bits either
+    /// mode and by fp32 products on AVX-512. Products give the same bits either
     /// way, faster with the tiles.
-    package func withTiles() -> LlamaWeights {
+    package func withTiles() -> LlamaWeights { mappingProducts { $0.withTiles() } }
+
+    /// These weights with `f` applied to every product weight (the seven per layer and the
+    /// output head).
+    private func mappingProducts(_ f: (LinearWeight) -> LinearWeight) -> LlamaWeights {
         var w = self
         for i in w.layers.indices {
-            w.layers[i].wq = w.layers[i].wq.withTiles()
-            w.layers[i].wk = w.layers[i].wk.withTiles()
-            w.layers[i].wv = w.layers[i].wv.withTiles()
-            w.layers[i].wo = w.layers[i].wo.withTiles()
-            w.layers[i].wGate = w.layers[i].wGate.withTiles()
-            w.layers[i].wUp = w.layers[i].wUp.withTiles()
-            w.layers[i].wDown = w.layers[i].wDown.withTiles()
+            w.layers[i].wq = f(w.layers[i].wq)
+            w.layers[i].wk = f(w.layers[i].wk)
+            w.layers[i].wv = f(w.layers[i].wv)
+            w.layers[i].wo = f(w.layers[i].wo)
+            w.layers[i].wGate = f(w.layers[i].wGate)
+            w.layers[i].wUp = f(w.layers[i].wUp)
+            w.layers[i].wDown = f(w.layers[i].wDown)
         }
-        w.lmHead = w.lmHead.withTiles()
+        w.lmHead = f(w.lmHead)
         return w
     }
 
     /// Bytes of the tiled copies (see `withTiles`).
     package var tileBytes: Int {
-        layers.reduce(lmHead.tileBytes) { sum, l in
-            sum + l.wq.tileBytes + l.wk.tileBytes + l.wv.tileBytes + l.wo.tileBytes + l.wGate.tileBytes + l.wUp.tileBytes + l.wDown.tileBytes
-        }
+        layers.reduce(lmHead.tileBytes) { sum, l in LinearRole.allCases.reduce(sum) { $0 + l.linear($1).tileBytes } }
     }
 
     /// These weights without tiled copies (see `withTiles`).
-    package func withoutTiles() -> LlamaWeights {
-        var w = self
-        for i in w.layers.indices {
-            w.layers[i].wq = w.layers[i].wq.withoutTiles()
-            w.layers[i].wk = w.layers[i].wk.withoutTiles()
-            w.layers[i].wv = w.layers[i].wv.withoutTiles()
-            w.layers[i].wo = w.layers[i].wo.withoutTiles()
-            w.layers[i].wGate = w.layers[i].wGate.withoutTiles()
-            w.layers[i].wUp = w.layers[i].wUp.withoutTiles()
-            w.layers[i].wDown = w.layers[i].wDown.withoutTiles()
-        }
-        w.lmHead = w.lmHead.withoutTiles()
-        return w
-    }
+    package func withoutTiles() -> LlamaWeights { mappingProducts { $0.withoutTiles() } }
 
     /// What `mode` leaves in fp32, as a sentence for the load log ("applies to ...: this
     /// model's 30 q6_K matrices keep fp32 products"), counting every layer's seven linear
