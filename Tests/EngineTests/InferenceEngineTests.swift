@@ -105,12 +105,16 @@ import TestSupport
         #expect(try await task.value == 3)
         // The cancellation reaches the engine: it is counted and its blocks come back. (On a
         // loaded machine the engine may finish all 200 tokens before the consumer breaks:
-        // then the request ends normally, and its blocks must come back just the same.)
-        let deadline = Date().addingTimeInterval(10)
-        while counter.lock.withLock({ counter.cancelled + counter.finished == 0 }) && Date() < deadline {
+        // then the request ends normally, and its blocks must come back just the same.) The
+        // engine counts the end first and reports the freed blocks right after, so the test
+        // waits for both.
+        let settled = { counter.lock.withLock { counter.cancelled + counter.finished == 1 && counter.lastBlocksUsed == 0 && counter.peakBlocksUsed > 0 } }
+        let deadline = Date().addingTimeInterval(20)
+        while !settled() && Date() < deadline {
             try await Task.sleep(for: .milliseconds(10))
         }
-        #expect(counter.lock.withLock { counter.cancelled + counter.finished == 1 && counter.lastBlocksUsed == 0 && counter.peakBlocksUsed > 0 })
+        #expect(settled())
+        #expect(counter.lock.withLock { counter.cancelled + counter.finished } == 1)
         // The engine keeps serving afterwards.
         let (ids, reason) = try await Self.collect(try engine.submit(EngineRequest(promptIDs: [1, 2, 3], parameters: Self.params(4))))
         #expect(ids.count == 4 && reason == .length)
