@@ -27,17 +27,19 @@ void fk_block_sums(const float *x, int T, int K, float *xsum) {
 
 // ---- Scalar reference paths (same operation order as the AVX2 ones) ----
 
-static void matmul_quant_scalar(int type, const float *x, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
+void fk_quant_scalar(int type, int tiled, const float *x, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
     int nb = K / QK, bb = block_bytes(type);
     for (int o = o0; o < o1; o++) {
-        const uint8_t *row = w + (size_t)o * nb * bb;
+        // Row o's blocks: bb bytes apart in the rows, 8 * bb apart in its tile.
+        const uint8_t *row = tiled ? w + (size_t)(o / 8) * nb * 8 * bb : w + (size_t)o * nb * bb;
         for (int t = 0; t < T; t++) {
             const float *xt = x + (size_t)t * K;
             float acc[8] = {0};
             float macc = 0;
             for (int b = 0; b < nb; b++) {
                 float q[32], d, m;
-                block_values(type, row + (size_t)b * bb, q, &d, &m);
+                if (tiled) tile_block_values(type, row + (size_t)b * 8 * bb, o % 8, q, &d, &m);
+                else block_values(type, row + (size_t)b * bb, q, &d, &m);
                 const float *xb = xt + b * QK;
                 block_lanes(q, d, xb, acc);
                 if (type != 8) macc = fmaf(m, xsum[(size_t)t * nb + b], macc);
@@ -416,19 +418,19 @@ void fk_matmul_q4_1(const float *x, const float *xsum, const uint8_t *w, int K, 
 #if defined(__x86_64__)
     if (fk_has_avx2()) { matmul_quant_avx2(3, x, xsum, w, K, T, o0, o1, y, ldy); return; }
 #endif
-    matmul_quant_scalar(3, x, xsum, w, K, T, o0, o1, y, ldy);
+    fk_quant_scalar(3, 0, x, xsum, w, K, T, o0, o1, y, ldy);
 }
 void fk_matmul_q4_0(const float *x, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
 #if defined(__x86_64__)
     if (fk_has_avx2()) { matmul_quant_avx2(2, x, xsum, w, K, T, o0, o1, y, ldy); return; }
 #endif
-    matmul_quant_scalar(2, x, xsum, w, K, T, o0, o1, y, ldy);
+    fk_quant_scalar(2, 0, x, xsum, w, K, T, o0, o1, y, ldy);
 }
 void fk_matmul_q8_0(const float *x, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
 #if defined(__x86_64__)
     if (fk_has_avx2()) { matmul_quant_avx2(8, x, 0, w, K, T, o0, o1, y, ldy); return; }
 #endif
-    matmul_quant_scalar(8, x, 0, w, K, T, o0, o1, y, ldy);
+    fk_quant_scalar(8, 0, x, 0, w, K, T, o0, o1, y, ldy);
 }
 void fk_matmul_f16(const float *x, const uint16_t *w, int K, int T, int o0, int o1, float *y, int ldy) {
 #if defined(__x86_64__)

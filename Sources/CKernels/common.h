@@ -81,6 +81,27 @@ static inline void block_values(int type, const uint8_t *blk, float q[32], float
     }
 }
 
+// The 8-row tiles of fk_int8_tiles: where a tile-block's quantized bytes start (after the 8
+// scales and, for Q4_1, 8 minimums).
+static inline int tile_header(int type) { return type == 3 ? 32 : 16; }
+
+// Row r's block read back from its tile-block `k`, as block_values gives it from the rows.
+static inline void tile_block_values(int type, const uint8_t *k, int r, float q[32], float *d, float *m) {
+    const int hdr = tile_header(type);
+    *d = rd_f16(k + 2 * r);
+    *m = type == 3 ? rd_f16(k + 16 + 2 * r) : type == 2 ? -8.0f * *d : 0.0f;
+    for (int e = 0; e < 32; e++) {
+        if (type == 8) { q[e] = (float)(int8_t)k[hdr + 32 * (e / 4) + 4 * r + e % 4]; continue; }
+        int i = e % 16;
+        uint8_t v = k[hdr + 32 * (i / 4) + 4 * r + i % 4];
+        q[e] = (float)(e < 16 ? v & 0x0F : v >> 4);
+    }
+}
+
+/// The fp32 contract's scalar reference for Q4_0/Q4_1/Q8_0 (ckernels.c), reading the rows
+/// (`tiled` 0) or the tiles of fk_int8_tiles (`tiled` 1).
+void fk_quant_scalar(int type, int tiled, const float *x, const float *xsum, const uint8_t *w, int K, int T, int o0, int o1, float *y, int ldy);
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define AVX2 __attribute__((target("avx2,fma,f16c")))

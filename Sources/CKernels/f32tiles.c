@@ -5,44 +5,6 @@
 #include "ckpool.h"
 #include <math.h>
 
-// Where a tile-block's quantized bytes start (after the 8 scales and, for Q4_1, 8 minimums).
-static inline int header_bytes(int type) { return type == 3 ? 32 : 16; }
-
-// Row r's block as ggml stores it, read back from its tile-block: 32 unscaled weights in
-// element order, the scale, and the offset weight (Q4_1's minimum, Q4_0's -8d, Q8_0's 0).
-static inline void tile_block_values(int type, const uint8_t *k, int r, float q[32], float *d, float *m) {
-    const int hdr = header_bytes(type);
-    *d = rd_f16(k + 2 * r);
-    *m = type == 3 ? rd_f16(k + 16 + 2 * r) : type == 2 ? -8.0f * *d : 0.0f;
-    for (int e = 0; e < 32; e++) {
-        if (type == 8) { q[e] = (float)(int8_t)k[hdr + 32 * (e / 4) + 4 * r + e % 4]; continue; }
-        int i = e % 16;
-        uint8_t v = k[hdr + 32 * (i / 4) + 4 * r + i % 4];
-        q[e] = (float)(e < 16 ? v & 0x0F : v >> 4);
-    }
-}
-
-// The reference twin: matmul_quant_scalar's arithmetic (ckernels.c), reading the tiles.
-static void f32_tiles_scalar(int type, const float *x, const float *xsum, const uint8_t *tiles, int K, int T, int o0, int o1, float *y, int ldy) {
-    int nb = K / QK, tb = 8 * block_bytes(type);
-    for (int o = o0; o < o1; o++) {
-        const uint8_t *tile = tiles + (size_t)(o / 8) * nb * tb;
-        for (int t = 0; t < T; t++) {
-            const float *xt = x + (size_t)t * K;
-            float acc[8] = {0};
-            float macc = 0;
-            for (int b = 0; b < nb; b++) {
-                float q[32], d, m;
-                tile_block_values(type, tile + (size_t)b * tb, o % 8, q, &d, &m);
-                const float *xb = xt + b * QK;
-                block_lanes(q, d, xb, acc);
-                if (type != 8) macc = fmaf(m, xsum[(size_t)t * nb + b], macc);
-            }
-            y[(size_t)t * ldy + o] = fold8(acc) + macc;
-        }
-    }
-}
-
 #if defined(__x86_64__)
 #define AVX512T __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")))
 
@@ -58,7 +20,7 @@ static void f32_tiles_scalar(int type, const float *x, const float *xsum, const 
 // 128-bit lane.
 __attribute__((always_inline)) AVX512T static inline void f32_tile(const int NT, int type, const float *xq, size_t xqStride, const float *xsum,
                                                                   const uint8_t *tile, int nb, int tb, __m512 table, __m256 out[3]) {
-    const int hdr = header_bytes(type);
+    const int hdr = tile_header(type);
     const __m512i lo4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     const __m512i hi4 = _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7);
     __m512 acc[3][2][2];   // [token][rows 4a..4a+3][lane half h]
@@ -153,7 +115,7 @@ AVX512T static void f32_tiles_avx512(int type, const float *x, const float *xsum
     const size_t stride = (size_t)4 * K;
     const int super = T < SUPER ? T : SUPER;
     float *xq = fk_thread_scratch(23, (size_t)super * stride * sizeof(float));   // Scratch.Slot.pairedActivations
-    if (!xq) { f32_tiles_scalar(type, x, xsum, tiles, K, T, o0, o1, y, ldy); return; }
+    if (!xq) { fk_quant_scalar(type, 1, x, xsum, tiles, K, T, o0, o1, y, ldy); return; }
     for (int s0 = 0; s0 < T; s0 += super) {
         const int ns = T - s0 < super ? T - s0 : super;
         for (int t = 0; t < ns; t++) {
@@ -184,18 +146,17 @@ AVX512T static void f32_tiles_avx512(int type, const float *x, const float *xsum
 
 // On AVX-512 the tiles win at every token count (alone on one core: one token 1.2-1.5x the
 // rows in cache, 1.5-2.5x from memory; two or three tokens 2-2.6x; 8-32 tokens 1.0-1.7x).
-int fk_f32_tiles_used(int T) {
+int fk_f32_tiles_used(void) {
 #if defined(__x86_64__)
-    return T >= 1 && fk_has_avx512();
+    return fk_has_avx512();
 #else
-    (void)T;
     return 0;
 #endif
 }
 
 void fk_matmul_f32_tiles(int type, const float *x, const float *xsum, const uint8_t *tiles, int K, int T, int o0, int o1, float *y, int ldy) {
 #if defined(__x86_64__)
-    if (T >= 1 && fk_has_avx512()) { f32_tiles_avx512(type, x, xsum, tiles, K, T, o0, o1, y, ldy); return; }
+    if (fk_has_avx512()) { f32_tiles_avx512(type, x, xsum, tiles, K, T, o0, o1, y, ldy); return; }
 #endif
-    f32_tiles_scalar(type, x, xsum, tiles, K, T, o0, o1, y, ldy);
+    fk_quant_scalar(type, 1, x, xsum, tiles, K, T, o0, o1, y, ldy);
 }

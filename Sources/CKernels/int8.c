@@ -64,9 +64,6 @@ unsigned long fk_int8_tiles_size(int type, int rows, int K) {
     return (unsigned long)((rows + 7) / 8) * 8 * (unsigned long)(K / QK) * (unsigned long)block_bytes(type);
 }
 
-// Where a tile-block's quantized bytes start (after the 8 scales and, for Q4_1, 8 minimums).
-static inline int tile_header(int type) { return type == 3 ? 32 : 16; }
-
 void fk_int8_tiles(int type, const uint8_t *w, int rows, int K, uint8_t *out) {
     int nb = K / QK, bb = block_bytes(type), tb = 8 * bb, hdr = tile_header(type), groups = type == 8 ? 8 : 4;
     size_t rowb = (size_t)nb * bb;

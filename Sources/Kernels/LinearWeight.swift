@@ -192,7 +192,7 @@ package struct LinearWeight: Sendable {
 
     /// Whether fp32 models should make tiled copies: when this CPU's tier has a tiled fp32
     /// path (AVX-512; the AVX2 and scalar tiers would only pay the memory).
-    package static var fp32ReadsTiles: Bool { fk_f32_tiles_used(1) != 0 }
+    package static var fp32ReadsTiles: Bool { fk_f32_tiles_used() != 0 }
 
     /// Bytes the weight occupies.
     package var byteSize: Int { format == .f32 ? rows * cols * 4 : store!.bytes.count }
@@ -390,7 +390,7 @@ package struct LinearWeight: Sendable {
             return
         }
         let x = input.x, s = input.sums
-        if let tiles, fk_f32_tiles_used(Int32(T)) != 0 {
+        if let tiles, fk_f32_tiles_used() != 0 {
             fk_matmul_f32_tiles(format.cType, x, s, tiles.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(K), Int32(T), o0, o1, y, Int32(O))
             return
         }

@@ -52,6 +52,8 @@ import TestSupport
         let computeIgnored = try FacetProcess.run(["lora", "merge", "--model", Fixtures.tinyModel, "--compute", "int8", "--lora_dir", src,
                                                    "--output", dir + "/y"])
         #expect(computeIgnored.status != 0 && computeIgnored.stderr.contains("--compute applies to"), "\(computeIgnored.stderr)")
+        let tilesIgnored = try FacetProcess.run(["lora", "convert", "--model", Fixtures.tinyModel, "--weight-tiles", "off", src, dir + "/z"])
+        #expect(tilesIgnored.status != 0 && tilesIgnored.stderr.contains("--weight-tiles applies to run, serve, bench and perplexity"), "\(tilesIgnored.stderr)")
         let bf16 = try FacetProcess.run(["run", "--model", Fixtures.tinyModel, "--input_file", try Self.promptCSV(copies: 1), "--max_output_len", "16",
                                          "--ignore_eos", "--lora_dir", src, "--lora_task_uids", "0", "--lora-precision", "bf16"])
         #expect(bf16.status == 0 && bf16.stdout.contains(Self.expectedOutput("all_linear_r8")), "\(bf16.stdout) \(bf16.stderr)")

@@ -70,10 +70,10 @@ void fk_matmul_int8_tiles(int type, const int8_t *qx, const float *dx, const flo
                           int o0, int o1, float *y, int ldy);
 
 /// fp32 products (fk_matmul_q4_0 / q4_1 / q8_0's arithmetic and bits, type 2, 3 or 8) reading
-/// the tiled copy of the weights that fk_int8_tiles makes. `fk_f32_tiles_used(T)` is 1 when
-/// this thread's tier has a tiled path for T tokens that beats the row layout (any T on
-/// AVX-512); otherwise the call still gives the same bits, through the reference twin.
-int fk_f32_tiles_used(int T);
+/// the tiled copy of the weights that fk_int8_tiles makes. `fk_f32_tiles_used()` is 1 when
+/// this thread's tier has a tiled path that beats the row layout (AVX-512, at any token
+/// count); otherwise the call still gives the same bits, through the reference twin.
+int fk_f32_tiles_used(void);
 void fk_matmul_f32_tiles(int type, const float *x, const float *xsum, const uint8_t *tiles, int K, int T, int o0, int o1, float *y, int ldy);
 
 /// The bf16 compute mode (opt-in) for Q4_0 (type 2), Q4_1 (3), Q8_0 (8), Q4_K (12), Q6_K (14)
