@@ -132,18 +132,6 @@ package final class AdapterSet: LinearDeltas, @unchecked Sendable {
         Int(slot) < adapters.count ? adapters[Int(slot)].pairs[layer][role] : nil
     }
 
-    package func weightRegions(layer: Int, role: LinearRole, slots: UnsafePointer<Int32>, tokens: Int,
-                              into regions: UnsafeMutableBufferPointer<UnsafeRawBufferPointer>, count: inout Int) {
-        for g in groups(slots: slots, tokens: tokens) where count + 2 <= regions.count {
-            guard let pair = pair(g.slot, layer, role) else { continue }
-            // The arrays are immutable (`let`) for the adapter's lifetime, so their storage
-            // stays put while the step runs; the pointers are only prefetch hints.
-            pair.packedA.withBytes { regions[count] = $0 }
-            pair.packedBT.withBytes { regions[count + 1] = $0 }
-            count += 2
-        }
-    }
-
     /// Tokens grouped by slot (slots ascending, tokens in order). A step calls `add` for
     /// every linear layer with the same slots, so the grouping is made once and reused.
     private func groups(slots: UnsafePointer<Int32>, tokens: Int) -> [SlotGroup] {

@@ -160,7 +160,6 @@ __attribute__((always_inline)) AVX2 static inline void bf16_avx2(int type, const
         const float *x0 = xr + (size_t)t * K;
         const float *s0 = xsum ? xsum + (size_t)t * nb : 0;
         for (int o = o0; o < o1; o++) {
-            pf_tick();
             const uint8_t *row = w + (size_t)o * rb;
             __m256 a[4], c[4];
             float m[4] = {0, 0, 0, 0};
@@ -184,7 +183,6 @@ __attribute__((always_inline)) AVX2 static inline void bf16_avx2(int type, const
         float *yt = y + (size_t)t * ldy;
         int o = o0;
         for (; o + 4 <= o1; o += 4) {
-            pf_tick();
             bf16_t1_rows(4, type, xt, st, w + (size_t)o * rb, nb, rb, yt + o);
         }
         for (; o < o1; o++) bf16_t1_rows(1, type, xt, st, w + (size_t)o * rb, nb, rb, yt + o);
@@ -273,7 +271,6 @@ __attribute__((always_inline)) BF16T static inline void bf16_group(const int G, 
                                                                     int nb, size_t rb, size_t pk, const bf16_tables *tb, int first,
                                                                     int o0, int o1, float *y, int ldy) {
     for (int o = o0; o < o1; o++) {
-        pf_tick();
         const uint8_t *row = w + (size_t)o * rb;
         __m512 a[16];
         __m256 mv[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
@@ -320,7 +317,6 @@ __attribute__((always_inline)) BF16T static inline void bf16_512(int type, const
         const float *st = xsum ? xsum + (size_t)t * nb : 0;
         for (int o = o0; o < o1; o += 4) {
             int n = o1 - o < 4 ? o1 - o : 4;
-            pf_tick();
             __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
             float m[4] = {0, 0, 0, 0};
             for (int b = 0; b < nb; b++) {

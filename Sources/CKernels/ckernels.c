@@ -152,7 +152,6 @@ __attribute__((always_inline)) AVX2 static inline void quant_t1(int type, const 
     int nb = K / QK, bb = block_bytes(type);
     int o = o0;
     for (; o + 4 <= o1; o += 4) {
-        pf_tick();
         quant_t1_rows(4, type, x, xsum, w + (size_t)o * nb * bb, nb, bb, y + o);
     }
     for (; o + 2 <= o1; o += 2) quant_t1_rows(2, type, x, xsum, w + (size_t)o * nb * bb, nb, bb, y + o);
@@ -174,7 +173,6 @@ __attribute__((always_inline)) AVX2 static inline void quant_tn(int type, const 
         const float *x0 = x + (size_t)t * K, *x1 = x0 + K, *x2 = x1 + K, *x3 = x2 + K;
         const float *s0 = xsum + (size_t)t * nb, *s1 = s0 + nb, *s2 = s1 + nb, *s3 = s2 + nb;
         for (int o = o0; o < o1; o++) {
-            pf_tick();
             const uint8_t *row = w + (size_t)o * nb * bb;
             __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
             for (int b = 0; b < nb; b++) {
@@ -242,7 +240,6 @@ __attribute__((always_inline)) AVX512Q static inline void quant_tn512(int type, 
         const float *st = xsum ? xsum + (size_t)t * nb : 0;
         for (int p = 0; p < 4; p++) pair_tokens(xt + (size_t)(2 * p) * K, xt + (size_t)(2 * p + 1) * K, nb, xp + (size_t)p * 2 * K);
         for (int o = o0; o < o1; o++) {
-            pf_tick();
             const uint8_t *row = w + (size_t)o * nb * bb;
             __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
             for (int b = 0; b < nb; b++) {

@@ -165,29 +165,6 @@ void *fk_thread_scratch(int slot, unsigned long bytes) {
     return scratch_ptr[slot];
 }
 
-#include "common.h"
-_Thread_local fk_prefetch_t fk_pf;
-
-void fk_prefetch_add(const void *p, unsigned long bytes) {
-    fk_prefetch_t *q = &fk_pf;
-    if (q->count >= 16 || bytes == 0) return;
-    q->p[q->count] = (const char *)((uintptr_t)p & ~(uintptr_t)63);
-    q->end[q->count] = (const char *)p + bytes;
-    q->count++;
-}
-
-void fk_prefetch_arm(long ticks) {
-    fk_prefetch_t *q = &fk_pf;
-    long lines = 0;
-    for (int i = 0; i < q->count; i++) lines += (q->end[i] - q->p[i] + 63) / 64;
-    if (ticks < 1) ticks = 1;
-    q->per_tick = (int)((lines + ticks - 1) / ticks);
-    q->cur = 0;
-}
-
-void fk_prefetch_clear(void) { fk_pf.count = 0; fk_pf.cur = 0; fk_pf.per_tick = 0; }
-
-
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif

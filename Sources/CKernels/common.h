@@ -154,35 +154,6 @@ AVX2 static inline float hfold(__m256 v) {
 }
 #endif
 
-// Background prefetch (see fk_prefetch_add in ckpool.h): memory a later phase of the step
-// will read (e.g. the adapters' LoRA weights) is pulled toward the cache a few lines at a
-// time from inside the compute-bound product kernels, so its transfer overlaps with their
-// arithmetic. It never changes a result.
-typedef struct {
-    const char *p[16];
-    const char *end[16];
-    int count, cur, per_tick;
-} fk_prefetch_t;
-extern _Thread_local fk_prefetch_t fk_pf;
-
-static inline void pf_tick(void) {
-    fk_prefetch_t *q = &fk_pf;
-    if (q->cur >= q->count) return;
-    int n = q->per_tick;
-    while (n > 0 && q->cur < q->count) {
-        const char *p = q->p[q->cur], *e = q->end[q->cur];
-        for (; n > 0 && p < e; n--, p += 64) {
-#if defined(__x86_64__)
-            _mm_prefetch(p, _MM_HINT_T1);
-#else
-            __builtin_prefetch(p, 0, 2);
-#endif
-        }
-        q->p[q->cur] = p;
-        if (p >= e) q->cur++;
-    }
-}
-
 /// 1 when the AVX2/FMA/F16C paths may run (see fk_set_vector_path).
 int fk_has_avx2(void);
 /// 1 when the AVX-512 VNNI int8 paths may run (see fk_set_vnni_path).

@@ -86,7 +86,6 @@ __attribute__((always_inline)) AVX512T static inline void f32_tiles_group(const 
     const int tb = 8 * block_bytes(type);
     const __m512 table = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     for (int i = o0 / 8; i * 8 < o1; i++) {
-        pf_tick();
         __m256 r8[3];
         const uint8_t *tile = tiles + (size_t)i * nb * tb;
         if (type == 3) f32_tile(NT, 3, xq, xqStride, xsum, tile, nb, tb, table, r8);

@@ -89,7 +89,6 @@ __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(int8_tiles
         const float *d = dx + (size_t)t * nb, *s = sx + (size_t)t * nb;
         const int32_t *qs = qsum + (size_t)t * nb;
         for (int i = o0 / 8; 8 * i < o1; i++) {
-            pf_tick();
             if (nt == TIER_NT) TIER_NAME(tile_nt)(TIER_NT, type, tiles + (size_t)i * tileb, nb, q, K, d, s, qs, out);
             else TIER_NAME(tile_nt)(1, type, tiles + (size_t)i * tileb, nb, q, K, d, s, qs, out);
             int r0 = 8 * i < o0 ? o0 - 8 * i : 0, r1 = 8 * i + 8 > o1 ? o1 - 8 * i : 8;

@@ -217,25 +217,18 @@ package struct LinearWeight: Sendable {
     /// Several products of the same input `x: [T, K]` (e.g. q, k and v) in one parallel
     /// region: the input's block sums or int8 rounding are made once, and the threads meet
     /// once instead of once per weight. Each output is computed exactly as by `matmul`.
-    ///
-    /// `prefetch`: memory the caller reads next (e.g. LoRA weights); the regions are dealt
-    /// out to the tasks, which pull them into L2 a few lines per row while they compute,
-    /// so the transfer overlaps with the product's arithmetic. Results never change.
-    package static func matmul(sharing x: UnsafePointer<Float>, t T: Int, compute: ComputeMode, _ products: [Product],
-                              prefetch: [UnsafeRawBufferPointer] = []) {
-        products.withUnsafeBufferPointer { p in
-            prefetch.withUnsafeBufferPointer { matmul(sharing: x, t: T, compute: compute, p, prefetch: $0) }
-        }
+    package static func matmul(sharing x: UnsafePointer<Float>, t T: Int, compute: ComputeMode, _ products: [Product]) {
+        products.withUnsafeBufferPointer { matmul(sharing: x, t: T, compute: compute, $0) }
     }
 
-    /// `matmul(sharing:)` over products and prefetch regions the caller keeps (e.g. on its
-    /// stack): nothing is allocated.
+    /// `matmul(sharing:)` over products the caller keeps (e.g. on its stack): nothing is
+    /// allocated.
     ///
     /// `beside`: other tasks (e.g. the adapters' deltas) run in the same region, dealt out
     /// among the products' tasks, so their memory traffic overlaps the products' arithmetic
     /// and the threads meet once. They must not read `y`.
     package static func matmul(sharing x: UnsafePointer<Float>, t T: Int, compute: ComputeMode, _ products: UnsafeBufferPointer<Product>,
-                              prefetch: UnsafeBufferPointer<UnsafeRawBufferPointer>, beside extra: ParallelTasks = .none) {
+                              beside extra: ParallelTasks = .none) {
         guard T > 0, let K = products.first?.weight.cols else {
             Parallel.run(extra)
             return
@@ -269,7 +262,7 @@ package struct LinearWeight: Sendable {
         }
         // The row ranges of every product, one after another, as one task list (task i is
         // found by walking the products: no list is built).
-        let job = ProductsJob(products: products, regions: prefetch, T: T, K: K, compute: compute,
+        let job = ProductsJob(products: products, T: T, K: K, compute: compute,
                               inputs: Inputs(x: x, sums: sums.map { UnsafePointer($0) }, q: int8.map { UnsafePointer($0.q) },
                                              d: int8.map { UnsafePointer($0.d) }, qsums: int8?.qsums.map { UnsafePointer($0) }, rounded: bf16.map { UnsafePointer($0.x) },
                                              pairs: bf16?.pairs.map { UnsafePointer($0) }, roundedSums: bf16.map { UnsafePointer($0.sums) }),
@@ -281,7 +274,6 @@ package struct LinearWeight: Sendable {
     /// The tasks of `matmul(sharing:)`: each product's row ranges, one product after another.
     struct ProductsJob: ParallelJob, @unchecked Sendable {
         let products: UnsafeBufferPointer<Product>
-        let regions: UnsafeBufferPointer<UnsafeRawBufferPointer>
         let T: Int, K: Int
         let compute: ComputeMode
         let inputs: Inputs
@@ -289,10 +281,9 @@ package struct LinearWeight: Sendable {
         /// The products' tasks, and all tasks (the extra ones dealt out evenly among them).
         let productTasks: Int, taskCount: Int
 
-        init(products: UnsafeBufferPointer<Product>, regions: UnsafeBufferPointer<UnsafeRawBufferPointer>, T: Int, K: Int,
+        init(products: UnsafeBufferPointer<Product>, T: Int, K: Int,
              compute: ComputeMode, inputs: Inputs, extra: ParallelTasks = .none) {
             self.products = products
-            self.regions = regions
             self.T = T
             self.K = K
             self.compute = compute
@@ -324,16 +315,7 @@ package struct LinearWeight: Sendable {
                     continue
                 }
                 let rows = s.range(i)
-                if !regions.isEmpty {
-                    var r = task
-                    while r < regions.count {
-                        if let base = regions[r].baseAddress { fk_prefetch_add(base, UInt(regions[r].count)) }
-                        r += productTasks
-                    }
-                    fk_prefetch_arm((rows.count + 1) / 2 * max(1, T / 4))
-                }
                 p.weight.run(inputs, t: T, rows: rows, y: p.y, compute: compute)
-                if !regions.isEmpty { fk_prefetch_clear() }
                 return
             }
         }
@@ -550,7 +532,8 @@ package enum InstructionTier: Int, Sendable, CaseIterable, Comparable, CustomStr
     /// AVX2 + FMA + F16C for every product.
     case avx2 = 1
     /// AVX-512 F/BW/VL for the fp32 kernels (dot products, dense products, attention, LoRA
-    /// factors, training's products); the quantized products stay on AVX2.
+    /// factors, training's products, and the fp32 mode's Q4_0/Q4_1/Q8_0 products); the int8
+    /// products without VNNI and the fp32 K-quant products stay on AVX2.
     case avx512 = 2
     /// AVX-512 plus VNNI (`vpdpbusd`) for the int8 mode's integer dot products.
     case avx512VNNI = 3
@@ -572,9 +555,9 @@ package enum InstructionTier: Int, Sendable, CaseIterable, Comparable, CustomStr
         switch self {
         case .scalar: "scalar (portable C)"
         case .avx2: "AVX2+FMA+F16C"
-        case .avx512: "AVX-512 F/BW/VL (quantized products on AVX2)"
-        case .avx512VNNI: "AVX-512 F/BW/VL, VNNI for int8 (quantized products on AVX2)"
-        case .avx512BF16: "AVX-512 F/BW/VL, VNNI for int8, BF16 for the bf16 mode (fp32 quantized products on AVX2)"
+        case .avx512: "AVX-512 F/BW/VL (int8 and fp32 K-quant products on AVX2)"
+        case .avx512VNNI: "AVX-512 F/BW/VL, VNNI for int8 (fp32 K-quant products on AVX2)"
+        case .avx512BF16: "AVX-512 F/BW/VL, VNNI for int8, BF16 for the bf16 mode (fp32 K-quant products on AVX2)"
         }
     }
 

@@ -39,12 +39,6 @@ package protocol LinearDeltas: Sendable {
 
     /// Number of slots; valid slots are `0..<slotCount`.
     var slotCount: Int { get }
-
-    /// The weight memory `add` will read for `role` of `layer` with these slots, so the
-    /// model can prefetch it while the base product runs (a hint): written into `regions`
-    /// from index `count` on (as many as fit), `count` advanced.
-    func weightRegions(layer: Int, role: LinearRole, slots: UnsafePointer<Int32>, tokens: Int,
-                       into regions: UnsafeMutableBufferPointer<UnsafeRawBufferPointer>, count: inout Int)
 }
 
 extension LinearDeltas {
@@ -53,9 +47,6 @@ extension LinearDeltas {
         products(.none)
         add(layer: layer, x: x, inDim: inDim, outputs: outputs, slots: slots, tokens: tokens)
     }
-
-    package func weightRegions(layer: Int, role: LinearRole, slots: UnsafePointer<Int32>, tokens: Int,
-                              into regions: UnsafeMutableBufferPointer<UnsafeRawBufferPointer>, count: inout Int) {}
 }
 
 /// One linear output that receives adapter deltas: `y: [T, outDim]` of `role`.
@@ -435,24 +426,14 @@ package final class LlamaModel: @unchecked Sendable {
             defer { _ = products[0..<n].deinitialize() }
             let done = UnsafeBufferPointer(rebasing: products[0..<n])
             guard let deltas else {
-                LinearWeight.matmul(sharing: x, t: T, compute: compute, done, prefetch: UnsafeBufferPointer(start: nil, count: 0))
+                LinearWeight.matmul(sharing: x, t: T, compute: compute, done)
                 return
             }
             withUnsafeTemporaryAllocation(of: DeltaOutput.self, capacity: 3) { outputs in
                 for i in 0..<n { outputs.initializeElement(at: i, to: DeltaOutput(role: out(i).role, y: out(i).y, outDim: out(i).w.rows)) }
+                // The deltas run beside the products, in their parallel region.
                 deltas.add(layer: layer, x: x, inDim: a.w.cols, outputs: UnsafeBufferPointer(rebasing: outputs[0..<n]), slots: slots, tokens: T) { tasks in
-                    guard tasks.count == 0 else {
-                        // The deltas run beside the products: nothing to prefetch for later.
-                        LinearWeight.matmul(sharing: x, t: T, compute: compute, done, prefetch: UnsafeBufferPointer(start: nil, count: 0), beside: tasks)
-                        return
-                    }
-                    // Two regions (A and B^T) per adapter group and role, pulled in while
-                    // the products compute.
-                    withUnsafeTemporaryAllocation(of: UnsafeRawBufferPointer.self, capacity: min(2 * n * max(deltas.slotCount, 1), 256)) { regions in
-                        var count = 0
-                        for i in 0..<n { deltas.weightRegions(layer: layer, role: out(i).role, slots: slots, tokens: T, into: regions, count: &count) }
-                        LinearWeight.matmul(sharing: x, t: T, compute: compute, done, prefetch: UnsafeBufferPointer(rebasing: regions[0..<count]))
-                    }
+                    LinearWeight.matmul(sharing: x, t: T, compute: compute, done, beside: tasks)
                 }
             }
         }

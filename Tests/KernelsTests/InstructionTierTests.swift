@@ -74,14 +74,16 @@ import TestSupport
 
     @Test(arguments: LowRankMatrix.Precision.allCases)
     func loraFactorsAgreeOnEveryTier(precision: LowRankMatrix.Precision) {
-        let n = 5, inDim = 77, outDim = 53, r = 13   // a rank that no grouping of rows divides
+        // A rank that no grouping of rows divides; outputs: two chunks of 64, one of 16, a tail of 5.
+        let n = 5, inDim = 77, outDim = 149, r = 13
         let x = Self.random(n * inDim, 4)
         let a = LowRankMatrix(Matrix(rows: r, cols: inDim, data: Self.random(r * inDim, 5)), precision: precision)
         let bT = LowRankMatrix(Matrix(rows: r, cols: outDim, data: Self.random(r * outDim, 6)), precision: precision)
         let rows: [Int32] = [4, 0, 2, 6, 1]
+        let y0 = Self.random(7 * outDim, 8)
         let scalar = Self.acrossTiers("LoRA \(precision)") {
             var u = [Float](repeating: .nan, count: n * r)
-            var y = Self.random(7 * outDim, 8)
+            var y = y0
             x.withUnsafeBufferPointer { xp in u.withUnsafeMutableBufferPointer { LowRank.shrink(x: xp.baseAddress!, a: a, u: $0.baseAddress!, n: n) } }
             u.withUnsafeBufferPointer { up in rows.withUnsafeBufferPointer { rp in
                 y.withUnsafeMutableBufferPointer { LowRank.expandAdd(u: up.baseAddress!, bT: bT, scale: 0.75, y: $0.baseAddress!, rows: rp.baseAddress!, n: n) }
@@ -94,6 +96,16 @@ import TestSupport
             for j in 0..<r {
                 let expected = x.withUnsafeBufferPointer { xp in widened.withUnsafeBufferPointer { dot(xp.baseAddress! + i * inDim, $0.baseAddress! + j * inDim, inDim) } }
                 #expect(scalar[i * r + j].bitPattern == expected.bitPattern, "shrink u[\(i), \(j)] \(precision) is not the dot product")
+            }
+        }
+        // Each delta is u_i0 b_0, then fused multiply-adds in rank order, scaled, added to y.
+        let b = bT.matrix.data
+        for (i, row) in rows.enumerated() {
+            for o in 0..<outDim {
+                var acc = b[o] * scalar[i * r]
+                for j in 1..<r { acc = acc.addingProduct(scalar[i * r + j], b[j * outDim + o]) }
+                let expected = y0[Int(row) * outDim + o] + acc * 0.75
+                #expect(scalar[n * r + Int(row) * outDim + o].bitPattern == expected.bitPattern, "expand y[\(row), \(o)] \(precision) is not the rank-ordered chain")
             }
         }
     }

@@ -53,7 +53,7 @@ import TestSupport
                     }, context: UnsafeMutableRawPointer(c.baseAddress!))
                     let products = [LinearWeight.Product(w, y: y.baseAddress!)]
                     products.withUnsafeBufferPointer {
-                        LinearWeight.matmul(sharing: xp.baseAddress!, t: shape.t, compute: .fp32, $0, prefetch: UnsafeBufferPointer(start: nil, count: 0), beside: tasks)
+                        LinearWeight.matmul(sharing: xp.baseAddress!, t: shape.t, compute: .fp32, $0, beside: tasks)
                     }
                 }
             }

@@ -20,12 +20,6 @@ void fk_pool_stall_for_tests(int on);
 /// memory is exhausted.
 void *fk_thread_scratch(int slot, unsigned long bytes);
 
-/// Background prefetch for the calling thread: up to 16 regions to pull into L2 while the
-/// next product kernel runs, spread over about `ticks` row steps of that kernel.
-void fk_prefetch_add(const void *p, unsigned long bytes);
-void fk_prefetch_arm(long ticks);
-void fk_prefetch_clear(void);
-
 /// glibc only: mallopt(M_MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD) (no-op elsewhere).
 void fk_retain_freed_memory(long mmap_threshold, long trim_threshold);
 #endif
