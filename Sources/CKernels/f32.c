@@ -84,7 +84,6 @@ static inline float s_fold(v16s a) { return fold16(a.v); }
 #define MM_OUTPUTS 2
 #define SCORES16 0
 #define VALUE_ROWS 1
-#define LR_ROWS 2
 #include "f32_tier.h"
 
 #if defined(__x86_64__)
@@ -141,7 +140,6 @@ AVX2 static inline float a_fold(v16a a) { return fold8_tree(_mm256_add_ps(a.lo, 
 #define MM_OUTPUTS 2
 #define SCORES16 0
 #define VALUE_ROWS 1
-#define LR_ROWS 2
 #include "f32_tier.h"
 
 // ---- AVX-512 tier: 16 lanes in one zmm register.
@@ -210,7 +208,6 @@ AVX512F static inline float z_hmax(__m512 v) {
 #define V_FOLD16 z_fold16
 #define V_HMAX z_hmax
 #define VALUE_ROWS 3
-#define LR_ROWS 4
 #include "f32_tier.h"
 #endif
 

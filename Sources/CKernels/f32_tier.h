@@ -68,94 +68,33 @@ TIER_ATTR static void TIER_NAME(matmul)(const float *x, const float *w, const fl
     }
 }
 
-// MT tokens (i, i + 1, ...) x MR rows of the factor (j, j + 1, ...): MT * MR independent
-// chains sharing their loads (a single chain waits on each fused multiply-add's latency),
-// each output exactly the dot product of fk_dot.
-__attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(shrink_tile)(const int MT, const int MR, const float *x, const char *a, size_t rowBytes,
-                                                                              const int fmt, float *u, long K, long r, long i, long j) {
-    V16 acc[2][2 * LR_ROWS];
-    for (int t = 0; t < MT; t++)
-        for (int q = 0; q < MR; q++) acc[t][q] = V_ZERO();
-    const long full = K & ~15L;
-    for (long k = 0; k < full; k += 16) {
-        V16 xv[2];
-        for (int t = 0; t < MT; t++) xv[t] = V_LOAD(x + (i + t) * K + k);
-        for (int q = 0; q < MR; q++) {
-            V16 w = V_LOADF(a + (size_t)(j + q) * rowBytes, k, fmt);
-            for (int t = 0; t < MT; t++) acc[t][q] = V_FMA(xv[t], w, acc[t][q]);
-        }
-    }
-    for (int t = 0; t < MT; t++)
-        for (int q = 0; q < MR; q++) {
-            const float *xt = x + (i + t) * K;
-            const void *row = a + (size_t)(j + q) * rowBytes;
-            float total = V_FOLD(acc[t][q]);
-            for (long k = full; k < K; k++) total = xt[k] * ld1(row, k, fmt) + total;
-            u[(i + t) * r + j + q] = total;
-        }
-}
-
 __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(shrink)(const float *x, const void *a, const int fmt, float *u, long n, long K, long r) {
-    size_t rowBytes = (size_t)K * (fmt == FK_ROW_F32 ? 4 : 2);
+    size_t bytes = fmt == FK_ROW_F32 ? 4 : 2;
     // Eight tokens at a time outer (their inputs stay in L1), the factor's rows inner (from
     // L2): with the rows outer a long group streamed every token's input once per rank.
-    // Within, tiles of two tokens x LR_ROWS rows, or one token x 2 LR_ROWS rows.
     for (long i0 = 0; i0 < n; i0 += 8) {
         long i1 = n - i0 < 8 ? n : i0 + 8;
-        long i = i0;
-        for (; i + 2 <= i1; i += 2) {
-            long j = 0;
-            for (; j + LR_ROWS <= r; j += LR_ROWS) TIER_NAME(shrink_tile)(2, LR_ROWS, x, a, rowBytes, fmt, u, K, r, i, j);
-            for (; j < r; j++) TIER_NAME(shrink_tile)(2, 1, x, a, rowBytes, fmt, u, K, r, i, j);
-        }
-        for (; i < i1; i++) {
-            long j = 0;
-            for (; j + 2 * LR_ROWS <= r; j += 2 * LR_ROWS) TIER_NAME(shrink_tile)(1, 2 * LR_ROWS, x, a, rowBytes, fmt, u, K, r, i, j);
-            for (; j + LR_ROWS <= r; j += LR_ROWS) TIER_NAME(shrink_tile)(1, LR_ROWS, x, a, rowBytes, fmt, u, K, r, i, j);
-            for (; j < r; j++) TIER_NAME(shrink_tile)(1, 1, x, a, rowBytes, fmt, u, K, r, i, j);
+        for (long j = 0; j < r; j++) {
+            const char *row = (const char *)a + (size_t)j * K * bytes;
+            for (long i = i0; i < i1; i++) u[i * r + j] = TIER_NAME(dot)(x + i * K, row, fmt, K);
         }
     }
-}
-
-// MT tokens (i, i + 1, ...) x MC chunks of 16 outputs (o, o + 16, ...): MT * MC independent
-// chains over the rank sharing the factor's loads; each output's chain is the same
-// (u_0 b_0, then fused multiply-adds in rank order, then the scale).
-__attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(expand_tile)(const int MT, const int MC, const float *u, const void *bT, const int fmt,
-                                                                              long r, long O, V16 s16, float *y, const int32_t *rows, long i, long o,
-                                                                              const int add) {
-    V16 acc[2][2 * LR_ROWS];
-    for (int c = 0; c < MC; c++) {
-        V16 w = V_LOADF(bT, o + 16 * c, fmt);
-        for (int t = 0; t < MT; t++) acc[t][c] = V_MUL(w, V_SET1(u[(i + t) * r]));
-    }
-    for (long j = 1; j < r; j++) {
-        V16 uj[2];
-        for (int t = 0; t < MT; t++) uj[t] = V_SET1(u[(i + t) * r + j]);
-        for (int c = 0; c < MC; c++) {
-            V16 w = V_LOADF(bT, j * O + o + 16 * c, fmt);
-            for (int t = 0; t < MT; t++) acc[t][c] = V_FMA(uj[t], w, acc[t][c]);
-        }
-    }
-    for (int t = 0; t < MT; t++)
-        for (int c = 0; c < MC; c++) {
-            float *row = y + (long)rows[i + t] * O + o + 16 * c;
-            V_STORE(row, add ? V_ADD(V_LOAD(row), V_MUL(acc[t][c], s16)) : V_MUL(acc[t][c], s16));
-        }
 }
 
 __attribute__((always_inline)) TIER_ATTR static inline void TIER_NAME(expand)(const float *u, const void *bT, const int fmt, long r, long O, float scale,
                                                                          float *y, const int32_t *rows, long n, const int add) {
     V16 s16 = V_SET1(scale);
     long o = 0;
-    // Output chunks outer: the r x 16 LR_ROWS slice of B^T stays in L1 across the group's
-    // tokens, taken two at a time.
-    for (; o + 16 * LR_ROWS <= O; o += 16 * LR_ROWS) {
-        long i = 0;
-        for (; i + 2 <= n; i += 2) TIER_NAME(expand_tile)(2, LR_ROWS, u, bT, fmt, r, O, s16, y, rows, i, o, add);
-        for (; i < n; i++) TIER_NAME(expand_tile)(1, LR_ROWS, u, bT, fmt, r, O, s16, y, rows, i, o, add);
+    // Output chunks outer: the r x 16 slice of B^T stays in L1 across the group's tokens.
+    for (; o + 16 <= O; o += 16) {
+        for (long i = 0; i < n; i++) {
+            const float *ui = u + i * r;
+            V16 acc = V_MUL(V_LOADF(bT, o, fmt), V_SET1(ui[0]));
+            for (long j = 1; j < r; j++) acc = V_FMA(V_SET1(ui[j]), V_LOADF(bT, j * O + o, fmt), acc);
+            float *row = y + (long)rows[i] * O + o;
+            V_STORE(row, add ? V_ADD(V_LOAD(row), V_MUL(acc, s16)) : V_MUL(acc, s16));
+        }
     }
-    for (; o + 16 <= O; o += 16)
-        for (long i = 0; i < n; i++) TIER_NAME(expand_tile)(1, 1, u, bT, fmt, r, O, s16, y, rows, i, o, add);
     for (; o < O; o++) {
         for (long i = 0; i < n; i++) {
             const float *ui = u + i * r;
@@ -429,4 +368,3 @@ TIER_ATTR static void TIER_NAME(train_attend_back)(const float *dout, const floa
 #undef V_FOLD16
 #undef V_HMAX
 #undef VALUE_ROWS
-#undef LR_ROWS
