@@ -53,8 +53,13 @@ __attribute__((always_inline)) AVX512T static inline void f32_tile(const int NT,
                     q2 = _mm512_cvtepi32_ps(_mm512_srli_epi32(A, 4));
                     q3 = _mm512_cvtepi32_ps(_mm512_srli_epi32(B, 4));
                 }
+                // Three tokens: a fresh pointer per row half, so that the compiler reloads
+                // the activations (from L1) rather than keeping both halves' loads live,
+                // which spilled ~24 registers per block.
+                const float *xl = xq;
+                if (NT == 3) __asm__ volatile("" : "+r"(xl));
                 for (int t = 0; t < NT; t++) {
-                    const float *xh = xq + (size_t)t * xqStride + (size_t)b * 128 + 64 * h;
+                    const float *xh = xl + (size_t)t * xqStride + (size_t)b * 128 + 64 * h;
                     __m512 v = _mm512_mul_ps(q0, _mm512_loadu_ps(xh));
                     v = _mm512_fmadd_ps(q1, _mm512_loadu_ps(xh + 16), v);
                     v = _mm512_fmadd_ps(q2, _mm512_loadu_ps(xh + 32), v);
