@@ -278,8 +278,8 @@ package struct LinearWeight: Sendable {
         let compute: ComputeMode
         let inputs: Inputs
         let extra: ParallelTasks
-        /// The products' tasks, and all tasks (the extra ones dealt out evenly among them).
-        let productTasks: Int, taskCount: Int
+        /// The products' tasks and the extra ones (dealt out evenly among them).
+        let taskCount: Int
 
         init(products: UnsafeBufferPointer<Product>, T: Int, K: Int,
              compute: ComputeMode, inputs: Inputs, extra: ParallelTasks = .none) {
@@ -289,8 +289,7 @@ package struct LinearWeight: Sendable {
             self.compute = compute
             self.inputs = inputs
             self.extra = extra
-            productTasks = products.reduce(0) { $0 + Self.split($1, T: T, K: K).parts }
-            taskCount = productTasks + extra.count
+            taskCount = products.reduce(0) { $0 + Self.split($1, T: T, K: K).parts } + extra.count
         }
 
         static func split(_ p: Product, T: Int, K: Int) -> Parallel.Split { Parallel.Split(p.weight.rows, granule: 8, work: T * K * p.weight.rows) }
@@ -306,8 +305,7 @@ package struct LinearWeight: Sendable {
                 extra.run(e)
                 return
             }
-            let task = index - e
-            var i = task
+            var i = index - e   // the product task
             for p in products {
                 let s = Self.split(p, T: T, K: K)
                 guard i < s.parts else {

@@ -74,7 +74,7 @@ import TestSupport
 
     @Test(arguments: LowRankMatrix.Precision.allCases)
     func loraFactorsAgreeOnEveryTier(precision: LowRankMatrix.Precision) {
-        // A rank that no grouping of rows divides; outputs: two chunks of 64, one of 16, a tail of 5.
+        // A rank that no grouping of rows divides; outputs: nine vectors of 16 and a scalar tail of 5.
         let n = 5, inDim = 77, outDim = 149, r = 13
         let x = Self.random(n * inDim, 4)
         let a = LowRankMatrix(Matrix(rows: r, cols: inDim, data: Self.random(r * inDim, 5)), precision: precision)
