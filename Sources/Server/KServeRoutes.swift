@@ -337,10 +337,23 @@ struct KServeRoutes {
             if context.store.entry(name)?.adapter == nil { try register(name: name, weights: weights, config: config, label: "the LoRA weights") }
             return name
         }
-        let taskID = UInt64(bitPattern: try idTensor.scalarInt())
+        let raw = try idTensor.scalarInt()
+        // TensorRT-LLM's ids are uint64: a negative value in a signed tensor is no task.
+        guard raw >= 0 || idTensor.datatype == "UINT64" else {
+            throw KServeError("input 'lora_task_id' must be a task id of 0 or more (UINT64), found \(raw); "
+                              + "leave lora_task_id out for the base model")
+        }
+        let taskID = UInt64(bitPattern: raw)
         let name = "lora-task-\(taskID)"
         if let weights, let config {
-            try register(name: name, weights: weights, config: config, label: "LoRA task \(taskID)")
+            do {
+                try register(name: name, weights: weights, config: config, label: "LoRA task \(taskID)")
+            } catch let e as FacetError where e.field == "lora_name" {
+                // The same id with other weights: TensorRT-LLM would keep serving the cached
+                // ones without a word; say so instead.
+                throw KServeError("LoRA task \(taskID) is already cached with other weights; send other weights under a new "
+                                  + "lora_task_id, or the id alone to use the cached ones (\(e.message))")
+            }
         } else if context.store.entry(name) == nil {
             // Adapters served from the start (`--lora NAME=PATH`) are tasks 0, 1, ... in order.
             let served = context.configuration.taskAdapterNames

@@ -75,8 +75,10 @@ struct KServeTensor {
             })
         case "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64":
             return .ints(try flat.map { v in
-                guard let i = Checked.jsonInt(v) else { throw bad("input '\(name)' (\(datatype)) holds \(v), not an integer") }
-                return Int64(i)
+                if let i = Checked.jsonInt(v) { return Int64(i) }
+                // The binary and gRPC forms refuse these too (the values are kept as Int64).
+                if datatype == "UINT64", v is UInt64 { throw bad("input '\(name)': a UINT64 value is beyond 2^63") }
+                throw bad("input '\(name)' (\(datatype)) holds \(v), not an integer")
             })
         case "FP16", "BF16", "FP32", "FP64":
             return .floats(try flat.map { v in

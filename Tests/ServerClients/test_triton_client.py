@@ -135,3 +135,32 @@ def test_errors_name_the_input(server, triton):
     with pytest.raises(InferenceServerException, match="beam_width"):
         triton.infer("ensemble", text_input(PROMPT, 2, [tensor("beam_width", np.array([[2]], dtype=np.int32), "INT32")]))
     assert requests.get(server.url + "/health").status_code == 200
+
+
+def test_task_id_limits_and_cached_ids_keep_their_weights(triton, server):
+    """lora_task_id is TensorRT-LLM's uint64, kept as a signed 64-bit value: ids up to 2^63 - 1
+    work, larger ones are refused with the same message in JSON and binary form, a negative
+    id in a signed tensor is refused, and other weights under an id already cached are
+    refused with what to do instead (TensorRT-LLM would silently keep the cached weights)."""
+    out = tempfile.mkdtemp(prefix="facet-trt-")
+    r = subprocess.run([FACET, "lora", "convert", os.path.join(ROOT, "adapters", "fr"), out],
+                       capture_output=True, text=True, env={**os.environ, "FACET_HOME": ROOT})
+    assert r.returncode == 0, r.stderr
+    weights = np.load(os.path.join(out, "model.lora_weights.npy")).astype(np.float32)
+    config = np.load(os.path.join(out, "model.lora_config.npy")).astype(np.int32)
+    top = (1 << 63) - 1
+    task = tensor("lora_task_id", np.array([[top]], dtype=np.uint64), "UINT64", binary=False)
+    first = triton.infer("ensemble", text_input(PROMPT, 4, [task, tensor("lora_weights", weights, "FP32"), tensor("lora_config", config, "INT32")]))
+    again = triton.infer("ensemble", text_input(PROMPT, 4, [tensor("lora_task_id", np.array([[top]], dtype=np.uint64), "UINT64")]))
+    assert first.as_numpy("text_output").tolist() == again.as_numpy("text_output").tolist()
+    for binary in (False, True):
+        with pytest.raises(InferenceServerException, match="beyond 2\\^63"):
+            triton.infer("ensemble", text_input(PROMPT, 2, [tensor("lora_task_id", np.array([[top + 2]], dtype=np.uint64), "UINT64", binary=binary)]))
+    with pytest.raises(InferenceServerException, match="0 or more"):
+        triton.infer("ensemble", text_input(PROMPT, 2, [tensor("lora_task_id", np.array([[-3]], dtype=np.int64), "INT64")]))
+    other = weights.copy()
+    other[0, 0, 0] += 0.5
+    with pytest.raises(InferenceServerException, match="already cached with other weights"):
+        triton.infer("ensemble", text_input(PROMPT, 2, [tensor("lora_task_id", np.array([[top]], dtype=np.uint64), "UINT64"),
+                                                        tensor("lora_weights", other, "FP32"), tensor("lora_config", config, "INT32")]))
+    assert requests.get(server.url + "/health").status_code == 200
