@@ -262,11 +262,3 @@ void fk_train_attend(const float *q, const float *k, const float *v, long qs, lo
     train_attend_scalar(q, k, v, qs, kvs, n, hd, window, scale, out, probs);
 }
 
-void fk_train_attend_back(const float *dout, const float *q, const float *k, const float *v, const float *probs, long qs, long kvs, long n,
-                          long hd, long group, long window, float scale, float *dq, float *dk, float *dv, float *scratch) {
-#if defined(__x86_64__)
-    if (fk_has_avx512()) { train_attend_back_avx512(dout, q, k, v, probs, qs, kvs, n, hd, group, window, scale, dq, dk, dv, scratch); return; }
-    if (fk_has_avx2()) { train_attend_back_avx2(dout, q, k, v, probs, qs, kvs, n, hd, group, window, scale, dq, dk, dv, scratch); return; }
-#endif
-    train_attend_back_scalar(dout, q, k, v, probs, qs, kvs, n, hd, group, window, scale, dq, dk, dv, scratch);
-}

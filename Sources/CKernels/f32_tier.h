@@ -326,30 +326,6 @@ TIER_ATTR static void TIER_NAME(train_attend)(const float *q, const float *k, co
     }
 }
 
-TIER_ATTR static void TIER_NAME(train_attend_back)(const float *dout, const float *q, const float *k, const float *v, const float *probs,
-                                                  long qs, long kvs, long n, long hd, long group, long window, float scale,
-                                                  float *dq, float *dk, float *dv, float *ds) {
-    for (long i = 0; i < group; i++) {
-        const float *P = probs + i * n * n;
-        for (long t = 0; t < n; t++) {
-            const long first = window_first(t, window);
-            const float *go = dout + t * qs + i * hd, *qt = q + t * qs + i * hd, *pr = P + t * n;
-            float sum = 0;
-            for (long s = first; s <= t; s++) {
-                float x = TIER_NAME(dot)(go, v + s * kvs, FK_ROW_F32, hd);
-                ds[s] = x;
-                sum = sum + pr[s] * x;
-                TIER_NAME(axpy)(dv + s * kvs, pr[s], go, hd);
-            }
-            for (long s = first; s <= t; s++) ds[s] = pr[s] * (ds[s] - sum) * scale;
-            // dq_t = sum of ds_s k_s, then dk_s += ds_s q_t.
-            float *dqt = dq + t * qs + i * hd;
-            TIER_NAME(weigh_rows)(dqt, ds, k, kvs, first, t, hd);
-            for (long s = first; s <= t; s++) TIER_NAME(axpy)(dk + s * kvs, ds[s], qt, hd);
-        }
-    }
-}
-
 #undef TIER_ATTR
 #undef TIER_NAME
 #undef V16

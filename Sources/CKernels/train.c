@@ -222,3 +222,57 @@ void fk_transpose_rows(const float *src, long rows, long cols, long first, long 
 }
 
 void fk_transpose(const float *src, long rows, long cols, float *dst) { fk_transpose_rows(src, rows, cols, 0, rows, dst); }
+
+// ---- Training attention's backward pass (fk_train_attend_back), as products.
+//
+// Per kv head: V^T once; per query head, query rows in blocks of ATB: dP = dout V^T over the
+// block's key columns (chains over d), the softmax gradient dS row by row, then dv += P^T dout,
+// dq = dS K and dk += dS^T q as products over the block's rows. Every sum goes through
+// `product` (one fused chain per output, in increasing index), so the bits are the same on
+// every tier; the entries outside a row's window go in as zeros.
+enum { ATB = 16 };
+
+static inline long attend_first(long t, long window) { return window > 0 && t - window + 1 > 0 ? t - window + 1 : 0; }
+
+long fk_train_attend_back_scratch(long n, long hd) {
+    const long tb = n < ATB ? n : ATB;
+    return hd * n + 2 * tb * n;
+}
+
+void fk_train_attend_back(const float *dout, const float *q, const float *k, const float *v, const float *probs, long qs, long kvs, long n,
+                          long hd, long group, long window, float scale, float *dq, float *dk, float *dv, float *scratch) {
+    if (n <= 0) return;
+    const long tb = n < ATB ? n : ATB;
+    float *vt = scratch;              // [hd, n]: V^T
+    float *blk = vt + hd * n;         // [nt, ns]: dP, then dS (row t - t0, column s - s0)
+    float *tr = blk + tb * n;         // [ns, nt]: P^T, then dS^T
+    for (long s = 0; s < n; s++)
+        for (long d = 0; d < hd; d++) vt[d * n + s] = v[s * kvs + d];
+    for (long i = 0; i < group; i++) {
+        const float *P = probs + i * n * n, *go = dout + i * hd, *qi = q + i * hd;
+        float *dqi = dq + i * hd;
+        for (long t0 = 0; t0 < n; t0 += tb) {
+            const long t1 = n - t0 < tb ? n : t0 + tb, nt = t1 - t0;
+            const long s0 = attend_first(t0, window), ns = t1 - s0;
+            // dP[t, s] = dout_t . v_s over the block's columns s0..<t1.
+            product(blk, ns, go + t0 * qs, qs, (int)nt, vt + s0, n, (int)hd, (int)ns, 1);
+            for (long t = t0; t < t1; t++) {
+                const long first = attend_first(t, window);
+                const float *pr = P + t * n;
+                float *row = blk + (t - t0) * ns - s0;
+                float sum = 0;
+                for (long s = first; s <= t; s++) sum = sum + pr[s] * row[s];
+                for (long s = s0; s < t1; s++) {
+                    const int inside = s >= first && s <= t;
+                    tr[(s - s0) * nt + (t - t0)] = inside ? pr[s] : 0.0f;
+                    row[s] = inside ? pr[s] * (row[s] - sum) * scale : 0.0f;
+                }
+            }
+            product(dv + s0 * kvs, kvs, tr, nt, (int)ns, go + t0 * qs, qs, (int)nt, (int)hd, 0);   // dv_s += sum_t p_ts dout_t
+            product(dqi + t0 * qs, qs, blk, ns, (int)nt, k + s0 * kvs, kvs, (int)ns, (int)hd, 0);  // dq_t += sum_s ds_ts k_s
+            for (long t = 0; t < nt; t++)
+                for (long s = 0; s < ns; s++) tr[s * nt + t] = blk[t * ns + s];
+            product(dk + s0 * kvs, kvs, tr, nt, (int)ns, qi + t0 * qs, qs, (int)nt, (int)hd, 0);    // dk_s += sum_t ds_ts q_t
+        }
+    }
+}

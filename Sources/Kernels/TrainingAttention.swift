@@ -20,7 +20,7 @@ package enum TrainingAttention {
                                  probs: UnsafePointer<Float>, qStride: Int, kvStride: Int, tokens n: Int, headDim: Int, group: Int,
                                  window: Int, scale: Float,
                                  dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>) {
-        let scratch = Scratch.floats(.trainingAttention, n)
+        let scratch = Scratch.floats(.trainingAttention, fk_train_attend_back_scratch(n, headDim))
         fk_train_attend_back(dout, q, k, v, probs, qStride, kvStride, n, headDim, group, window, scale, dq, dk, dv, scratch)
     }
 }

@@ -220,9 +220,15 @@ void fk_attend(const fk_attention_tile *tile, int heads, const fk_paged_layer *l
 void fk_train_attend(const float *q, const float *k, const float *v, long qs, long kvs, long n, long hd, long window, float scale,
                      float *out, float *probs);
 /// Its gradients for the `group` query heads sharing one kv head (head i at q + i * hd, its
-/// probabilities at probs + i * n * n), heads then tokens in increasing order: dp_j =
-/// fk_dot(dout_t, v_j), sum = sum_j p_j dp_j, dv_j += p_j dout_t, ds_j = p_j (dp_j - sum) *
-/// scale, dq_t += sum_j ds_j k_j (pass zeros), dk_j += ds_j q_t. `scratch` holds n floats.
+/// probabilities at probs + i * n * n; entries outside first...t are taken as zeros), heads in
+/// increasing order: dp_tj = dout_t . v_j (fused chain over the head dimension from zero),
+/// sum_t = sum_j p_tj dp_tj (increasing j, not fused), ds_tj = p_tj (dp_tj - sum_t) * scale,
+/// then, as fk_add_product chains in increasing index: dv_j += sum_t p_tj dout_t, dq_t +=
+/// sum_j ds_tj k_j (pass zeros), dk_j += sum_t ds_tj q_t. Query rows go in blocks of 16, each
+/// block's sums over its own columns (zeros outside the window), so the nonzero terms and
+/// their order per output do not depend on the block size. `scratch` holds
+/// fk_train_attend_back_scratch(n, hd) floats.
+long fk_train_attend_back_scratch(long n, long hd);
 void fk_train_attend_back(const float *dout, const float *q, const float *k, const float *v, const float *probs, long qs, long kvs, long n,
                           long hd, long group, long window, float scale, float *dq, float *dk, float *dv, float *scratch);
 
