@@ -22,6 +22,8 @@ static inline float bf16_to_f32(uint16_t b) { uint32_t bits = (uint32_t)b << 16;
 static inline float rd_f16(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return f16_to_f32(h); }
 
 // bf16 rounding shared by the bf16 inference mode (bf16.c) and bf16 training products (train_bf16.c).
+// The first position a query at t sees with a sliding window (none when window <= 0).
+static inline long window_first(long t, long window) { return window > 0 && t - window + 1 > 0 ? t - window + 1 : 0; }
 static inline uint32_t f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 

@@ -30,9 +30,6 @@ static inline int clip_to_run(const fk_attention_tile *tile, long t, long j, lon
     return *a <= *b;
 }
 
-// The first position a query at t sees with a sliding window (none when window <= 0).
-static inline long window_first(long t, long window) { return window > 0 && t - window + 1 > 0 ? t - window + 1 : 0; }
-
 // ---- Portable tier: 16 lanes in an array, fmaf per lane.
 typedef struct { float v[16]; } v16s;
 static inline v16s s_zero(void) { v16s r; for (int i = 0; i < 16; i++) r.v[i] = 0; return r; }

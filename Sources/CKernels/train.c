@@ -232,8 +232,6 @@ void fk_transpose(const float *src, long rows, long cols, float *dst) { fk_trans
 // every tier; the entries outside a row's window go in as zeros.
 enum { ATB = 16 };
 
-static inline long attend_first(long t, long window) { return window > 0 && t - window + 1 > 0 ? t - window + 1 : 0; }
-
 long fk_train_attend_back_scratch(long n, long hd) {
     const long tb = n < ATB ? n : ATB;
     return hd * n + 2 * tb * n;
@@ -253,11 +251,11 @@ void fk_train_attend_back(const float *dout, const float *q, const float *k, con
         float *dqi = dq + i * hd;
         for (long t0 = 0; t0 < n; t0 += tb) {
             const long t1 = n - t0 < tb ? n : t0 + tb, nt = t1 - t0;
-            const long s0 = attend_first(t0, window), ns = t1 - s0;
+            const long s0 = window_first(t0, window), ns = t1 - s0;
             // dP[t, s] = dout_t . v_s over the block's columns s0..<t1.
             product(blk, ns, go + t0 * qs, qs, (int)nt, vt + s0, n, (int)hd, (int)ns, 1);
             for (long t = t0; t < t1; t++) {
-                const long first = attend_first(t, window);
+                const long first = window_first(t, window);
                 const float *pr = P + t * n;
                 float *row = blk + (t - t0) * ns - s0;
                 float sum = 0;
@@ -270,8 +268,7 @@ void fk_train_attend_back(const float *dout, const float *q, const float *k, con
             }
             product(dv + s0 * kvs, kvs, tr, nt, (int)ns, go + t0 * qs, qs, (int)nt, (int)hd, 0);   // dv_s += sum_t p_ts dout_t
             product(dqi + t0 * qs, qs, blk, ns, (int)nt, k + s0 * kvs, kvs, (int)ns, (int)hd, 0);  // dq_t += sum_s ds_ts k_s
-            for (long t = 0; t < nt; t++)
-                for (long s = 0; s < ns; s++) tr[s * nt + t] = blk[t * ns + s];
+            fk_transpose(blk, nt, ns, tr);                                                              // dS^T
             product(dk + s0 * kvs, kvs, tr, nt, (int)ns, qi + t0 * qs, qs, (int)nt, (int)hd, 0);    // dk_s += sum_t ds_ts q_t
         }
     }
