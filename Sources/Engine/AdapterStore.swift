@@ -34,6 +34,14 @@ package final class AdapterStore: @unchecked Sendable {
         /// Loaded through `--adapter-root`: every file must stay inside the root on each (re)load.
         package let confined: Bool
         package var adapter: LoRAAdapter?
+        /// The digest of the weights first registered: a reload after eviction must find
+        /// the same files, or is refused (the name must not start serving other weights
+        /// unannounced).
+        package var digest: String? = nil
+        /// Registered from bytes under no name of its owner's (TensorRT-LLM's `lora_weights`
+        /// without a `lora_task_id`, named by their content): dropped whole when evicted, as
+        /// the same bytes register it again.
+        package var transient = false
         package var pins = 0
         package var lastUsed: UInt64 = 0
         package var loads = 0
@@ -135,6 +143,7 @@ package final class AdapterStore: @unchecked Sendable {
     /// `confined`: the path came through `resolveUnderRoot`, and its files are checked
     /// against the root again whenever the adapter is reloaded.
     package func register(name: String, path: String, confined: Bool = false) throws {
+        defer { flushReports() }
         guard !name.isEmpty, name.count <= 256 else {
             throw FacetError(.invalidArgument, "adapter name must be 1-256 characters", field: "lora_name")
         }
@@ -151,7 +160,7 @@ package final class AdapterStore: @unchecked Sendable {
             try evict(keeping: name, incoming: adapter.byteSize)
             unloaded.remove(name)
             clock += 1
-            entries[name] = Entry(name: name, path: path, confined: confined, adapter: adapter, lastUsed: clock, loads: 1)
+            entries[name] = Entry(name: name, path: path, confined: confined, adapter: adapter, digest: adapter.digest, lastUsed: clock, loads: 1)
         }
     }
 
@@ -159,7 +168,8 @@ package final class AdapterStore: @unchecked Sendable {
     /// and under the same byte budget as a file. Re-registering the name of an evicted
     /// in-memory adapter puts its weights back (the owner re-sending them); any other
     /// existing name is refused.
-    package func register(name: String, adapter: LoRAAdapter) throws {
+    package func register(name: String, adapter: LoRAAdapter, transient: Bool = false) throws {
+        defer { flushReports() }
         guard !name.isEmpty, name.count <= 256 else {
             throw FacetError(.invalidArgument, "adapter name must be 1-256 characters", field: "lora_name")
         }
@@ -177,9 +187,12 @@ package final class AdapterStore: @unchecked Sendable {
             }
             try evict(keeping: name, incoming: a.byteSize)
             clock += 1
-            var entry = Entry(name: name, path: nil, confined: false, adapter: a, lastUsed: clock, loads: (existing?.loads ?? 0) + 1)
+            var entry = Entry(name: name, path: nil, confined: false, adapter: a, digest: a.digest, lastUsed: clock,
+                              loads: (existing?.loads ?? 0) + 1)
+            entry.transient = transient
             entry.pins = existing?.pins ?? 0
             entries[name] = entry
+            dropOldTombstones()
         }
     }
 
@@ -231,6 +244,7 @@ package final class AdapterStore: @unchecked Sendable {
 
     /// Pins the adapter (loading it again if it was evicted).
     package func acquire(_ name: String) throws -> Lease {
+        defer { flushReports() }
         let cached: (LoRAAdapter?, String?, Bool)? = lock.withLock {
             guard var e = entries[name] else { return nil }
             clock += 1
@@ -252,10 +266,22 @@ package final class AdapterStore: @unchecked Sendable {
             throw FacetError(.notFound, "adapter \(name) was evicted from memory and has no file to reload it from", field: "lora_weights",
                              remedy: "send its weights (lora_weights and lora_config) again with the request")
         }
-        let adapter = try loadChecked(name: name, path: path, confined: confined)
+        let adapter: LoRAAdapter
+        do {
+            adapter = try loadChecked(name: name, path: path, confined: confined)
+        } catch {
+            lock.withLock { report("adapter \(name) could not be reloaded from \(path): \(error)") }
+            throw error
+        }
         return try lock.withLock {
             guard var e = entries[name] else {
                 throw FacetError(.notFound, "the model \(name) was unloaded", field: "model")
+            }
+            if let registered = e.digest, registered != adapter.digest {
+                report("adapter \(name) changed on disk since it was registered: refused until it is loaded again")
+                throw FacetError(.invalidFile, "adapter \(name) changed on disk since it was registered (its files no longer hold the weights it was loaded with)",
+                                 file: path, field: "model",
+                                 remedy: "unload it (/v1/unload_lora_adapter) and load it again to serve the new files, or put the old files back")
             }
             try evict(keeping: name, incoming: e.adapter == nil ? adapter.byteSize : 0)
             if e.adapter == nil {
@@ -305,8 +331,42 @@ package final class AdapterStore: @unchecked Sendable {
                 throw FacetError(.capacity, "adapter memory is full of adapters in use", field: "model",
                                  remedy: "retry shortly, or raise --max-lora-memory")
             }
-            entries[victim.name]?.adapter = nil
+            if victim.path == nil && victim.transient {
+                entries.removeValue(forKey: victim.name)
+            } else {
+                entries[victim.name]?.adapter = nil
+            }
             cacheEvictions.add(1)
+            report("adapter \(victim.name) evicted (\(victim.path == nil ? (victim.transient ? "dropped: sent without a task id" : "its owner must send its weights again") : "reloaded from \(victim.path!) when asked for"))")
         }
     }
+
+    /// Evicted adapters that came as bytes stay registered (so that a request naming one is
+    /// told to send its weights again), but at most `maxTombstones` of them: the oldest go.
+    /// Called with the lock held.
+    private func dropOldTombstones() {
+        let tombstones = entries.values.filter { $0.adapter == nil && $0.path == nil && $0.pins == 0 }
+        guard tombstones.count > maxTombstones else { return }
+        for e in tombstones.sorted(by: { $0.lastUsed < $1.lastUsed }).prefix(tombstones.count - maxTombstones) {
+            entries.removeValue(forKey: e.name)
+        }
+    }
+
+    package var maxTombstones = 4096
+
+    private var eventHandler: (@Sendable (String) -> Void)?
+    /// Where the store reports what an operator should see in the log: evictions, reloads
+    /// that failed (files changed or vanished), weights that changed on disk.
+    package func onEvent(_ handler: @escaping @Sendable (String) -> Void) { lock.withLock { eventHandler = handler } }
+    /// Reports made with the lock held (evictions) wait in `pendingReports` until `flushReports`.
+    private func report(_ message: String) { pendingReports.append(message) }
+    /// Hands the waiting reports to the handler, outside the lock.
+    private func flushReports() {
+        let (handler, reports) = lock.withLock { () -> ((@Sendable (String) -> Void)?, [String]) in
+            defer { pendingReports.removeAll() }
+            return (eventHandler, pendingReports)
+        }
+        for r in reports { handler?(r) }
+    }
+    private var pendingReports: [String] = []
 }

@@ -77,6 +77,7 @@ package struct RequestBuilder: Sendable {
     package var maxN = 16
     package var maxStopStrings = 16
     package var maxLogprobs = 20
+    package var maxBadWords = 256
     /// Completions default to 16 tokens (as OpenAI's legacy API); chats to the rest of the
     /// context.
     package var defaultCompletionTokens = 16
@@ -93,18 +94,36 @@ package struct RequestBuilder: Sendable {
 
     /// A prompt's token ids: text with or without the tokenizer's special tokens, chat
     /// messages through the chat template (parsed once per tokenizer), ids as given.
+    /// The work is bounded by the context: a prompt that cannot fit (its byte length alone
+    /// says so, or its ids pass the context while they are made) is refused without
+    /// tokenizing the rest, and a cancelled request stops tokenizing.
     package func tokenize(_ prompt: InferenceRequest.Prompt, addSpecialTokens: Bool = true) throws -> [Int32] {
+        // A prompt must leave room for one generated token.
+        let limit = max(0, contextLength - 1)
+        func tooLong(_ field: String) -> FacetError {
+            FacetError(.capacity, "This model's maximum context length is \(contextLength) tokens, and the prompt alone has more than \(limit).",
+                       field: field, remedy: "shorten the prompt")
+        }
         switch prompt {
         case .tokens(let ids):
             for id in ids where id < 0 { throw bad("prompt", "token id \(id) is negative") }
             return ids
         case .text(let text):
             guard let tokenizer else { throw bad("prompt", "the model has no tokenizer, so prompts must be token ids") }
-            return tokenizer.encode(text, addSpecialTokens: addSpecialTokens)
+            do {
+                return try tokenizer.encode(text, addSpecialTokens: addSpecialTokens, limit: limit)
+            } catch is TokenLimitExceeded {
+                throw tooLong("prompt")
+            }
         case .chat(let messages):
             guard let tokenizer else { throw bad("messages", "the model has no tokenizer for chat messages") }
             guard !messages.isEmpty else { throw bad("messages", "'messages' must be a non-empty list") }
-            return try tokenizer.encodeChat(messages, addGenerationPrompt: true, parseSpecialInContent: parseSpecialTokensInContent)
+            do {
+                return try tokenizer.encodeChat(messages, addGenerationPrompt: true, parseSpecialInContent: parseSpecialTokensInContent,
+                                                limit: limit)
+            } catch is TokenLimitExceeded {
+                throw tooLong("messages")
+            }
         }
     }
 
@@ -135,12 +154,33 @@ package struct RequestBuilder: Sendable {
         }
         p.maxTokens = r.maxTokens ?? (isChat ? contextLength - longest : defaultCompletionTokens)
         guard p.maxTokens >= 0 else { throw bad("max_tokens", "must be >= 0, got \(p.maxTokens)") }
-        if longest + p.maxTokens > contextLength {
+        // Checked: a max_tokens near Int.max must be refused, not overflow the sum.
+        let (total, overflow) = longest.addingReportingOverflow(p.maxTokens)
+        if overflow || total > contextLength {
+            if overflow {
+                throw FacetError(.capacity, "This model's maximum context length is \(contextLength) tokens; max_tokens \(p.maxTokens) is far beyond it.",
+                                 field: "max_tokens", remedy: "lower max_tokens to at most \(contextLength - longest)")
+            }
             throw FacetError(.capacity, "This model's maximum context length is \(contextLength) tokens. However, you requested \(longest + p.maxTokens) tokens (\(longest) in the prompt, \(p.maxTokens) for the completion).",
                              field: "max_tokens", remedy: "lower max_tokens")
         }
-        for id in r.stopTokenIDs where id < 0 { throw bad("stop_token_ids", "token id \(id) is negative") }
+        for id in r.stopTokenIDs where id < 0 || id > Int(Int32.max) {
+            throw bad("stop_token_ids", "token id \(id) is not between 0 and \(Int32.max)", "send token ids of the model's vocabulary")
+        }
         p.stopTokenIDs = Set(eosTokenIDs + r.stopTokenIDs).sorted()
+        guard r.badWords.count + r.badWordIDs.count <= maxBadWords else {
+            throw bad("bad_words", "at most \(maxBadWords) bad words per request, got \(r.badWords.count + r.badWordIDs.count)")
+        }
+        guard p.stopTokenSequences.count <= maxBadWords, p.stopTokenSequences.allSatisfy({ $0.count <= 1024 }),
+              r.badWordIDs.allSatisfy({ $0.count <= 1024 }) else {
+            throw bad("stop_words_list", "at most \(maxBadWords) stop or bad word sequences of at most 1024 ids each")
+        }
+        for word in r.badWords where word.utf8.count > 1024 {
+            throw bad("bad_words", "a bad word is \(word.utf8.count) bytes; at most 1024", "ban shorter words")
+        }
+        for word in p.stop where word.utf8.count > 1024 {
+            throw bad("stop", "a stop string is \(word.utf8.count) bytes; at most 1024", "use shorter stop strings")
+        }
         var badWordIDs = r.badWordIDs
         for word in r.badWords {
             guard let tokenizer else { throw bad("bad_words", "the model has no tokenizer: give bad words as token ids") }

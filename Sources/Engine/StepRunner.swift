@@ -149,8 +149,9 @@ package final class StepRunner {
             throw FacetError(.invalidArgument, "token id \(id) is outside the vocabulary of \(vocabulary)", field: "prompt",
                              remedy: "use ids from the tokenizer of this model (or of its adapter)")
         }
-        let total = s.promptIDs.count + s.parameters.maxTokens
-        guard total <= contextLength else {
+        // Checked: a max_tokens near Int.max is refused, never overflows the sum.
+        let (total, overflow) = s.promptIDs.count.addingReportingOverflow(max(0, s.parameters.maxTokens))
+        guard !overflow, total <= contextLength else {
             throw FacetError(.capacity, "the sequence needs \(total) positions (prompt \(s.promptIDs.count) + max_tokens \(s.parameters.maxTokens)) but the context holds \(contextLength)",
                              field: "max_tokens", remedy: "shorten the prompt or lower max_tokens")
         }

@@ -47,7 +47,9 @@ struct ServeCommand: AsyncParsableCommand {
     var maxModelLen: Int?
     @Option(name: .customLong("kv-cache-memory"), help: "Bytes of KV cache (e.g. 512MB).") var kvCacheMemory = "512MB"
     @Option(name: .customLong("block-size"), help: "Positions per KV block.") var blockSize = 16
-    @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer KEY' on /v1 routes.") var apiKey: String?
+    @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer KEY' on every route but the health probes, HTTP (/v1, /v2) and gRPC (metadata 'authorization') alike.") var apiKey: String?
+    @Option(name: .customLong("api-key-file"), help: "As --api-key, with the key read from this file's first line (keeps it out of the process list).")
+    var apiKeyFile: String?
     @Option(name: .customLong("max-pending"), help: "Requests in flight before new ones get 429.") var maxPending = 256
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error.") var logLevel = "info"
     @Option(name: .customLong("request-timeout"), help: "Seconds a client may take to send its request body.")
@@ -78,6 +80,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         var logger = Logger(label: "facet")
         logger.logLevel = level
+        let key = try APIKeyPolicy.key(option: apiKey, file: apiKeyFile)
         let kvBytes = try ByteSize.parse(kvCacheMemory, field: "kv-cache-memory")
         let loraBytes = try ByteSize.parse(maxLoraMemory, field: "max-lora-memory")
         for (name, value) in [("max-loras", maxLoras), ("max-batch-size", maxBatchSize), ("max-num-tokens", maxNumTokens), ("block-size", blockSize), ("max-pending", maxPending)] where value <= 0 {
@@ -134,7 +137,7 @@ struct ServeCommand: AsyncParsableCommand {
         var config = ServerConfiguration()
         config.host = host
         config.port = port
-        config.apiKey = apiKey
+        config.apiKey = key
         config.maxPendingRequests = maxPending
         config.parseSpecialTokensInContent = allowSpecialTokensInContent
         config.requestBodyTimeout = requestTimeout
@@ -146,7 +149,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         config.grpcPort = grpcPort
         config.servedModelName = servedModelName ?? ((path as NSString).lastPathComponent as NSString).deletingPathExtension
-        let context = ServingContext(engine: engine, store: store, metrics: metrics, configuration: config)
+        let context = ServingContext(engine: engine, store: store, metrics: metrics, configuration: config, logger: logger)
         logger.info("serving \(config.servedModelName) with \(store.names.count) adapters on http://\(host):\(port) (KV cache: \(engine.totalBlocks) blocks of \(blockSize) in \(model.kvCacheType.rawValue), prefix caching \(noPrefixCache ? "off" : "on"); kernels: \(InstructionTier.current))")
         let app = FacetServer.makeApplication(context: context, logger: logger)
         // The first SIGTERM/SIGINT drains (running requests finish, new connections are
@@ -155,8 +158,8 @@ struct ServeCommand: AsyncParsableCommand {
         // whose engine service stops the engine last.
         var services: [any Service] = [app]
         if let grpcPort {
-            services.append(KServeGRPCServer(context: context, host: host, port: grpcPort))
-            logger.info("Triton KServe v2 gRPC on \(host):\(grpcPort)")
+            services.append(KServeGRPCServer(context: context, host: host, port: grpcPort, logger: logger))
+            logger.info("Triton KServe v2 gRPC on \(host):\(grpcPort)\(key == nil ? "" : " (API key required)")")
         }
         var groupConfig = ServiceGroupConfiguration(services: services, logger: logger)
         groupConfig.maximumGracefulShutdownDuration = .milliseconds(Int64(drainTimeout * 1000))

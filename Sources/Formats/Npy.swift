@@ -21,8 +21,9 @@ package struct NpyArray: Sendable {
 
     package var isInteger: Bool { ![.f32, .f16, .f64, .bf16].contains(kind) }
 
+    /// Reads the file into memory first (never a mapping that a rewrite could fault).
     package static func read(path: String) throws -> NpyArray {
-        let file = try MappedFile(path: path)
+        let file = try MappedFile(readingContentsOf: path)
         return try parse(file.bytes, path: path)
     }
 

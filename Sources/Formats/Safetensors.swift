@@ -34,8 +34,10 @@ package struct SafetensorsFile: Sendable {
     package let entries: [String: Entry]
     package let metadata: [String: String]
 
-    package init(path: String) throws {
-        let file = try MappedFile(path: path)
+    /// `inMemory`: read the file into owned memory instead of mapping it (adapters, which
+    /// may be rewritten while a server runs; see `MappedFile(readingContentsOf:)`).
+    package init(path: String, inMemory: Bool = false) throws {
+        let file = try inMemory ? MappedFile(readingContentsOf: path) : MappedFile(path: path)
         try self.init(file: file)
     }
 

@@ -97,7 +97,8 @@ package enum AdapterLoader {
         var out: [String: (shape: [Int], values: [Float])] = [:]
         var digest = SHA256()
         if fm.fileExists(atPath: st) {
-            let file = try SafetensorsFile(path: st)
+            // Read into memory, not mapped: the file may be rewritten while the server runs.
+            let file = try SafetensorsFile(path: st, inMemory: true)
             digest.update(file.file.bytes)
             for name in file.names {
                 let values = try file.floats(name)
@@ -105,7 +106,7 @@ package enum AdapterLoader {
                 out[name] = (try file.entry(name).shape, values)
             }
         } else if fm.fileExists(atPath: bin) {
-            let file = try MappedFile(path: bin)
+            let file = try MappedFile(readingContentsOf: bin)
             digest.update(file.bytes)
             for (name, tensor) in try TorchCheckpoint.read(file) {
                 try LoRAAdapter.checkValues(tensor.values, tensor: name)
@@ -171,6 +172,9 @@ package enum AdapterLoader {
                                  remedy: "Facet applies LoRA to q/k/v/o/gate/up/down and embed_tokens, plus modules_to_save embed_tokens/lm_head")
             }
         }
+        var adapted = Array(halves.keys)
+        if embA != nil || embB != nil { adapted.append(WeightNames.hfEmbeddingModule) }
+        try checkTargets(config.targetModules, adapted: adapted)
         let layersAllowed = config.layersToTransform.map { Set($0.values) }
         for (module, pair) in halves.sorted(by: { $0.key < $1.key }) {
             guard let a = pair.a, let b = pair.b else {
@@ -208,6 +212,58 @@ package enum AdapterLoader {
             adapter.embeddingLoRA = .init(aT: a.transposed(), b: b, scale: try scale(config: config, module: WeightNames.hfEmbeddingModule, rank: a.rows))
         }
         return adapter
+    }
+
+    /// The module names a Llama-family base has for LoRA to target.
+    static let targetableModules: Set<String> = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                                                 "embed_tokens", "lm_head", "self_attn", "mlp"]
+
+    /// `target_modules` must agree with the tensors, as PEFT has it: every module holding
+    /// LoRA tensors is one that `target_modules` selects (a name equal to the module's or to
+    /// its last parts, or a regular expression matching the whole name; "all-linear" selects
+    /// every projection), and every listed name exists in the base model. A mismatch is
+    /// refused with both sides named.
+    static func checkTargets(_ targets: PEFTConfig.Targets?, adapted: [String]) throws {
+        guard let targets else { return }
+        let modules = adapted.sorted()
+        func selected(_ module: String) throws -> Bool {
+            switch targets {
+            case .names(let names):
+                return names.contains { module == $0 || module.hasSuffix("." + $0) }
+            case .regex("all-linear"):
+                return !module.hasSuffix("embed_tokens")
+            case .regex(let pattern):
+                let regex: NSRegularExpression
+                do { regex = try NSRegularExpression(pattern: "^(?:" + pattern + ")$") } catch {
+                    throw FacetError(.invalidConfig, "target_modules \(pattern) is not a valid regular expression", field: "target_modules")
+                }
+                return regex.firstMatch(in: module, range: NSRange(module.startIndex..., in: module)) != nil
+            }
+        }
+        if case .names(let names) = targets {
+            let unknown = names.filter { name in
+                !targetableModules.contains(String(name.split(separator: ".").last ?? "")) && !modules.contains { $0 == name || $0.hasSuffix("." + name) }
+            }
+            if !unknown.isEmpty {
+                throw FacetError(.invalidConfig, "target_modules names \(unknown.sorted()), which the base model does not have (its tensors adapt \(Self.shortNames(modules)))",
+                                 field: "target_modules", remedy: "fix adapter_config.json's target_modules to the modules the adapter was trained on")
+            }
+        }
+        let outside = try modules.filter { try !selected($0) }
+        if !outside.isEmpty {
+            let described: String = switch targets {
+            case .names(let n): "\(n.sorted())"
+            case .regex(let r): "\"\(r)\""
+            }
+            throw FacetError(.invalidConfig, "the tensors adapt \(Self.shortNames(outside)), which target_modules \(described) does not select",
+                             field: "target_modules", remedy: "fix adapter_config.json's target_modules to the modules the adapter was trained on")
+        }
+    }
+
+    /// Module names without their layer prefix, once each ("q_proj", "v_proj").
+    static func shortNames(_ modules: [String]) -> String {
+        let names = Set(modules.map { String($0.split(separator: ".").last ?? "") })
+        return "[" + names.sorted().joined(separator: ", ") + "]"
     }
 
     /// `alpha / r` (or `alpha / sqrt(r)` with rsLoRA), alpha taken from `alpha_pattern`

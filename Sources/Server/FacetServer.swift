@@ -46,11 +46,18 @@ package final class ServingContext: Sendable {
     let pending = Atomic()
     let kserveStatistics = KServeStatistics()
 
-    package init(engine: InferenceEngine, store: AdapterStore, metrics: ServerMetrics, configuration: ServerConfiguration) {
+    package let logger: Logger
+
+    package init(engine: InferenceEngine, store: AdapterStore, metrics: ServerMetrics, configuration: ServerConfiguration,
+                 logger: Logger = Logger(label: "facet")) {
         self.engine = engine
         self.store = store
         self.metrics = metrics
         self.configuration = configuration
+        self.logger = logger
+        // What the adapter cache does on its own (evictions, failed reloads, changed files)
+        // goes to the server's log.
+        store.onEvent { message in logger.notice("\(message)") }
     }
 
     var tokenizer: Tokenizer? { engine.tokenizer }
@@ -122,32 +129,23 @@ package enum FacetServer {
         }
         // The playground page (its API calls carry the key when the server has one).
         Playground.register(on: router)
-        let v1 = router.group("v1").add(middleware: APIKeyMiddleware(key: context.configuration.apiKey))
+        let policy = APIKeyPolicy(key: context.configuration.apiKey)
+        let v1 = router.group("v1").add(middleware: APIKeyMiddleware(policy: policy))
         OpenAIRoutes(context: context).register(on: v1)
-        OpenAIRoutes(context: context).registerTokenizerRoutes(on: router.group("").add(middleware: APIKeyMiddleware(key: context.configuration.apiKey)))
-        // Triton's KServe v2 protocol (HTTP), with TensorRT-LLM's models and LoRA tensors.
-        router.get("v2") { _, _ in
+        OpenAIRoutes(context: context).registerTokenizerRoutes(on: router.group("").add(middleware: APIKeyMiddleware(policy: policy)))
+        // Triton's KServe v2 protocol (HTTP), with TensorRT-LLM's models and LoRA tensors;
+        // its liveness and readiness probes stay open, as /health does.
+        KServeRoutes.registerProbes(on: router.group("v2"))
+        router.group("v2").add(middleware: APIKeyMiddleware(policy: policy)).get("") { _, _ in
             try jsonResponse(["name": "facet", "version": "2.0.0", "extensions": ["binary_tensor_data", "generate", "model_configuration"]])
         }
-        KServeRoutes(context: context).register(on: router.group("v2").add(middleware: APIKeyMiddleware(key: context.configuration.apiKey)))
+        KServeRoutes(context: context).register(on: router.group("v2").add(middleware: APIKeyMiddleware(policy: policy)))
         return Application(
             router: router,
             server: .http1(configuration: .init(idleTimeout: .milliseconds(Int64(context.configuration.idleTimeout * 1000)))),
             configuration: .init(address: .hostname(context.configuration.host, port: context.configuration.port), serverName: "facet"),
             services: [EngineService(engine: context.engine)],
             logger: logger)
-    }
-}
-
-struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
-    let key: String?
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard let key else { return try await next(request, context) }
-        guard request.headers[.authorization] == "Bearer \(key)" else {
-            throw APIError(status: .unauthorized, message: "invalid or missing API key (send Authorization: Bearer KEY)",
-                           type: "invalid_request_error", param: nil, code: "invalid_api_key")
-        }
-        return try await next(request, context)
     }
 }
 

@@ -2,6 +2,7 @@ import Engine
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2Posix
+import Logging
 import ServiceLifecycle
 import SwiftProtobuf
 import Tensors
@@ -17,9 +18,25 @@ import TritonProtos
 /// `error_message` on the stream, as Triton sends it; the stream stays open.
 struct KServeGRPCService: Inference_GRPCInferenceService.SimpleServiceProtocol {
     let routes: KServeRoutes
+    let logger: Logger
     var context: ServingContext { routes.context }
 
-    init(context: ServingContext) { routes = KServeRoutes(context: context) }
+    init(context: ServingContext, logger: Logger) {
+        routes = KServeRoutes(context: context)
+        self.logger = logger
+    }
+
+    /// One line per inference request at info (model, id, outcome, time), as the HTTP
+    /// routes log theirs; a stream's requests each get theirs.
+    func logInference(_ method: String, model: String, id: String, since begin: ContinuousClock.Instant, error: (any Error)?) {
+        let d = (ContinuousClock.now - begin).components
+        let ms = Double(d.seconds) * 1000 + Double(d.attoseconds) / 1e15
+        var metadata: Logger.Metadata = ["method": .string(method), "model": .string(model), "status": .string(error.map { "\(Self.rpcError($0).code)" } ?? "OK"),
+                                         "ms": .string(String(format: "%.1f", ms))]
+        if !id.isEmpty { metadata["id"] = .string(String(id.prefix(128))) }
+        if let error { metadata["error"] = .string(String(Self.message(error).prefix(300))) }
+        logger.info("gRPC inference", metadata: metadata)
+    }
 
     // MARK: - Health and metadata
 
@@ -110,11 +127,19 @@ struct KServeGRPCService: Inference_GRPCInferenceService.SimpleServiceProtocol {
     // MARK: - Inference
 
     func modelInfer(request: Inference_ModelInferRequest, context: ServerContext) async throws -> Inference_ModelInferResponse {
-        try await Self.mapErrors {
-            let call = try decode(request)
-            if call.streaming { throw KServeRoutes.streamingRefused(call.model) }
-            let result = try await routes.run(call.typed, model: call.model)
-            return try response(call, tokens: result.tokens, text: result.text, promptIDs: call.promptIDs)
+        let begin = ContinuousClock.now
+        do {
+            let answer = try await Self.mapErrors {
+                let call = try decode(request)
+                if call.streaming { throw KServeRoutes.streamingRefused(call.model) }
+                let result = try await routes.run(call.typed, model: call.model)
+                return try response(call, tokens: result.tokens, text: result.text, promptIDs: call.promptIDs)
+            }
+            logInference("ModelInfer", model: request.modelName, id: request.id, since: begin, error: nil)
+            return answer
+        } catch {
+            logInference("ModelInfer", model: request.modelName, id: request.id, since: begin, error: error)
+            throw error
         }
     }
 
@@ -144,6 +169,7 @@ struct KServeGRPCService: Inference_GRPCInferenceService.SimpleServiceProtocol {
 
     /// One request of a stream: its responses, or its error as `error_message`.
     func stream(_ request: Inference_ModelInferRequest, into sink: AsyncStream<Inference_ModelStreamInferResponse>.Continuation) async {
+        let begin = ContinuousClock.now
         do {
             let call = try decode(request)
             let emptyFinal = call.emptyFinalResponse
@@ -170,7 +196,9 @@ struct KServeGRPCService: Inference_GRPCInferenceService.SimpleServiceProtocol {
                 let result = try await routes.run(call.typed, model: call.model)
                 send(try response(call, tokens: result.tokens, text: result.text, promptIDs: call.promptIDs), final: true)
             }
+            logInference("ModelStreamInfer", model: request.modelName, id: request.id, since: begin, error: nil)
         } catch {
+            logInference("ModelStreamInfer", model: request.modelName, id: request.id, since: begin, error: error)
             if Task.isCancelled { return }
             sink.yield(.with { $0.errorMessage = Self.message(error) })
         }
@@ -399,13 +427,14 @@ struct KServeGRPCService: Inference_GRPCInferenceService.SimpleServiceProtocol {
 package struct KServeGRPCServer: Service {
     let server: GRPCServer<HTTP2ServerTransport.Posix>
 
-    package init(context: ServingContext, host: String, port: Int) {
+    package init(context: ServingContext, host: String, port: Int, logger: Logger) {
         let address: GRPCNIOTransportCore.SocketAddress = host.contains(":") ? .ipv6(host: host, port: port)
             : .ipv4(host: host == "localhost" ? "127.0.0.1" : host, port: port)
         let limit = context.configuration.maxTensorRequestBytes
         let transport = HTTP2ServerTransport.Posix(address: address, transportSecurity: .plaintext,
                                                    config: .defaults { $0.rpc.maxRequestPayloadSize = limit })
-        server = GRPCServer(transport: transport, services: [KServeGRPCService(context: context)])
+        server = GRPCServer(transport: transport, services: [KServeGRPCService(context: context, logger: logger)],
+                            interceptors: [GRPCAuthenticationInterceptor(policy: APIKeyPolicy(key: context.configuration.apiKey), logger: logger)])
     }
 
     /// The bound address's port once listening (for port 0).

@@ -62,6 +62,12 @@ struct KServeRoutes {
             outputs: [.init(name: "text_output", datatype: "BYTES", dims: [-1])]),
     ]
 
+    /// The liveness and readiness probes, open whatever the API key.
+    static func registerProbes<C: RequestContext>(on v2: RouterGroup<C>) {
+        v2.get("health/live") { _, _ in Response(status: .ok) }
+        v2.get("health/ready") { _, _ in Response(status: .ok) }
+    }
+
     /// Registers the routes on `v2`, the `/v2` group.
     func register<C: RequestContext>(on v2: RouterGroup<C>) {
         v2.get("models/stats") { _, _ in try handle { try statistics(Self.models.keys.sorted()) } }
@@ -69,8 +75,6 @@ struct KServeRoutes {
         v2.post("repository/index") { _, _ in
             try handle { try jsonResponse(Self.models.keys.sorted().map { ["name": $0, "version": "1", "state": "READY"] }) }
         }
-        v2.get("health/live") { _, _ in Response(status: .ok) }
-        v2.get("health/ready") { _, _ in Response(status: .ok) }
         for prefix in ["models/:model", "models/:model/versions/:version"] {
             v2.get(RouterPath(stringLiteral: prefix)) { _, ctx in try handle { try metadata(try model(ctx)) } }
             v2.get(RouterPath(stringLiteral: prefix + "/ready")) { _, ctx in try handle { _ = try model(ctx); return Response(status: .ok) } }
@@ -241,8 +245,8 @@ struct KServeRoutes {
         if model == "tensorrt_llm" {
             var ids = try required("input_ids").ints()
             if let lengths = i["input_lengths"] {
-                let n = Int(try lengths.scalarInt())
-                guard n >= 1, n <= ids.count else { throw KServeError("input_lengths \(n) does not fit the \(ids.count) input_ids") }
+                let n = Int(try lengths.scalarInt(in: 1...Int64(Int32.max)))
+                guard n <= ids.count else { throw KServeError("input_lengths \(n) does not fit the \(ids.count) input_ids") }
                 ids = Array(ids.prefix(n))
             }
             let tokens = try ids.map { v -> Int32 in
@@ -251,8 +255,8 @@ struct KServeRoutes {
             }
             promptIDs = tokens
             r = InferenceRequest(prompts: [.tokens(tokens)])
-            r.maxTokens = Int(try required("request_output_len").scalarInt())
-            p.topK = Int(try i["runtime_top_k"]?.scalarInt() ?? 0)
+            r.maxTokens = Int(try required("request_output_len").scalarInt(in: 0...Self.int32Max))
+            p.topK = Int(try i["runtime_top_k"]?.scalarInt(in: 0...Self.int32Max) ?? 0)
             p.topP = Float(try i["runtime_top_p"]?.scalarFloat() ?? 0)
             streaming = try i["streaming"]?.scalarBool() ?? false
             r.badWordIDs = try Self.wordList(i["bad_words_list"])
@@ -263,8 +267,11 @@ struct KServeRoutes {
             r = InferenceRequest(prompts: [.text(texts[0])])
             let maxTokens = try required("max_tokens").ints()
             guard maxTokens.count == 1 else { throw KServeError("max_tokens must hold one value") }
+            guard (0...Self.int32Max).contains(maxTokens[0]) else {
+                throw KServeError("input 'max_tokens' must be between 0 and \(Self.int32Max), got \(maxTokens[0])")
+            }
             r.maxTokens = Int(maxTokens[0])
-            p.topK = Int(try i["top_k"]?.scalarInt() ?? 0)
+            p.topK = Int(try i["top_k"]?.scalarInt(in: 0...Self.int32Max) ?? 0)
             p.topP = Float(try i["top_p"]?.scalarFloat() ?? 0)
             streaming = try i["stream"]?.scalarBool() ?? false
             r.badWords = try i["bad_words"]?.strings().flatMap(Self.words) ?? []
@@ -276,8 +283,10 @@ struct KServeRoutes {
         if let t = i["temperature"] { p.temperature = Float(try t.scalarFloat()) }
         if let rp = i["repetition_penalty"] { p.repetitionPenalty = Float(try rp.scalarFloat()) }
         if let s = i["random_seed"] { p.seed = UInt64(bitPattern: try s.scalarInt()) }
+        // pad_id only pads TensorRT-LLM's output tensors (Facet's are never padded): checked, unused.
+        if let pad = i["pad_id"] { _ = try pad.scalarInt(in: -1...Self.int32Max) }
         if let e = i["end_id"] {
-            let end = Int(try e.scalarInt())
+            let end = Int(try e.scalarInt(in: -1...Self.int32Max))
             // -1: no end token at all (generate request_output_len tokens, as ignore_eos).
             if end >= 0 { r.stopTokenIDs.append(end) } else { p.ignoreEOS = true }
         }
@@ -286,14 +295,16 @@ struct KServeRoutes {
                 throw KServeError("'\(name)' is not supported (it would be ignored); leave it out or at \(neutral)")
             }
         }
-        if let m = i["min_length"], try m.scalarInt() > 1 { throw KServeError("'min_length' is not supported (it would be ignored)") }
-        if let b = i["beam_width"], try b.scalarInt() != 1 { throw KServeError("only beam_width 1 is supported (Facet samples one beam)") }
+        if let m = i["min_length"], try m.scalarInt(in: 0...Self.int32Max) > 1 { throw KServeError("'min_length' is not supported (it would be ignored)") }
+        if let b = i["beam_width"], try b.scalarInt(in: 1...Self.int32Max) != 1 { throw KServeError("only beam_width 1 is supported (Facet samples one beam)") }
         if let l = i["return_log_probs"], try l.scalarBool() { throw KServeError("'return_log_probs' is not supported yet") }
         r.sampling = p
         let adapter = try loraAdapter(i)
         r.adapter = adapter
         return (r, adapter, promptIDs, streaming)
     }
+
+    static let int32Max = Int64(Int32.max)
 
     /// TensorRT-LLM's word list `[1, 2, N]`: flattened ids, then end offsets (padded with -1).
     static func wordList(_ t: KServeTensor?) throws -> [[Int32]] {
@@ -304,9 +315,14 @@ struct KServeRoutes {
         let ids = v.prefix(n), offsets = v.suffix(n)
         var words: [[Int32]] = []
         var start = 0
-        for o in offsets where o >= 0 {
+        var padded = false
+        for o in offsets {
+            // Offsets rise strictly up to N, then -1 pads the rest.
+            if o == -1 { padded = true; continue }
+            guard !padded, o > start, o <= n else {
+                throw KServeError("'\(t.name)' has an end offset \(o) after \(start): offsets must rise to at most \(n), then -1 pads (shape [1, 2, N])")
+            }
             let end = Int(o)
-            guard end > start, end <= n else { break }
             words.append(try ids[ids.startIndex + start..<ids.startIndex + end].map { v in
                 guard let t = Int32(exactly: v), t >= 0 else { throw KServeError("'\(t.name)' holds \(v), not a token id") }
                 return t
@@ -334,7 +350,9 @@ struct KServeRoutes {
         guard let idTensor = i["lora_task_id"] else {
             guard let weights, let config else { return nil }
             let name = "lora-weights-" + (try Self.contentHash(weights, config))
-            if context.store.entry(name)?.adapter == nil { try register(name: name, weights: weights, config: config, label: "the LoRA weights") }
+            if context.store.entry(name)?.adapter == nil {
+                try register(name: name, weights: weights, config: config, label: "the LoRA weights", transient: true)
+            }
             return name
         }
         let raw = try idTensor.scalarInt()
@@ -346,8 +364,15 @@ struct KServeRoutes {
         let taskID = UInt64(bitPattern: raw)
         let name = "lora-task-\(taskID)"
         if let weights, let config {
+            let served = context.configuration.taskAdapterNames
+            let repoints = taskID < served.count && context.store.entry(name) == nil
             do {
                 try register(name: name, weights: weights, config: config, label: "LoRA task \(taskID)")
+                if repoints {
+                    context.logger.notice("lora_task_id \(taskID) now names the weights sent with a request, no longer the --lora adapter \(served[Int(taskID)])")
+                } else {
+                    context.logger.info("lora_task_id \(taskID) registered from the request's lora_weights")
+                }
             } catch let e as FacetError where e.field == "lora_name" {
                 // The same id with other weights: TensorRT-LLM would keep serving the cached
                 // ones without a word; say so instead.
@@ -365,7 +390,7 @@ struct KServeRoutes {
     }
 
     /// Checks TensorRT-LLM's arrays against the base and registers them as `name`.
-    func register(name: String, weights: KServeTensor, config: KServeTensor, label: String) throws {
+    func register(name: String, weights: KServeTensor, config: KServeTensor, label: String, transient: Bool = false) throws {
         func npy(_ t: KServeTensor, _ kind: NpyArray.Kind) throws -> NpyArray { NpyArray(shape: t.shape, kind: kind, values: try t.floats()) }
         let adapter: LoRAAdapter
         do {
@@ -374,7 +399,7 @@ struct KServeRoutes {
         } catch let e as FacetError {
             throw KServeError("\(label): " + e.description)
         }
-        try context.store.register(name: name, adapter: adapter)
+        try context.store.register(name: name, adapter: adapter, transient: transient)
     }
 
     /// The first 16 hex digits of SHA-256 over the arrays' shapes and values.

@@ -157,6 +157,15 @@ struct KServeTensor {
         guard v.count == 1 else { throw Self.bad("input '\(name)' must hold one value, found \(v.count)") }
         return v[0]
     }
+    /// One integer within `range`; outside it the error names the input and the range
+    /// (every integer a request sends is checked where it is decoded, never narrowed blind).
+    func scalarInt(in range: ClosedRange<Int64>) throws -> Int64 {
+        let v = try scalarInt()
+        guard range.contains(v) else {
+            throw Self.bad("input '\(name)' must be between \(range.lowerBound) and \(range.upperBound), got \(v)")
+        }
+        return v
+    }
     func scalarFloat() throws -> Double {
         let v = try floats()
         guard v.count == 1 else { throw Self.bad("input '\(name)' must hold one value, found \(v.count)") }

@@ -82,7 +82,7 @@ struct OpenAIRoutes {
         for name in context.store.names {
             guard let e = context.store.entry(name) else { continue }
             var o: [String: Any] = ["name": name, "resident": e.adapter != nil, "in_use": e.pins, "loads": e.loads,
-                                    "requests": context.metrics.requestCount(name), "source": e.path ?? "request bytes"]
+                                    "requests": context.metrics.requestCount(name), "source": e.path ?? (e.transient ? "lora_weights without a lora_task_id (dropped when evicted)" : "request bytes")]
             if let a = e.adapter {
                 o["rank"] = a.maxRank
                 o["targets"] = a.targetRoles

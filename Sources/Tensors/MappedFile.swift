@@ -55,6 +55,54 @@ package final class MappedFile: @unchecked Sendable {
         base = UnsafeRawPointer(mapped)
     }
 
+    /// The file's bytes read into memory this object owns, for files that may change under a
+    /// running server (adapters under `--adapter-root`): a mapping of a file that shrinks
+    /// afterwards faults (SIGBUS) when read, a copy cannot. A file that changes size while
+    /// it is read is refused with a clear error.
+    package init(readingContentsOf path: String) throws {
+        self.path = path
+        owned = true
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else {
+            throw FacetError(.notFound, "cannot open file (errno \(errno))", file: path,
+                             remedy: "check that the path exists and is readable")
+        }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            throw FacetError(.io, "cannot stat file (errno \(errno))", file: path)
+        }
+        if (info.st_mode & S_IFMT) == S_IFDIR {
+            throw FacetError(.invalidFile, "is a directory, expected a file", file: path)
+        }
+        let size = Int(info.st_size)
+        count = size
+        if size == 0 {
+            base = nil
+            return
+        }
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 64)
+        var done = 0
+        while done < size {
+            let n = read(fd, buffer + done, size - done)
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else {
+                buffer.deallocate()
+                throw FacetError(n == 0 ? .invalidFile : .io, n == 0 ? "the file shrank while it was read (\(done) of \(size) bytes)" : "cannot read file (errno \(errno))",
+                                 file: path, remedy: "finish writing the file (write a new file and rename it into place), then load it again")
+            }
+            done += n
+        }
+        // One more byte would mean the file grew while it was read: its bytes are not one version.
+        var extra: UInt8 = 0
+        if read(fd, &extra, 1) > 0 {
+            buffer.deallocate()
+            throw FacetError(.invalidFile, "the file grew while it was read (past \(size) bytes)", file: path,
+                             remedy: "finish writing the file (write a new file and rename it into place), then load it again")
+        }
+        base = UnsafeRawPointer(buffer)
+    }
+
     deinit {
         guard let base else { return }
         if owned {

@@ -25,7 +25,7 @@ extension Tokenizer {
     /// no message holds such text the result is exactly `encode(rendered, addSpecialTokens:
     /// false)`, which is what Hugging Face's `apply_chat_template(tokenize=True)` gives.
     package func encodeChat(_ messages: [ChatTemplate.Message], addGenerationPrompt: Bool = true,
-                           parseSpecialInContent: Bool = false) throws -> [Int32] {
+                           parseSpecialInContent: Bool = false, limit: Int? = nil) throws -> [Int32] {
         let allowed = chatRoles
         for (i, m) in messages.enumerated() where !allowed.contains(m.role) {
             throw FacetError(.invalidArgument, "messages[\(i)].role \"\(m.role)\" is not one of \(allowed.joined(separator: ", "))",
@@ -34,7 +34,13 @@ extension Tokenizer {
         let text = try applyChatTemplate(messages, addGenerationPrompt: addGenerationPrompt)
         let specials = addedTokens.filter(\.special).map(\.content).filter { !$0.isEmpty }
         let injected = messages.filter { m in specials.contains { m.content.contains($0) } }
-        guard !parseSpecialInContent, !injected.isEmpty else { return encode(text, addSpecialTokens: false) }
+        if let limit {
+            guard minimumTokenCount(forUTF8Count: text.utf8.count) <= limit else { throw TokenLimitExceeded(limit: limit) }
+        }
+        guard !parseSpecialInContent, !injected.isEmpty else {
+            if let limit { return try encode(text, addSpecialTokens: false, limit: limit) }
+            return encode(text, addSpecialTokens: false)
+        }
         // Find each such message's content in the rendered text, in order, and encode it as
         // plain text; everything else is encoded as usual.
         var ids: [Int32] = []
@@ -50,6 +56,7 @@ extension Tokenizer {
             cursor = range.upperBound
         }
         ids += encode(String(text[cursor...]), addSpecialTokens: false)
+        if let limit, ids.count > limit { throw TokenLimitExceeded(limit: limit) }
         return ids
     }
 }

@@ -63,6 +63,8 @@ package final class Tokenizer: @unchecked Sendable {
     let specialIDs: Set<Int32>
     let byteTokenIDs: [Int32?]                   // byte -> <0xXX> token id
     let isByteLevel: Bool
+    /// The most input bytes one token can stand for (see `minimumTokenCount`).
+    package let maxInputBytesPerToken: Int
     private let cacheLock = NSLock()
     private var cache: [String: [Int32]] = [:]
     /// The chat template, parsed once on first use (see `parsedChatTemplate`).
@@ -135,6 +137,21 @@ package final class Tokenizer: @unchecked Sendable {
         self.templateTokens = templateTokens
         self.specialIDs = Set(addedTokens.filter(\.special).map(\.id))
         self.byteTokenIDs = (0..<256).map { vocab[String(format: "<0x%02X>", $0)] }
+        // A token covers at most its own UTF-8 length of normalized text (byte-level
+        // characters, "▁" and "<0xAB>" each stand for fewer bytes than they take); Unicode
+        // normalization may shrink the input (composition, compatibility forms) by a small
+        // factor, and a replacement by its length ratio.
+        var perToken = max(1, table.map(\.utf8.count).max() ?? 1, addedTokens.map(\.content.utf8.count).max() ?? 1)
+        for step in normalizer {
+            switch step {
+            case .nfc, .nfkc, .nfd, .nfkd, .lowercase: perToken = perToken.multipliedReportingOverflow(by: 4).partialValue
+            case .replace(let a, let b):
+                let ratio = (a.utf8.count + max(1, b.utf8.count) - 1) / max(1, b.utf8.count)
+                perToken = perToken.multipliedReportingOverflow(by: max(1, ratio)).partialValue
+            case .prepend: break
+            }
+        }
+        self.maxInputBytesPerToken = max(1, min(perToken, 1 << 30))
         self.isByteLevel = preTokenizer.contains { if case .byteLevel = $0 { true } else { false } } || decoder.contains(.byteLevel)
     }
 
@@ -277,9 +294,20 @@ package final class Tokenizer: @unchecked Sendable {
     }
 
     func encodeOrdinary(_ text: String, firstSegment: Bool) -> [Int32] {
+        (try? encodeOrdinary(text, firstSegment: firstSegment, produced: 0, limit: nil)) ?? []
+    }
+
+    /// With a `limit`: stops with `TokenLimitExceeded` once `produced` plus the ids so far
+    /// pass it, and with `CancellationError` when the calling task is cancelled (checked
+    /// every 64 words). Without one it never throws.
+    func encodeOrdinary(_ text: String, firstSegment: Bool, produced: Int, limit: Int?) throws -> [Int32] {
         let normalized = normalize(text)
         var ids: [Int32] = []
-        for word in preTokenize(normalized, firstSegment: firstSegment) {
+        for (n, word) in preTokenize(normalized, firstSegment: firstSegment).enumerated() {
+            if let limit {
+                if produced + ids.count > limit { throw TokenLimitExceeded(limit: limit) }
+                if n & 63 == 0 && Task.isCancelled { throw CancellationError() }
+            }
             cacheLock.lock()
             let cached = cache[word]
             cacheLock.unlock()
@@ -288,10 +316,13 @@ package final class Tokenizer: @unchecked Sendable {
                 continue
             }
             let encoded = bpe(word)
-            cacheLock.lock()
-            if cache.count > 100_000 { cache.removeAll(keepingCapacity: true) }
-            cache[word] = encoded
-            cacheLock.unlock()
+            // Long words (a pasted blob) are not worth keeping: they would fill the cache.
+            if word.utf8.count <= 256 {
+                cacheLock.lock()
+                if cache.count > 100_000 { cache.removeAll(keepingCapacity: true) }
+                cache[word] = encoded
+                cacheLock.unlock()
+            }
             ids.append(contentsOf: encoded)
         }
         return ids
@@ -325,6 +356,19 @@ package final class Tokenizer: @unchecked Sendable {
                 symbols.append(unk)
             }
         }
+        return merge(symbols)
+    }
+
+    /// Applies the merges to a word's symbols: the adjacent pair of lowest rank first,
+    /// leftmost among equals, until none applies. Short words by the direct loop
+    /// (`mergeByScan`), long ones through a heap in O(n log n) (`mergeByHeap`): the same ids.
+    package func merge(_ symbols: [Int32]) -> [Int32] {
+        symbols.count <= 64 ? mergeByScan(symbols) : mergeByHeap(symbols)
+    }
+
+    /// The reference: scan every pair for the lowest rank, merge it, repeat (O(n^2)).
+    package func mergeByScan(_ input: [Int32]) -> [Int32] {
+        var symbols = input
         while symbols.count > 1 {
             var bestRank = Int32.max
             var bestIndex = -1

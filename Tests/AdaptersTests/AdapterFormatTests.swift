@@ -200,6 +200,36 @@ import TestSupport
         #expect(rankedPatterns.pairs[1][.v]?.scale == 2)   // alpha 8 over the tensors' rank 4
     }
 
+    /// target_modules against the tensors, as PEFT checks them: a name the base lacks, or
+    /// tensors of a module the config does not target, are refused with both sides named.
+    @Test func targetModulesMustAgreeWithTheTensors() throws {
+        let src = Fixtures.path("tiny_llama_untied/adapters/plain_qv")   // q_proj, v_proj
+        func withTargets(_ targets: String) throws -> LoRAAdapter {
+            let dir = try Fixtures.temporaryDirectory() + "/a"
+            try FileManager.default.copyItem(atPath: src, toPath: dir)
+            let path = dir + "/adapter_config.json"
+            var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
+            config["target_modules"] = try JSONSerialization.jsonObject(with: Data(targets.utf8), options: .fragmentsAllowed)
+            try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: path))
+            return try Self.load(dir)
+        }
+        func refused(_ targets: String, mentioning words: [String]) {
+            #expect {
+                try withTargets(targets)
+            } throws: { error in
+                let e = error as? FacetError
+                return e?.field == "target_modules" && words.allSatisfy { e!.message.contains($0) }
+            }
+        }
+        refused(#"["nonexistent_proj"]"#, mentioning: ["nonexistent_proj", "q_proj", "v_proj"])
+        refused(#"["q_proj"]"#, mentioning: ["v_proj", "does not select"])
+        refused(#"".*\\.q_proj""#, mentioning: ["v_proj"])
+        #expect(try withTargets(#"["v_proj", "q_proj"]"#).pairs[0][.q] != nil)
+        #expect(try withTargets(#"["self_attn.q_proj", "v_proj", "k_proj"]"#).pairs[0][.v] != nil)
+        #expect(try withTargets(#"".*\\.(q|v)_proj""#).pairs[1][.v] != nil)
+        #expect(try withTargets(#""all-linear""#).pairs[1][.q] != nil)
+    }
+
     @Test func badTensorRTArraysAreRefused() throws {
         let c = Self.config
         func arrays(_ rows: [[Double]], width: Int = 8) -> (NpyArray, NpyArray) {

@@ -8,6 +8,24 @@ import TestSupport
 /// each is refused with an error before anything is read or allocated (these once crashed
 /// the server, or trapped).
 @Suite struct HostileFileTests {
+    /// An adapter's file read into memory keeps its values when the file is truncated and
+    /// rewritten afterwards (a mapping would fault with SIGBUS on the next read).
+    @Test func filesReadIntoMemorySurviveTruncation() throws {
+        let dir = try Fixtures.temporaryDirectory()
+        let path = dir + "/adapter_model.safetensors"
+        try FileManager.default.copyItem(atPath: Fixtures.path("tiny_llama_untied/adapters/plain_qv/adapter_model.safetensors"), toPath: path)
+        let file = try SafetensorsFile(path: path, inMemory: true)
+        let name = file.names.sorted()[0]
+        let before = try file.floats(name)
+        #expect(truncate(path, 0) == 0)
+        try Data("rewritten".utf8).write(to: URL(fileURLWithPath: path))
+        #expect(try file.floats(name) == before)
+        // A file cut short is refused cleanly on the next read, naming it.
+        let cut = dir + "/cut.safetensors"
+        try Data(try Data(contentsOf: URL(fileURLWithPath: Fixtures.path("tiny_llama_untied/adapters/plain_qv/adapter_model.safetensors"))).prefix(100)).write(to: URL(fileURLWithPath: cut))
+        #expect(throws: FacetError.self) { try SafetensorsFile(path: cut, inMemory: true) }
+    }
+
     @Test func checkedArithmeticReportsOverflow() {
         #expect(Checked.product([4_611_686_018_427_387_904 + 4608, 4]) == nil)
         #expect(Checked.product([3, -1]) == nil)
