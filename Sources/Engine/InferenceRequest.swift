@@ -97,9 +97,11 @@ package struct RequestBuilder: Sendable {
     /// The work is bounded by the context: a prompt that cannot fit (its byte length alone
     /// says so, or its ids pass the context while they are made) is refused without
     /// tokenizing the rest, and a cancelled request stops tokenizing.
-    package func tokenize(_ prompt: InferenceRequest.Prompt, addSpecialTokens: Bool = true) throws -> [Int32] {
+    /// `limit`: the most ids accepted (default: the context less one generated token);
+    /// `/tokenize` passes `Int.max` (its body size bounds the work) and is still cancellable.
+    package func tokenize(_ prompt: InferenceRequest.Prompt, addSpecialTokens: Bool = true, limit: Int? = nil) throws -> [Int32] {
         // A prompt must leave room for one generated token.
-        let limit = max(0, contextLength - 1)
+        let limit = limit ?? max(0, contextLength - 1)
         func tooLong(_ field: String) -> FacetError {
             FacetError(.capacity, "This model's maximum context length is \(contextLength) tokens, and the prompt alone has more than \(limit).",
                        field: field, remedy: "shorten the prompt")

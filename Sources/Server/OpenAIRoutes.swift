@@ -292,13 +292,13 @@ struct OpenAIRoutes {
             do {
                 let builder = try context.requestBuilder()
                 if let text = try body.string("prompt") {
-                    ids = try builder.tokenize(.text(text), addSpecialTokens: try body.bool("add_special_tokens") ?? true)
+                    ids = try builder.tokenize(.text(text), addSpecialTokens: try body.bool("add_special_tokens") ?? true, limit: .max)
                 } else if body.has("messages") {
                     let decoded = try OpenAIRequestBody.decode(try JSONSerialization.data(withJSONObject: ["model": "", "messages": body.values["messages"]!]))
                     guard case .chat(let messages)? = try decoded.inferenceRequest(chat: true, adapter: nil).prompts.first else {
                         throw APIError.badRequest("'messages' must be a list of messages", param: "messages")
                     }
-                    ids = try builder.tokenize(.chat(messages))
+                    ids = try builder.tokenize(.chat(messages), limit: .max)
                 } else {
                     throw APIError.badRequest("'prompt' (text) or 'messages' is required", param: "prompt")
                 }
