@@ -31,20 +31,9 @@ package final class MappedFile: @unchecked Sendable {
     package init(path: String) throws {
         self.path = path
         owned = false
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else {
-            throw FacetError(.notFound, "cannot open file (errno \(errno))", file: path,
-                             remedy: "check that the path exists and is readable")
-        }
+        let (fd, size) = try Self.openRegular(path)
         defer { close(fd) }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else {
-            throw FacetError(.io, "cannot stat file (errno \(errno))", file: path)
-        }
-        if (info.st_mode & S_IFMT) == S_IFDIR {
-            throw FacetError(.invalidFile, "is a directory, expected a file", file: path)
-        }
-        count = Int(info.st_size)
+        count = size
         if count == 0 {
             base = nil
             return
@@ -62,20 +51,8 @@ package final class MappedFile: @unchecked Sendable {
     package init(readingContentsOf path: String) throws {
         self.path = path
         owned = true
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else {
-            throw FacetError(.notFound, "cannot open file (errno \(errno))", file: path,
-                             remedy: "check that the path exists and is readable")
-        }
+        let (fd, size) = try Self.openRegular(path)
         defer { close(fd) }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else {
-            throw FacetError(.io, "cannot stat file (errno \(errno))", file: path)
-        }
-        if (info.st_mode & S_IFMT) == S_IFDIR {
-            throw FacetError(.invalidFile, "is a directory, expected a file", file: path)
-        }
-        let size = Int(info.st_size)
         count = size
         if size == 0 {
             base = nil
@@ -101,6 +78,26 @@ package final class MappedFile: @unchecked Sendable {
                              remedy: "finish writing the file (write a new file and rename it into place), then load it again")
         }
         base = UnsafeRawPointer(buffer)
+    }
+
+    /// Opens `path` for reading and returns its descriptor and size; a missing file or a
+    /// directory is a clear error.
+    private static func openRegular(_ path: String) throws -> (Int32, Int) {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else {
+            throw FacetError(.notFound, "cannot open file (errno \(errno))", file: path,
+                             remedy: "check that the path exists and is readable")
+        }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            close(fd)
+            throw FacetError(.io, "cannot stat file (errno \(errno))", file: path)
+        }
+        if (info.st_mode & S_IFMT) == S_IFDIR {
+            close(fd)
+            throw FacetError(.invalidFile, "is a directory, expected a file", file: path, remedy: "pass the file inside it")
+        }
+        return (fd, Int(info.st_size))
     }
 
     deinit {
